@@ -1,0 +1,5 @@
+"""`python -m bsky_backfill` runs the CLI."""
+
+from bsky_backfill.cli import main
+
+main()

@@ -1,0 +1,288 @@
+"""The command line: `run`, `status`, `demo`. Parsing and printing only.
+
+Where it sits: the outermost layer. It validates user input completely before
+anything is written (bad input: exit 2, one line on stderr, no traceback),
+builds a `RunSettings`, and hands over to the engine. Exit codes follow
+../shared/CONTRACT.md: 0 finished, 2 unusable input, 1 unexpected fatal
+error; a run stopped by SIGINT/SIGTERM exits 130/143 after committing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from bsky_backfill import __version__
+from bsky_backfill.config import RunSettings
+from bsky_backfill.engine.manager import Backfill, RunSummary
+from bsky_backfill.engine.sources import DidSource
+from bsky_backfill.errors import UsageError
+from bsky_backfill.output import print_status, print_summary
+from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
+from bsky_backfill.syntax import is_valid_nsid, parse_datetime
+
+EXIT_USAGE = 2
+EXIT_FATAL = 1
+
+
+def _fail_usage(message: str) -> NoReturn:
+    click.echo(f"bsky-backfill: error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+# -- input parsing (all before anything is written) -------------------------------------
+def parse_when(value: str | None, flag: str) -> dt.datetime | None:
+    """ISO 8601 date or datetime -> aware UTC; a date or naive time is taken as UTC."""
+    if value is None:
+        return None
+    strict = parse_datetime(value)
+    if strict is not None:
+        return strict
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{flag} {value!r} is not an ISO 8601 date or datetime") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.astimezone(dt.UTC)
+
+
+def parse_collections(value: str | None) -> frozenset[str]:
+    if value is None:
+        return frozenset(DEFAULT_COLLECTIONS)
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    if not names:
+        raise UsageError("--collections is empty")
+    for name in names:
+        if not is_valid_nsid(name):
+            raise UsageError(f"--collections: {name!r} is not a valid NSID")
+    return frozenset(names)
+
+
+def check_out_writable(out: Path) -> None:
+    """Refuse an --out we could not write, without leaving anything behind."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    probe_dir = out
+    while not probe_dir.exists():
+        if probe_dir.parent == probe_dir:
+            break
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise UsageError(f"--out {out}: {probe_dir} is not a directory")
+    try:
+        # os.access is not enough as root or on read-only mounts: try for real.
+        probe = tempfile.mkdtemp(prefix=".bsky-backfill-probe-", dir=probe_dir)
+        os.rmdir(probe)
+    except OSError as e:
+        raise UsageError(f"--out {out}: not writable ({e.strerror or e})") from None
+
+
+# -- commands ------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bsky-backfill")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Backfill Bluesky / AT Protocol repositories into a Parquet dataset."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.option("--dids", "dids_file", metavar="FILE", help="File of DIDs, one per line; - = stdin.")
+@click.option("--did", "did_list", multiple=True, metavar="DID", help="A DID (repeatable).")
+@click.option("--all-from-plc", is_flag=True, help="Every DID in the PLC directory.")
+@click.option("--from-relay", metavar="URL", help="Every repo the relay's hosts list.")
+@click.option("--pds", multiple=True, metavar="URL", help="Every repo on this PDS (repeatable).")
+@click.option("--collections", metavar="NSID[,NSID...]", help="Default: the app.bsky types.")
+@click.option("--since", metavar="ISO8601", help="Keep records with createdAt >= since.")
+@click.option("--until", metavar="ISO8601", help="Keep records with createdAt < until.")
+@click.option("--out", default="bsky-data", show_default=True, metavar="DIR")
+@click.option("--queue", metavar="URL", help="State store; default SQLite under OUT/_state.")
+@click.option("--plc-url", default="https://plc.directory", show_default=True)
+@click.option("--method", type=click.Choice(["car", "list"]), default="car", show_default=True)
+@click.option("--rate-limit", type=float, default=10.0, show_default=True, metavar="N")
+@click.option("--allow-private-hosts", is_flag=True, help="Allow loopback/private PDS hosts.")
+@click.option("--no-verify", is_flag=True, help="Skip commit-signature / MST verification.")
+@click.option("--progress/--no-progress", default=None, help="Live progress (default: on a TTY).")
+@click.option("--metrics-port", type=int, metavar="N")
+@click.option("--workers", type=int, default=1, show_default=True, metavar="N")
+@click.option("--refresh", is_flag=True, help="Fetch only what changed since the last run.")
+@click.option("--config", "config_file", metavar="FILE.toml")
+@click.option(
+    "--host-concurrency",
+    type=int,
+    default=4,
+    show_default=True,
+    metavar="N",
+    help="Repos fetched at once from one host.",
+)
+@click.option(
+    "--commit-rows",
+    type=int,
+    default=200_000,
+    show_default=True,
+    metavar="N",
+    help="Commit the open batch at this many rows...",
+)
+@click.option(
+    "--commit-seconds",
+    type=float,
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="...or when it is this old.",
+)
+def run(**opts: Any) -> None:
+    """Backfill repositories into OUT."""
+    try:
+        settings, source = _settings_from_options(opts)
+    except UsageError as e:
+        _fail_usage(e.message)
+    summary = _run_engine(settings, source)
+    print_summary(summary, settings.out)
+    if summary.stopped:
+        sys.exit(130)
+
+
+def _settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource]:
+    not_yet = [
+        ("--all-from-plc", opts["all_from_plc"]),
+        ("--from-relay", opts["from_relay"]),
+        ("--pds", opts["pds"]),
+        ("--method list", opts["method"] == "list"),
+        ("--metrics-port", opts["metrics_port"] is not None),
+        ("--workers N>1", opts["workers"] != 1),
+        ("--refresh", opts["refresh"]),
+        ("--config", opts["config_file"]),
+    ]
+    for flag, used in not_yet:
+        if used:
+            raise UsageError(f"{flag} is not supported by this version yet")
+    for flag, key in (("--host-concurrency", "host_concurrency"), ("--commit-rows", "commit_rows")):
+        if opts[key] < 1:
+            raise UsageError(f"{flag} must be at least 1")
+    if opts["commit_seconds"] <= 0:
+        raise UsageError("--commit-seconds must be positive")
+    if opts["workers"] < 1:
+        raise UsageError("--workers must be at least 1")
+    if opts["rate_limit"] is not None and opts["rate_limit"] < 0:
+        raise UsageError("--rate-limit must be >= 0 (0 = only the server's limits)")
+    if not opts["dids_file"] and not opts["did_list"]:
+        raise UsageError("name what to backfill: --dids FILE, --did DID, ...")
+    since = parse_when(opts["since"], "--since")
+    until = parse_when(opts["until"], "--until")
+    if since and until and since >= until:
+        raise UsageError("--since must be earlier than --until")
+    collections = parse_collections(opts["collections"])
+    if not opts["plc_url"].startswith(("http://", "https://")):
+        raise UsageError(f"--plc-url {opts['plc_url']!r} must be an http(s) URL")
+    source = DidSource.from_args(list(opts["did_list"]), opts["dids_file"])
+    out = Path(opts["out"])
+    check_out_writable(out)
+    progress = opts["progress"] if opts["progress"] is not None else sys.stdout.isatty()
+    settings = RunSettings(
+        out=out,
+        queue=opts["queue"],
+        plc_url=opts["plc_url"],
+        method=opts["method"],
+        collections=collections,
+        since=since,
+        until=until,
+        rate_limit=opts["rate_limit"] or None,
+        allow_private_hosts=opts["allow_private_hosts"],
+        verify=not opts["no_verify"],
+        progress=progress,
+        host_concurrency=opts["host_concurrency"],
+        commit_rows=opts["commit_rows"],
+        commit_seconds=opts["commit_seconds"],
+    )
+    return settings, source
+
+
+def _run_engine(settings: RunSettings, source: DidSource | None) -> RunSummary:
+    async def main() -> RunSummary:
+        backfill = Backfill(settings, source)
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if backfill.stopping:
+                os._exit(128 + signum)  # second signal: leave at once
+            logging.getLogger("bsky_backfill").warning("stopping: committing finished repos")
+            backfill.request_stop()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        return await backfill.run()
+
+    try:
+        return asyncio.run(main())
+    except UsageError as e:
+        _fail_usage(e.message)
+
+
+@cli.command()
+@click.option("--out", default="bsky-data", show_default=True, metavar="DIR")
+@click.option("--queue", metavar="URL")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(out: str, queue: str | None, as_json: bool) -> None:
+    """Progress of the backfill in OUT (or --queue)."""
+    from bsky_backfill.state.open import open_store, store_exists
+
+    state_path = Path(out) / "_state" / "state.sqlite"
+    try:
+        if not store_exists(queue, state_path):
+            raise UsageError(f"no backfill state under {out} (run `bsky-backfill run` first)")
+        store = open_store(queue, state_path)
+    except UsageError as e:
+        _fail_usage(e.message)
+    try:
+        print_status(store.status(), as_json=as_json)
+    finally:
+        store.close()
+
+
+@cli.command()
+@click.option("--out", default=None, metavar="DIR", help="Default: a new temporary directory.")
+@click.option("--accounts", default=60, show_default=True, help="Simulated accounts.")
+@click.option("--hosts", default=4, show_default=True, help="Simulated PDS hosts.")
+def demo(out: str | None, accounts: int, hosts: int) -> None:
+    """Backfill an embedded, simulated AT Protocol network and show the result."""
+    from bsky_backfill.demo import run_demo
+
+    out_path = Path(out) if out else Path(tempfile.mkdtemp(prefix="bsky-backfill-demo-"))
+    try:
+        check_out_writable(out_path)
+    except UsageError as e:
+        _fail_usage(e.message)
+    run_demo(out_path, accounts=accounts, hosts=hosts)
+
+
+def main() -> None:
+    """Console-script entry point: click usage errors become one line and exit 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.exceptions.ClickException as e:
+        click.echo(f"bsky-backfill: error: {e.format_message()}", err=True)
+        sys.exit(EXIT_USAGE if isinstance(e, click.UsageError) else e.exit_code)
+    except SystemExit:
+        raise
+    except BaseException as e:  # the contract's exit 1: unexpected fatal error
+        logging.getLogger("bsky_backfill").exception("fatal error")
+        click.echo(f"bsky-backfill: fatal: {type(e).__name__}: {e}", err=True)
+        sys.exit(EXIT_FATAL)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,66 @@
+"""One frozen, typed settings object for a run; every field documented.
+
+Where it sits: cli.py (and, later, a config file or the Python API) builds a
+`RunSettings`; the engine reads nothing else. Validation of user input that
+pydantic cannot express (DID lines, NSIDs) happens in cli.py and sources.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bsky_backfill.models import RecordFilter
+from bsky_backfill.xrpc.client import HttpSettings
+from bsky_backfill.xrpc.retry import RetryPolicy
+
+
+class RunSettings(BaseModel):
+    """Everything `bsky-backfill run` needs to know."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    out: Path = Field(default=Path("bsky-data"))
+    """Dataset root: Parquet tables per collection, `_deadletters/`, `_state/`."""
+    queue: str | None = None
+    """State store URL; None = SQLite at OUT/_state/state.sqlite."""
+    plc_url: str = "https://plc.directory"
+    """PLC directory (trusted: the operator chose it)."""
+    method: str = "car"
+    """`car` (com.atproto.sync.getRepo) or `list` (com.atproto.repo.listRecords)."""
+    collections: frozenset[str] = frozenset()
+    """Collections to keep; set by the CLI (default: the app.bsky record types)."""
+    since: dt.datetime | None = None
+    """Keep records with createdAt >= since (aware UTC)."""
+    until: dt.datetime | None = None
+    """Keep records with createdAt < until (aware UTC)."""
+    rate_limit: float | None = 10.0
+    """Our requests/second per PDS host (None = only the server's limits)."""
+    host_concurrency: int = 4
+    """Repos fetched at once from one host."""
+    max_active_hosts: int = 256
+    """Hosts worked on at once (each has its own slot)."""
+    resolve_concurrency: int = 32
+    """DID resolutions in flight at once."""
+    allow_private_hosts: bool = False
+    """Allow PDS endpoints on loopback/private addresses (tests, local networks)."""
+    verify: bool = True
+    """Check commit signatures and MST structure (--no-verify turns it off)."""
+    progress: bool = False
+    """Show a live progress display."""
+    commit_rows: int = 200_000
+    """Commit the open batch once it holds this many rows..."""
+    commit_seconds: float = 10.0
+    """...or is this many seconds old (whichever comes first)."""
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+    @property
+    def record_filter(self) -> RecordFilter:
+        return RecordFilter(collections=self.collections, since=self.since, until=self.until)
+
+    @property
+    def state_path(self) -> Path:
+        return self.out / "_state" / "state.sqlite"

@@ -1,0 +1,29 @@
+"""Where CPU-bound extraction runs: off the event loop, so downloads keep flowing.
+
+Where it sits: the worker hands a fetched CAR to `Extractor.extract`, which
+runs `records.transform.extract_repo` (decode, MST walk, validate, build Arrow
+tables) in a dedicated thread. libipld and pyarrow do the heavy lifting in
+native code; the thread keeps the asyncio loop responsive while they do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from bsky_backfill.models import RecordFilter, RepoExtract
+from bsky_backfill.records.transform import extract_repo
+
+
+class Extractor:
+    """Runs repo extraction on a small thread pool."""
+
+    def __init__(self, threads: int = 1) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="extract")
+
+    async def extract(self, data: bytes, did: str, filt: RecordFilter) -> RepoExtract:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, extract_repo, data, did, filt)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,344 @@
+"""The run: sources -> resolve -> per-host scheduling -> fetch/extract -> commit.
+
+Where it sits: the top of the engine. `Backfill.run()` wires the layers:
+
+    DidSource ──enqueue──▶ StateStore ◀──claim per host── Scheduler
+                               ▲                              │
+          resolve (identity/) ─┘                     HostSlot workers (worker.py)
+                                                              │
+                          DatasetWriter.commit ◀── add ───────┘
+                  (files + repo states in one transaction)
+
+Three concurrent loops share one asyncio event loop: the source streams DIDs
+into the store; the resolver gives unresolved repos an identity; the
+scheduler claims due repos per host while that host's slot has room, so a
+slow or throttled host only ever holds its own capacity. A periodic
+committer makes the open batch durable every few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bsky_backfill.config import RunSettings
+from bsky_backfill.engine.cpu import Extractor
+from bsky_backfill.engine.sources import DidSource
+from bsky_backfill.engine.stats import RunStats
+from bsky_backfill.engine.worker import RepoWorker
+from bsky_backfill.errors import TerminalError, TransientError, UsageError
+from bsky_backfill.identity.resolver import DidResolver
+from bsky_backfill.models import DeadLetter, utcnow
+from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
+from bsky_backfill.state.base import Identity, RepoFailed, RepoState, StateStore
+from bsky_backfill.state.open import open_store
+from bsky_backfill.xrpc.client import XrpcClient
+from bsky_backfill.xrpc.retry import error_summary, next_attempt
+from bsky_backfill.xrpc.slot import HostSlot
+from bsky_backfill.xrpc.ssrf import check_endpoint
+
+log = logging.getLogger("bsky_backfill")
+
+
+@dataclass
+class RunSummary:
+    """What a finished (or stopped) run reports."""
+
+    repos_total: int
+    repos_done: int
+    repos_failed: int
+    repos_pending: int
+    records: dict[str, int]
+    dead_letters: dict[str, int]
+    seconds: float
+    requests: int
+    bytes: int
+    stopped: bool
+
+    @property
+    def records_total(self) -> int:
+        return sum(self.records.values())
+
+    @property
+    def records_per_second(self) -> float:
+        return self.records_total / self.seconds if self.seconds > 0 else 0.0
+
+
+class Backfill:
+    """One backfill run over a DID source, resumable from its state store."""
+
+    def __init__(self, settings: RunSettings, source: DidSource | None) -> None:
+        self.settings = settings
+        self.source = source
+        self.stats = RunStats()
+        self.slots: dict[str, HostSlot] = {}
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._source_done = source is None
+        self._resolver_done = False
+        self._working: set[asyncio.Task[None]] = set()
+        # DIDs dead-lettered before they were claimed (resolution failures): still
+        # pending in the store until the next commit, so they must not be resolved again.
+        self._failed_uncommitted: set[str] = set()
+        self._rand = random.Random()
+        self.on_tick: list[Callable[[Backfill], None]] = []
+
+    # -- control ----------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Graceful stop: claim nothing more, commit what is finished, return."""
+        self._stop.set()
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- the run ----------------------------------------------------------------------
+    async def run(self) -> RunSummary:
+        settings = self.settings
+        store = open_store(settings.queue, settings.state_path)
+        try:
+            self._check_settings(store)
+            recovered = store.recover()
+            if recovered:
+                log.info("recovered %d repos left in progress by an earlier run", recovered)
+            sink = DatasetWriter(
+                settings.out,
+                store,
+                SinkConfig(
+                    commit_rows=settings.commit_rows, commit_seconds=settings.commit_seconds
+                ),
+            )
+            sink.recover()
+            self.store, self.sink = store, sink
+            extractor = Extractor()
+            try:
+                async with XrpcClient(
+                    settings.http, allow_private=settings.allow_private_hosts
+                ) as client:
+                    client.listeners.append(self.stats.on_response)
+                    self.client = client
+                    self.resolver = DidResolver(
+                        client,
+                        settings.plc_url,
+                        allow_private=settings.allow_private_hosts,
+                        concurrency=settings.resolve_concurrency,
+                    )
+                    self.worker = RepoWorker(self, client, extractor)
+                    await self._run_loops()
+            finally:
+                extractor.close()
+                self._commit()
+            return self._summary(store)
+        finally:
+            store.close()
+
+    def _check_settings(self, store: StateStore) -> None:
+        """A dataset holds one filter; resuming with another would mix two datasets."""
+        settings = self.settings
+        fingerprint = json.dumps(
+            {
+                "collections": sorted(settings.collections),
+                "since": settings.since.isoformat() if settings.since else None,
+                "until": settings.until.isoformat() if settings.until else None,
+                "method": settings.method,
+            },
+            sort_keys=True,
+        )
+        existing = store.get_meta("filter")
+        if existing is None:
+            store.set_meta("filter", fingerprint)
+        elif existing != fingerprint:
+            raise UsageError(
+                f"--out {settings.out} already holds a backfill with other filters "
+                f"({existing}); use another --out"
+            )
+
+    async def _run_loops(self) -> None:
+        loops = [
+            asyncio.create_task(self._source_loop(), name="source"),
+            asyncio.create_task(self._resolve_loop(), name="resolve"),
+            asyncio.create_task(self._commit_loop(), name="commit"),
+        ]
+        try:
+            await self._schedule_loop()
+        finally:
+            for task in loops:
+                task.cancel()
+            for task in list(self._working):
+                task.cancel()
+            await asyncio.gather(*loops, *self._working, return_exceptions=True)
+            for task in loops:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+
+    async def _wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    # -- stage 1: the source ------------------------------------------------------------
+    async def _source_loop(self) -> None:
+        if self.source is not None:
+            for chunk in self.source.chunks():
+                if self.stopping:
+                    return
+                self.store.enqueue(chunk)
+                self._wake.set()
+                await asyncio.sleep(0)
+        self._source_done = True
+        self._wake.set()
+
+    # -- stage 2: identity ---------------------------------------------------------------
+    async def _resolve_loop(self) -> None:
+        in_flight: set[str] = set()
+        resolved: list[Identity] = []
+        tasks: set[asyncio.Task[None]] = set()
+        limit = self.settings.resolve_concurrency * 4
+
+        async def resolve_one(did: str) -> None:
+            try:
+                identity = await self._resolve_with_retry(did)
+                await check_endpoint(identity.pds, self.settings.allow_private_hosts)
+                resolved.append(identity)
+            except TerminalError as e:
+                self._fail(did, e.stage, e.code, e.message)
+            finally:
+                in_flight.discard(did)
+                self._wake.set()
+
+        while not self.stopping:
+            if resolved:
+                batch, resolved[:] = list(resolved), []
+                self.store.set_identities(batch)
+                self._wake.set()
+            room = limit - len(in_flight)
+            exclude = [*in_flight, *self._failed_uncommitted]
+            batch_dids = self.store.unresolved(room, exclude=exclude) if room > 0 else []
+            for did in batch_dids:
+                in_flight.add(did)
+                task = asyncio.create_task(resolve_one(did))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if not batch_dids and not in_flight and self._source_done:
+                break
+            await asyncio.sleep(0.05 if in_flight else 0.2)
+        if resolved:
+            self.store.set_identities(resolved)
+        self._resolver_done = True
+        self._wake.set()
+
+    async def _resolve_with_retry(self, did: str) -> Identity:
+        attempt = 1
+        while True:
+            try:
+                return await self.resolver.resolve(did)
+            except TransientError as e:
+                when = next_attempt(self.settings.retry, e, attempt, utcnow(), self._rand.random())
+                if when is None or attempt >= 3:
+                    raise TerminalError(error_summary(e), code="ResolveFailed") from e
+                await asyncio.sleep(min(10.0, (when - utcnow()).total_seconds()))
+                attempt += 1
+
+    # -- stage 3: per-host scheduling -------------------------------------------------------
+    def slot(self, host: str) -> HostSlot:
+        slot = self.slots.get(host)
+        if slot is None:
+            slot = self.slots[host] = HostSlot(
+                host, self.settings.rate_limit, self.settings.host_concurrency
+            )
+        return slot
+
+    async def _schedule_loop(self) -> None:
+        while not self.stopping:
+            now = utcnow()
+            claimed = 0
+            active_hosts = sum(1 for s in self.slots.values() if s.active)
+            for host in self.store.pending_hosts(now):
+                slot = self.slot(host)
+                if not slot.active and active_hosts >= self.settings.max_active_hosts:
+                    continue
+                room = slot.concurrency - slot.active
+                if room <= 0:
+                    continue
+                tasks = self.store.claim(host, room, now)
+                if tasks and not slot.active:
+                    active_hosts += 1
+                for task in tasks:
+                    slot.active += 1
+                    claimed += 1
+                    work = asyncio.create_task(self.worker.process(slot, task))
+                    self._working.add(work)
+                    work.add_done_callback(self._working.discard)
+            for tick in self.on_tick:
+                tick(self)
+            if not claimed and not self._working and self._source_done and self._resolver_done:
+                due = self.store.next_due()
+                if due is None:
+                    return
+                await self._wait(min(5.0, max(0.05, (due - utcnow()).total_seconds())))
+                continue
+            await self._wait(0.5)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- results ------------------------------------------------------------------------
+    def _fail(self, did: str, stage: str, code: str, message: str) -> None:
+        """Dead-letter a whole repo (lands with the next commit)."""
+        self.sink.add_failed(
+            RepoFailed(did=did, code=code, message=message),
+            DeadLetter(did=did, uri=None, stage=stage, error=code, message=message),
+        )
+        self._failed_uncommitted.add(did)
+        self.stats.repos_failed += 1
+        self.stats.dead_letters[code] += 1
+        self._maybe_commit()
+
+    def fail_repo(self, did: str, error: TerminalError) -> None:
+        self._fail(did, error.stage, error.code, error.message)
+
+    def _maybe_commit(self) -> None:
+        if self.sink.should_commit():
+            self._commit()
+
+    def _commit(self) -> None:
+        sink = getattr(self, "sink", None)
+        if sink is not None:
+            sink.commit()
+            self._failed_uncommitted.clear()
+            self.stats.commits += 1
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._maybe_commit()
+
+    def _summary(self, store: StateStore) -> RunSummary:
+        counts = store.counts()
+        status = store.status()
+        return RunSummary(
+            repos_total=sum(counts.values()),
+            repos_done=counts.get(RepoState.DONE, 0),
+            repos_failed=counts.get(RepoState.FAILED, 0),
+            repos_pending=counts.get(RepoState.PENDING, 0) + counts.get(RepoState.IN_PROGRESS, 0),
+            records=dict(status.records_by_collection),
+            dead_letters=dict(status.dead_letters_by_code),
+            seconds=self.stats.elapsed,
+            requests=sum(self.stats.requests.values()),
+            bytes=self.stats.bytes,
+            stopped=self.stopping,
+        )
+
+
+def run_sync(settings: RunSettings, source: DidSource | None) -> RunSummary:
+    """Run a backfill to completion from synchronous code (tests, the Python API)."""
+    return asyncio.run(Backfill(settings, source).run())
+
+
+__all__ = ["Backfill", "RunSummary", "run_sync"]

@@ -1,0 +1,97 @@
+"""The work on one repo: fetch, extract, hand to the sink; or retry, or dead-letter.
+
+Where it sits: the scheduler (manager.py) claims a repo for a host and runs
+`RepoWorker.process` in that host's slot. The repo ends in exactly one of:
+  - added to the sink's open batch (done at the next commit);
+  - back to pending with a retry time (transient error, attempts left);
+  - dead-lettered whole (terminal error, or transient with no attempts left).
+A 429 is not an attempt: the host is paused and the same repo waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING
+
+from bsky_backfill.engine.cpu import Extractor
+from bsky_backfill.errors import RateLimited, RepoInvalid, TerminalError, TransientError
+from bsky_backfill.models import utcnow
+from bsky_backfill.state.base import RepoDone, RepoTask
+from bsky_backfill.xrpc.client import XrpcClient
+from bsky_backfill.xrpc.retry import error_summary, next_attempt
+from bsky_backfill.xrpc.slot import HostSlot
+
+if TYPE_CHECKING:
+    from bsky_backfill.engine.manager import Backfill
+
+log = logging.getLogger("bsky_backfill.worker")
+
+# How many 429s one repo may wait out before it counts as a failed attempt.
+MAX_RATE_LIMIT_WAITS = 50
+
+
+class RepoWorker:
+    """Processes claimed repos; shared by all host slots of a run."""
+
+    def __init__(self, run: Backfill, client: XrpcClient, extractor: Extractor) -> None:
+        self.run = run
+        self.client = client
+        self.extractor = extractor
+        self.filter = run.settings.record_filter
+        self._rand = random.Random()
+
+    async def process(self, slot: HostSlot, task: RepoTask) -> None:
+        run = self.run
+        try:
+            data = await self._fetch(slot, task)
+            extract = await self.extractor.extract(data, task.did, self.filter)
+            del data
+            run.sink.add(
+                extract, RepoDone(did=task.did, rev=extract.rev, records=extract.row_count)
+            )
+            run.stats.repos_done += 1
+            slot.done += 1
+            for table in extract.tables.values():
+                if table.num_rows:
+                    run.stats.records[str(table.column("collection")[0])] += table.num_rows
+            for letter in extract.dead_letters:
+                run.stats.dead_letters[letter.error] += 1
+            run._maybe_commit()
+        except TerminalError as e:
+            slot.failed += 1
+            log.info("dead-lettered %s on %s: %s", task.did, slot.host, error_summary(e))
+            run.fail_repo(task.did, e)
+        except TransientError as e:
+            self._retry_or_fail(slot, task, e)
+        except Exception as e:  # a bug or an unmapped library error: never stall the run
+            log.exception("unexpected error on %s (%s)", task.did, slot.host)
+            run.fail_repo(task.did, RepoInvalid(f"{type(e).__name__}: {e}", code="InternalError"))
+        finally:
+            slot.active -= 1
+            run.wake()
+
+    async def _fetch(self, slot: HostSlot, task: RepoTask) -> bytes:
+        waits = 0
+        while True:
+            try:
+                return await self.client.get_repo(task.pds, task.did, slot)
+            except RateLimited:
+                # The slot is paused until the host's window resets; the next
+                # acquire() waits for it. Not an attempt: the repo is fine.
+                waits += 1
+                if waits >= MAX_RATE_LIMIT_WAITS:
+                    raise
+
+    def _retry_or_fail(self, slot: HostSlot, task: RepoTask, error: TransientError) -> None:
+        attempt = task.attempts + 1
+        when = next_attempt(self.run.settings.retry, error, attempt, utcnow(), self._rand.random())
+        if when is None:
+            log.info("giving up on %s after %d attempts: %s", task.did, attempt, error)
+            slot.failed += 1
+            final = TerminalError(error.message, code=error.code)
+            final.stage = error.stage
+            self.run.fail_repo(task.did, final)
+            return
+        self.run.stats.repos_retried += 1
+        self.run.store.retry_later(task.did, attempt, when, error_summary(error))

@@ -1,0 +1,98 @@
+"""One error tree for the whole backfill, sorted by what to do about an error.
+
+    BackfillError
+    ├── UsageError            bad input from the user: exit 2, one line, nothing written
+    ├── TransientError        worth retrying later (5xx, timeouts, resets, truncated bodies, 429)
+    │   └── RateLimited       the host asked us to slow down; carries `retry_at`
+    └── TerminalError         retrying will not help: dead-letter the repo with `code`
+        ├── ResolveError      the DID cannot be resolved to a PDS (stage resolve)
+        ├── RepoUnavailable   the PDS says the repo is gone/taken down/deactivated (stage fetch)
+        ├── BlockedAddress    the PDS endpoint points somewhere we refuse to go (stage fetch)
+        └── RepoInvalid       the CAR / commit / MST cannot be read or trusted (stage decode/verify)
+
+Library errors (aiohttp, libipld, sqlite3) are mapped into this tree at exactly
+one boundary each (xrpc/, repo/, state/) with `raise ... from e`.
+Every error that dead-letters carries a stable `code` and the `stage` it belongs to.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+
+class BackfillError(Exception):
+    """Root of every error the backfill raises on purpose."""
+
+    code: str = "Error"
+    stage: str = "run"
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class UsageError(BackfillError):
+    """Unusable input from the user (flag, DID line, date, NSID, --out): exit code 2."""
+
+    code = "UsageError"
+
+
+class TransientError(BackfillError):
+    """A failure worth retrying: the repo goes back to the queue with a backoff."""
+
+    code = "TransientError"
+    stage = "fetch"
+
+
+class RateLimited(TransientError):
+    """HTTP 429 (or an exhausted published budget): pause this host until `retry_at`."""
+
+    code = "RateLimited"
+
+    def __init__(self, message: str = "", *, retry_at: dt.datetime | None = None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+
+
+class TerminalError(BackfillError):
+    """A failure retrying will not fix: dead-letter with `code` at `stage`."""
+
+    code = "TerminalError"
+
+
+class ResolveError(TerminalError):
+    """The DID has no usable document: unknown, tombstoned, no #atproto_pds service."""
+
+    code = "DidNotFound"
+    stage = "resolve"
+
+
+class RepoUnavailable(TerminalError):
+    """The PDS refuses the repo for good: RepoNotFound, RepoTakendown, RepoDeactivated, ..."""
+
+    code = "RepoNotFound"
+    stage = "fetch"
+
+
+class BlockedAddress(TerminalError):
+    """The PDS endpoint is not one we may contact (private address, bad scheme)."""
+
+    code = "BlockedPrivateAddress"
+    stage = "fetch"
+
+
+class RepoInvalid(TerminalError):
+    """The repository as a whole cannot be read or trusted (broken CAR, commit or MST)."""
+
+    code = "InvalidRepo"
+    stage = "decode"
+
+    def __init__(self, message: str = "", *, code: str | None = None, stage: str | None = None):
+        super().__init__(message, code=code)
+        if stage is not None:
+            self.stage = stage

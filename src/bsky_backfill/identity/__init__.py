@@ -1,0 +1,1 @@
+"""Identity layer: DID -> PDS endpoint and signing key (plc, web, cache)."""

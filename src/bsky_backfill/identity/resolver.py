@@ -1,0 +1,106 @@
+"""DID -> PDS endpoint and signing key: did:plc via the PLC directory, did:web via HTTPS.
+
+Where it sits: the engine's resolver stage calls `DidResolver.resolve` for
+every DID whose identity the state store does not know yet; the answer is
+stored, so later runs never look it up again. Like indigo's `Directory`, the
+resolvers wrap one another: `DidResolver` adds the per-run cache and the
+concurrency bound around the two method-specific ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import unquote, urlsplit
+
+from bsky_backfill.errors import ResolveError, TerminalError
+from bsky_backfill.identity.document import DidDocInfo, parse_did_document
+from bsky_backfill.state.base import Identity
+from bsky_backfill.xrpc.client import XrpcClient
+from bsky_backfill.xrpc.ssrf import check_endpoint, host_to_base_url
+
+
+def host_key(pds: str) -> str:
+    """The key that groups repos into host slots: lower-cased `host[:port]` of the endpoint."""
+    parts = urlsplit(pds)
+    return (parts.netloc or pds).lower()
+
+
+class PlcResolver:
+    """did:plc documents from the operator's (trusted) PLC directory."""
+
+    def __init__(self, client: XrpcClient, plc_url: str) -> None:
+        self._client = client
+        self._plc = plc_url.rstrip("/")
+
+    async def resolve(self, did: str) -> DidDocInfo:
+        try:
+            doc = await self._client.fetch_json(f"{self._plc}/{did}", trusted=True)
+        except TerminalError as e:
+            # 404 (unknown, or tombstoned at @did-plc/server) and 410 (tombstoned at
+            # plc.directory) are both terminal for the DID. One code for both: the
+            # same DID must get the same code whichever PLC server answers.
+            state = "tombstoned" if e.code == "Gone" else "not found"
+            raise ResolveError(f"PLC directory: {state} ({e.message})", code="DidNotFound") from e
+        return parse_did_document(did, doc)
+
+
+class WebResolver:
+    """did:web documents from `https://<host>/.well-known/did.json` (untrusted host)."""
+
+    def __init__(self, client: XrpcClient, allow_private: bool) -> None:
+        self._client = client
+        self._allow_private = allow_private
+
+    def document_url(self, did: str) -> str:
+        rest = did[len("did:web:") :]
+        if ":" in rest:
+            # atproto allows only host-level did:web (no path segments).
+            raise ResolveError(f"{did}: did:web with a path is not supported", code="DidNotFound")
+        host = unquote(rest)  # `%3A` encodes the port separator
+        return f"{host_to_base_url(host, self._allow_private)}/.well-known/did.json"
+
+    async def resolve(self, did: str) -> DidDocInfo:
+        url = self.document_url(did)
+        await check_endpoint(url, self._allow_private)
+        try:
+            doc = await self._client.fetch_json(url, trusted=False)
+        except TerminalError as e:
+            if isinstance(e, ResolveError):
+                raise
+            raise ResolveError(f"did:web document: {e.message}", code="DidNotFound") from e
+        return parse_did_document(did, doc)
+
+
+class DidResolver:
+    """Dispatch by DID method, cache answers for the run, bound concurrency."""
+
+    def __init__(
+        self, client: XrpcClient, plc_url: str, *, allow_private: bool, concurrency: int = 32
+    ) -> None:
+        self._plc = PlcResolver(client, plc_url)
+        self._web = WebResolver(client, allow_private)
+        self._cache: dict[str, Identity] = {}
+        self._limit = asyncio.Semaphore(concurrency)
+        self.lookups = 0
+
+    async def resolve(self, did: str) -> Identity:
+        """Identity for `did`; raises ResolveError (terminal) or TransientError."""
+        cached = self._cache.get(did)
+        if cached is not None:
+            return cached
+        async with self._limit:
+            self.lookups += 1
+            if did.startswith("did:plc:"):
+                info = await self._plc.resolve(did)
+            elif did.startswith("did:web:"):
+                info = await self._web.resolve(did)
+            else:
+                raise ResolveError(f"unsupported DID method: {did}", code="UnsupportedDid")
+        identity = Identity(
+            did=did, pds=info.pds, host=host_key(info.pds), signing_key=info.signing_key
+        )
+        self._cache[did] = identity
+        return identity
+
+
+__all__ = ["DidResolver", "PlcResolver", "WebResolver", "host_key"]

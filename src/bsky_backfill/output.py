@@ -1,0 +1,86 @@
+"""Human and JSON renderings of a run summary and of `status` (rich tables).
+
+Where it sits: called by cli.py after the engine returns; never by the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bsky_backfill.engine.manager import RunSummary
+from bsky_backfill.state.base import StatusReport
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def print_summary(summary: RunSummary, out: Path) -> None:
+    """What a run prints when it ends."""
+    console = _console()
+    verb = "stopped" if summary.stopped else "finished"
+    console.print(
+        f"[bold]{verb}[/bold] in {summary.seconds:.1f}s: repos {summary.repos_done} done, "
+        f"{summary.repos_failed} failed, {summary.repos_pending} pending of "
+        f"{summary.repos_total}; {summary.records_total:,} records in the dataset "
+        f"({summary.records_per_second:,.0f}/s over this run); "
+        f"{summary.requests:,} requests, {summary.bytes / 1e6:,.1f} MB"
+    )
+    if summary.records:
+        table = Table("collection", "records", title="records landed", title_justify="left")
+        for name, count in sorted(summary.records.items()):
+            table.add_row(name, f"{count:,}")
+        console.print(table)
+    if summary.dead_letters:
+        table = Table("error", "count", title="dead letters", title_justify="left")
+        for code, count in sorted(summary.dead_letters.items()):
+            table.add_row(code, f"{count:,}")
+        console.print(table)
+    console.print(f"dataset: {out}")
+
+
+def duckdb_hint(out: Path) -> str:
+    """How to query the output (printed by `demo` and the README)."""
+    glob = out / "app.bsky.feed.post" / "**" / "*.parquet"
+    return (
+        "query it with DuckDB, e.g.\n"
+        f"  duckdb -c \"SELECT count(*) FROM read_parquet('{glob}', "
+        'hive_partitioning=true, union_by_name=true)"'
+    )
+
+
+def status_as_dict(report: StatusReport) -> dict[str, object]:
+    return dataclasses.asdict(report)
+
+
+def print_status(report: StatusReport, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(status_as_dict(report), indent=2, sort_keys=True))
+        return
+    console = _console()
+    console.print(
+        f"repos: {report.total} total, {report.done} done, {report.failed} failed, "
+        f"{report.pending} pending, {report.in_progress} in progress"
+    )
+    if report.records_by_collection:
+        table = Table("collection", "records", title="records landed", title_justify="left")
+        for name, count in sorted(report.records_by_collection.items()):
+            table.add_row(name, f"{count:,}")
+        console.print(table)
+    if report.dead_letters_by_code:
+        table = Table("error", "count", title="dead letters", title_justify="left")
+        for code, count in sorted(report.dead_letters_by_code.items()):
+            table.add_row(code, f"{count:,}")
+        console.print(table)
+    if report.hosts:
+        table = Table("host", "total", "done", "failed", "pending", title="PDS hosts")
+        for host in sorted(report.hosts, key=lambda h: -h.total):
+            table.add_row(
+                host.host, str(host.total), str(host.done), str(host.failed), str(host.pending)
+            )
+        console.print(table)

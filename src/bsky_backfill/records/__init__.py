@@ -1,0 +1,8 @@
+"""records layer: decoded records -> validated rows in per-collection Arrow tables.
+
+transform.py  extract_repo: CAR bytes -> RepoExtract (the hot path)
+columns.py    RecordColumns: validation rules + column accumulation (CAR and listRecords)
+json.py       decoded DAG-CBOR -> atproto JSON ($link / $bytes)
+schema.py     the output schemas (contract columns) and the dead-letter table
+lexicon.py    constants read from the Lexicons (default collections, createdAt rules)
+"""

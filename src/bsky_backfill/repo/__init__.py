@@ -1,0 +1,8 @@
+"""repo layer: a fetched repository CAR -> its commit and its (key, record CID) leaves.
+
+car.py      read_car: libipld decode (GC paused), errors -> RepoInvalid(InvalidCar)
+commit.py   read_commit: the root commit's fields, checked for shape
+mst.py      walk_mst: iterative MST walk, keys in order, only what the tree reaches
+build.py    the writing side (CARs and MSTs) for the simulator, tests and benchmarks
+gcpause.py  gc_paused: the process-wide, re-entrant collector pause
+"""

@@ -1,0 +1,223 @@
+"""Per-host behaviour every simulated server shares: rate limits, faults, bookkeeping.
+
+Where this sits: each simulated site (PLC, did:web, PDS) wraps its routes in
+`policy_middleware`, which records the request in `RequestStats`, enforces the
+host's `RateLimit` (fixed windows, RateLimit-* headers on every response, 429
+when exhausted), then may inject a `Faults` failure before the route runs.
+Routes that stream (getRepo) read `request[FAULT]` to cut their body short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from bsky_backfill.simulate.scenario import Faults, RateLimit
+from bsky_backfill.simulate.stats import RequestStats
+
+GET_REPO = "com.atproto.sync.getRepo"
+
+RATELIMIT_HEADERS = web.RequestKey("ratelimit_headers", dict[str, str])
+FAULT = web.RequestKey("fault", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(status: int, error: str, message: str) -> web.Response:
+    """An XRPC error body, as the reference PDS sends it."""
+    return web.json_response({"error": error, "message": message}, status=status)
+
+
+class FixedWindow:
+    """`limit` requests per `window_s`, the window opening at its first request."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.start = 0.0
+        self.used = 0
+
+    def take(self, now: float) -> tuple[bool, int, int]:
+        """Spend one request: (allowed, remaining, reset as unix seconds)."""
+        if self.used == 0 or now >= self.start + self.window_s:
+            self.start, self.used = now, 0
+        allowed = self.used < self.limit
+        if allowed:
+            self.used += 1
+        return allowed, self.limit - self.used, math.ceil(self.start + self.window_s)
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    allowed: bool
+    headers: dict[str, str]
+
+
+class HostPolicy:
+    """One host's limits and fault dice; `closing` ends injected hangs at shutdown."""
+
+    def __init__(
+        self,
+        name: str,
+        stats: RequestStats,
+        rate_limit: RateLimit | None = None,
+        faults: Faults | None = None,
+    ) -> None:
+        self.name = name
+        self.stats = stats
+        self.rate_limit = rate_limit
+        self.faults = faults
+        self.closing = asyncio.Event()
+        self._general = FixedWindow(rate_limit.limit, rate_limit.window_s) if rate_limit else None
+        self._get_repo = (
+            FixedWindow(rate_limit.get_repo_limit, rate_limit.window_s)
+            if rate_limit and rate_limit.get_repo_limit is not None
+            else None
+        )
+        self._hidden = (
+            FixedWindow(rate_limit.hidden_total, rate_limit.window_s)
+            if rate_limit and rate_limit.hidden_total is not None
+            else None
+        )
+        self._attempts: Counter[str] = Counter()
+
+    def admit(self, endpoint: str) -> _Verdict:
+        """Charge the request to its bucket and say whether it may proceed."""
+        rl = self.rate_limit
+        if rl is None or self._general is None:
+            return _Verdict(True, {})
+        bucket = self._get_repo if endpoint == GET_REPO and self._get_repo else self._general
+        now = time.time()
+        allowed, remaining, reset = bucket.take(now)
+        if allowed and self._hidden is not None:
+            allowed = self._hidden.take(now)[0]
+        headers = {
+            "RateLimit-Limit": str(bucket.limit),
+            "RateLimit-Remaining": str(max(remaining, 0)),
+            "RateLimit-Reset": str(reset),
+            "RateLimit-Policy": f"{bucket.limit};w={int(bucket.window_s)}",
+        }
+        if not rl.headers and allowed:
+            headers = {}
+        if rl.html_429 and not allowed:
+            headers = {}
+        return _Verdict(allowed, headers)
+
+    def draw_fault(self, endpoint: str, query: str) -> str | None:
+        """Which fault (error, hang, truncate, short_car) the n-th identical request meets."""
+        f = self.faults
+        if f is None or (f.endpoints is not None and endpoint not in f.endpoints):
+            return None
+        key = f"{endpoint}?{query}"
+        n = self._attempts[key]
+        self._attempts[key] = n + 1
+        digest = hashlib.sha256(f"{f.seed}|{self.name}|{key}|{n}".encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2**64
+        edge = f.error_rate
+        if u < edge:
+            return "error:" + ("500", "502", "503")[digest[8] % 3]
+        edge += f.hang_rate
+        if u < edge:
+            return "hang"
+        if endpoint == GET_REPO:
+            edge += f.truncate_rate
+            if u < edge:
+                return "truncate"
+            edge += f.short_car_rate
+            if u < edge:
+                return "short_car"
+        return None
+
+    async def hang(self) -> None:
+        hang_s = self.faults.hang_s if self.faults else 0.0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.closing.wait(), timeout=hang_s)
+
+
+def _error_response(status: int) -> web.Response:
+    if status == 500:
+        return json_error(500, "InternalServerError", "Internal Server Error")
+    reason = {502: "Bad Gateway", 503: "Service Unavailable"}[status]
+    # What a reverse proxy in front of a PDS answers: HTML, no XRPC body.
+    html = f"<html><head><title>{status} {reason}</title></head><body>{reason}</body></html>"
+    return web.Response(status=status, text=html, content_type="text/html")
+
+
+def _too_many(policy: HostPolicy) -> web.Response:
+    if policy.rate_limit is not None and policy.rate_limit.html_429:
+        html = "<html><head><title>429 Too Many Requests</title></head></html>"
+        return web.Response(status=429, text=html, content_type="text/html")
+    return json_error(429, "RateLimitExceeded", "Rate Limit Exceeded")
+
+
+def policy_middleware(
+    policy: HostPolicy, endpoint_of: Callable[[web.Request], str | None]
+) -> Middleware:
+    """The outermost middleware of a simulated site: stats, rate limit, faults, then route.
+
+    `endpoint_of` names the endpoint a request is for (None = no such route:
+    answered 404 and recorded as unexpected).
+    """
+    stats, host = policy.stats, policy.name
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        endpoint = endpoint_of(request)
+        label = endpoint or "unexpected"
+        status = 500
+        stats.enter(host)
+        try:
+            if endpoint is None:
+                stats.record_unexpected(host, request.method, request.path_qs)
+                status = 404
+                return json_error(404, "NotFound", f"no route for {request.path}")
+            verdict = policy.admit(endpoint)
+            request[RATELIMIT_HEADERS] = verdict.headers
+            if not verdict.allowed:
+                status = 429
+                return _too_many(policy)
+            fault = policy.draw_fault(endpoint, request.query_string)
+            if fault is not None:
+                stats.record_fault(host, fault.split(":")[0])
+                if fault.startswith("error:"):
+                    status = int(fault[6:])
+                    return _error_response(status)
+                if fault == "hang":
+                    await policy.hang()
+                else:
+                    request[FAULT] = fault
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as e:
+            status = e.status
+            raise
+        finally:
+            stats.record(host, label, status)
+            stats.leave(host)
+
+    return middleware
+
+
+async def add_ratelimit_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """on_response_prepare hook: streamed responses get the headers too."""
+    for name, value in request.get(RATELIMIT_HEADERS, {}).items():
+        response.headers[name] = value
+
+
+def site_app(
+    policy: HostPolicy, endpoint_of: Callable[[web.Request], str | None]
+) -> web.Application:
+    """An empty aiohttp app wired with the policy middleware and header hook."""
+    app = web.Application(middlewares=[policy_middleware(policy, endpoint_of)])
+    app.on_response_prepare.append(add_ratelimit_headers)
+    return app

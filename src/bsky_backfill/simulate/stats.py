@@ -1,0 +1,115 @@
+"""What the simulated servers saw: requests per (host, endpoint, status), and more.
+
+Where this sits: every simulated server (PLC, did:web sites, PDS hosts)
+records each request here from its outermost middleware. Tests read it from
+another thread (the network runs on its own event loop), so every access
+takes a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class UnexpectedRequest:
+    """A request no simulated route answers: a product bug worth failing a test for."""
+
+    host: str
+    method: str
+    path: str
+
+
+class RequestStats:
+    """Thread-safe request counters for the whole simulated network."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, str, int]] = Counter()
+        self._faults: Counter[tuple[str, str]] = Counter()
+        self._bytes: Counter[str] = Counter()
+        self._inflight: Counter[str] = Counter()
+        self._max_inflight: Counter[str] = Counter()
+        self._unexpected: list[UnexpectedRequest] = []
+
+    # -- written by the servers ---------------------------------------------------
+
+    def record(self, host: str, endpoint: str, status: int) -> None:
+        with self._lock:
+            self._counts[(host, endpoint, status)] += 1
+
+    def record_fault(self, host: str, kind: str) -> None:
+        with self._lock:
+            self._faults[(host, kind)] += 1
+
+    def record_bytes(self, host: str, n: int) -> None:
+        with self._lock:
+            self._bytes[host] += n
+
+    def record_unexpected(self, host: str, method: str, path: str) -> None:
+        with self._lock:
+            self._unexpected.append(UnexpectedRequest(host, method, path))
+
+    def enter(self, host: str) -> None:
+        with self._lock:
+            self._inflight[host] += 1
+            if self._inflight[host] > self._max_inflight[host]:
+                self._max_inflight[host] = self._inflight[host]
+
+    def leave(self, host: str) -> None:
+        with self._lock:
+            self._inflight[host] -= 1
+
+    # -- read by tests ----------------------------------------------------------------
+
+    def count(
+        self, host: str | None = None, endpoint: str | None = None, status: int | None = None
+    ) -> int:
+        """Requests matching every given filter (None matches anything)."""
+        with self._lock:
+            return sum(
+                n
+                for (h, e, s), n in self._counts.items()
+                if (host is None or h == host)
+                and (endpoint is None or e == endpoint)
+                and (status is None or s == status)
+            )
+
+    def total(self) -> int:
+        """Every request any simulated server answered."""
+        return self.count()
+
+    def snapshot(self) -> dict[tuple[str, str, int], int]:
+        """A copy of all counters: (host, endpoint, status) -> requests."""
+        with self._lock:
+            return dict(self._counts)
+
+    def faults(self) -> dict[tuple[str, str], int]:
+        """Injected faults: (host, kind) -> times (kinds: error, hang, truncate, short_car)."""
+        with self._lock:
+            return dict(self._faults)
+
+    def bytes_sent(self, host: str | None = None) -> int:
+        """getRepo body bytes written (all hosts when `host` is None)."""
+        with self._lock:
+            return sum(n for h, n in self._bytes.items() if host is None or h == host)
+
+    def max_inflight(self, host: str) -> int:
+        """The most requests this host was answering at once."""
+        with self._lock:
+            return self._max_inflight[host]
+
+    @property
+    def unexpected(self) -> list[UnexpectedRequest]:
+        with self._lock:
+            return list(self._unexpected)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts.clear()
+            self._faults.clear()
+            self._bytes.clear()
+            self._max_inflight.clear()
+            self._unexpected.clear()

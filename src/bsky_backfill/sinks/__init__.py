@@ -1,0 +1,19 @@
+"""sinks layer: where finished repos become durable Parquet files.
+
+`DatasetWriter` (parquet.py) batches repos into tmp files and commits them
+together with the state store; `recovery.py` settles a crash's leftovers at
+start-up; `deadletters.py` is the `_deadletters` table; `storage.py` the layout.
+"""
+
+from bsky_backfill.sinks.deadletters import DEAD_LETTER_SCHEMA, dead_letter_table
+from bsky_backfill.sinks.parquet import CommitSummary, DatasetWriter, SinkConfig
+from bsky_backfill.sinks.recovery import RecoveryReport
+
+__all__ = [
+    "DEAD_LETTER_SCHEMA",
+    "CommitSummary",
+    "DatasetWriter",
+    "RecoveryReport",
+    "SinkConfig",
+    "dead_letter_table",
+]

@@ -1,0 +1,177 @@
+"""The state store: the durable work queue and ledger of one backfill.
+
+Where it sits: the engine enqueues DIDs from a source, stores what identity
+resolution found, claims repos per PDS host, records retries, and at every
+sink commit marks repos done/failed *in the same transaction* that records the
+committed Parquet files. That single transaction is what makes a crash at any
+moment lose nothing and duplicate nothing (see sinks/parquet.py).
+
+`StateStore` is the Protocol every backend implements (SQLite here; PostgreSQL
+later) and one shared test suite checks. Methods are synchronous and short:
+each is one small transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bsky_backfill.models import DeadLetter
+
+
+class RepoState(enum.StrEnum):
+    """Lifecycle of one repo: pending -> in_progress -> done | failed (| back to pending)."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What resolution learned about a DID: its PDS endpoint (base URL), host key, signing key."""
+
+    did: str
+    pds: str
+    host: str
+    signing_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RepoTask:
+    """A claimed repo, ready to fetch: identity plus retry bookkeeping."""
+
+    did: str
+    pds: str
+    host: str
+    signing_key: str | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedFile:
+    """One Parquet file made durable by a commit: final relative path, table, rows."""
+
+    path: str
+    collection: str
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class RepoDone:
+    """A repo whose every row is in this commit's files."""
+
+    did: str
+    rev: str | None
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class RepoFailed:
+    """A repo dead-lettered whole (its dead letter rides in the same commit)."""
+
+    did: str
+    code: str
+    message: str
+
+
+@dataclass(slots=True)
+class HostStatus:
+    host: str
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    pending: int = 0
+
+
+@dataclass(slots=True)
+class StatusReport:
+    """What `bsky-backfill status` prints."""
+
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    pending: int = 0
+    in_progress: int = 0
+    records_by_collection: dict[str, int] = field(default_factory=dict)
+    dead_letters_by_code: dict[str, int] = field(default_factory=dict)
+    hosts: list[HostStatus] = field(default_factory=list)
+
+
+class StateStore(Protocol):
+    """The durable queue. Times are aware UTC datetimes."""
+
+    def enqueue(self, dids: Iterable[str]) -> int:
+        """Add DIDs as pending (unknown identity); existing DIDs are left as they are.
+        Returns how many were new. Streams: callers pass chunks of ~10k."""
+        ...
+
+    def enqueue_resolved(self, identities: Iterable[Identity]) -> int:
+        """Add DIDs whose identity is already known (e.g. from a PLC export)."""
+        ...
+
+    def unresolved(self, limit: int, exclude: Sequence[str] = ()) -> list[str]:
+        """Pending DIDs with no identity yet (oldest first), not in `exclude`."""
+        ...
+
+    def set_identities(self, identities: Sequence[Identity]) -> None:
+        """Store resolved identities (the repo stays pending, now claimable by host)."""
+        ...
+
+    def pending_hosts(self, now: dt.datetime) -> dict[str, int]:
+        """Hosts with resolved, pending repos due now (next_attempt_at <= now): host -> count."""
+        ...
+
+    def next_due(self) -> dt.datetime | None:
+        """Earliest next_attempt_at among pending repos (None if there are none)."""
+        ...
+
+    def claim(self, host: str, limit: int, now: dt.datetime) -> list[RepoTask]:
+        """Atomically move up to `limit` due, resolved, pending repos of `host` to in_progress."""
+        ...
+
+    def retry_later(
+        self, did: str, attempts: int, next_attempt_at: dt.datetime, error: str
+    ) -> None:
+        """Put an in-progress repo back to pending with its attempt count, due time and error."""
+        ...
+
+    def recover(self) -> int:
+        """Start-up: every in_progress repo (left by a crash) goes back to pending.
+
+        Returns how many were recovered."""
+        ...
+
+    def commit(
+        self,
+        files: Sequence[CommittedFile],
+        done: Sequence[RepoDone],
+        failed: Sequence[RepoFailed],
+        dead_letters: Sequence[DeadLetter],
+    ) -> None:
+        """One transaction: record files, mark repos done/failed, count dead letters."""
+        ...
+
+    def committed_files(self) -> list[CommittedFile]:
+        """Every file ever committed (used by the sink's start-up recovery)."""
+        ...
+
+    def counts(self) -> dict[RepoState, int]:
+        """Repos per state."""
+        ...
+
+    def status(self) -> StatusReport:
+        """Whole-run summary for `status`."""
+        ...
+
+    def get_meta(self, key: str) -> str | None:
+        """A small key/value table for run settings and schema version."""
+        ...
+
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,21 @@
+"""Errors of the state layer: where database errors enter the error tree.
+
+Every backend maps its driver's errors (sqlite3, later psycopg) into
+`StateStoreError` at its own boundary, so the engine sees one fatal error kind
+for "the queue is unusable" instead of driver exceptions.
+"""
+
+from __future__ import annotations
+
+from bsky_backfill.errors import BackfillError
+
+
+class StateStoreError(BackfillError):
+    """The state store failed (locked, corrupt, full disk, schema from a newer version).
+
+    Not transient and not a dead letter: the run cannot continue without its ledger,
+    so the engine stops (exit code 1); a re-run resumes from what was committed.
+    """
+
+    code = "StateStoreError"
+    stage = "state"

@@ -1,0 +1,438 @@
+"""SQLite state store: the default durable queue and ledger (`OUT/_state/state.sqlite`).
+
+Where it sits: implements `state.base.StateStore` for one machine. The engine
+enqueues DIDs, stores identities, claims repos per PDS host and, through
+`sinks.parquet.DatasetWriter.commit`, records committed files together with the
+repos they complete in one transaction.
+
+Concurrency: one connection, used by one thread at a time (the engine's
+asyncio thread; every call is one short transaction). The connection may be
+handed to another thread, but calls must not overlap. Other processes may open
+the same file (status command, workers): WAL lets readers run beside the
+writer, `busy_timeout` makes writers queue up instead of failing.
+
+Storage: times are INTEGER microseconds since the Unix epoch (UTC); the API
+speaks aware UTC datetimes. Repo counts per state (`repo_counts`) and per host
+and state (`host_counts`) are kept by triggers, so progress polling and
+`status` cost O(hosts), not a scan of tens of millions of repos.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime as dt
+import itertools
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from bsky_backfill.models import DeadLetter
+from bsky_backfill.state.base import (
+    CommittedFile,
+    HostStatus,
+    Identity,
+    RepoDone,
+    RepoFailed,
+    RepoState,
+    RepoTask,
+    StatusReport,
+)
+from bsky_backfill.state.errors import StateStoreError
+from bsky_backfill.state.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICRO = dt.timedelta(microseconds=1)
+# Rows per enqueue transaction: big enough to amortise the commit, small enough
+# that a long enqueue never holds the write lock for more than a blink.
+_CHUNK = 20_000
+
+
+def _to_us(t: dt.datetime) -> int:
+    if t.tzinfo is None:
+        raise ValueError(f"naive datetime {t!r}: the state store wants aware UTC datetimes")
+    # Integer arithmetic: float timestamps lose microseconds in this century.
+    return (t - _EPOCH) // _MICRO
+
+
+def _from_us(us: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=us)
+
+
+def _now_us() -> int:
+    return _to_us(dt.datetime.now(dt.UTC))
+
+
+@contextlib.contextmanager
+def _mapped() -> Iterator[None]:
+    """The one boundary where sqlite3 errors become `StateStoreError`."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise StateStoreError(f"state store: {e}") from e
+
+
+class SqliteStateStore:
+    """`StateStore` on one SQLite file; see the module docstring for threading."""
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 30.0) -> None:
+        if sqlite3.sqlite_version_info < (3, 35, 0):
+            # claim() is a single UPDATE ... RETURNING, which needs 3.35.
+            raise StateStoreError(f"SQLite >= 3.35 required, found {sqlite3.sqlite_version}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _mapped():
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so every
+            # transaction is exactly as long as one method.
+            self._conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
+            )
+            try:
+                self._configure(busy_timeout_s)
+                self._migrate()
+            except BaseException:
+                self._conn.close()
+                raise
+
+    # -- setup ---------------------------------------------------------------
+
+    def _configure(self, busy_timeout_s: float) -> None:
+        c = self._conn
+        c.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        c.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode never corrupts and survives a killed process (the
+        # WAL is in the OS page cache); on power loss it may drop the newest
+        # transactions, always as a suffix (WAL frames are checksum-chained).
+        # Losing a claim, retry or identity only means redoing work. The one
+        # transaction whose loss would NOT be harmless is commit(): the sink
+        # renames files right after it, and a rename that outlives a lost
+        # commit record would land rows twice. commit() therefore switches to
+        # FULL (fsync the WAL before COMMIT returns) for its own transaction.
+        c.execute("PRAGMA synchronous = NORMAL")
+        c.execute("PRAGMA foreign_keys = OFF")
+        c.execute("PRAGMA temp_store = MEMORY")
+        c.execute("PRAGMA cache_size = -65536")  # 64 MiB: big enqueues touch many index pages
+        c.execute("PRAGMA journal_size_limit = 67108864")  # shrink the WAL after bursts
+
+    def _migrate(self) -> None:
+        c = self._conn
+        # IMMEDIATE: two processes opening a fresh file at once migrate one after the other.
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+                " WITHOUT ROWID"
+            )
+            row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                raise StateStoreError(
+                    f"{self.path}: schema version {current} is newer than this program's "
+                    f"{SCHEMA_VERSION}; upgrade bsky-backfill"
+                )
+            for step in MIGRATIONS[current:]:
+                for sql in step:
+                    c.execute(sql)
+            if current < SCHEMA_VERSION:
+                c.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            c.commit()
+        except BaseException:
+            c.rollback()
+            raise
+
+    @contextlib.contextmanager
+    def _write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One short write transaction; `durable` fsyncs the WAL before returning."""
+        c = self._conn
+        with _mapped():
+            if durable:
+                c.execute("PRAGMA synchronous = FULL")
+            try:
+                # IMMEDIATE takes the write lock up front, so busy_timeout applies
+                # here instead of failing later on a read-to-write upgrade.
+                c.execute("BEGIN IMMEDIATE")
+                try:
+                    yield c
+                    c.commit()
+                except BaseException:
+                    c.rollback()
+                    raise
+            finally:
+                if durable:
+                    c.execute("PRAGMA synchronous = NORMAL")
+
+    # -- queue -----------------------------------------------------------------
+
+    def enqueue(self, dids: Iterable[str]) -> int:
+        now = _now_us()
+        new = 0
+        it = iter(dids)
+        while chunk := list(itertools.islice(it, _CHUNK)):
+            with self._write() as c:
+                cur = c.executemany(
+                    "INSERT OR IGNORE INTO repos(did, updated_at) VALUES (?, ?)",
+                    [(d, now) for d in chunk],
+                )
+                # rowcount sums sqlite3_changes(), which leaves out trigger work.
+                new += cur.rowcount
+        return new
+
+    def enqueue_resolved(self, identities: Iterable[Identity]) -> int:
+        now = _now_us()
+        new = 0
+        it = iter(identities)
+        while chunk := list(itertools.islice(it, _CHUNK)):
+            with self._write() as c:
+                before = self._total(c)
+                # A DID seen again (e.g. a later PLC operation) refreshes the
+                # identity of a repo not yet claimed; anything further along is kept.
+                c.executemany(
+                    """INSERT INTO repos(did, pds, host, signing_key, updated_at)
+                       VALUES (?, ?, ?, ?, ?)
+                       ON CONFLICT(did) DO UPDATE SET
+                         pds = excluded.pds, host = excluded.host,
+                         signing_key = excluded.signing_key, updated_at = excluded.updated_at
+                       WHERE repos.state = 'pending'""",
+                    [(i.did, i.pds, i.host, i.signing_key, now) for i in chunk],
+                )
+                new += self._total(c) - before
+        return new
+
+    @staticmethod
+    def _total(c: sqlite3.Connection) -> int:
+        return int(c.execute("SELECT sum(n) FROM repo_counts").fetchone()[0])
+
+    def unresolved(self, limit: int, exclude: Sequence[str] = ()) -> list[str]:
+        # Oldest first, and only those due by the wall clock: a DID whose
+        # resolution failed transiently waits out its retry_later() backoff
+        # (the Protocol passes no `now` here). `exclude` (DIDs being resolved
+        # right now) is filtered in Python: over-fetching by its length is
+        # cheaper than binding thousands of parameters.
+        skip = set(exclude)
+        with _mapped():
+            rows = self._conn.execute(
+                """SELECT did FROM repos
+                   WHERE state = 'pending' AND host IS NULL AND next_attempt_at <= ?
+                   ORDER BY next_attempt_at, rowid LIMIT ?""",
+                (_now_us(), limit + len(skip)),
+            ).fetchall()
+        return [d for (d,) in rows if d not in skip][:limit]
+
+    def set_identities(self, identities: Sequence[Identity]) -> None:
+        now = _now_us()
+        with self._write() as c:
+            c.executemany(
+                """UPDATE repos SET pds = ?, host = ?, signing_key = ?, updated_at = ?
+                   WHERE did = ? AND state = 'pending'""",
+                [(i.pds, i.host, i.signing_key, now, i.did) for i in identities],
+            )
+
+    def pending_hosts(self, now: dt.datetime) -> dict[str, int]:
+        # due = pending (from host_counts) - not yet due. Counting the due ones
+        # directly would scan every pending repo on each scheduler tick; the not
+        # yet due ones are only the few backing off, found through repos_due.
+        with _mapped():
+            rows = self._conn.execute(
+                """SELECT h.host, h.n - coalesce(f.n, 0) FROM host_counts AS h
+                   LEFT JOIN (
+                     SELECT host, count(*) AS n FROM repos INDEXED BY repos_due
+                     WHERE state = 'pending' AND host IS NOT NULL AND next_attempt_at > ?
+                     GROUP BY host) AS f ON f.host = h.host
+                   WHERE h.state = 'pending' AND h.n - coalesce(f.n, 0) > 0""",
+                (_to_us(now),),
+            ).fetchall()
+        return {h: n for h, n in rows}
+
+    def next_due(self) -> dt.datetime | None:
+        # All pending repos, resolved or not, so an engine waiting only on a
+        # resolution backoff knows when to wake. Two index lookups, no scan.
+        # ORDER BY ... LIMIT 1 rather than min(): the index order answers it at
+        # once, where min() over `host IS NULL` may walk every unresolved entry.
+        with _mapped():
+            found = [
+                row[0]
+                for cond in ("host IS NOT NULL", "host IS NULL")
+                for row in self._conn.execute(
+                    f"""SELECT next_attempt_at FROM repos WHERE state = 'pending' AND {cond}
+                        ORDER BY next_attempt_at LIMIT 1"""
+                ).fetchall()
+            ]
+        return _from_us(min(found)) if found else None
+
+    def claim(self, host: str, limit: int, now: dt.datetime) -> list[RepoTask]:
+        now_us = _to_us(now)
+        with self._write() as c:
+            # One statement: selection and state change cannot interleave with
+            # another claimer, so no repo is handed out twice.
+            rows = c.execute(
+                """UPDATE repos SET state = 'in_progress', updated_at = ?
+                   WHERE did IN (
+                     SELECT did FROM repos
+                     WHERE state = 'pending' AND host = ? AND next_attempt_at <= ?
+                     ORDER BY next_attempt_at LIMIT ?)
+                   RETURNING did, pds, host, signing_key, attempts""",
+                (now_us, host, now_us, limit),
+            ).fetchall()
+        return [
+            RepoTask(did=r[0], pds=r[1], host=r[2], signing_key=r[3], attempts=r[4]) for r in rows
+        ]
+
+    def retry_later(
+        self, did: str, attempts: int, next_attempt_at: dt.datetime, error: str
+    ) -> None:
+        due = _to_us(next_attempt_at)
+        with self._write() as c:
+            # Guarded by state: a late retry must never reopen a finished repo.
+            c.execute(
+                """UPDATE repos SET state = 'pending', attempts = ?, next_attempt_at = ?,
+                     error_code = NULL, last_error = ?, updated_at = ?
+                   WHERE did = ? AND state IN ('pending', 'in_progress')""",
+                (attempts, due, error, _now_us(), did),
+            )
+
+    def recover(self) -> int:
+        with self._write() as c:
+            cur = c.execute(
+                """UPDATE repos SET state = 'pending', updated_at = ?
+                   WHERE state = 'in_progress'""",
+                (_now_us(),),
+            )
+            return cur.rowcount
+
+    # -- ledger ----------------------------------------------------------------
+
+    def commit(
+        self,
+        files: Sequence[CommittedFile],
+        done: Sequence[RepoDone],
+        failed: Sequence[RepoFailed],
+        dead_letters: Sequence[DeadLetter],
+    ) -> None:
+        now = _now_us()
+        letters = collections.Counter((d.stage, d.error) for d in dead_letters)
+        with self._write(durable=True) as c:
+            # A path committed twice is a bug that would duplicate rows: the
+            # PRIMARY KEY makes the whole transaction fail instead.
+            c.executemany(
+                "INSERT INTO files(path, collection, rows, committed_at) VALUES (?, ?, ?, ?)",
+                [(f.path, f.collection, f.rows, now) for f in files],
+            )
+            # Upserts: the files above hold these repos' rows whatever the queue
+            # thought, so the ledger must say done even for a DID never enqueued.
+            c.executemany(
+                """INSERT INTO repos(did, state, rev, records, updated_at)
+                   VALUES (?, 'done', ?, ?, ?)
+                   ON CONFLICT(did) DO UPDATE SET state = 'done', rev = excluded.rev,
+                     records = excluded.records, error_code = NULL, last_error = NULL,
+                     updated_at = excluded.updated_at""",
+                [(d.did, d.rev, d.records, now) for d in done],
+            )
+            c.executemany(
+                """INSERT INTO repos(did, state, error_code, last_error, updated_at)
+                   VALUES (?, 'failed', ?, ?, ?)
+                   ON CONFLICT(did) DO UPDATE SET state = 'failed',
+                     error_code = excluded.error_code, last_error = excluded.last_error,
+                     updated_at = excluded.updated_at""",
+                [(f.did, f.code, f.message, now) for f in failed],
+            )
+            c.executemany(
+                """INSERT INTO dead_letter_counts(stage, code, count) VALUES (?, ?, ?)
+                   ON CONFLICT(stage, code) DO UPDATE SET count = count + excluded.count""",
+                [(stage, code, n) for (stage, code), n in letters.items()],
+            )
+
+    def committed_files(self) -> list[CommittedFile]:
+        with _mapped():
+            rows = self._conn.execute("SELECT path, collection, rows FROM files").fetchall()
+        return [CommittedFile(path=p, collection=c, rows=n) for p, c, n in rows]
+
+    def counts(self) -> dict[RepoState, int]:
+        with _mapped():
+            rows = self._conn.execute("SELECT state, n FROM repo_counts").fetchall()
+        return {RepoState(s): n for s, n in rows}
+
+    def status(self) -> StatusReport:
+        c = self._conn
+        with _mapped():
+            # One read transaction: all numbers come from the same snapshot.
+            c.execute("BEGIN")
+            try:
+                counts = dict(c.execute("SELECT state, n FROM repo_counts").fetchall())
+                # Collections starting with "_" are the sink's own tables
+                # (_deadletters); NSIDs never start with "_".
+                by_collection = c.execute(
+                    r"""SELECT collection, sum(rows) FROM files
+                        WHERE collection NOT LIKE '\_%' ESCAPE '\'
+                        GROUP BY collection ORDER BY collection"""
+                ).fetchall()
+                by_code = c.execute(
+                    """SELECT code, sum(count) FROM dead_letter_counts
+                       GROUP BY code ORDER BY sum(count) DESC, code"""
+                ).fetchall()
+                by_host = c.execute("SELECT host, state, n FROM host_counts WHERE n > 0").fetchall()
+            finally:
+                c.rollback()
+        hosts: dict[str, HostStatus] = {}
+        for host, state, n in by_host:
+            h = hosts.setdefault(host, HostStatus(host=host))
+            h.total += n
+            if state == RepoState.DONE:
+                h.done += n
+            elif state == RepoState.FAILED:
+                h.failed += n
+            else:  # pending or in_progress: not finished yet
+                h.pending += n
+        return StatusReport(
+            total=sum(counts.values()),
+            done=counts.get(RepoState.DONE, 0),
+            failed=counts.get(RepoState.FAILED, 0),
+            pending=counts.get(RepoState.PENDING, 0),
+            in_progress=counts.get(RepoState.IN_PROGRESS, 0),
+            records_by_collection={k: int(v) for k, v in by_collection},
+            dead_letters_by_code={k: int(v) for k, v in by_code},
+            hosts=sorted(hosts.values(), key=lambda h: (-h.total, h.host)),
+        )
+
+    # -- small tables ------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        with _mapped():
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._write() as c:
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def get_cursor(self, source: str) -> str | None:
+        """Where an enumeration source (PLC export, relay) left off; beyond the Protocol."""
+        with _mapped():
+            row = self._conn.execute(
+                "SELECT cursor FROM cursors WHERE source = ?", (source,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_cursor(self, source: str, cursor: str) -> None:
+        """Save a source's cursor; call after enqueueing the page it follows (WAL keeps order)."""
+        with self._write() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO cursors(source, cursor, updated_at) VALUES (?, ?, ?)",
+                (source, cursor, _now_us()),
+            )
+
+    def close(self) -> None:
+        with _mapped():
+            with contextlib.suppress(sqlite3.Error):
+                # Cheap on close, keeps planner statistics fresh for the next run.
+                self._conn.execute("PRAGMA optimize")
+            self._conn.close()
+
+    def __enter__(self) -> SqliteStateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,92 @@
+"""The SQLite state store's schema, as ordered migrations.
+
+Where it sits: `SqliteStateStore` applies `MIGRATIONS[schema_version:]` in one
+transaction when it opens a file, so a file from an older version is upgraded
+in place and reopening is a no-op. Append only: never edit a released step.
+"""
+
+from __future__ import annotations
+
+# schema_version = how many steps have been applied.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE repos (
+            did TEXT PRIMARY KEY,
+            state TEXT NOT NULL DEFAULT 'pending',
+            pds TEXT,
+            host TEXT,
+            signing_key TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER NOT NULL DEFAULT 0,
+            error_code TEXT,
+            last_error TEXT,
+            rev TEXT,
+            records INTEGER,
+            updated_at INTEGER NOT NULL
+        )""",
+        # Partial indexes hold only the rows a hot query can want, so they stay
+        # small while done repos pile up. Queries must spell `state = 'pending'`
+        # literally for the planner to pick them. repos_claim also serves
+        # unresolved() (host IS NULL sorts as one more "host").
+        "CREATE INDEX repos_claim ON repos(host, next_attempt_at) WHERE state = 'pending'",
+        """CREATE INDEX repos_due ON repos(next_attempt_at)
+            WHERE state = 'pending' AND host IS NOT NULL""",
+        "CREATE INDEX repos_in_progress ON repos(host) WHERE state = 'in_progress'",
+        """CREATE TABLE repo_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)
+            WITHOUT ROWID""",
+        """INSERT INTO repo_counts(state, n)
+            VALUES ('pending', 0), ('in_progress', 0), ('done', 0), ('failed', 0)""",
+        """CREATE TRIGGER repos_count_insert AFTER INSERT ON repos BEGIN
+            UPDATE repo_counts SET n = n + 1 WHERE state = new.state;
+        END""",
+        """CREATE TRIGGER repos_count_update AFTER UPDATE OF state ON repos
+            WHEN old.state <> new.state BEGIN
+            UPDATE repo_counts SET n = n - 1 WHERE state = old.state;
+            UPDATE repo_counts SET n = n + 1 WHERE state = new.state;
+        END""",
+        """CREATE TRIGGER repos_count_delete AFTER DELETE ON repos BEGIN
+            UPDATE repo_counts SET n = n - 1 WHERE state = old.state;
+        END""",
+        # Per host and state, for `status` without a scan of every repo.
+        """CREATE TABLE host_counts (
+            host TEXT NOT NULL,
+            state TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            PRIMARY KEY (host, state)
+        ) WITHOUT ROWID""",
+        """CREATE TRIGGER repos_host_count_insert AFTER INSERT ON repos
+            WHEN new.host IS NOT NULL BEGIN
+            INSERT INTO host_counts(host, state, n) VALUES (new.host, new.state, 1)
+              ON CONFLICT(host, state) DO UPDATE SET n = n + 1;
+        END""",
+        """CREATE TRIGGER repos_host_count_update AFTER UPDATE OF state, host ON repos
+            WHEN old.state IS NOT new.state OR old.host IS NOT new.host BEGIN
+            UPDATE host_counts SET n = n - 1 WHERE host = old.host AND state = old.state;
+            INSERT INTO host_counts(host, state, n)
+              SELECT new.host, new.state, 1 WHERE new.host IS NOT NULL
+              ON CONFLICT(host, state) DO UPDATE SET n = n + 1;
+        END""",
+        """CREATE TRIGGER repos_host_count_delete AFTER DELETE ON repos
+            WHEN old.host IS NOT NULL BEGIN
+            UPDATE host_counts SET n = n - 1 WHERE host = old.host AND state = old.state;
+        END""",
+        """CREATE TABLE files (
+            path TEXT PRIMARY KEY,
+            collection TEXT NOT NULL,
+            rows INTEGER NOT NULL,
+            committed_at INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE dead_letter_counts (
+            stage TEXT NOT NULL,
+            code TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (stage, code)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE cursors (
+            source TEXT PRIMARY KEY,
+            cursor TEXT NOT NULL,
+            updated_at INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)

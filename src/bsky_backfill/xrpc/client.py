@@ -1,0 +1,252 @@
+"""HTTP for the backfill: XRPC calls to PDS hosts and JSON fetches from the PLC directory.
+
+Where it sits: identity/ uses `fetch_json` for DID documents; the engine's
+worker uses `get_repo` (and later list endpoints). Every call to a PDS goes
+through the host's `HostSlot` (pacing) and reports its response to it.
+
+This module is the one boundary where aiohttp errors and HTTP statuses are
+mapped into the error tree of errors.py:
+    429                      -> RateLimited (transient, host paused)
+    5xx, 408, timeouts,
+    resets, short bodies     -> TransientError
+    400 {"error": RepoX}     -> RepoUnavailable(code=RepoX)   (terminal)
+    other 4xx                -> TerminalError(code=HttpNNN)
+    refused address          -> BlockedAddress
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from bsky_backfill import __version__
+from bsky_backfill.errors import (
+    BackfillError,
+    BlockedAddress,
+    RateLimited,
+    RepoUnavailable,
+    TerminalError,
+    TransientError,
+)
+from bsky_backfill.xrpc.ratelimit import retry_after_seconds
+from bsky_backfill.xrpc.slot import GET_REPO, HostSlot
+from bsky_backfill.xrpc.ssrf import BlockedAddressOSError, GuardedResolver
+
+# Account states a PDS reports for getRepo; terminal for that repo.
+REPO_STATUS_ERRORS = frozenset(
+    {"RepoNotFound", "RepoTakendown", "RepoDeactivated", "RepoSuspended", "RepoDeleted"}
+)
+
+ResponseListener = Callable[[str, str, int | None, int], None]
+"""(host, endpoint, status or None on failure, body bytes) after each request."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """Network knobs; defaults suit the public network."""
+
+    connect_timeout: float = 10.0
+    """Seconds to open a connection."""
+    read_timeout: float = 60.0
+    """Seconds without receiving a byte before a request is abandoned (transient)."""
+    max_car_bytes: int = 4 * 1024**3
+    """Repos whose CAR is larger are dead-lettered as RepoTooLarge."""
+    user_agent: str = f"bsky-backfill/{__version__}"
+    max_connections: int = 256
+
+
+class XrpcClient:
+    """Two aiohttp sessions: a trusted one (PLC) and a guarded one (untrusted hosts)."""
+
+    def __init__(self, settings: HttpSettings, *, allow_private: bool) -> None:
+        self.settings = settings
+        self.allow_private = allow_private
+        self.listeners: list[ResponseListener] = []
+        self._trusted: aiohttp.ClientSession | None = None
+        self._untrusted: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> XrpcClient:
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.settings.connect_timeout,
+            sock_read=self.settings.read_timeout,
+        )
+        headers = {"User-Agent": self.settings.user_agent}
+        self._trusted = aiohttp.ClientSession(timeout=timeout, headers=headers)
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.max_connections,
+            limit_per_host=0,
+            resolver=None if self.allow_private else GuardedResolver(),
+        )
+        self._untrusted = aiohttp.ClientSession(
+            timeout=timeout, headers=headers, connector=connector
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for session in (self._trusted, self._untrusted):
+            if session is not None:
+                await session.close()
+
+    def _emit(self, host: str, endpoint: str, status: int | None, nbytes: int) -> None:
+        for listener in self.listeners:
+            listener(host, endpoint, status, nbytes)
+
+    # -- public calls -------------------------------------------------------------
+    async def fetch_json(self, url: str, *, trusted: bool) -> Any:
+        """GET a JSON document (DID documents). Raises the error tree; 404/410 -> TerminalError."""
+        session = self._trusted if trusted else self._untrusted
+        assert session is not None, "use `async with XrpcClient(...)`"
+        host = urlsplit(url).hostname or ""
+        status: int | None = None
+        body = b""
+        try:
+            async with session.get(url, allow_redirects=False) as resp:
+                status = resp.status
+                body = await self._read_limited(resp, 4 * 1024 * 1024)
+                if status != 200:
+                    raise _status_error(status, resp.headers, body)
+                return orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise TerminalError(f"{url}: response is not JSON", code="InvalidJson") from e
+        except aiohttp.ClientError as e:
+            raise _client_error(e, url) from e
+        except TimeoutError as e:
+            raise TransientError(f"{url}: timed out", code="Timeout") from e
+        finally:
+            self._emit(host, "json", status, len(body))
+
+    async def xrpc_json(
+        self, base: str, endpoint: str, params: Mapping[str, str | int], slot: HostSlot
+    ) -> Any:
+        """GET `base/xrpc/endpoint` as JSON through the host's slot."""
+        body = await self._xrpc_get(base, endpoint, params, slot, limit=64 * 1024 * 1024)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise TransientError(f"{endpoint}: response is not JSON", code="InvalidJson") from e
+
+    async def get_repo(self, base: str, did: str, slot: HostSlot) -> bytes:
+        """The whole repository as CAR bytes (`com.atproto.sync.getRepo`)."""
+        return await self._xrpc_get(
+            base, GET_REPO, {"did": did}, slot, limit=self.settings.max_car_bytes
+        )
+
+    # -- internals ------------------------------------------------------------------
+    async def _xrpc_get(
+        self,
+        base: str,
+        endpoint: str,
+        params: Mapping[str, str | int],
+        slot: HostSlot,
+        *,
+        limit: int,
+    ) -> bytes:
+        session = self._untrusted
+        assert session is not None, "use `async with XrpcClient(...)`"
+        url = f"{base}/xrpc/{endpoint}"
+        bucket = slot.bucket(endpoint)
+        await bucket.acquire()
+        status: int | None = None
+        headers: dict[str, str] | None = None
+        body = b""
+        try:
+            async with session.get(url, params=dict(params), allow_redirects=False) as resp:
+                status = resp.status
+                headers = dict(resp.headers)
+                body = await self._read_limited(resp, limit)
+                if status != 200:
+                    raise _status_error(status, resp.headers, body)
+                return body
+        except aiohttp.ClientError as e:
+            raise _client_error(e, url) from e
+        except TimeoutError as e:
+            raise TransientError(f"{endpoint}: timed out", code="Timeout") from e
+        finally:
+            slot.observe(endpoint, status, headers)
+            slot.bytes += len(body)
+            self._emit(slot.host, endpoint, status, len(body))
+
+    @staticmethod
+    async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+        """Stream the body into memory, refusing more than `limit` bytes."""
+        declared = resp.content_length
+        if declared is not None and declared > limit:
+            raise TerminalError(
+                f"body of {declared} bytes exceeds the limit of {limit}", code="RepoTooLarge"
+            )
+        chunks = bytearray()
+        async for chunk in resp.content.iter_chunked(1 << 20):
+            chunks += chunk
+            if len(chunks) > limit:
+                raise TerminalError(f"body exceeds the limit of {limit} bytes", code="RepoTooLarge")
+        if declared is not None and len(chunks) != declared:
+            raise TransientError(
+                f"body truncated: {len(chunks)} of {declared} bytes", code="TruncatedBody"
+            )
+        return bytes(chunks)
+
+
+def _status_error(status: int, headers: Mapping[str, str], body: bytes) -> BackfillError:
+    """Map a non-200 response to the error tree."""
+    error, message = _xrpc_error_body(body)
+    if status == 429:
+        wait = retry_after_seconds(headers, time.time())
+        reset = headers.get("RateLimit-Reset")
+        retry_at = None
+        if wait is not None:
+            retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=wait)
+        elif reset and reset.strip().isdigit():
+            retry_at = dt.datetime.fromtimestamp(int(reset.strip()), dt.UTC)
+        return RateLimited(f"HTTP 429 {error or ''}".strip(), retry_at=retry_at)
+    if status >= 500 or status == 408:
+        return TransientError(
+            f"HTTP {status} {error or ''} {message}".strip(), code=f"Http{status}"
+        )
+    if error in REPO_STATUS_ERRORS:
+        return RepoUnavailable(message or error, code=error)
+    if (
+        error == "NotFound"
+        or "repo not found" in message.lower()
+        or (error == "InvalidRequest" and "could not find repo" in message.lower())
+    ):
+        return RepoUnavailable(message or "repo not found", code="RepoNotFound")
+    if status == 410:
+        return TerminalError(message or "gone", code="Gone")
+    code = f"Http{status}"
+    return TerminalError(f"HTTP {status} {error or ''} {message}".strip(), code=code)
+
+
+def _xrpc_error_body(body: bytes) -> tuple[str | None, str]:
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None, body[:200].decode("utf-8", "replace")
+    if isinstance(data, dict):
+        error = data.get("error")
+        message = data.get("message")
+        return (error if isinstance(error, str) else None), (
+            message if isinstance(message, str) else ""
+        )
+    return None, ""
+
+
+def _client_error(e: aiohttp.ClientError, url: str) -> BackfillError:
+    if isinstance(e, aiohttp.ClientConnectorError) and isinstance(
+        e.os_error, BlockedAddressOSError
+    ):
+        return BlockedAddress(f"{url}: {e.os_error}")
+    if isinstance(e, aiohttp.ClientPayloadError):
+        return TransientError(f"{url}: body cut short ({e})", code="TruncatedBody")
+    if isinstance(e, aiohttp.ServerTimeoutError):
+        return TransientError(f"{url}: timed out", code="Timeout")
+    if isinstance(e, aiohttp.InvalidURL):
+        return TerminalError(f"invalid URL {url}", code="InvalidEndpoint")
+    return TransientError(f"{url}: {type(e).__name__}: {e}", code="ConnectionError")

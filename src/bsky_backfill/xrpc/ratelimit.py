@@ -1,0 +1,173 @@
+"""A per-host, per-bucket request pacer driven by our limit and the server's headers.
+
+Where it sits: every request to a PDS first awaits `RateBucket.acquire()` on
+its host slot (xrpc/slot.py), then reports the response with `observe()`.
+
+Written by hand because no maintained asyncio limiter reads the IETF
+`RateLimit-*` headers. It combines three things:
+  1. our own token bucket at `--rate-limit` requests/s (politeness floor);
+  2. the server's published budget: after each response we know how many
+     requests remain until the window resets (`RateLimit-Remaining`,
+     `RateLimit-Reset`); we subtract requests still in flight and never send
+     more than that, spreading what remains over the rest of the window, so a
+     host that publishes its budget sends us zero 429s;
+  3. 429 feedback: pause this bucket until `Retry-After` / `RateLimit-Reset`,
+     or, for a bare 429 without headers, an exponential backoff with jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Mapping
+
+
+def _header_float(headers: Mapping[str, str], name: str) -> float | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value.split(",")[0].strip())
+    except ValueError:
+        return None
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
+    """Seconds to wait from a 429/503 `Retry-After` (delta seconds or HTTP date)."""
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class RateBucket:
+    """Pacing state for one (host, endpoint class). Single event loop; not thread-safe."""
+
+    # A published reset more than this far away is treated as a relative delta
+    # (some servers send seconds-until-reset instead of a unix time).
+    _DELTA_RESET_MAX = 10 * 365 * 86400.0
+
+    def __init__(
+        self, rate: float | None, *, backoff_base: float = 1.0, backoff_cap: float = 120.0
+    ):
+        self.rate = rate  # our requests/s; None = unlimited except by the server
+        self._tokens = 1.0
+        self._last = time.monotonic()
+        self._lock = asyncio.Lock()
+        self.in_flight = 0
+        # Server budget as of the last response, minus what we sent since.
+        self.server_limit: int | None = None
+        self.server_remaining: float | None = None
+        self.server_reset: float | None = None  # unix seconds
+        self.paused_until = 0.0  # unix seconds
+        self._last_send = 0.0  # unix seconds
+        self.pause_reason = ""
+        self._consecutive_429 = 0
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self.requests = 0
+        self.throttled = 0
+
+    # -- before a request ------------------------------------------------------
+    async def acquire(self) -> None:
+        """Wait until a request may be sent now, then count it as in flight."""
+        async with self._lock:  # one waiter at a time keeps the pacing fair and simple
+            while True:
+                delay = self._delay(time.time())
+                if delay <= 0:
+                    break
+                await asyncio.sleep(delay)
+            self.in_flight += 1
+            self.requests += 1
+            self._last_send = time.time()
+            if self.rate is not None:
+                self._tokens -= 1.0
+            if self.server_remaining is not None:
+                self.server_remaining -= 1
+
+    def _delay(self, now: float) -> float:
+        """Seconds until the next request may go (0 = now)."""
+        if self.paused_until > now:
+            return self.paused_until - now
+        self.pause_reason = ""
+        wait = 0.0
+        if self.rate is not None:
+            mono = time.monotonic()
+            burst = max(1.0, self.rate)
+            self._tokens = min(burst, self._tokens + (mono - self._last) * self.rate)
+            self._last = mono
+            if self._tokens < 1.0:
+                wait = (1.0 - self._tokens) / self.rate
+        if self.server_reset is not None and self.server_remaining is not None:
+            if now >= self.server_reset:
+                # The window rolled over: the next response tells us the new budget.
+                # Until then allow only what is in flight to settle (one probe at a time).
+                if self.in_flight > 0:
+                    return max(wait, 0.05)
+                self.server_remaining = None
+                self.server_reset = None
+            elif self.server_remaining < 1:
+                self.pause_reason = "server budget used up"
+                return max(wait, self.server_reset - now + 0.05)
+            else:
+                # Spread what remains over what is left of the window (no burst-then-stall).
+                spacing = (self.server_reset - now) / self.server_remaining
+                wait = max(wait, spacing - (now - self._last_send))
+        return wait
+
+    # -- after a response ------------------------------------------------------
+    def observe(self, status: int | None, headers: Mapping[str, str] | None) -> None:
+        """Learn from a response (status None = the request failed without one)."""
+        self.in_flight = max(0, self.in_flight - 1)
+        now = time.time()
+        if headers is not None:
+            self._read_budget(headers, now)
+        if status == 429:
+            self.throttled += 1
+            self._consecutive_429 += 1
+            wait = retry_after_seconds(headers or {}, now)
+            if wait is None and self.server_reset is not None and self.server_reset > now:
+                wait = self.server_reset - now
+            if wait is None:
+                base = self._backoff_base * 2 ** (self._consecutive_429 - 1)
+                wait = min(self._backoff_cap, base) * random.uniform(0.5, 1.5)
+            self.pause(now + wait, "rate limited (429)")
+        elif status is not None and status < 500:
+            self._consecutive_429 = 0
+
+    def _read_budget(self, headers: Mapping[str, str], now: float) -> None:
+        remaining = _header_float(headers, "RateLimit-Remaining")
+        reset = _header_float(headers, "RateLimit-Reset")
+        limit = _header_float(headers, "RateLimit-Limit")
+        if remaining is None or reset is None:
+            return
+        if reset < self._DELTA_RESET_MAX:
+            reset = now + reset
+        if limit is not None:
+            self.server_limit = int(limit)
+        # Requests still in flight were sent after this answer was counted: they
+        # will consume budget the header does not show yet.
+        self.server_remaining = remaining - self.in_flight
+        self.server_reset = reset
+
+    def pause(self, until: float, reason: str) -> None:
+        """Send nothing on this bucket before `until` (unix seconds)."""
+        if until > self.paused_until:
+            self.paused_until = until
+            self.pause_reason = reason
+
+    def describe(self) -> str:
+        """A short human reason when paused, '' otherwise (progress display, logs)."""
+        now = time.time()
+        if self.paused_until > now:
+            return f"{self.pause_reason} for {self.paused_until - now:.0f}s"
+        return self.pause_reason

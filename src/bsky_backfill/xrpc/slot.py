@@ -1,0 +1,74 @@
+"""One explicit object per PDS host: its rate buckets and its concurrency cap.
+
+Where it sits: the engine's scheduler keeps a `HostSlot` per host (like
+Scrapy's downloader slots); workers of that host await `slot.bucket(endpoint)`
+before each request. Waiting for the host's budget happens here, before
+anything global, so a slow or throttled host only ever delays its own repos.
+
+Separate buckets where servers keep separate limits: `com.atproto.sync.getRepo`
+has its own budget on the reference PDS, every other endpoint shares one. A
+429 on any bucket pauses the whole host: some hosts advertise per-endpoint
+budgets but enforce a total.
+"""
+
+from __future__ import annotations
+
+import time
+
+from bsky_backfill.xrpc.ratelimit import RateBucket
+
+GET_REPO = "com.atproto.sync.getRepo"
+
+
+def bucket_name(endpoint: str) -> str:
+    """Which budget an XRPC endpoint draws from."""
+    return "getRepo" if endpoint == GET_REPO else "default"
+
+
+class HostSlot:
+    """Pacing and bookkeeping for one PDS host."""
+
+    def __init__(self, host: str, rate: float | None, concurrency: int) -> None:
+        self.host = host
+        self.rate = rate
+        self.concurrency = concurrency
+        self.buckets: dict[str, RateBucket] = {}
+        self.active = 0  # repos being worked on for this host right now
+        self.done = 0
+        self.failed = 0
+        self.bytes = 0
+
+    def bucket(self, endpoint: str) -> RateBucket:
+        name = bucket_name(endpoint)
+        bucket = self.buckets.get(name)
+        if bucket is None:
+            bucket = self.buckets[name] = RateBucket(self.rate)
+        return bucket
+
+    def observe(self, endpoint: str, status: int | None, headers: dict[str, str] | None) -> None:
+        """Feed a response to its bucket; a 429 pauses every bucket of the host."""
+        bucket = self.bucket(endpoint)
+        bucket.observe(status, headers)
+        if status == 429:
+            for other in self.buckets.values():
+                other.pause(bucket.paused_until, bucket.pause_reason)
+
+    @property
+    def paused_until(self) -> float:
+        return max((b.paused_until for b in self.buckets.values()), default=0.0)
+
+    def pause_reason(self) -> str:
+        """Why this host is paused now ('' when it is not)."""
+        now = time.time()
+        for bucket in self.buckets.values():
+            if bucket.paused_until > now or bucket.pause_reason:
+                return bucket.describe()
+        return ""
+
+    @property
+    def requests(self) -> int:
+        return sum(b.requests for b in self.buckets.values())
+
+    @property
+    def throttled(self) -> int:
+        return sum(b.throttled for b in self.buckets.values())

@@ -1,0 +1,42 @@
+"""The Lexicon constants agree with the schema files they were read from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bsky_backfill.records import lexicon
+
+ROOT = Path(__file__).resolve().parents[2]
+LEXICONS = ROOT.parent / "shared" / "atproto-fixtures" / "lexicons"
+
+
+def _record_lexicons() -> dict[str, dict[str, object]]:
+    out = {}
+    for path in LEXICONS.rglob("*.json"):
+        doc = json.loads(path.read_text())
+        main = doc.get("defs", {}).get("main", {})
+        if main.get("type") == "record":
+            out[doc["id"]] = main
+    return out
+
+
+def test_constants_match_lexicon_files() -> None:
+    found = _record_lexicons()
+    assert set(found) == lexicon.KNOWN_COLLECTIONS
+    assert {k: v["key"] for k, v in found.items()} == lexicon.RECORD_KEY_TYPES
+    required = {
+        k
+        for k, v in found.items()
+        if "createdAt" in v["record"].get("required", [])  # type: ignore[attr-defined]
+    }
+    assert required == lexicon.CREATED_AT_REQUIRED
+    assert {k for k in found if k.startswith("app.bsky.")} == lexicon.DEFAULT_COLLECTIONS
+    assert len(lexicon.DEFAULT_COLLECTIONS) == 16
+
+
+def test_window_rules() -> None:
+    assert lexicon.window_applies("app.bsky.feed.post")
+    assert not lexicon.window_applies("app.bsky.actor.profile")
+    assert not lexicon.window_applies("chat.bsky.actor.declaration")
+    assert lexicon.window_applies("net.example.unknown")

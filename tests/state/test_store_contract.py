@@ -1,0 +1,329 @@
+"""The StateStore contract, run against every backend.
+
+Each backend is a factory that opens a store on one database; calling it twice
+gives two independent connections to the same data (for reopen and
+concurrency tests). To add PostgreSQL, add a param to `backend` that returns a
+factory for a fresh schema (skip when no DSN is configured).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bsky_backfill.models import DeadLetter
+from bsky_backfill.state.base import (
+    CommittedFile,
+    Identity,
+    RepoDone,
+    RepoFailed,
+    RepoState,
+    StateStore,
+)
+from bsky_backfill.state.errors import StateStoreError
+from bsky_backfill.state.sqlite import SqliteStateStore
+
+T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+Factory = Callable[[], StateStore]
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    opened: list[StateStore] = []
+
+    def open_store() -> StateStore:
+        if request.param == "sqlite":
+            store: StateStore = SqliteStateStore(tmp_path / "_state" / "state.sqlite")
+        else:  # pragma: no cover - future backends
+            raise NotImplementedError(request.param)
+        opened.append(store)
+        return store
+
+    yield open_store
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def store(backend: Factory) -> StateStore:
+    return backend()
+
+
+def ident(did: str, host: str) -> Identity:
+    return Identity(did=did, pds=f"https://{host}", host=host, signing_key=f"key-{did}")
+
+
+def dids(n: int, prefix: str = "a") -> list[str]:
+    return [f"did:plc:{prefix}{i:05d}" for i in range(n)]
+
+
+def resolved(store: StateStore, hosts: dict[str, list[str]]) -> None:
+    for host, ds in hosts.items():
+        store.enqueue(ds)
+        store.set_identities([ident(d, host) for d in ds])
+
+
+# -- queue ---------------------------------------------------------------------------
+
+
+def test_enqueue_is_idempotent(store: StateStore) -> None:
+    assert store.enqueue(dids(3)) == 3
+    assert store.enqueue(dids(5)) == 2
+    assert store.enqueue([]) == 0
+    assert store.counts()[RepoState.PENDING] == 5
+
+
+def test_enqueue_streams_a_generator_across_chunks(store: StateStore) -> None:
+    n = 45_123  # more than one internal chunk
+    assert store.enqueue(f"did:plc:{i:09d}" for i in range(n)) == n
+    assert store.enqueue(f"did:plc:{i:09d}" for i in range(n + 10)) == 10
+    assert store.counts()[RepoState.PENDING] == n + 10
+
+
+def test_enqueue_keeps_existing_state(store: StateStore) -> None:
+    resolved(store, {"h1": ["did:plc:x"]})
+    store.claim("h1", 10, T0)
+    store.enqueue(["did:plc:x"])
+    assert store.counts()[RepoState.IN_PROGRESS] == 1
+
+
+def test_enqueue_resolved(store: StateStore) -> None:
+    assert store.enqueue_resolved([ident("did:plc:a", "h1"), ident("did:plc:b", "h1")]) == 2
+    assert store.unresolved(10) == []
+    # Seen again with a new PDS while still pending: the identity moves.
+    assert store.enqueue_resolved([ident("did:plc:a", "h2"), ident("did:plc:c", "h2")]) == 1
+    assert store.pending_hosts(T0) == {"h1": 1, "h2": 2}
+    # Claimed repos keep the identity they were claimed with.
+    [task] = store.claim("h1", 5, T0)
+    assert store.enqueue_resolved([ident(task.did, "h3")]) == 0
+    assert "h3" not in store.pending_hosts(T0)
+
+
+def test_unresolved_and_set_identities(store: StateStore) -> None:
+    ds = dids(6)
+    store.enqueue(ds)
+    assert store.unresolved(4) == ds[:4]  # oldest first
+    assert store.unresolved(3, exclude=[ds[0], ds[2]]) == [ds[1], ds[3], ds[4]]
+    assert store.pending_hosts(T0) == {}
+    store.set_identities([ident(ds[0], "h1"), ident(ds[1], "h2"), ident(ds[2], "h1")])
+    assert store.unresolved(10) == ds[3:]
+    assert store.pending_hosts(T0) == {"h1": 2, "h2": 1}
+    assert store.counts()[RepoState.PENDING] == 6
+
+
+def test_claim_is_limited_per_host_and_returns_identity(store: StateStore) -> None:
+    resolved(store, {"h1": dids(5, "a"), "h2": dids(3, "b")})
+    first = store.claim("h1", 3, T0)
+    assert len(first) == 3
+    assert all(t.host == "h1" and t.pds == "https://h1" and t.attempts == 0 for t in first)
+    assert all(t.signing_key == f"key-{t.did}" for t in first)
+    second = store.claim("h1", 10, T0)
+    assert len(second) == 2
+    assert not {t.did for t in first} & {t.did for t in second}
+    assert store.claim("h1", 10, T0) == []
+    assert store.pending_hosts(T0) == {"h2": 3}
+    assert store.counts()[RepoState.IN_PROGRESS] == 5
+
+
+def test_claim_never_hands_a_repo_out_twice(backend: Factory) -> None:
+    setup = backend()
+    resolved(setup, {"h1": dids(400)})
+    stores = [backend() for _ in range(4)]
+    got: list[list[str]] = [[] for _ in stores]
+
+    def worker(i: int) -> None:
+        while batch := stores[i].claim("h1", 7, T0):
+            got[i].extend(t.did for t in batch)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    claimed = [d for g in got for d in g]
+    assert len(claimed) == 400
+    assert set(claimed) == set(dids(400))
+
+
+def test_claim_skips_repos_not_yet_due(store: StateStore) -> None:
+    resolved(store, {"h1": ["did:plc:a", "did:plc:b"]})
+    [a, b] = sorted(store.claim("h1", 2, T0), key=lambda t: t.did)
+    later = T0 + dt.timedelta(minutes=5, microseconds=7)
+    store.retry_later(a.did, 1, later, "HTTP 503")
+    store.retry_later(b.did, 1, T0, "reset")
+    assert store.pending_hosts(T0) == {"h1": 1}
+    assert store.next_due() == T0
+    assert [t.did for t in store.claim("h1", 10, T0)] == [b.did]
+    assert store.next_due() == later  # exact to the microsecond, aware UTC
+    assert store.claim("h1", 10, later - dt.timedelta(microseconds=1)) == []
+    assert store.pending_hosts(later) == {"h1": 1}
+    [again] = store.claim("h1", 10, later)
+    assert (again.did, again.attempts) == (a.did, 1)
+    assert store.next_due() is None
+
+
+def test_unresolved_backoff(store: StateStore) -> None:
+    # unresolved() has no `now`: the wall clock decides when a backoff is over.
+    now = dt.datetime.now(dt.UTC)
+    store.enqueue(["did:plc:a", "did:plc:b"])
+    assert store.next_due() is not None
+    store.retry_later("did:plc:a", 1, now + dt.timedelta(hours=1), "PLC 503")
+    store.retry_later("did:plc:b", 1, now - dt.timedelta(seconds=1), "PLC 503")
+    assert store.unresolved(10) == ["did:plc:b"]
+    store.set_identities([ident("did:plc:b", "h1")])
+    assert store.unresolved(10) == []
+    assert store.next_due() == now - dt.timedelta(seconds=1)  # b: resolved, due
+    [task] = store.claim("h1", 5, now)
+    assert task.attempts == 1
+    # Only a's backoff is left: next_due says when to look again.
+    assert store.next_due() == now + dt.timedelta(hours=1)
+
+
+def test_retry_later_never_reopens_a_finished_repo(store: StateStore) -> None:
+    resolved(store, {"h1": ["did:plc:a"]})
+    store.claim("h1", 1, T0)
+    store.commit([], [RepoDone("did:plc:a", "rev1", 0)], [], [])
+    store.retry_later("did:plc:a", 3, T0, "late")
+    assert store.counts()[RepoState.DONE] == 1
+    assert store.pending_hosts(T0) == {}
+
+
+def test_recover_puts_in_progress_back(store: StateStore) -> None:
+    resolved(store, {"h1": dids(4)})
+    store.claim("h1", 3, T0)
+    assert store.recover() == 3
+    assert store.recover() == 0
+    assert store.counts()[RepoState.PENDING] == 4
+    assert len(store.claim("h1", 10, T0)) == 4
+
+
+def test_naive_datetimes_are_refused(store: StateStore) -> None:
+    with pytest.raises(ValueError, match="naive"):
+        store.claim("h1", 1, dt.datetime(2024, 1, 1))
+
+
+# -- ledger --------------------------------------------------------------------------
+
+
+def letter(did: str, code: str, uri: str | None = None, stage: str = "fetch") -> DeadLetter:
+    return DeadLetter(did=did, uri=uri, stage=stage, error=code, message=f"{code}!", at=T0)
+
+
+def test_commit_marks_done_and_failed_and_counts_dead_letters(store: StateStore) -> None:
+    resolved(store, {"h1": dids(4)})
+    a, b, c, d = (t.did for t in sorted(store.claim("h1", 4, T0), key=lambda t: t.did))
+    files = [
+        CommittedFile("app.bsky.feed.post/part-1.parquet", "app.bsky.feed.post", 10),
+        CommittedFile("app.bsky.feed.like/part-2.parquet", "app.bsky.feed.like", 5),
+        CommittedFile("_deadletters/part-3.parquet", "_deadletters", 3),
+    ]
+    store.commit(
+        files,
+        [RepoDone(a, "rev-a", 12), RepoDone(b, None, 3)],
+        [RepoFailed(c, "RepoTakendown", "gone")],
+        [
+            letter(a, "InvalidRecord", f"at://{a}/app.bsky.feed.post/1", "validate"),
+            letter(a, "InvalidRecord", f"at://{a}/app.bsky.feed.post/2", "validate"),
+            letter(c, "RepoTakendown"),
+        ],
+    )
+    counts = store.counts()
+    assert counts[RepoState.DONE] == 2
+    assert counts[RepoState.FAILED] == 1
+    assert counts[RepoState.IN_PROGRESS] == 1  # d: not in this batch
+    assert sorted(store.committed_files(), key=lambda f: f.path) == sorted(
+        files, key=lambda f: f.path
+    )
+    st = store.status()
+    assert st.dead_letters_by_code == {"InvalidRecord": 2, "RepoTakendown": 1}
+    assert st.records_by_collection == {"app.bsky.feed.post": 10, "app.bsky.feed.like": 5}
+    # d was claimed but not committed: a crash now would bring it back.
+    assert store.recover() == 1
+    assert d in {t.did for t in store.claim("h1", 10, T0)}
+
+
+def test_commit_is_all_or_nothing(store: StateStore) -> None:
+    resolved(store, {"h1": ["did:plc:a", "did:plc:b"]})
+    store.claim("h1", 2, T0)
+    f = CommittedFile("app.bsky.feed.post/part-1.parquet", "app.bsky.feed.post", 1)
+    store.commit([f], [RepoDone("did:plc:a", None, 1)], [], [])
+    with pytest.raises(StateStoreError):
+        # The same path twice would mean the same rows twice: refused, nothing applied.
+        store.commit(
+            [f], [RepoDone("did:plc:b", None, 1)], [], [letter("did:plc:b", "InvalidRecord")]
+        )
+    assert store.counts()[RepoState.DONE] == 1
+    assert store.counts()[RepoState.IN_PROGRESS] == 1
+    assert store.status().dead_letters_by_code == {}
+    assert len(store.committed_files()) == 1
+
+
+def test_commit_of_an_unknown_did_still_records_it(store: StateStore) -> None:
+    store.commit([], [RepoDone("did:plc:stray", None, 0)], [], [])
+    assert store.counts()[RepoState.DONE] == 1
+
+
+def test_dead_letter_counts_accumulate(store: StateStore) -> None:
+    for i in range(3):
+        store.commit([], [], [], [letter(f"did:plc:{i}", "RepoNotFound")])
+    store.commit([], [], [], [letter("did:plc:x", "RepoNotFound", stage="resolve")])
+    assert store.status().dead_letters_by_code == {"RepoNotFound": 4}
+
+
+def test_status_numbers(store: StateStore) -> None:
+    resolved(store, {"h1": dids(5, "a"), "h2": dids(2, "b")})
+    store.enqueue(["did:plc:unresolved"])
+    h1 = store.claim("h1", 4, T0)
+    store.claim("h2", 1, T0)
+    store.commit(
+        [CommittedFile("app.bsky.graph.follow/p.parquet", "app.bsky.graph.follow", 7)],
+        [RepoDone(h1[0].did, None, 7), RepoDone(h1[1].did, None, 0)],
+        [RepoFailed(h1[2].did, "VerificationFailed", "bad sig")],
+        [letter(h1[2].did, "VerificationFailed", stage="verify")],
+    )
+    st = store.status()
+    assert (st.total, st.done, st.failed, st.pending, st.in_progress) == (8, 2, 1, 3, 2)
+    hosts = {h.host: h for h in st.hosts}
+    assert set(hosts) == {"h1", "h2"}
+    assert (hosts["h1"].total, hosts["h1"].done, hosts["h1"].failed) == (5, 2, 1)
+    assert hosts["h1"].pending == 2  # one pending + one in progress: not finished
+    assert (hosts["h2"].total, hosts["h2"].pending) == (2, 2)
+    assert st.hosts[0].host == "h1"  # biggest first
+    assert st.records_by_collection == {"app.bsky.graph.follow": 7}
+    assert st.dead_letters_by_code == {"VerificationFailed": 1}
+
+
+# -- small tables and lifecycle ----------------------------------------------------------
+
+
+def test_meta(store: StateStore) -> None:
+    assert store.get_meta("collections") is None
+    store.set_meta("collections", "a,b")
+    store.set_meta("collections", "c")
+    assert store.get_meta("collections") == "c"
+
+
+def test_reopen_keeps_everything_and_migrates_once(backend: Factory) -> None:
+    first = backend()
+    resolved(first, {"h1": dids(3)})
+    first.set_meta("k", "v")
+    version = first.get_meta("schema_version")
+    assert version is not None and int(version) >= 1
+    first.close()
+    second = backend()
+    third = backend()  # concurrent open of an up-to-date store: no second migration
+    assert second.get_meta("schema_version") == version
+    assert second.get_meta("k") == "v"
+    assert third.pending_hosts(T0) == {"h1": 3}
+
+
+def test_refuses_a_store_from_a_newer_version(backend: Factory) -> None:
+    s = backend()
+    s.set_meta("schema_version", "9999")
+    s.close()
+    with pytest.raises(StateStoreError, match="newer"):
+        backend()
