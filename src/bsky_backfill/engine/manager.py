@@ -278,6 +278,11 @@ class Backfill:
             for tick in self.on_tick:
                 tick(self)
             if not claimed and not self._working and self._source_done and self._resolver_done:
+                if self.sink.batch_repos:
+                    # Idle with an open batch: make it durable now rather than at the
+                    # timer, so the store's view of what is left is exact.
+                    self._commit()
+                    continue
                 due = self.store.next_due()
                 if due is None:
                     return
