@@ -29,6 +29,8 @@ from bsky_backfill.errors import UsageError
 from bsky_backfill.output import print_status, print_summary
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.syntax import is_valid_nsid, parse_datetime
+from bsky_backfill.xrpc.client import HttpSettings
+from bsky_backfill.xrpc.retry import RetryPolicy
 
 EXIT_USAGE = 2
 EXIT_FATAL = 1
@@ -66,6 +68,26 @@ def parse_collections(value: str | None) -> frozenset[str]:
         if not is_valid_nsid(name):
             raise UsageError(f"--collections: {name!r} is not a valid NSID")
     return frozenset(names)
+
+
+_SIZE_UNITS = {
+    "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+
+
+def parse_size(value: str, flag: str) -> int:
+    """`500MB`, `4GiB`, `123456` -> bytes."""
+    text = value.strip().lower().replace(" ", "")
+    number = text.rstrip("kmgtib")
+    unit = text[len(number) :]
+    try:
+        amount = float(number)
+    except ValueError:
+        raise UsageError(f"{flag} {value!r} is not a size like 500MB or 4GiB") from None
+    if unit not in _SIZE_UNITS or amount <= 0:
+        raise UsageError(f"{flag} {value!r} is not a size like 500MB or 4GiB")
+    return int(amount * _SIZE_UNITS[unit])
 
 
 def check_out_writable(out: Path) -> None:
@@ -142,6 +164,38 @@ def cli(verbose: int) -> None:
     metavar="S",
     help="...or when it is this old.",
 )
+@click.option("--connect-timeout", type=float, default=10.0, show_default=True, metavar="S")
+@click.option(
+    "--read-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="Abandon a request after this long without a byte (retried).",
+)
+@click.option(
+    "--max-car-size",
+    default="4GiB",
+    show_default=True,
+    metavar="SIZE",
+    help="Dead-letter repos whose CAR is larger (RepoTooLarge).",
+)
+@click.option(
+    "--max-attempts",
+    type=int,
+    default=6,
+    show_default=True,
+    metavar="N",
+    help="Attempts per repo for transient errors before it is dead-lettered.",
+)
+@click.option(
+    "--retry-base",
+    type=float,
+    default=2.0,
+    show_default=True,
+    metavar="S",
+    help="First retry delay; doubles per attempt (with jitter).",
+)
 def run(**opts: Any) -> None:
     """Backfill repositories into OUT."""
     try:
@@ -173,6 +227,16 @@ def _settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource
             raise UsageError(f"{flag} must be at least 1")
     if opts["commit_seconds"] <= 0:
         raise UsageError("--commit-seconds must be positive")
+    for flag, key in (
+        ("--connect-timeout", "connect_timeout"),
+        ("--read-timeout", "read_timeout"),
+        ("--retry-base", "retry_base"),
+    ):
+        if opts[key] <= 0:
+            raise UsageError(f"{flag} must be positive")
+    if opts["max_attempts"] < 1:
+        raise UsageError("--max-attempts must be at least 1")
+    max_car_bytes = parse_size(opts["max_car_size"], "--max-car-size")
     if opts["workers"] < 1:
         raise UsageError("--workers must be at least 1")
     if opts["rate_limit"] is not None and opts["rate_limit"] < 0:
@@ -205,6 +269,12 @@ def _settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource
         host_concurrency=opts["host_concurrency"],
         commit_rows=opts["commit_rows"],
         commit_seconds=opts["commit_seconds"],
+        http=HttpSettings(
+            connect_timeout=opts["connect_timeout"],
+            read_timeout=opts["read_timeout"],
+            max_car_bytes=max_car_bytes,
+        ),
+        retry=RetryPolicy(max_attempts=opts["max_attempts"], base_seconds=opts["retry_base"]),
     )
     return settings, source
 
@@ -265,6 +335,31 @@ def demo(out: str | None, accounts: int, hosts: int) -> None:
     except UsageError as e:
         _fail_usage(e.message)
     run_demo(out_path, accounts=accounts, hosts=hosts)
+
+
+@cli.command()
+@click.option("--out", default="bsky-data", show_default=True, metavar="DIR")
+@click.option("--html", "html_file", metavar="FILE", help="Also write a page with charts.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def report(out: str, html_file: str | None, as_json: bool) -> None:
+    """Records per collection and month, top hosts, dead letters of the dataset in OUT."""
+    from bsky_backfill.report import build_report, print_report, write_html
+
+    html_path = Path(html_file) if html_file else None
+    try:
+        if html_path is not None and (html_path.is_dir() or not html_path.parent.is_dir()):
+            raise UsageError(f"--html {html_file}: not a file in an existing directory")
+        summary = build_report(Path(out))
+    except UsageError as e:
+        _fail_usage(e.message)
+    print_report(summary, as_json=as_json)
+    if html_path is not None:
+        try:
+            write_html(summary, html_path)
+        except OSError as e:
+            _fail_usage(f"--html {html_file}: cannot write ({e.strerror or e})")
+        if not as_json:
+            click.echo(f"wrote {html_path}")
 
 
 def main() -> None:

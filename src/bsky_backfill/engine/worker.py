@@ -10,6 +10,7 @@ A 429 is not an attempt: the host is paused and the same repo waits for it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from typing import TYPE_CHECKING
@@ -75,7 +76,10 @@ class RepoWorker:
         waits = 0
         while True:
             try:
-                return await self.client.get_repo(task.pds, task.did, slot)
+                body = await self.client.get_repo(task.pds, task.did, slot)
+                if body.path is None:
+                    return body.read()
+                return await asyncio.to_thread(body.read)  # spooled: read back off the loop
             except RateLimited:
                 # The slot is paused until the host's window resets; the next
                 # acquire() waits for it. Not an attempt: the repo is fine.

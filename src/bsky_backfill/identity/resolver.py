@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import unquote, urlsplit
 
-from bsky_backfill.errors import ResolveError, TerminalError
+from bsky_backfill.errors import BlockedAddress, ResolveError, TerminalError
 from bsky_backfill.identity.document import DidDocInfo, parse_did_document
 from bsky_backfill.state.base import Identity
 from bsky_backfill.xrpc.client import XrpcClient
@@ -61,7 +61,10 @@ class WebResolver:
 
     async def resolve(self, did: str) -> DidDocInfo:
         url = self.document_url(did)
-        await check_endpoint(url, self._allow_private)
+        try:
+            await check_endpoint(url, self._allow_private)
+        except BlockedAddress as e:
+            raise ResolveError(f"did:web document: {e.message}", code=e.code) from e
         try:
             doc = await self._client.fetch_json(url, trusted=False)
         except TerminalError as e:

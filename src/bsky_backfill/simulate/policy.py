@@ -45,10 +45,14 @@ class FixedWindow:
         self.window_s = window_s
         self.start = 0.0
         self.used = 0
+        self.history: list[int] = []
+        """Requests admitted in each window that has closed (tests check budget use)."""
 
     def take(self, now: float) -> tuple[bool, int, int]:
         """Spend one request: (allowed, remaining, reset as unix seconds)."""
         if self.used == 0 or now >= self.start + self.window_s:
+            if self.used:
+                self.history.append(self.used)
             self.start, self.used = now, 0
         allowed = self.used < self.limit
         if allowed:
@@ -89,6 +93,14 @@ class HostPolicy:
             else None
         )
         self._attempts: Counter[str] = Counter()
+
+    def windows(self, endpoint: str = GET_REPO) -> list[int]:
+        """Admitted requests per window of the bucket `endpoint` draws from, the
+        window still open last."""
+        bucket = self._get_repo if endpoint == GET_REPO and self._get_repo else self._general
+        if bucket is None:
+            return []
+        return [*bucket.history, bucket.used]
 
     def admit(self, endpoint: str) -> _Verdict:
         """Charge the request to its bucket and say whether it may proceed."""

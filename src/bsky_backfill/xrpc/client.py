@@ -16,11 +16,14 @@ mapped into the error tree of errors.py:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -58,6 +61,12 @@ class HttpSettings:
     """Seconds without receiving a byte before a request is abandoned (transient)."""
     max_car_bytes: int = 4 * 1024**3
     """Repos whose CAR is larger are dead-lettered as RepoTooLarge."""
+    body_seconds: float = 120.0
+    """Time budget for any body, before the allowance for its size..."""
+    min_bytes_per_second: float = 50_000.0
+    """...plus one second per this many bytes received (big repos get longer)."""
+    spool_bytes: int = 64 * 1024 * 1024
+    """CAR bodies larger than this are spooled to a temporary file while downloading."""
     user_agent: str = f"bsky-backfill/{__version__}"
     max_connections: int = 256
 
@@ -129,14 +138,14 @@ class XrpcClient:
         """GET `base/xrpc/endpoint` as JSON through the host's slot."""
         body = await self._xrpc_get(base, endpoint, params, slot, limit=64 * 1024 * 1024)
         try:
-            return orjson.loads(body)
+            return orjson.loads(body.read())
         except orjson.JSONDecodeError as e:
             raise TransientError(f"{endpoint}: response is not JSON", code="InvalidJson") from e
 
-    async def get_repo(self, base: str, did: str, slot: HostSlot) -> bytes:
-        """The whole repository as CAR bytes (`com.atproto.sync.getRepo`)."""
+    async def get_repo(self, base: str, did: str, slot: HostSlot) -> Body:
+        """The whole repository as a CAR body (`com.atproto.sync.getRepo`)."""
         return await self._xrpc_get(
-            base, GET_REPO, {"did": did}, slot, limit=self.settings.max_car_bytes
+            base, GET_REPO, {"did": did}, slot, limit=self.settings.max_car_bytes, spool=True
         )
 
     # -- internals ------------------------------------------------------------------
@@ -148,50 +157,122 @@ class XrpcClient:
         slot: HostSlot,
         *,
         limit: int,
-    ) -> bytes:
+        spool: bool = False,
+    ) -> Body:
         session = self._untrusted
         assert session is not None, "use `async with XrpcClient(...)`"
         url = f"{base}/xrpc/{endpoint}"
-        bucket = slot.bucket(endpoint)
-        await bucket.acquire()
+        await slot.bucket(endpoint).acquire()
         status: int | None = None
-        headers: dict[str, str] | None = None
-        body = b""
+        size = 0
         try:
             async with session.get(url, params=dict(params), allow_redirects=False) as resp:
                 status = resp.status
-                headers = dict(resp.headers)
-                body = await self._read_limited(resp, limit)
+                # The server counted this request when it answered: feed the budget
+                # now, not after a long body, so pacing never waits on downloads.
+                slot.observe(endpoint, status, dict(resp.headers))
                 if status != 200:
-                    raise _status_error(status, resp.headers, body)
+                    error_body = await self._read_limited(resp, 1 << 20)
+                    raise _status_error(status, resp.headers, error_body)
+                body = await self._read_body(resp, limit, spool=spool)
+                size = body.size
                 return body
         except aiohttp.ClientError as e:
             raise _client_error(e, url) from e
         except TimeoutError as e:
             raise TransientError(f"{endpoint}: timed out", code="Timeout") from e
         finally:
-            slot.observe(endpoint, status, headers)
-            slot.bytes += len(body)
-            self._emit(slot.host, endpoint, status, len(body))
+            if status is None:
+                slot.observe(endpoint, None, None)
+            slot.bytes += size
+            self._emit(slot.host, endpoint, status, size)
 
-    @staticmethod
-    async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-        """Stream the body into memory, refusing more than `limit` bytes."""
+    async def _read_body(self, resp: aiohttp.ClientResponse, limit: int, *, spool: bool) -> Body:
+        """Stream a success body: size limit, time budget, spill to disk past a threshold."""
+        settings = self.settings
         declared = resp.content_length
         if declared is not None and declared > limit:
             raise TerminalError(
                 f"body of {declared} bytes exceeds the limit of {limit}", code="RepoTooLarge"
             )
+        started = time.monotonic()
+        buffer = bytearray()
+        file: IO[bytes] | None = None
+        size = 0
+        try:
+            async for chunk in resp.content.iter_chunked(1 << 20):
+                size += len(chunk)
+                if size > limit:
+                    raise TerminalError(
+                        f"body exceeds the limit of {limit} bytes", code="RepoTooLarge"
+                    )
+                # Big repos may take long; a crawl of a stalled host may not. The
+                # budget grows with what has arrived (min_bytes_per_second).
+                budget = settings.body_seconds + size / settings.min_bytes_per_second
+                if time.monotonic() - started > budget:
+                    raise TransientError(
+                        f"download too slow: {size} bytes in {budget:.0f}s", code="RepoTimeout"
+                    )
+                if file is not None:
+                    file.write(chunk)
+                    continue
+                buffer += chunk
+                if spool and len(buffer) > settings.spool_bytes:
+                    file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - handed to Body
+                        prefix="bsky-backfill-", suffix=".car", delete=False
+                    )
+                    file.write(buffer)
+                    buffer = bytearray()
+            if declared is not None and size != declared:
+                raise TransientError(
+                    f"body truncated: {size} of {declared} bytes", code="TruncatedBody"
+                )
+        except BaseException:
+            if file is not None:
+                file.close()
+                os.unlink(file.name)
+            raise
+        if file is not None:
+            file.close()
+            return Body(size=size, path=file.name)
+        return Body(size=size, data=bytes(buffer))
+
+    @staticmethod
+    async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+        """A small body (JSON, errors) into memory, refusing more than `limit` bytes."""
         chunks = bytearray()
-        async for chunk in resp.content.iter_chunked(1 << 20):
+        async for chunk in resp.content.iter_chunked(1 << 16):
             chunks += chunk
             if len(chunks) > limit:
-                raise TerminalError(f"body exceeds the limit of {limit} bytes", code="RepoTooLarge")
-        if declared is not None and len(chunks) != declared:
-            raise TransientError(
-                f"body truncated: {len(chunks)} of {declared} bytes", code="TruncatedBody"
-            )
+                raise TerminalError(f"body exceeds the limit of {limit} bytes", code="BodyTooLarge")
         return bytes(chunks)
+
+
+@dataclass(slots=True)
+class Body:
+    """A response body: in memory, or (big CARs) in a temporary file until it is decoded."""
+
+    size: int
+    data: bytes | None = None
+    path: str | None = None
+
+    def read(self) -> bytes:
+        """The bytes; a spooled file is read back and removed."""
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        with open(self.path, "rb") as fh:
+            data = fh.read()
+        self.discard()
+        return data
+
+    def discard(self) -> None:
+        """Free the body (removes a spooled file)."""
+        self.data = None
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self.path = None
 
 
 def _status_error(status: int, headers: Mapping[str, str], body: bytes) -> BackfillError:

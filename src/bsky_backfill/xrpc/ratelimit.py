@@ -9,8 +9,11 @@ Written by hand because no maintained asyncio limiter reads the IETF
   2. the server's published budget: after each response we know how many
      requests remain until the window resets (`RateLimit-Remaining`,
      `RateLimit-Reset`); we subtract requests still in flight and never send
-     more than that, spreading what remains over the rest of the window, so a
-     host that publishes its budget sends us zero 429s;
+     more than that, then wait for the reset, so a host that publishes its
+     budget sends us zero 429s while we still use all of it. (Spreading the
+     remainder evenly over the window would lose up to a second per window to
+     the header's whole-second rounding; our own `--rate-limit` already keeps
+     the pace polite.)
   3. 429 feedback: pause this bucket until `Retry-After` / `RateLimit-Reset`,
      or, for a bare 429 without headers, an exponential backoff with jitter.
 """
@@ -69,7 +72,7 @@ class RateBucket:
         self.server_remaining: float | None = None
         self.server_reset: float | None = None  # unix seconds
         self.paused_until = 0.0  # unix seconds
-        self._last_send = 0.0  # unix seconds
+        self._answered = False  # has the host answered since we last lost track of its budget?
         self.pause_reason = ""
         self._consecutive_429 = 0
         self._backoff_base = backoff_base
@@ -88,7 +91,6 @@ class RateBucket:
                 await asyncio.sleep(delay)
             self.in_flight += 1
             self.requests += 1
-            self._last_send = time.time()
             if self.rate is not None:
                 self._tokens -= 1.0
             if self.server_remaining is not None:
@@ -99,6 +101,10 @@ class RateBucket:
         if self.paused_until > now:
             return self.paused_until - now
         self.pause_reason = ""
+        if not self._answered and self.in_flight > 0:
+            # Until the host's first answer (per window) we do not know its budget:
+            # one probe at a time, so a small budget is never overrun by a burst.
+            return 0.05
         wait = 0.0
         if self.rate is not None:
             mono = time.monotonic()
@@ -110,24 +116,23 @@ class RateBucket:
         if self.server_reset is not None and self.server_remaining is not None:
             if now >= self.server_reset:
                 # The window rolled over: the next response tells us the new budget.
-                # Until then allow only what is in flight to settle (one probe at a time).
+                # Until the requests still out have answered, send nothing (their
+                # answers may belong to the new window and correct our view).
                 if self.in_flight > 0:
                     return max(wait, 0.05)
                 self.server_remaining = None
                 self.server_reset = None
+                self._answered = False
             elif self.server_remaining < 1:
-                self.pause_reason = "server budget used up"
+                self.pause_reason = "server budget used up until its window resets"
                 return max(wait, self.server_reset - now + 0.05)
-            else:
-                # Spread what remains over what is left of the window (no burst-then-stall).
-                spacing = (self.server_reset - now) / self.server_remaining
-                wait = max(wait, spacing - (now - self._last_send))
         return wait
 
     # -- after a response ------------------------------------------------------
     def observe(self, status: int | None, headers: Mapping[str, str] | None) -> None:
         """Learn from a response (status None = the request failed without one)."""
         self.in_flight = max(0, self.in_flight - 1)
+        self._answered = True
         now = time.time()
         if headers is not None:
             self._read_budget(headers, now)
@@ -156,7 +161,12 @@ class RateBucket:
             self.server_limit = int(limit)
         # Requests still in flight were sent after this answer was counted: they
         # will consume budget the header does not show yet.
-        self.server_remaining = remaining - self.in_flight
+        estimate = remaining - self.in_flight
+        same_window = self.server_reset is not None and abs(reset - self.server_reset) < 1.5
+        if same_window and self.server_remaining is not None:
+            # Answers can arrive out of order: within one window, trust the lowest.
+            estimate = min(estimate, self.server_remaining)
+        self.server_remaining = estimate
         self.server_reset = reset
 
     def pause(self, until: float, reason: str) -> None:

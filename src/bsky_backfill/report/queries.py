@@ -1,0 +1,213 @@
+"""The report's numbers: DuckDB over the Parquet dataset, plus the state store for hosts.
+
+Where it sits: `bsky-backfill report` (cli.py) calls `build_report(out)`; the
+result goes to `render` (terminal, JSON) and `html` (the page). It only reads:
+the dataset under OUT and, for hosts, the state store under OUT/_state.
+
+DuckDB does every aggregation, so the report stays fast on a dataset of
+billions of rows: Python only ever sees grouped rows (collections x months,
+hosts, dead-letter codes). Records per host need each record's DID joined to
+its PDS host; the DID -> host map lives in the state store, whose Protocol has
+no listing of it, so it is streamed read-only from the SQLite file into DuckDB
+as Arrow record batches (never a Python list of all repos).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from bsky_backfill.errors import UsageError
+from bsky_backfill.report.model import (
+    UNKNOWN_HOST,
+    CollectionCount,
+    DeadLetterCount,
+    HostCount,
+    MonthCount,
+    Report,
+)
+from bsky_backfill.state.base import HostStatus
+
+DEAD_LETTERS = "_deadletters"
+STATE_FILE = Path("_state") / "state.sqlite"
+_HOST_MAP_BATCH = 65_536
+_HOST_MAP_SCHEMA = pa.schema([("did", pa.string()), ("host", pa.string())])
+
+
+def parquet_glob(out: Path, table: str) -> str:
+    """The glob readers use for one table (CONTRACT.md: OUT/<table>/**/*.parquet)."""
+    return str(out / table / "**" / "*.parquet")
+
+
+def _has_parquet(directory: Path) -> bool:
+    # any() stops at the first file: cheap even under a huge table.
+    return directory.is_dir() and any(directory.rglob("*.parquet"))
+
+
+def find_collections(out: Path) -> list[str]:
+    """Table directories under OUT that hold at least one committed Parquet file.
+
+    Names starting with "_" are the backfill's own (dead letters, state); an
+    NSID never starts with one.
+    """
+    return sorted(
+        p.name
+        for p in out.iterdir()
+        if p.is_dir() and not p.name.startswith(("_", ".")) and _has_parquet(p)
+    )
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    # Months are UTC months whatever the machine's time zone is.
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+# One table's rows; the glob is bound as a parameter, never spliced into SQL.
+_READ = "read_parquet(?, hive_partitioning = true, union_by_name = true)"
+
+
+def collection_counts(
+    con: duckdb.DuckDBPyConnection, out: Path, collection: str
+) -> tuple[CollectionCount, list[MonthCount]]:
+    """Rows of one collection per UTC month of `created_at` (nulls apart), in one scan."""
+    rows = con.execute(
+        f"""SELECT strftime(created_at, '%Y-%m') AS month, count(*) AS n
+            FROM {_READ}
+            GROUP BY month ORDER BY month NULLS LAST""",
+        [parquet_glob(out, collection)],
+    ).fetchall()
+    months = [MonthCount(collection, str(m), int(n)) for m, n in rows if m is not None]
+    no_created_at = sum(int(n) for m, n in rows if m is None)
+    count = CollectionCount(
+        collection=collection,
+        records=no_created_at + sum(m.records for m in months),
+        no_created_at=no_created_at,
+        first_month=months[0].month if months else None,
+        last_month=months[-1].month if months else None,
+    )
+    return count, months
+
+
+def dead_letter_counts(con: duckdb.DuckDBPyConnection, out: Path) -> list[DeadLetterCount]:
+    """Dead letters per stage and error code, most frequent first."""
+    if not _has_parquet(out / DEAD_LETTERS):
+        return []
+    rows = con.execute(
+        f"""SELECT stage, error, count(*) AS n FROM {_READ}
+            GROUP BY stage, error ORDER BY n DESC, stage, error""",
+        [parquet_glob(out, DEAD_LETTERS)],
+    ).fetchall()
+    return [DeadLetterCount(str(s), str(e), int(n)) for s, e, n in rows]
+
+
+def _host_map_batches(state_path: Path) -> Iterator[pa.RecordBatch]:
+    """(did, host) of every resolved repo, streamed from SQLite in Arrow batches."""
+    # Read-only: a report never changes the state of a run (which may be live).
+    # DuckDB pulls the batches from its own threads, one pull at a time: the
+    # connection is never used concurrently, only from more than one thread.
+    conn = sqlite3.connect(
+        f"{state_path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+    )
+    try:
+        cursor = conn.execute("SELECT did, host FROM repos WHERE host IS NOT NULL")
+        while batch := cursor.fetchmany(_HOST_MAP_BATCH):
+            dids, hosts = zip(*batch, strict=True)
+            yield pa.record_batch(
+                [pa.array(dids, pa.string()), pa.array(hosts, pa.string())],
+                schema=_HOST_MAP_SCHEMA,
+            )
+    finally:
+        conn.close()
+
+
+def records_per_host(
+    con: duckdb.DuckDBPyConnection, out: Path, collections: list[str], state_path: Path
+) -> dict[str, int]:
+    """Rows of every collection per PDS host (records' DIDs joined to the store's hosts)."""
+    if not collections:
+        return {}
+    reader = pa.RecordBatchReader.from_batches(_HOST_MAP_SCHEMA, _host_map_batches(state_path))
+    con.register("host_map", reader)
+    try:
+        rows = con.execute(
+            f"""WITH per_did AS (
+                   SELECT did, count(*) AS n
+                   FROM {_READ}
+                   GROUP BY did)
+               SELECT h.host, sum(p.n) FROM per_did p LEFT JOIN host_map h USING (did)
+               GROUP BY h.host""",
+            [[parquet_glob(out, c) for c in collections]],
+        ).fetchall()
+    finally:
+        con.unregister("host_map")
+    return {(UNKNOWN_HOST if host is None else str(host)): int(n) for host, n in rows}
+
+
+def repos_per_host(state_path: Path) -> list[HostStatus]:
+    """Repos per host and state, from the state store's own `status()`."""
+    from bsky_backfill.state.open import open_store
+
+    store = open_store(None, state_path)
+    try:
+        return list(store.status().hosts)
+    finally:
+        store.close()
+
+
+def merge_hosts(repos: list[HostStatus], records: dict[str, int]) -> list[HostCount]:
+    """One row per host known to either side; most records first, then most repos."""
+    by_host = {h.host: h for h in repos}
+    merged = [
+        HostCount(
+            host=name,
+            repos=by_host[name].total if name in by_host else 0,
+            done=by_host[name].done if name in by_host else 0,
+            failed=by_host[name].failed if name in by_host else 0,
+            pending=by_host[name].pending if name in by_host else 0,
+            records=records.get(name, 0),
+        )
+        for name in {*by_host, *records}
+    ]
+    return sorted(merged, key=lambda h: (-h.records, -h.repos, h.host))
+
+
+def build_report(out: Path) -> Report:
+    """Summarise the dataset under OUT. A missing or empty OUT is a UsageError (exit 2)."""
+    if not out.is_dir():
+        raise UsageError(f"--out {out}: no such directory (run `bsky-backfill run` first)")
+    collections = find_collections(out)
+    has_dead = _has_parquet(out / DEAD_LETTERS)
+    if not collections and not has_dead:
+        raise UsageError(f"--out {out}: no dataset there (no Parquet tables under it)")
+    state_path = out / STATE_FILE
+    has_state = state_path.is_file()
+    con = _connect()
+    try:
+        counts: list[CollectionCount] = []
+        months: list[MonthCount] = []
+        for collection in collections:
+            count, per_month = collection_counts(con, out, collection)
+            counts.append(count)
+            months.extend(per_month)
+        hosts: list[HostCount] = []
+        if has_state:
+            hosts = merge_hosts(
+                repos_per_host(state_path),
+                records_per_host(con, out, collections, state_path),
+            )
+        return Report(
+            out=str(out),
+            collections=counts,
+            months=months,
+            hosts=hosts,
+            dead_letters=dead_letter_counts(con, out),
+            has_state=has_state,
+        )
+    finally:
+        con.close()

@@ -1,0 +1,129 @@
+"""The PostgreSQL state store's schema, as ordered migrations.
+
+Where it sits: `PostgresStateStore` applies `MIGRATIONS[current:]` when it
+connects, inside one transaction that holds a per-schema advisory lock, and
+records each step in `schema_version` (one row per applied step). So several
+workers starting at once migrate exactly once; the others wait on the lock and
+then find the schema up to date. DDL is transactional in PostgreSQL: a step
+that fails leaves nothing behind. Append only: never edit a released step.
+
+Every statement runs with `search_path` set to the backfill's own schema, so
+names here are unqualified. Functions pin `search_path FROM CURRENT` so a
+trigger never resolves a table in some other schema.
+
+Why counts go through a delta log: status and the scheduler need counts per
+state and per host without scanning tens of millions of repos. SQLite keeps
+them in counter rows updated by row triggers; with many workers those few rows
+would serialize every claim and commit and, worse, deadlock (a claim locks
+`pending` then `in_progress`, a retry the other way round). Here statement
+triggers append aggregated deltas to `repo_count_deltas` (an append never
+waits on another transaction), readers sum `repo_counts` + deltas in one
+statement, and `compact()` folds the deltas into `repo_counts` from time to
+time under a try-lock.
+"""
+
+from __future__ import annotations
+
+_COUNT_TRIGGERS = tuple(
+    stmt
+    for event, body in (
+        (
+            "INSERT",
+            "SELECT coalesce(host, ''), state, count(*) FROM new_rows GROUP BY 1, 2",
+        ),
+        (
+            "UPDATE",
+            """SELECT h, s, sum(d) FROM (
+                 SELECT coalesce(host, '') AS h, state AS s, -1 AS d FROM old_rows
+                 UNION ALL
+                 SELECT coalesce(host, ''), state, 1 FROM new_rows) AS x
+               GROUP BY h, s HAVING sum(d) <> 0""",
+        ),
+        (
+            "DELETE",
+            "SELECT coalesce(host, ''), state, -count(*) FROM old_rows GROUP BY 1, 2",
+        ),
+    )
+    for stmt in (
+        f"""CREATE FUNCTION repos_count_{event.lower()}() RETURNS trigger
+            LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+            BEGIN
+              INSERT INTO repo_count_deltas(host, state, n) {body};
+              RETURN NULL;
+            END $$""",
+        f"""CREATE TRIGGER repos_count_{event.lower()} AFTER {event} ON repos
+            REFERENCING {"OLD TABLE AS old_rows" if event != "INSERT" else ""}
+                        {"NEW TABLE AS new_rows" if event != "DELETE" else ""}
+            FOR EACH STATEMENT EXECUTE FUNCTION repos_count_{event.lower()}()""",
+    )
+)
+
+# schema_version holds one row per applied step: version = index + 1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+        """CREATE TABLE repos (
+            did TEXT PRIMARY KEY,
+            -- insertion order, for "oldest first" among equally due repos
+            seq BIGINT GENERATED ALWAYS AS IDENTITY,
+            state TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'in_progress', 'done', 'failed')),
+            pds TEXT,
+            host TEXT,
+            signing_key TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT '1970-01-01 00:00:00+00',
+            -- who works on the repo and until when (DB clock): set by claim()
+            -- (in_progress) and by unresolved() (pending, being resolved)
+            lease_owner TEXT,
+            lease_expires_at TIMESTAMPTZ,
+            error_code TEXT,
+            last_error TEXT,
+            rev TEXT,
+            records BIGINT,
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""",
+        # Partial indexes hold only the rows a hot query can want, so they stay
+        # small while done repos pile up.
+        "CREATE INDEX repos_claim ON repos(host, next_attempt_at) WHERE state = 'pending'",
+        """CREATE INDEX repos_due ON repos(next_attempt_at)
+            WHERE state = 'pending' AND host IS NOT NULL""",
+        """CREATE INDEX repos_unresolved ON repos(next_attempt_at, seq)
+            WHERE state = 'pending' AND host IS NULL""",
+        """CREATE INDEX repos_leased ON repos(lease_owner, lease_expires_at)
+            WHERE state = 'in_progress'""",
+        # Compacted counts per (host, state); host '' = not resolved yet.
+        """CREATE TABLE repo_counts (
+            host TEXT NOT NULL,
+            state TEXT NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (host, state)
+        )""",
+        # Appended by the statement triggers below; no key, so no waiting.
+        """CREATE TABLE repo_count_deltas (
+            host TEXT NOT NULL,
+            state TEXT NOT NULL,
+            n BIGINT NOT NULL
+        )""",
+        *_COUNT_TRIGGERS,
+        """CREATE TABLE files (
+            path TEXT PRIMARY KEY,
+            collection TEXT NOT NULL,
+            rows BIGINT NOT NULL,
+            committed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            committed_by TEXT
+        )""",
+        """CREATE TABLE dead_letter_counts (
+            stage TEXT NOT NULL,
+            code TEXT NOT NULL,
+            count BIGINT NOT NULL,
+            PRIMARY KEY (stage, code)
+        )""",
+        """CREATE TABLE cursors (
+            source TEXT PRIMARY KEY,
+            cursor TEXT NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
