@@ -213,7 +213,6 @@ def _settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource
         ("--all-from-plc", opts["all_from_plc"]),
         ("--from-relay", opts["from_relay"]),
         ("--pds", opts["pds"]),
-        ("--method list", opts["method"] == "list"),
         ("--metrics-port", opts["metrics_port"] is not None),
         ("--workers N>1", opts["workers"] != 1),
         ("--refresh", opts["refresh"]),

@@ -16,6 +16,7 @@ import random
 from typing import TYPE_CHECKING
 
 from bsky_backfill.engine.cpu import Extractor
+from bsky_backfill.engine.listing import ListFetcher
 from bsky_backfill.errors import RateLimited, RepoInvalid, TerminalError, TransientError
 from bsky_backfill.models import utcnow
 from bsky_backfill.state.base import RepoDone, RepoTask
@@ -40,14 +41,18 @@ class RepoWorker:
         self.client = client
         self.extractor = extractor
         self.filter = run.settings.record_filter
+        self.lister = ListFetcher(client, self.filter) if run.settings.method == "list" else None
         self._rand = random.Random()
 
     async def process(self, slot: HostSlot, task: RepoTask) -> None:
         run = self.run
         try:
-            data = await self._fetch(slot, task)
-            extract = await self.extractor.extract(data, task.did, self.filter)
-            del data
+            if self.lister is not None:
+                extract = await self.lister.fetch(slot, task)
+            else:
+                data = await self._fetch(slot, task)
+                extract = await self.extractor.extract(data, task.did, self.filter)
+                del data
             run.sink.add(
                 extract, RepoDone(did=task.did, rev=extract.rev, records=extract.row_count)
             )

@@ -57,6 +57,7 @@ _STRING = pa.string()
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _N_COMMON = 7
 _dumps = orjson.dumps
+_SORT_KEYS = orjson.OPT_SORT_KEYS  # same text from a CAR and from listRecords
 _rkey_ok = RECORD_KEY_RE.fullmatch
 
 # --- typed columns, one extractor per collection family -----------------------
@@ -205,7 +206,7 @@ class RecordColumns:
             elif cols.windowed and not self._in_window(when):
                 continue
             try:
-                js = _dumps(record, default=encode_default)
+                js = _dumps(record, default=encode_default, option=_SORT_KEYS)
             except RecordEncodeError as e:
                 invalid(collection, rkey, f"record cannot be written as JSON: {e}")
                 continue

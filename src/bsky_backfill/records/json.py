@@ -44,11 +44,16 @@ def encode_default(obj: Any) -> dict[str, str]:
     raise TypeError(f"{type(obj).__name__} is not part of the atproto data model")
 
 
+# Keys sorted: the same record must give the same text whether it came from a
+# CAR (DAG-CBOR key order) or from listRecords (the server's JSON order).
+_OPTIONS = orjson.OPT_SORT_KEYS
+
+
 def to_json_bytes(obj: Any) -> bytes:
-    """atproto JSON of a decoded value, UTF-8 encoded (the hot-path form)."""
-    return _dumps(obj, default=encode_default)
+    """atproto JSON of a decoded value, UTF-8 encoded, keys sorted (the hot-path form)."""
+    return _dumps(obj, default=encode_default, option=_OPTIONS)
 
 
 def to_json(obj: Any) -> str:
-    """atproto JSON of a decoded value, as text."""
-    return _dumps(obj, default=encode_default).decode("utf-8")
+    """atproto JSON of a decoded value, as text, keys sorted."""
+    return _dumps(obj, default=encode_default, option=_OPTIONS).decode("utf-8")
