@@ -214,7 +214,6 @@ def _settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource
         ("--from-relay", opts["from_relay"]),
         ("--pds", opts["pds"]),
         ("--metrics-port", opts["metrics_port"] is not None),
-        ("--workers N>1", opts["workers"] != 1),
         ("--refresh", opts["refresh"]),
         ("--config", opts["config_file"]),
     ]
@@ -266,6 +265,7 @@ def _settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource
         verify=not opts["no_verify"],
         progress=progress,
         host_concurrency=opts["host_concurrency"],
+        workers=opts["workers"],
         commit_rows=opts["commit_rows"],
         commit_seconds=opts["commit_seconds"],
         http=HttpSettings(

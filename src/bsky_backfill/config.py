@@ -46,6 +46,8 @@ class RunSettings(BaseModel):
     """DID resolutions in flight at once."""
     allow_private_hosts: bool = False
     """Allow PDS endpoints on loopback/private addresses (tests, local networks)."""
+    workers: int = 1
+    """Processes on this machine (hosts are split between them)."""
     verify: bool = True
     """Check commit signatures and MST structure (--no-verify turns it off)."""
     progress: bool = False

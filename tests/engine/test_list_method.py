@@ -101,3 +101,61 @@ def test_since_stops_paging_early(tmp_path: Path) -> None:
     expected = truth.expected_rows(WANTED, since)
     got = rows_by_uri(out)
     assert set(got) == set(expected)
+
+
+def test_list_mode_resumes_a_big_repo_after_kill(tmp_path: Path) -> None:
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    scenario = Scenario(seed=33, accounts=3, hosts=1, mean_records=20, giant_repo=12_000,
+                        statuses={}, tombstoned=0, unknown=0, did_web=0)  # fmt: skip
+    out = tmp_path / "out"
+    with run_network_in_thread(scenario) as net:
+        dids = tmp_path / "dids.txt"
+        dids.write_text("\n".join(net.truth.input_dids) + "\n")
+        args = [
+            "run", "--dids", str(dids), "--out", str(out), "--plc-url", net.plc_url,
+            "--allow-private-hosts", "--no-progress", "--method", "list", "--rate-limit", "40",
+            "--commit-rows", "100",
+        ]  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "bsky_backfill", *args])
+        state = out / "_state" / "state.sqlite"
+        deadline = time.monotonic() + 120
+        progress = None
+        while progress is None and proc.poll() is None:
+            assert time.monotonic() < deadline, "no progress row was committed"
+            time.sleep(0.05)
+            if state.exists():
+                try:
+                    with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as con:
+                        progress = con.execute(
+                            "SELECT cursor FROM cursors WHERE source LIKE 'list:%'"
+                        ).fetchone()
+                except sqlite3.OperationalError:
+                    progress = None
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        first = net.stats.count(endpoint=LIST_RECORDS)
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr
+        second = net.stats.count(endpoint=LIST_RECORDS) - first
+        truth = net.truth
+    full = sum(
+        len(range(0, n, 100)) + 1
+        for did in truth.accounts
+        for n in [
+            sum(1 for r in truth.records_of(did) if r.collection == c)
+            for c in {r.collection for r in truth.records_of(did)}
+            if c.startswith("app.bsky.")
+        ]
+        if n
+    )
+    assert second <= full - 50, (first, second, full)  # >= 5000 landed records not refetched
+    assert_matches_truth(out, truth.expected_rows(), truth.expected_dead_letters())
+    with sqlite3.connect(out / "_state" / "state.sqlite") as con:
+        left = con.execute("SELECT count(*) FROM cursors WHERE source LIKE 'list:%'").fetchone()
+    assert left == (0,), "progress rows of finished repos are removed"

@@ -2,12 +2,13 @@
 
 Each backend is a factory that opens a store on one database; calling it twice
 gives two independent connections to the same data (for reopen and
-concurrency tests). To add PostgreSQL, add a param to `backend` that returns a
-factory for a fresh schema (skip when no DSN is configured).
+concurrency tests). PostgreSQL runs on a fresh schema per test (see
+tests/state/pg.py: unreachable -> fail under CI=true, skip otherwise).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 from collections.abc import Callable, Iterator
@@ -25,27 +26,32 @@ from bsky_backfill.state.base import (
     StateStore,
 )
 from bsky_backfill.state.errors import StateStoreError
+from bsky_backfill.state.postgres import PostgresStateStore
 from bsky_backfill.state.sqlite import SqliteStateStore
+from tests.state.pg import fresh_schema_url
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 Factory = Callable[[], StateStore]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
     opened: list[StateStore] = []
+    with contextlib.ExitStack() as stack:
+        if request.param == "postgresql":
+            url = stack.enter_context(fresh_schema_url())
 
-    def open_store() -> StateStore:
-        if request.param == "sqlite":
-            store: StateStore = SqliteStateStore(tmp_path / "_state" / "state.sqlite")
-        else:  # pragma: no cover - future backends
-            raise NotImplementedError(request.param)
-        opened.append(store)
-        return store
+        def open_store() -> StateStore:
+            if request.param == "sqlite":
+                store: StateStore = SqliteStateStore(tmp_path / "_state" / "state.sqlite")
+            else:
+                store = PostgresStateStore(url)
+            opened.append(store)
+            return store
 
-    yield open_store
-    for s in opened:
-        s.close()
+        yield open_store
+        for s in opened:
+            s.close()
 
 
 @pytest.fixture
@@ -327,3 +333,21 @@ def test_refuses_a_store_from_a_newer_version(backend: Factory) -> None:
     s.close()
     with pytest.raises(StateStoreError, match="newer"):
         backend()
+
+
+def test_cursors(store: StateStore) -> None:
+    assert store.get_cursor("plc") is None
+    store.set_cursor("plc", "2024-01-01T00:00:00Z")
+    store.set_cursor("plc", "2024-02-01T00:00:00Z")
+    assert store.get_cursor("plc") == "2024-02-01T00:00:00Z"
+
+
+def test_commit_sets_and_deletes_cursors_with_its_files(store: StateStore) -> None:
+    store.set_cursor("list:did:plc:a", "page1")
+    f = CommittedFile("app.bsky.feed.post/part-1.parquet", "app.bsky.feed.post", 1)
+    store.commit([f], [], [], [], cursors=[("list:did:plc:a", None), ("list:did:plc:b", "p2")])
+    assert store.get_cursor("list:did:plc:a") is None
+    assert store.get_cursor("list:did:plc:b") == "p2"
+    with pytest.raises(StateStoreError):  # the same file again: nothing of it applies
+        store.commit([f], [], [], [], cursors=[("list:did:plc:b", "p3")])
+    assert store.get_cursor("list:did:plc:b") == "p2"

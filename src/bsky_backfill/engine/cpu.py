@@ -9,6 +9,7 @@ native code; the thread keeps the asyncio loop responsive while they do.
 from __future__ import annotations
 
 import asyncio
+import functools
 from concurrent.futures import ThreadPoolExecutor
 
 from bsky_backfill.models import RecordFilter, RepoExtract
@@ -21,9 +22,12 @@ class Extractor:
     def __init__(self, threads: int = 1) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="extract")
 
-    async def extract(self, data: bytes, did: str, filt: RecordFilter) -> RepoExtract:
+    async def extract(
+        self, data: bytes, did: str, filt: RecordFilter, *, signing_key: str | None, verify: bool
+    ) -> RepoExtract:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, extract_repo, data, did, filt)
+        job = functools.partial(extract_repo, signing_key=signing_key, verify=verify)
+        return await loop.run_in_executor(self._pool, job, data, did, filt)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -21,7 +21,9 @@ a back-dated record with a new TID keeps the paging going).
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from bsky_backfill.errors import RateLimited, RepoUnavailable, TransientError
@@ -76,12 +78,76 @@ def page_older_than(records: list[dict[str, Any]], since: dt.datetime) -> bool:
     return True
 
 
-class ListFetcher:
-    """Fetches one repo's wanted collections page by page through its host slot."""
+PartialSink = Callable[[RepoExtract, str, str], None]
+"""(rows so far, progress key, progress value): hand a big repo's finished pages to the sink."""
 
-    def __init__(self, client: XrpcClient, filt: RecordFilter) -> None:
+
+def progress_key(did: str) -> str:
+    """The cursor row that records how far list mode got in one repo."""
+    return f"list:{did}"
+
+
+@dataclass
+class _Progress:
+    """How far list mode got in one repo: finished collections, and the page
+    cursor to continue `collection` from."""
+
+    done: set[str] = field(default_factory=set)
+    collection: str | None = None
+    cursor: str | None = None
+
+    @classmethod
+    def parse(cls, value: str | None) -> _Progress:
+        if not value:
+            return cls()
+        data = json.loads(value)
+        return cls(set(data.get("done", [])), data.get("collection"), data.get("cursor"))
+
+    def dump(self) -> str:
+        return json.dumps(
+            {"done": sorted(self.done), "collection": self.collection, "cursor": self.cursor}
+        )
+
+
+@dataclass
+class _RepoRun:
+    """One fetch of one repo: rows not yet handed over, and counters."""
+
+    did: str
+    columns: RecordColumns
+    state: _Progress
+    seen: int = 0
+    unflushed: int = 0
+    flushed: bool = False
+
+
+class ListFetcher:
+    """Fetches one repo's wanted collections page by page through its host slot.
+
+    Big repos are handed to the sink in parts of about `flush_records` rows,
+    each with a progress value (collections finished, page cursor of the
+    current one) that commits in the same transaction as the rows: a restart
+    resumes after the last committed page instead of fetching it again. Small
+    repos (the common case) go in one piece and write no progress at all.
+    """
+
+    def __init__(
+        self,
+        client: XrpcClient,
+        filt: RecordFilter,
+        *,
+        load_progress: Callable[[str], str | None] = lambda key: None,
+        emit_partial: PartialSink | None = None,
+        flush_records: int = 5000,
+    ) -> None:
         self.client = client
         self.filter = filt
+        self.load_progress = load_progress
+        self.emit_partial = emit_partial
+        self.flush_records = flush_records
+        # Progress handed to the sink but maybe not committed yet: a retry in this
+        # process must resume from here, not from the store's older value.
+        self.progress: dict[str, str] = {}
 
     async def _call(self, slot: HostSlot, fn: Callable[[], Awaitable[T]]) -> T:
         waits = 0
@@ -100,7 +166,11 @@ class ListFetcher:
             slot, lambda: self.client.xrpc_json(task.pds, endpoint, params, slot)
         )
 
-    async def fetch(self, slot: HostSlot, task: RepoTask) -> RepoExtract:
+    async def fetch(
+        self, slot: HostSlot, task: RepoTask
+    ) -> tuple[RepoExtract, list[tuple[str, str | None]]]:
+        """The repo's remaining rows, and the cursor updates to commit with its done mark
+        (deleting its progress row when it had one)."""
         did = task.did
         try:
             described = await self._json(slot, task, DESCRIBE_REPO, {"repo": did})
@@ -109,22 +179,46 @@ class ListFetcher:
         present = described.get("collections") if isinstance(described, dict) else None
         if not isinstance(present, list):
             raise TransientError("describeRepo answered without collections", code="BadResponse")
-        columns = RecordColumns(did, self.filter)
-        seen = 0
+        key = progress_key(did)
+        saved = self.progress.get(did) or self.load_progress(key)
+        state = _Progress.parse(saved)
+        run = _RepoRun(did, RecordColumns(did, self.filter), state)
         for collection in sorted(c for c in present if c in self.filter.collections):
-            seen += await self._collection(slot, task, collection, columns)
-        tables, dead_letters = columns.finish()
-        return RepoExtract(did=did, rev=None, tables=tables, dead_letters=dead_letters,
-                           records_seen=seen)  # fmt: skip
+            if collection in state.done:
+                continue
+            await self._collection(slot, task, collection, run)
+            state.done.add(collection)
+            state.collection, state.cursor = None, None
+        tables, dead_letters = run.columns.finish()
+        self.progress.pop(did, None)
+        extract = RepoExtract(did=did, rev=None, tables=tables, dead_letters=dead_letters,
+                              records_seen=run.seen)  # fmt: skip
+        cleanup: list[tuple[str, str | None]] = []
+        if saved is not None or run.flushed:
+            cleanup.append((key, None))
+        return extract, cleanup
+
+    def _flush(self, run: _RepoRun) -> None:
+        """Hand the rows so far to the sink with the progress they complete."""
+        if self.emit_partial is None:
+            return
+        tables, dead_letters = run.columns.finish()
+        value = run.state.dump()
+        part = RepoExtract(did=run.did, rev=None, tables=tables, dead_letters=dead_letters)
+        self.emit_partial(part, progress_key(run.did), value)
+        self.progress[run.did] = value
+        run.columns = RecordColumns(run.did, self.filter)
+        run.unflushed = 0
+        run.flushed = True
 
     async def _collection(
-        self, slot: HostSlot, task: RepoTask, collection: str, columns: RecordColumns
-    ) -> int:
+        self, slot: HostSlot, task: RepoTask, collection: str, run: _RepoRun
+    ) -> None:
         since = self.filter.since
         prefix = f"at://{task.did}/{collection}/"
-        cursor: str | None = None
-        seen = 0
+        cursor = run.state.cursor if run.state.collection == collection else None
         while True:
+            columns = run.columns
             params: dict[str, str | int] = {
                 "repo": task.did, "collection": collection, "limit": PAGE_SIZE,
             }  # fmt: skip
@@ -146,13 +240,17 @@ class ListFetcher:
                     )  # fmt: skip
                     continue
                 columns.add(collection, uri[len(prefix) :], cid, item.get("value"))
-            seen += len(records)
+            run.seen += len(records)
+            run.unflushed += len(records)
             next_cursor = page.get("cursor")
             if not records or not isinstance(next_cursor, str) or next_cursor == cursor:
-                return seen
+                return
             if since is not None and page_older_than(records, since):
-                return seen
+                return
             cursor = next_cursor
+            if run.unflushed >= self.flush_records:
+                run.state.collection, run.state.cursor = collection, cursor
+                self._flush(run)
 
     async def _real_state(
         self, slot: HostSlot, task: RepoTask, error: RepoUnavailable

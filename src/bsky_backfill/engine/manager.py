@@ -25,15 +25,17 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.cpu import Extractor
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.engine.stats import RunStats
 from bsky_backfill.engine.worker import RepoWorker
+from bsky_backfill.engine.workers import Role, join_followers, spawn_followers, stop_followers
 from bsky_backfill.errors import TerminalError, TransientError, UsageError
 from bsky_backfill.identity.resolver import DidResolver
-from bsky_backfill.models import DeadLetter, utcnow
+from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
 from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
 from bsky_backfill.state.base import Identity, RepoFailed, RepoState, StateStore
 from bsky_backfill.state.open import open_store
@@ -43,6 +45,9 @@ from bsky_backfill.xrpc.slot import HostSlot
 from bsky_backfill.xrpc.ssrf import check_endpoint
 
 log = logging.getLogger("bsky_backfill")
+
+INTAKE = "intake"
+"""Meta key: "running" while the leader reads the source and resolves, then "done"."""
 
 
 @dataclass
@@ -72,9 +77,13 @@ class RunSummary:
 class Backfill:
     """One backfill run over a DID source, resumable from its state store."""
 
-    def __init__(self, settings: RunSettings, source: DidSource | None) -> None:
+    def __init__(
+        self, settings: RunSettings, source: DidSource | None, *, role: Role | None = None
+    ) -> None:
         self.settings = settings
         self.source = source
+        self.role = role or Role(0, settings.workers)
+        self._followers: list[BaseProcess] = []
         self.stats = RunStats()
         self.slots: dict[str, HostSlot] = {}
         self._stop = asyncio.Event()
@@ -103,10 +112,12 @@ class Backfill:
         settings = self.settings
         store = open_store(settings.queue, settings.state_path)
         try:
-            self._check_settings(store)
-            recovered = store.recover()
-            if recovered:
-                log.info("recovered %d repos left in progress by an earlier run", recovered)
+            if self.role.leader:
+                self._check_settings(store)
+                recovered = store.recover()
+                if recovered:
+                    log.info("recovered %d repos left in progress by an earlier run", recovered)
+                store.set_meta(INTAKE, "running")
             sink = DatasetWriter(
                 settings.out,
                 store,
@@ -114,7 +125,9 @@ class Backfill:
                     commit_rows=settings.commit_rows, commit_seconds=settings.commit_seconds
                 ),
             )
-            sink.recover()
+            if self.role.leader:
+                # Before any follower exists: recovery deletes uncommitted tmp files.
+                sink.recover()
             self.store, self.sink = store, sink
             extractor = Extractor()
             try:
@@ -130,7 +143,15 @@ class Backfill:
                         concurrency=settings.resolve_concurrency,
                     )
                     self.worker = RepoWorker(self, client, extractor)
-                    await self._run_loops()
+                    if self.role.leader and self.role.count > 1:
+                        self._followers = spawn_followers(settings, self.role.count)
+                    try:
+                        await self._run_loops()
+                    finally:
+                        if self._followers:
+                            if self.stopping:
+                                stop_followers(self._followers)
+                            await join_followers(self._followers)
             finally:
                 extractor.close()
                 self._commit()
@@ -160,11 +181,12 @@ class Backfill:
             )
 
     async def _run_loops(self) -> None:
-        loops = [
-            asyncio.create_task(self._source_loop(), name="source"),
-            asyncio.create_task(self._resolve_loop(), name="resolve"),
-            asyncio.create_task(self._commit_loop(), name="commit"),
-        ]
+        loops = [asyncio.create_task(self._commit_loop(), name="commit")]
+        if self.role.leader:
+            loops.append(asyncio.create_task(self._source_loop(), name="source"))
+            loops.append(asyncio.create_task(self._resolve_loop(), name="resolve"))
+        else:
+            loops.append(asyncio.create_task(self._watch_intake(), name="intake"))
         try:
             await self._schedule_loop()
         finally:
@@ -230,7 +252,18 @@ class Backfill:
             await asyncio.sleep(0.05 if in_flight else 0.2)
         if resolved:
             self.store.set_identities(resolved)
+        if self._failed_uncommitted:
+            self._commit()  # resolution failures are durable before followers may finish
         self._resolver_done = True
+        if not self.stopping:
+            self.store.set_meta(INTAKE, "done")
+        self._wake.set()
+
+    async def _watch_intake(self) -> None:
+        """Followers: the leader's source and resolver are done when the store says so."""
+        while self.store.get_meta(INTAKE) != "done":
+            await asyncio.sleep(0.5)
+        self._source_done = self._resolver_done = True
         self._wake.set()
 
     async def _resolve_with_retry(self, did: str) -> Identity:
@@ -260,6 +293,8 @@ class Backfill:
             claimed = 0
             active_hosts = sum(1 for s in self.slots.values() if s.active)
             for host in self.store.pending_hosts(now):
+                if not self.role.owns(host):
+                    continue
                 slot = self.slot(host)
                 if not slot.active and active_hosts >= self.settings.max_active_hosts:
                     continue
@@ -304,6 +339,13 @@ class Backfill:
         self.stats.repos_failed += 1
         self.stats.dead_letters[code] += 1
         self._maybe_commit()
+
+    def count_rows(self, extract: RepoExtract) -> None:
+        """Live counters for rows handed to the sink (the dataset counts at commit)."""
+        for collection, table in extract.tables.items():
+            self.stats.records[collection] += table.num_rows
+        for letter in extract.dead_letters:
+            self.stats.dead_letters[letter.error] += 1
 
     def fail_repo(self, did: str, error: TerminalError) -> None:
         self._fail(did, error.stage, error.code, error.message)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from bsky_backfill.engine.cpu import Extractor
 from bsky_backfill.engine.listing import ListFetcher
 from bsky_backfill.errors import RateLimited, RepoInvalid, TerminalError, TransientError
-from bsky_backfill.models import utcnow
+from bsky_backfill.models import RepoExtract, utcnow
 from bsky_backfill.state.base import RepoDone, RepoTask
 from bsky_backfill.xrpc.client import XrpcClient
 from bsky_backfill.xrpc.retry import error_summary, next_attempt
@@ -41,28 +41,37 @@ class RepoWorker:
         self.client = client
         self.extractor = extractor
         self.filter = run.settings.record_filter
-        self.lister = ListFetcher(client, self.filter) if run.settings.method == "list" else None
+        self.lister: ListFetcher | None = None
+        if run.settings.method == "list":
+            self.lister = ListFetcher(
+                client,
+                self.filter,
+                load_progress=run.store.get_cursor,
+                emit_partial=self._partial,
+            )
         self._rand = random.Random()
 
     async def process(self, slot: HostSlot, task: RepoTask) -> None:
         run = self.run
         try:
+            cursors: list[tuple[str, str | None]] = []
             if self.lister is not None:
-                extract = await self.lister.fetch(slot, task)
+                extract, cursors = await self.lister.fetch(slot, task)
             else:
                 data = await self._fetch(slot, task)
-                extract = await self.extractor.extract(data, task.did, self.filter)
+                extract = await self.extractor.extract(
+                    data,
+                    task.did,
+                    self.filter,
+                    signing_key=task.signing_key,
+                    verify=run.settings.verify,
+                )
                 del data
-            run.sink.add(
-                extract, RepoDone(did=task.did, rev=extract.rev, records=extract.row_count)
-            )
+            done = RepoDone(did=task.did, rev=extract.rev, records=extract.row_count)
+            run.sink.add(extract, done, cursors)
             run.stats.repos_done += 1
             slot.done += 1
-            for table in extract.tables.values():
-                if table.num_rows:
-                    run.stats.records[str(table.column("collection")[0])] += table.num_rows
-            for letter in extract.dead_letters:
-                run.stats.dead_letters[letter.error] += 1
+            run.count_rows(extract)
             run._maybe_commit()
         except TerminalError as e:
             slot.failed += 1
@@ -76,6 +85,12 @@ class RepoWorker:
         finally:
             slot.active -= 1
             run.wake()
+
+    def _partial(self, part: RepoExtract, key: str, value: str) -> None:
+        """List mode: a big repo's finished pages go to the open batch with their cursor."""
+        self.run.sink.add_partial(part, [(key, value)])
+        self.run.count_rows(part)
+        self.run._maybe_commit()
 
     async def _fetch(self, slot: HostSlot, task: RepoTask) -> bytes:
         waits = 0

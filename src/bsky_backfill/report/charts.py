@@ -104,7 +104,7 @@ def stacked_bars(
     label_every = max(1, -(-len(buckets) // 12))  # at most ~12 labels
     for i, bucket in enumerate(buckets):
         x = left + i * band + (band - bar_w) / 2
-        y = top + plot_h
+        y = float(top + plot_h)
         for index, s in enumerate(series):
             n = s.counts.get(bucket, 0)
             if n <= 0:

@@ -55,8 +55,7 @@ def _table(table_id: str, header: Sequence[str], rows: Sequence[Sequence[object]
     body = []
     for row in rows:
         cells = "".join(
-            f"<td>{n:,}</td>" if isinstance(n, int) else f"<td>{escape(str(n))}</td>"
-            for n in row
+            f"<td>{n:,}</td>" if isinstance(n, int) else f"<td>{escape(str(n))}</td>" for n in row
         )
         css = ' class="total"' if row and row[0] == "total" else ""
         body.append(f"<tr{css}>{cells}</tr>")
@@ -149,6 +148,11 @@ def render_html(report: Report) -> str:
         for c in report.collections
     ]
     collections.append(("total", report.records_total, sum(c[2] for c in collections), "", ""))
+    collections_table = _table(
+        "table-collections",
+        ("collection", "records", "no created_at", "first month", "last month"),
+        collections,
+    )
     dead = [(d.stage, d.code, d.count) for d in report.dead_letters]
     dead.append(("total", "", report.dead_letters_total))
     title = f"bsky-backfill report: {report.out}"
@@ -180,8 +184,7 @@ def render_html(report: Report) -> str:
 </section>
 <section id="tables">
 <h2>Records per collection</h2>
-{_table("table-collections", ("collection", "records", "no created_at", "first month",
-                              "last month"), collections)}
+{collections_table}
 <h2>Records per month (UTC, by created_at)</h2>
 {_months_table(report)}
 <h2>Dead letters by stage and code</h2>

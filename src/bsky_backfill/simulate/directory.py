@@ -83,17 +83,30 @@ class PlcDirectory:
         host_urls: list[str],
         policy: HostPolicy,
         tombstone_status: int = 410,
+        *,
+        export_seq: bool = True,
+        legacy_create: int = 0,
+        nullified: int = 0,
     ) -> None:
         self.accounts = {a.did: a for a in accounts if a.method == "plc"}
         self.host_urls = host_urls
         self.policy = policy
         self.tombstone_status = tombstone_status
+        # False = a legacy server: export entries carry no `seq`, `after` is a timestamp.
+        self.export_seq = export_seq
+        self.legacy_create = legacy_create
+        self.nullified = nullified
         self._log: PlcLog | None = None
 
     @property
     def log(self) -> PlcLog:
         if self._log is None:
-            self._log = build_plc_log(list(self.accounts.values()), self.host_urls)
+            self._log = build_plc_log(
+                list(self.accounts.values()),
+                self.host_urls,
+                legacy_create=self.legacy_create,
+                nullified=self.nullified,
+            )
         return self._log
 
     def app(self) -> web.Application:
@@ -138,12 +151,14 @@ class PlcDirectory:
             return web.json_response({"message": "invalid count"}, status=400)
         after = request.query.get("after")
         entries = self.log.export
-        if after is not None and after.isdigit():
+        if after is not None and after.isdigit() and self.export_seq:
             start = int(after)  # seq cursor (newer servers): entries with seq > after
             page = entries[start : start + max(count, 0)]
         else:
             # Legacy cursor: an ISO timestamp, entries created strictly after it.
             page = [e for e in entries if after is None or e["createdAt"] > after][:count]
+        if not self.export_seq:
+            page = [{k: v for k, v in e.items() if k != "seq"} for e in page]
         body = b"".join(orjson.dumps(e) + b"\n" for e in page)
         return web.Response(body=body, content_type="application/jsonlines")
 

@@ -26,6 +26,7 @@ from bsky_backfill.simulate.directory import DidWebSite, PlcDirectory
 from bsky_backfill.simulate.generator import SimContent, generate
 from bsky_backfill.simulate.pds import PdsHost
 from bsky_backfill.simulate.policy import HostPolicy
+from bsky_backfill.simulate.relay import SimRelay
 from bsky_backfill.simulate.scenario import Faults, RateLimit, Scenario
 from bsky_backfill.simulate.stats import RequestStats
 from bsky_backfill.simulate.truth import GroundTruth
@@ -38,7 +39,8 @@ class SimNetwork:
 
     Use as `async with SimNetwork(scenario) as net:`; then `net.plc_url`,
     `net.hosts[i].url`, `net.dids` (what a user would list), `net.truth`
-    (what a correct backfill must produce) and `net.stats` (what it asked for).
+    (what a correct backfill must produce) and `net.stats` (what it asked for);
+    `net.relay_url` when the scenario asks for a relay.
     """
 
     def __init__(self, scenario: Scenario | None = None) -> None:
@@ -48,6 +50,8 @@ class SimNetwork:
         self.hosts: list[PdsHost] = []
         self.web_sites: list[DidWebSite] = []
         self.plc: PlcDirectory | None = None
+        self.relay: SimRelay | None = None
+        self.relay_url = ""
         self._content: SimContent | None = None
         self._runners: list[web.AppRunner] = []
         self._policies: list[HostPolicy] = []
@@ -68,13 +72,39 @@ class SimNetwork:
         accounts = self._content.accounts
 
         plc_policy = self._policy("plc", None, sc.plc_faults)
-        self.plc = PlcDirectory(accounts, host_urls, plc_policy, sc.plc_tombstone_status)
+        self.plc = PlcDirectory(
+            accounts,
+            host_urls,
+            plc_policy,
+            sc.plc_tombstone_status,
+            export_seq=sc.plc_export_seq,
+            legacy_create=sc.plc_legacy_create,
+            nullified=sc.plc_nullified,
+        )
         await self._serve(self.plc.app(), plc_sock)
         for i, (url, sock) in enumerate(zip(host_urls, host_socks, strict=True)):
             policy = self._policy(f"pds{i}", sc.rate_limit, sc.faults)
-            host = PdsHost(i, url, accounts, policy, sc.not_found_error)
+            host = PdsHost(
+                i,
+                url,
+                accounts,
+                policy,
+                sc.not_found_error,
+                list_moved_out=sc.old_host_lists_migrated,
+            )
             self.hosts.append(host)
             await self._serve(host.app(), sock)
+        if sc.relay:
+            relay_sock = self._bind()
+            self.relay_url = f"http://127.0.0.1:{relay_sock.getsockname()[1]}"
+            self.relay = SimRelay(
+                self.hosts,
+                self._policy("relay", None, None),
+                miss_fraction=sc.relay_miss_fraction,
+                seed=sc.seed,
+            )
+            self.relay.url = self.relay_url
+            await self._serve(self.relay.app(), relay_sock)
         web_accounts = [a for a in accounts if a.method == "web"]
         for i, (acct, sock) in enumerate(zip(web_accounts, web_socks, strict=True)):
             site = DidWebSite(acct, host_urls[acct.host_index], self._policy(f"web{i}", None, None))

@@ -7,6 +7,11 @@ same repo image. Errors follow the reference PDS (0.4.x): getRepo for an
 unusable account is HTTP 400 `RepoTakendown | RepoDeactivated | RepoSuspended
 | RepoNotFound`; listRecords for one is 400 `InvalidRequest` "Could not find
 repo" (it does not say why; getRepoStatus does).
+
+With `list_moved_out`, a host also keeps the accounts that migrated away from
+it, deactivated, as the reference PDS does after a migration: listRepos lists
+them with `active: false, status: deactivated`, getRepo refuses them with
+RepoDeactivated.
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ class PdsHost:
         accounts: list[SimAccount],
         policy: HostPolicy,
         not_found_error: str = "RepoNotFound",
+        *,
+        list_moved_out: bool = False,
     ) -> None:
         self.index = index
         self.not_found_error = not_found_error
@@ -84,12 +91,23 @@ class PdsHost:
         self.policy = policy
         self.accounts = {a.did: a for a in accounts if a.hosted and a.host_index == index}
         self.by_handle = {a.handle: a for a in self.accounts.values()}
+        # Accounts that migrated away and stay here deactivated (empty unless asked for).
+        self.moved_out = {
+            a.did: a
+            for a in accounts
+            if list_moved_out and a.hosted and a.migrated_from == index and a.host_index != index
+        }
         # listRepos order: account creation, then DID; the cursor is the last key served.
         self._listing = sorted(
-            (f"{a.created_us // 1000}::{a.did}", a) for a in self.accounts.values()
+            (f"{a.created_us // 1000}::{a.did}", a)
+            for a in [*self.accounts.values(), *self.moved_out.values()]
         )
         self._listing_keys = [k for k, _ in self._listing]
         self._rkey_cache: dict[tuple[str, str], list[str]] = {}
+
+    def listed_accounts(self) -> list[SimAccount]:
+        """Every account this host's listRepos lists (moved-out ones too), in its order."""
+        return [acct for _, acct in self._listing]
 
     def app(self) -> web.Application:
         app = site_app(self.policy, _route_name)
@@ -101,6 +119,8 @@ class PdsHost:
     def _repo_error(self, did: str) -> tuple[SimAccount | None, web.Response | None]:
         """(account, None) when the repo may be served, else the getRepo-style error."""
         acct = self.accounts.get(did)
+        if acct is None and did in self.moved_out:
+            return None, json_error(400, "RepoDeactivated", f"Repo has been deactivated: {did}")
         if acct is None:
             if self.not_found_error == "NotFound":
                 return None, json_error(400, "NotFound", "Repo not found")
@@ -153,6 +173,8 @@ class PdsHost:
         if not did:
             return _missing("did")
         acct = self.accounts.get(did)
+        if acct is None and did in self.moved_out:
+            return _json({"did": did, "active": False, "status": "deactivated"})
         if acct is None:
             return json_error(400, "RepoNotFound", f"Could not find repo for DID: {did}")
         out: dict[str, Any] = {"did": did, "active": acct.status == "active"}
@@ -184,6 +206,10 @@ class PdsHost:
             if acct.repo is not None:
                 entry["head"] = cid_str(acct.repo.commit_cid)
                 entry["rev"] = acct.repo.rev
+            if acct.did in self.moved_out:
+                entry.update(active=False, status="deactivated")
+                repos.append(entry)
+                continue
             entry["active"] = acct.status == "active"
             if acct.status != "active":
                 entry["status"] = acct.status

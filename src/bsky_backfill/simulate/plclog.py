@@ -10,6 +10,11 @@ wins, so a reader that takes the first is wrong); tombstoned DIDs end with a
 `plc_tombstone`. Operations are really signed by the DID's rotation key, but
 the DID itself is not the hash of its genesis operation (the simulation
 derives DIDs from the seed so they stay stable when host ports change).
+
+Optional shapes (off by default): a few accounts may start with a legacy
+`create` operation (`signingKey`, `service`), and a few may carry a nullified
+operation naming a bogus PDS, followed by the recovery operation that
+nullified it (forked from the genesis, naming the genuine host again).
 """
 
 from __future__ import annotations
@@ -54,18 +59,59 @@ def _operation(acct: SimAccount, endpoint: str, prev: str | None) -> dict[str, A
     }
 
 
-def build_plc_log(accounts: list[SimAccount], host_urls: list[str]) -> PlcLog:
-    """The operation history of every did:plc account (did:web ones have none)."""
+def _legacy_create(acct: SimAccount, endpoint: str) -> dict[str, Any]:
+    """A genesis operation in the original (2022) format."""
+    return {
+        "type": "create",
+        "signingKey": acct.published_key.did_key,
+        "recoveryKey": acct.rotation_key.did_key,
+        "handle": acct.handle,
+        "service": endpoint,
+        "prev": None,
+    }
+
+
+#: The PDS a nullified operation names (never served; a reader that uses it is wrong).
+NULLIFIED_ENDPOINT = "https://nullified.pds.invalid"
+
+
+def build_plc_log(
+    accounts: list[SimAccount],
+    host_urls: list[str],
+    *,
+    legacy_create: int = 0,
+    nullified: int = 0,
+) -> PlcLog:
+    """The operation history of every did:plc account (did:web ones have none).
+
+    The first `legacy_create` active did:plc accounts (by index) start with a
+    legacy `create` operation; the first `nullified` ones carry a nullified
+    operation plus the recovery operation that replaced it.
+    """
     log = PlcLog()
     timed: list[tuple[int, str, dict[str, Any]]] = []
+    eligible = [a for a in accounts if a.method == "plc" and a.status == "active"]
+    legacy = {a.did for a in eligible[:legacy_create]}
+    forked = {a.did for a in eligible[:nullified]}
+    dead: set[str] = set()  # CIDs of nullified operations
     for acct in accounts:
         if acct.method != "plc":
             continue
         entries: list[tuple[int, dict[str, Any], str]] = []
         first_host = acct.migrated_from if acct.migrated_from is not None else acct.host_index
-        op, cid = _signed(_operation(acct, host_urls[first_host], None), acct)
+        if acct.did in legacy:
+            op, cid = _signed(_legacy_create(acct, host_urls[first_host]), acct)
+        else:
+            op, cid = _signed(_operation(acct, host_urls[first_host], None), acct)
         when = acct.created_us
         entries.append((when, op, cid))
+        if acct.did in forked:
+            genesis = cid
+            op, cid = _signed(_operation(acct, NULLIFIED_ENDPOINT, genesis), acct)
+            entries.append((when + _DAY_US // 2, op, cid))
+            dead.add(cid)
+            op, cid = _signed(_operation(acct, host_urls[first_host], genesis), acct)
+            entries.append((when + _DAY_US, op, cid))
         if acct.migrated_from is not None:
             when += 3 * _DAY_US
             op, cid = _signed(_operation(acct, host_urls[acct.host_index], cid), acct)
@@ -80,7 +126,7 @@ def build_plc_log(accounts: list[SimAccount], host_urls: list[str]) -> PlcLog:
                 "did": acct.did,
                 "operation": op,
                 "cid": cid,
-                "nullified": False,
+                "nullified": cid in dead,
                 "createdAt": format_utc(micros, 3),
             }
             audit.append(entry)

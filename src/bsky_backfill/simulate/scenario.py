@@ -154,6 +154,22 @@ class Scenario:
     """getRepo's error for a repo the host does not hold (some production hosts: NotFound)."""
     plc_tombstone_status: Literal[404, 410] = 410
     """410 like plc.directory; 404 like the npm @did-plc/server."""
+    plc_export_seq: bool = True
+    """PLC `/export` entries carry an integer `seq` and `after` takes one (newer servers);
+    False = a legacy server: no `seq`, `after` is a createdAt timestamp."""
+    plc_legacy_create: int = 0
+    """Active did:plc accounts whose genesis is a legacy `create` op (signingKey, service)."""
+    plc_nullified: int = 0
+    """Active did:plc accounts whose log holds a nullified op (naming a bogus PDS) followed
+    by the recovery op that nullified it."""
+    old_host_lists_migrated: bool = False
+    """Hosts keep the accounts that migrated away, deactivated: their listRepos lists them
+    `active: false` and getRepo refuses them (the reference PDS after a migration)."""
+    relay: bool = False
+    """Also serve a relay (`SimNetwork.relay_url`): listHosts over every PDS host, and a
+    listRepos of its own."""
+    relay_miss_fraction: float = 0.0
+    """Share of accounts the relay's own listRepos leaves out (production: about a third)."""
     workers: int | None = None
     """Processes building repos: None = automatic (several only for big networks)."""
     cache_dir: Path | None = None
@@ -166,7 +182,7 @@ class Scenario:
         unknown = set(self.statuses) - {"takendown", "deactivated", "suspended", "notfound"}
         if unknown:
             raise ValueError(f"unknown account statuses {sorted(unknown)}")
-        for name in ("invalid_rate", "orphan_rate", "p256_fraction"):
+        for name in ("invalid_rate", "orphan_rate", "p256_fraction", "relay_miss_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
         if self.accounts < 0 or self.hosts < 1:
@@ -183,6 +199,12 @@ class Scenario:
                 "faults",
                 "plc_faults",
                 "plc_tombstone_status",
+                "plc_export_seq",
+                "plc_legacy_create",
+                "plc_nullified",
+                "old_host_lists_migrated",
+                "relay",
+                "relay_miss_fraction",
                 "cache_dir",
                 "workers",
             }

@@ -33,7 +33,7 @@ import os
 import posixpath
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -138,6 +138,8 @@ class _Batch:
     failed: list[RepoFailed] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     dids: set[str] = field(default_factory=set)
+    partial: set[str] = field(default_factory=set)
+    cursors: list[tuple[str, str | None]] = field(default_factory=list)
 
     def tmp_files(self) -> list[str]:
         return [tmp_path(f.path) for f in self.closed] + [
@@ -189,21 +191,37 @@ class DatasetWriter:
         until the commit, so the engine must not hand it out (or resolve it) again."""
         return did in self._batch.dids
 
-    def add(self, extract: RepoExtract, done: RepoDone) -> None:
-        """Add one finished repo: its rows, its record-level dead letters, its done mark."""
+    def add(
+        self,
+        extract: RepoExtract,
+        done: RepoDone,
+        cursors: Sequence[tuple[str, str | None]] = (),
+    ) -> None:
+        """Add one finished repo: its rows, its record-level dead letters, its done mark
+        (and cursor updates to commit with them, e.g. deleting list-mode progress)."""
         if extract.did != done.did:
             raise ValueError(f"extract of {extract.did} with done mark of {done.did}")
+        self._add_rows(extract, partial=False)
+        self._batch.done.append(done)
+        self._batch.cursors.extend(cursors)
+
+    def add_partial(self, extract: RepoExtract, cursors: Sequence[tuple[str, str | None]]) -> None:
+        """Add part of a repo that is still being fetched (list mode's big repos): its
+        rows land with the next commit together with `cursors`, the durable record of
+        how far the repo got, so a restart resumes after them instead of refetching."""
+        self._add_rows(extract, partial=True)
+        self._batch.cursors.extend(cursors)
+
+    def _add_rows(self, extract: RepoExtract, *, partial: bool) -> None:
         for collection in extract.tables:
             check_collection(collection)  # before writing anything: a refusal leaves no trace
-        self._start(extract.did)
+        self._start(extract.did, partial=partial)
         with self._guard():
             for collection, table in extract.tables.items():
                 self._append(collection, table)
             if extract.dead_letters:
                 self._append(DEAD_LETTERS, dead_letter_table(extract.dead_letters))
-        b = self._batch
-        b.dead_letters.extend(extract.dead_letters)
-        b.done.append(done)
+        self._batch.dead_letters.extend(extract.dead_letters)
 
     def add_failed(self, failed: RepoFailed, dead_letter: DeadLetter) -> None:
         """Add one repo dead-lettered whole; it is marked failed when the batch commits."""
@@ -225,14 +243,17 @@ class DatasetWriter:
             or time.monotonic() - b.started >= self._cfg.commit_seconds
         )
 
-    def _start(self, did: str) -> None:
+    def _start(self, did: str, *, partial: bool = False) -> None:
         if self._broken is not None:
             raise RuntimeError("the open batch failed; abort() it first") from self._broken
         b = self._batch
         if did in b.dids:
             # Twice in one batch would land its rows twice under one done mark.
             raise ValueError(f"{did} is already in the open batch")
-        b.dids.add(did)
+        if partial:
+            b.partial.add(did)
+        else:
+            b.dids.add(did)
         if b.started is None:
             b.started = time.monotonic()
 
@@ -301,7 +322,7 @@ class DatasetWriter:
         # commit raises, it may still have committed (an error after COMMIT hit
         # the disk), so the tmp files stay for recover(), which asks the store.
         self._batch = _Batch()
-        self._store.commit(files, b.done, b.failed, b.dead_letters)
+        self._store.commit(files, b.done, b.failed, b.dead_letters, b.cursors)
         self._step("stored")
         for i, f in enumerate(files):
             self._ensure_dir(posixpath.dirname(f.path))

@@ -152,8 +152,19 @@ class StateStore(Protocol):
         done: Sequence[RepoDone],
         failed: Sequence[RepoFailed],
         dead_letters: Sequence[DeadLetter],
+        cursors: Sequence[tuple[str, str | None]] = (),
     ) -> None:
-        """One transaction: record files, mark repos done/failed, count dead letters."""
+        """One transaction: record files, mark repos done/failed, count dead letters,
+        and set (or, for None, delete) cursors whose progress those files hold
+        (list mode's per-repo page cursors)."""
+        ...
+
+    def get_cursor(self, source: str) -> str | None:
+        """A durable cursor (enumeration sources, list-mode page progress)."""
+        ...
+
+    def set_cursor(self, source: str, cursor: str) -> None:
+        """Save a cursor on its own (after the work it follows is stored)."""
         ...
 
     def committed_files(self) -> list[CommittedFile]:

@@ -7,9 +7,15 @@ from pathlib import Path
 from bsky_backfill.errors import UsageError
 from bsky_backfill.state.base import StateStore
 
+_POSTGRES = ("postgresql://", "postgres://")
+
 
 def open_store(queue: str | None, default_path: Path) -> StateStore:
-    """`None` or `sqlite:///path` -> SQLite; `postgresql://...` -> PostgreSQL (not yet)."""
+    """`None` or `sqlite:///path` -> SQLite; `postgresql://...` -> PostgreSQL.
+
+    A PostgreSQL URL that cannot be used (unreachable server, unknown database,
+    bad `?schema=`) is bad input: `UsageError` with one line.
+    """
     from bsky_backfill.state.sqlite import SqliteStateStore
 
     if queue is None:
@@ -19,8 +25,15 @@ def open_store(queue: str | None, default_path: Path) -> StateStore:
         path = Path(queue[len("sqlite:///") :])
         path.parent.mkdir(parents=True, exist_ok=True)
         return SqliteStateStore(path)
-    if queue.startswith(("postgresql://", "postgres://")):
-        raise UsageError("--queue postgresql:// is not supported by this version yet")
+    if queue.startswith(_POSTGRES):
+        # Imported here: psycopg loads libpq, which a SQLite run never needs.
+        from bsky_backfill.state.postgres import PostgresStateStore
+        from bsky_backfill.state.postgres_conn import PostgresConnectError
+
+        try:
+            return PostgresStateStore(queue)
+        except PostgresConnectError as e:
+            raise UsageError(f"--queue {e}") from None
     raise UsageError(f"--queue {queue!r}: expected sqlite:///PATH or postgresql://...")
 
 
@@ -30,4 +43,11 @@ def store_exists(queue: str | None, default_path: Path) -> bool:
         return default_path.is_file()
     if queue.startswith("sqlite:///"):
         return Path(queue[len("sqlite:///") :]).is_file()
+    if queue.startswith(_POSTGRES):
+        from bsky_backfill.state.postgres_conn import PostgresConnectError, schema_exists
+
+        try:
+            return schema_exists(queue)
+        except PostgresConnectError as e:
+            raise UsageError(f"--queue {e}") from None
     return True

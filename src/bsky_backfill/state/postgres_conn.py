@@ -7,11 +7,13 @@ connection they open.
 One PostgreSQL database can hold several backfills, one schema each. The
 schema comes from the URL: `?schema=NAME` (ours, removed before the URL goes to
 libpq), else the first entry of a `search_path` given through libpq's
-`options` (`?options=-csearch_path%3DNAME`), else `bsky_backfill`.
+`options` (`?options=-csearch_path%3DNAME`), else `bsky_backfill`. Likewise
+`?lease_seconds=N` sets how long a worker's claims outlive its last renewal.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 import urllib.parse
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bsky_backfill.state.errors import StateStoreError
 from bsky_backfill.state.postgres_schema import MIGRATIONS, SCHEMA_VERSION
@@ -45,6 +47,8 @@ class QueueUrl:
     schema: str
     shown: str
     """The URL with any password hidden, for messages."""
+    lease: dt.timedelta | None = None
+    """`?lease_seconds=`, if given."""
 
 
 def parse_queue_url(url: str) -> QueueUrl:
@@ -52,8 +56,20 @@ def parse_queue_url(url: str) -> QueueUrl:
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     shown = _redact(parts)
+    ours = {"schema", "lease_seconds"}
     schemas = [v for k, v in query if k == "schema"]
-    rest = [(k, v) for k, v in query if k != "schema"]
+    leases = [v for k, v in query if k == "lease_seconds"]
+    rest = [(k, v) for k, v in query if k not in ours]
+    lease = None
+    if leases:
+        try:
+            lease = dt.timedelta(seconds=float(leases[-1]))
+        except (ValueError, OverflowError):
+            lease = None
+        if lease is None or lease <= dt.timedelta(0):
+            raise PostgresConnectError(
+                f"{shown}: lease_seconds {leases[-1]!r} must be a positive number"
+            )
     schema = schemas[-1] if schemas else None
     if schema is None:
         for k, v in rest:
@@ -66,7 +82,7 @@ def parse_queue_url(url: str) -> QueueUrl:
             f"{shown}: schema {schema!r} must be letters, digits and _ (at most 63)"
         )
     conninfo = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(rest)))
-    return QueueUrl(conninfo=conninfo, schema=schema, shown=shown)
+    return QueueUrl(conninfo=conninfo, schema=schema, shown=shown, lease=lease)
 
 
 def _redact(parts: urllib.parse.SplitResult) -> str:
@@ -94,7 +110,7 @@ def connect(q: QueueUrl) -> psycopg.Connection[tuple[object, ...]]:
     if "application_name" not in given:
         extra["application_name"] = "bsky-backfill"
     try:
-        conn = psycopg.connect(q.conninfo, autocommit=True, **extra)
+        conn = psycopg.connect(make_conninfo(q.conninfo, **extra), autocommit=True)
     except psycopg.Error as e:
         raise PostgresConnectError(f"{q.shown}: cannot connect: {one_line(e)}") from e
     try:
@@ -123,9 +139,7 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], q: QueueUrl) -> int:
     try:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (migration_lock_key(q.schema),))
-            conn.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(q.schema))
-            )
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(q.schema)))
             conn.execute(
                 """CREATE TABLE IF NOT EXISTS schema_version (
                      version INTEGER PRIMARY KEY,

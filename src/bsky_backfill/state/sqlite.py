@@ -311,6 +311,7 @@ class SqliteStateStore:
         done: Sequence[RepoDone],
         failed: Sequence[RepoFailed],
         dead_letters: Sequence[DeadLetter],
+        cursors: Sequence[tuple[str, str | None]] = (),
     ) -> None:
         now = _now_us()
         letters = collections.Counter((d.stage, d.error) for d in dead_letters)
@@ -343,6 +344,14 @@ class SqliteStateStore:
                 """INSERT INTO dead_letter_counts(stage, code, count) VALUES (?, ?, ?)
                    ON CONFLICT(stage, code) DO UPDATE SET count = count + excluded.count""",
                 [(stage, code, n) for (stage, code), n in letters.items()],
+            )
+            c.executemany(
+                "INSERT OR REPLACE INTO cursors(source, cursor, updated_at) VALUES (?, ?, ?)",
+                [(key, value, now) for key, value in cursors if value is not None],
+            )
+            c.executemany(
+                "DELETE FROM cursors WHERE source = ?",
+                [(key,) for key, value in cursors if value is None],
             )
 
     def committed_files(self) -> list[CommittedFile]:

@@ -1,0 +1,119 @@
+"""Logging setup: human-readable lines by default, JSON lines with `--log-format json`.
+
+Where it sits: called once by the CLI (or an embedding program) before a run;
+the rest of the code just uses `logging.getLogger("bsky_backfill...")` and
+passes context as `extra={"host": ..., "did": ...}`. Nothing logs per record:
+per-repo events are INFO (dead letters, give-ups), per-run events WARNING.
+
+A JSON line is one object: `ts` (UTC, ISO 8601, milliseconds), `level`,
+`logger`, `msg`, then whichever of the context fields (`host`, `did`, `code`,
+`stage`, `endpoint`, `status`, `attempt`) the call gave, and `exc` with the
+traceback when there is one.
+
+Progress summaries (`bsky_backfill.progress`, one line every few seconds when
+there is no live display) are shown at the default level too: that logger is
+set to INFO unless the chosen level is more verbose.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from typing import Any, Literal, TextIO
+
+import orjson
+
+LogFormat = Literal["text", "json"]
+CONTEXT_FIELDS = ("host", "did", "code", "stage", "endpoint", "status", "attempt")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+PROGRESS_LOGGER = "bsky_backfill.progress"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; never raises on odd `extra` values (they become strings)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                line[name] = value
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["exc"] = record.exc_text
+        return orjson.dumps(line, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, then ` [host=... did=...]` for context not in the message."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        message = record.getMessage()
+        context = [
+            f"{name}={value}"
+            for name in CONTEXT_FIELDS
+            if (value := record.__dict__.get(name)) is not None and str(value) not in message
+        ]
+        if not context:
+            return text
+        head, sep, tail = text.partition("\n")  # keep a traceback below the context
+        return f"{head} [{' '.join(context)}]{sep}{tail}"
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is *now*: a rich live display swaps it for a proxy
+    that prints above the display, and log lines must go through that proxy."""
+
+    _fixed: TextIO | None = None
+
+    @property
+    def stream(self) -> TextIO:
+        return self._fixed if self._fixed is not None else sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO | None) -> None:
+        # StreamHandler.__init__ assigns sys.stderr when given no stream: stay dynamic then.
+        self._fixed = None if value is None or value is sys.stderr else value
+
+
+def setup_logging(
+    level: int | str = logging.WARNING,
+    fmt: LogFormat = "text",
+    stream: TextIO | None = None,
+) -> logging.Handler:
+    """Route the root logger to stderr (or `stream`) in `fmt`; safe to call again (it
+    replaces the handler it installed before). Returns the handler."""
+    if fmt not in ("text", "json"):
+        raise ValueError(f"log format {fmt!r}: use 'text' or 'json'")
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if not isinstance(numeric, int):
+        raise ValueError(f"log level {level!r}: use debug, info, warning or error")
+    handler = _StderrHandler(stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if isinstance(old, _StderrHandler):  # ours from an earlier call; others stay
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    logging.getLogger(PROGRESS_LOGGER).setLevel(min(numeric, logging.INFO))
+    # Library chatter (aiohttp access logs, asyncio debug) only when asked for debug.
+    for noisy in ("aiohttp", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+    return handler
+
+
+__all__ = ["CONTEXT_FIELDS", "JsonFormatter", "LogFormat", "TextFormatter", "setup_logging"]

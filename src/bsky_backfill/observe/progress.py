@@ -1,0 +1,224 @@
+"""What the operator sees while a run works: a live rich display, or a log line.
+
+Where it sits: beside the engine, fed by `Backfill.on_tick` (a few calls a
+second, on the event-loop thread). Two reporters:
+
+- `ProgressDisplay` (a terminal): repos done/total with a bar, records/s,
+  bytes/s, ETA, and a table of the busiest and the paused hosts (with why:
+  "rate limited (429) for 40s", "server budget used up ..."). Redrawn at most
+  4 times a second; the store is read at most once a second (`RunSampler`).
+- `ProgressLog` (no terminal, or `--no-progress`): one INFO line on the
+  `bsky_backfill.progress` logger every `interval` seconds.
+
+Each tick that is not due costs one clock read, so the run does not slow down
+(bench/progress_overhead.py measures it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from bsky_backfill.observe.snapshot import HostsView, HostView, RunSampler, RunSnapshot
+
+if TYPE_CHECKING:
+    from bsky_backfill.engine.manager import Backfill
+
+log = logging.getLogger("bsky_backfill.progress")
+
+HOST_COLUMNS = ("host", "in flight", "done", "failed", "requests", "429s", "MB", "state")
+
+
+class RateWindow:
+    """Rates over the last `seconds` of snapshots (the current pace, not the run's average)."""
+
+    def __init__(self, seconds: float = 10.0) -> None:
+        self.seconds = seconds
+        self._points: deque[tuple[float, int, int, int]] = deque()
+
+    def add(self, snap: RunSnapshot) -> None:
+        self._points.append((snap.at, snap.records, snap.bytes, snap.repos_finished))
+        while len(self._points) > 2 and snap.at - self._points[1][0] >= self.seconds:
+            self._points.popleft()
+
+    def rates(self) -> tuple[float, float, float]:
+        """(records/s, bytes/s, repos/s); zeros until two snapshots are apart in time."""
+        if len(self._points) < 2:
+            return 0.0, 0.0, 0.0
+        (t0, r0, b0, f0), (t1, r1, b1, f1) = self._points[0], self._points[-1]
+        span = t1 - t0
+        if span <= 0:
+            return 0.0, 0.0, 0.0
+        return (r1 - r0) / span, (b1 - b0) / span, max(0, f1 - f0) / span
+
+
+def eta_seconds(snap: RunSnapshot, repos_per_second: float) -> float | None:
+    if snap.repos_left == 0:
+        return 0.0
+    if repos_per_second <= 0:
+        return None
+    return snap.repos_left / repos_per_second
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(seconds + 0.5)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def summary_line(snap: RunSnapshot, rates: tuple[float, float, float]) -> str:
+    """One line for the log (and the display's header)."""
+    records_s, bytes_s, repos_s = rates
+    pct = 100.0 * snap.repos_finished / snap.repos_total if snap.repos_total else 0.0
+    return (
+        f"repos {snap.repos_finished:,}/{snap.repos_total:,} ({pct:.0f}%), "
+        f"{snap.repos_failed:,} failed, {snap.repos_in_flight:,} in flight; "
+        f"{snap.records:,} records ({records_s:,.0f}/s); {format_bytes(bytes_s)}/s; "
+        f"ETA {format_duration(eta_seconds(snap, repos_s))}; "
+        f"hosts {snap.hosts_active:,} active, {snap.hosts_paused:,} paused"
+        + (f", {snap.throttled:,} 429s" if snap.throttled else "")
+        + ("; stopping" if snap.stopping else "")
+    )
+
+
+def render(
+    snap: RunSnapshot, rates: tuple[float, float, float], hosts: HostsView
+) -> RenderableType:
+    """The live display for one snapshot (pure: tests render it to a recording Console)."""
+    bar = ProgressBar(total=max(snap.repos_total, 1), completed=snap.repos_finished, width=40)
+    header = Table.grid(padding=(0, 1))
+    header.add_row(bar, Text(summary_line(snap, rates)))
+    table = Table(*HOST_COLUMNS, title="hosts: busiest and paused", title_justify="left")
+    for col in table.columns[1:7]:
+        col.justify = "right"
+    listed: set[str] = set()
+    for view in (*hosts.busiest, *hosts.paused_hosts):
+        if view.host in listed:
+            continue
+        listed.add(view.host)
+        table.add_row(*_host_row(view))
+    more = hosts.paused - len(hosts.paused_hosts)
+    if more > 0:
+        table.caption = f"... and {more:,} more paused hosts"
+    return Group(header, table)
+
+
+def _host_row(view: HostView) -> tuple[str, ...]:
+    state = f"[yellow]paused: {view.paused}[/yellow]" if view.paused else "working"
+    if not view.paused and not view.active:
+        state = "idle"
+    return (
+        view.host,
+        f"{view.active:,}",
+        f"{view.done:,}",
+        f"{view.failed:,}",
+        f"{view.requests:,}",
+        f"{view.throttled:,}",
+        f"{view.bytes / 1e6:,.1f}",
+        state,
+    )
+
+
+class ProgressDisplay:
+    """A rich `Live` display redrawn from `on_tick`; `start()` before the run, `stop()` after."""
+
+    def __init__(
+        self, console: Console | None = None, *, refresh: float = 0.25, top: int = 8
+    ) -> None:
+        self.console = console if console is not None else Console()
+        self.refresh = refresh
+        self.sampler = RunSampler(top=top)
+        self.rates = RateWindow()
+        self._live = Live(console=self.console, auto_refresh=False, transient=False)
+        self._next = 0.0
+
+    def attach(self, backfill: Backfill) -> None:
+        backfill.on_tick.append(self.on_tick)
+
+    def start(self) -> None:
+        # The live region redirects stdout/stderr, so log lines print above it.
+        self._live.start()
+
+    def on_tick(self, backfill: Backfill) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.refresh
+        snap = self.sampler.sample(backfill)
+        self.rates.add(snap)
+        self._live.update(
+            render(snap, self.rates.rates(), self.sampler.hosts(backfill)), refresh=True
+        )
+
+    def stop(self) -> None:
+        self._live.stop()
+
+
+class ProgressLog:
+    """One INFO line every `interval` seconds on the `bsky_backfill.progress` logger."""
+
+    def __init__(self, interval: float = 10.0, logger: logging.Logger = log) -> None:
+        self.interval = interval
+        self.logger = logger
+        self.sampler = RunSampler(top=0)
+        self.rates = RateWindow(seconds=max(10.0, interval))
+        self._next_sample = 0.0
+        self._next_line: float | None = None
+
+    def attach(self, backfill: Backfill) -> None:
+        backfill.on_tick.append(self.on_tick)
+
+    def on_tick(self, backfill: Backfill) -> None:
+        now = time.monotonic()
+        if self._next_line is None:
+            self._next_line = now + self.interval  # the first line after one interval
+        # Sample once a second so the rate covers the interval, not just its end.
+        if now < self._next_sample:
+            return
+        self._next_sample = now + 1.0
+        snap = self.sampler.sample(backfill)
+        self.rates.add(snap)
+        if now >= self._next_line:
+            self._next_line = now + self.interval
+            self.logger.info("progress: %s", summary_line(snap, self.rates.rates()))
+
+    def start(self) -> None:
+        """Nothing to set up (symmetry with `ProgressDisplay`)."""
+
+    def stop(self) -> None:
+        """Nothing to tear down: the run summary follows."""
+
+
+__all__ = [
+    "HOST_COLUMNS",
+    "ProgressDisplay",
+    "ProgressLog",
+    "RateWindow",
+    "format_bytes",
+    "format_duration",
+    "render",
+    "summary_line",
+]

@@ -1,0 +1,191 @@
+"""A cheap, consistent look at a running backfill, shared by progress and metrics.
+
+Where it sits: beside the engine, never inside it. The engine calls its
+`Backfill.on_tick` hooks every scheduler iteration (a few times a second); the
+progress display and the metrics gauges take a `RunSnapshot` there, on the
+event-loop thread, where reading the engine's objects is safe.
+
+Cost is the point: the state store is asked for its counts at most once a
+second (and again right after a commit, when they change), the per-host view
+is rebuilt at most once a second, and everything else is a handful of
+attribute reads.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bsky_backfill.state.base import RepoState
+from bsky_backfill.xrpc.slot import HostSlot
+
+if TYPE_CHECKING:
+    from bsky_backfill.engine.manager import Backfill
+
+
+@dataclass(frozen=True, slots=True)
+class HostView:
+    """One PDS host as the progress table shows it."""
+
+    host: str
+    active: int
+    done: int
+    failed: int
+    requests: int
+    throttled: int
+    bytes: int
+    paused: str
+    """Why the host is paused now ('' when it is not), from `HostSlot.pause_reason()`."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunSnapshot:
+    """The run at one instant (monotonic `at`); counts include the open, uncommitted batch."""
+
+    at: float
+    elapsed: float
+    repos_total: int
+    """Repos known to the store (this run's and earlier runs' on the same --out)."""
+    repos_finished: int
+    """Done or dead-lettered: committed ones plus those in the open batch."""
+    repos_failed: int
+    """Dead-lettered whole during this run."""
+    repos_pending: int
+    """Waiting to be claimed (including those waiting for a retry time)."""
+    repos_in_flight: int
+    records: int
+    """Records extracted during this run (land at the next commit)."""
+    bytes: int
+    requests: int
+    """Requests answered (or failed) during this run, as of the last host refresh."""
+    throttled: int
+    """429 answers during this run, as of the last host refresh."""
+    hosts_seen: int
+    hosts_active: int
+    hosts_paused: int
+    stopping: bool
+
+    @property
+    def repos_left(self) -> int:
+        return max(0, self.repos_total - self.repos_finished)
+
+
+@dataclass(frozen=True, slots=True)
+class HostsView:
+    """Every host slot summed up, plus the few the progress table lists."""
+
+    in_flight: int = 0
+    active: int = 0
+    paused: int = 0
+    throttled: int = 0
+    busiest: tuple[HostView, ...] = ()
+    """The `top` hosts with most repos in flight (then most requests)."""
+    paused_hosts: tuple[HostView, ...] = ()
+    """Up to `top` paused hosts, the longest pause first."""
+
+
+def _host_view(slot: HostSlot, wall: float) -> HostView:
+    return HostView(
+        host=slot.host,
+        active=slot.active,
+        done=slot.done,
+        failed=slot.failed,
+        requests=slot.requests,
+        throttled=slot.throttled,
+        bytes=slot.bytes,
+        paused=slot.pause_reason() if slot.paused_until > wall else "",
+    )
+
+
+def hosts_view(slots: Iterable[HostSlot], top: int) -> HostsView:
+    """Sum up the host slots and pick the busiest and the paused ones."""
+    wall = time.time()
+    slots = list(slots)
+    # A bucket keeps the reason of its last pause after it ends; only a pause
+    # reaching into the future makes a host paused now.
+    paused = [s for s in slots if s.paused_until > wall]
+    busiest = heapq.nlargest(
+        top, (s for s in slots if s.active or s.requests), key=lambda s: (s.active, s.requests)
+    )
+    return HostsView(
+        in_flight=sum(s.active for s in slots),
+        active=sum(1 for s in slots if s.active),
+        paused=len(paused),
+        throttled=sum(s.throttled for s in slots),
+        busiest=tuple(_host_view(s, wall) for s in busiest),
+        paused_hosts=tuple(
+            _host_view(s, wall) for s in heapq.nlargest(top, paused, key=lambda s: s.paused_until)
+        ),
+    )
+
+
+class RunSampler:
+    """Builds `RunSnapshot`s from a `Backfill`; call only on the event-loop thread."""
+
+    def __init__(self, *, top: int = 8, interval: float = 1.0) -> None:
+        self.top = top
+        self.interval = interval
+        self._counts: dict[RepoState, int] = {}
+        self._counts_at = -float("inf")
+        self._counts_commits = -1
+        self._hosts = HostsView()
+        self._hosts_at = -float("inf")
+        self._requests = 0
+
+    def invalidate(self) -> None:
+        """Re-read everything at the next call (after a commit changed the store)."""
+        self._counts_at = self._hosts_at = -float("inf")
+
+    def counts(self, backfill: Backfill) -> dict[RepoState, int]:
+        """The store's repo counts, re-read at most every `interval` s and after each commit."""
+        now = time.monotonic()
+        commits = backfill.stats.commits
+        store = getattr(backfill, "store", None)  # set once run() has opened it
+        stale = now - self._counts_at >= self.interval or commits != self._counts_commits
+        if stale and store is not None:
+            self._counts = store.counts()
+            self._counts_at, self._counts_commits = now, commits
+        return self._counts
+
+    def hosts(self, backfill: Backfill) -> HostsView:
+        """The per-host view, rebuilt at most every `interval` s (a run may hold
+        thousands of host slots)."""
+        now = time.monotonic()
+        if now - self._hosts_at >= self.interval:
+            self._hosts, self._hosts_at = hosts_view(backfill.slots.values(), self.top), now
+            # Keyed by (host, endpoint, status): thousands of keys on a big run.
+            self._requests = sum(backfill.stats.requests.values())
+        return self._hosts
+
+    def sample(self, backfill: Backfill) -> RunSnapshot:
+        counts = self.counts(backfill)
+        hosts = self.hosts(backfill)
+        sink = getattr(backfill, "sink", None)
+        # Repos in the open batch are still pending/in_progress in the store; for
+        # the operator they are finished (they become done/failed at the commit).
+        open_batch = sink.batch_repos if sink is not None else 0
+        finished = counts.get(RepoState.DONE, 0) + counts.get(RepoState.FAILED, 0) + open_batch
+        stats = backfill.stats
+        return RunSnapshot(
+            at=time.monotonic(),
+            elapsed=stats.elapsed,
+            repos_total=sum(counts.values()),
+            repos_finished=finished,
+            repos_failed=stats.repos_failed,
+            repos_pending=counts.get(RepoState.PENDING, 0),
+            repos_in_flight=hosts.in_flight,
+            records=stats.records_total,
+            bytes=stats.bytes,
+            requests=self._requests,
+            throttled=hosts.throttled,
+            hosts_seen=len(backfill.slots),
+            hosts_active=hosts.active,
+            hosts_paused=hosts.paused,
+            stopping=backfill.stopping,
+        )
+
+
+__all__ = ["HostView", "HostsView", "RunSampler", "RunSnapshot", "hosts_view"]

@@ -1,0 +1,429 @@
+"""PostgreSQL state store: one queue shared by many workers on many machines.
+
+Where it sits: implements `state.base.StateStore` (same semantics as
+`state.sqlite`, same shared test suite) for `--queue postgresql://...`. Every
+worker process opens its own store (one connection); they coordinate only
+through the database.
+
+Leases. A claim marks repos in_progress with `lease_owner` (this store's
+`owner`, unique per process by default) and `lease_expires_at` (the DB clock
++ `lease`, default 2 min, or `?lease_seconds=N` in the URL). A worker that
+dies (kill -9, machine lost) stops renewing; once its leases expire, any
+other worker puts its repos back to pending. So, unlike SQLite's, `recover()`
+(start-up) only takes back expired repos and this owner's own, never a live
+worker's; `reclaim_expired()` (any time) only expired ones.
+
+Upkeep rides on the calls a scheduler makes anyway: `claim`, `commit` and
+`pending_hosts` renew this worker's leases (at most every `lease / 10`) and
+`pending_hosts` and `commit` reclaim expired ones (at most every `lease / 4`).
+An engine that keeps polling `pending_hosts` needs nothing else; one that may
+stall longer than `lease / 3` calls `renew_leases()` from a timer. Lease
+times use the database clock, the one clock every machine shares; due times
+(`next_attempt_at`) come from the caller, as with SQLite.
+
+Resolution is leased too: `unresolved()` marks the DIDs it returns (still
+pending) with a lease, and skips DIDs under another worker's live lease, so
+workers do not resolve (and dead-letter) the same DID twice.
+
+Fencing. `commit()` refuses, as a whole, a batch holding a repo that this
+worker no longer owns (another worker re-claimed it after this lease expired,
+or finished it): its rows would land twice. It raises `LeaseLostError`; the
+batch's files must then be discarded and its repos put back.
+
+Concurrency: one connection per store, guarded by a lock so calls from
+several threads queue up; each call is one short transaction in READ
+COMMITTED. Claims use `FOR UPDATE SKIP LOCKED`, so concurrent claimers never
+wait for, nor hand out, the same repo. Rows are locked in `did` order in
+`commit()`, so two commits cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import itertools
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+
+from bsky_backfill.models import DeadLetter
+from bsky_backfill.state import postgres_ledger as ledger
+from bsky_backfill.state import postgres_upkeep as upkeep
+from bsky_backfill.state.base import (
+    CommittedFile,
+    Identity,
+    RepoDone,
+    RepoFailed,
+    RepoState,
+    RepoTask,
+    StatusReport,
+)
+from bsky_backfill.state.errors import StateStoreError
+from bsky_backfill.state.postgres_conn import connect, migrate, one_line, parse_queue_url
+from bsky_backfill.state.postgres_upkeep import LeaseLostError, default_owner
+
+__all__ = ["DEFAULT_LEASE", "LeaseLostError", "PostgresStateStore"]
+
+# How long claims outlive their last renewal (also `?lease_seconds=` in the
+# URL). Renewal is piggy-backed on scheduler calls every lease / 10, so this
+# only needs to cover a stalled worker; it bounds how long a dead worker's
+# repos wait before others take them over.
+DEFAULT_LEASE = dt.timedelta(minutes=2)
+# Rows per enqueue statement: one round trip each, short enough that no
+# transaction holds locks for long.
+_CHUNK = 20_000
+# Fold count deltas at most this often per store (readers sum what is left).
+_COMPACT_EVERY_S = 1.0
+
+
+def _aware(t: dt.datetime) -> dt.datetime:
+    if t.tzinfo is None:
+        raise ValueError(f"naive datetime {t!r}: the state store wants aware UTC datetimes")
+    return t
+
+
+def _columns(identities: Iterable[Identity]) -> list[list[str | None]]:
+    """Identities as four column arrays for unnest(); a DID's last identity wins
+    (ON CONFLICT DO UPDATE may touch a row only once per statement)."""
+    last = {i.did: i for i in identities}.values()
+    return [
+        [i.did for i in last],
+        [i.pds for i in last],
+        [i.host for i in last],
+        [i.signing_key for i in last],
+    ]
+
+
+def _utc(t: Any) -> dt.datetime:
+    assert isinstance(t, dt.datetime)
+    return t.astimezone(dt.UTC)
+
+
+class PostgresStateStore:
+    """`StateStore` on one schema of a PostgreSQL database; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        owner: str | None = None,
+        lease: dt.timedelta | None = None,
+    ) -> None:
+        self.url = parse_queue_url(url)
+        lease = lease or self.url.lease or DEFAULT_LEASE
+        if lease <= dt.timedelta(0):
+            raise ValueError(f"lease must be positive, got {lease}")
+        self.schema = self.url.schema
+        self.owner = owner or default_owner()
+        self.lease = lease
+        self._lock = threading.RLock()
+        self._conn = connect(self.url)
+        try:
+            migrate(self._conn, self.url)
+        except BaseException:
+            self._conn.close()
+            raise
+        self._renewed = self._recovered = self._compacted = time.monotonic()
+
+    # -- plumbing --------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[upkeep.Cursor]:
+        """One short transaction; psycopg errors become `StateStoreError` here only."""
+        with self._lock:
+            try:
+                if self._conn.broken:
+                    # The server restarted or the network dropped between calls:
+                    # the failed call already raised; later ones get a new session.
+                    self._conn = connect(self.url)
+                with self._conn.transaction(), self._conn.cursor() as cur:
+                    yield cur
+            except psycopg.Error as e:
+                raise StateStoreError(f"state store {self.schema}: {one_line(e)}") from e
+
+    def _maintain(self, cur: upkeep.Cursor) -> None:
+        """Piggy-backed upkeep: renew own leases, recover expired ones, fold counts."""
+        now = time.monotonic()
+        lease_s = self.lease.total_seconds()
+        if now - self._renewed >= lease_s / 10:
+            self._renewed = time.monotonic()
+            upkeep.renew(cur, self.owner, self.lease)
+        if now - self._recovered >= lease_s / 4:
+            self._recovered = time.monotonic()
+            upkeep.reclaim(cur, None)
+        if now - self._compacted >= _COMPACT_EVERY_S:
+            self._compacted = time.monotonic()
+            upkeep.compact(cur)
+
+    # -- queue -----------------------------------------------------------------
+
+    def enqueue(self, dids: Iterable[str]) -> int:
+        new = 0
+        it = iter(dids)
+        while chunk := list(itertools.islice(it, _CHUNK)):
+            with self._tx() as cur:
+                # ORDINALITY keeps the caller's order in `seq` ("oldest first").
+                cur.execute(
+                    """INSERT INTO repos(did)
+                       SELECT d FROM unnest(%s::text[]) WITH ORDINALITY AS u(d, i) ORDER BY i
+                       ON CONFLICT (did) DO NOTHING""",
+                    (chunk,),
+                )
+                new += cur.rowcount
+        return new
+
+    def enqueue_resolved(self, identities: Iterable[Identity]) -> int:
+        new = 0
+        it = iter(identities)
+        while chunk := list(itertools.islice(it, _CHUNK)):
+            cols = _columns(chunk)
+            with self._tx() as cur:
+                # A DID seen again refreshes the identity of a repo not yet
+                # claimed; anything further along is kept. xmax = 0 <=> inserted.
+                cur.execute(
+                    """INSERT INTO repos(did, pds, host, signing_key)
+                       SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])
+                       ON CONFLICT (did) DO UPDATE SET
+                         pds = excluded.pds, host = excluded.host,
+                         signing_key = excluded.signing_key, updated_at = now(),
+                         lease_owner = NULL, lease_expires_at = NULL
+                       WHERE repos.state = 'pending'
+                       RETURNING xmax = 0""",
+                    cols,
+                )
+                new += sum(1 for (inserted,) in cur.fetchall() if inserted)
+        return new
+
+    def unresolved(self, limit: int, exclude: Sequence[str] = ()) -> list[str]:
+        # Oldest first among those due by the wall clock (as in SQLite), and
+        # leased to this worker so others skip them while it resolves.
+        with self._tx() as cur:
+            cur.execute(
+                """WITH picked AS (
+                     SELECT did FROM repos
+                     WHERE state = 'pending' AND host IS NULL AND next_attempt_at <= %(now)s
+                       AND did <> ALL(%(exclude)s::text[])
+                       AND (lease_owner IS NULL OR lease_owner = %(me)s
+                            OR lease_expires_at < clock_timestamp())
+                     ORDER BY next_attempt_at, seq LIMIT %(limit)s
+                     FOR UPDATE SKIP LOCKED)
+                   UPDATE repos AS r SET lease_owner = %(me)s,
+                     lease_expires_at = clock_timestamp() + %(lease)s
+                   FROM picked WHERE r.did = picked.did
+                   RETURNING r.did, r.next_attempt_at, r.seq""",
+                {
+                    "now": dt.datetime.now(dt.UTC),
+                    "exclude": list(exclude),
+                    "me": self.owner,
+                    "limit": limit,
+                    "lease": self.lease,
+                },
+            )
+            rows = cur.fetchall()
+        return [r[0] for r in sorted(rows, key=lambda r: (r[1], r[2]))]
+
+    def set_identities(self, identities: Sequence[Identity]) -> None:
+        if not identities:
+            return
+        cols = _columns(identities)
+        with self._tx() as cur:
+            cur.execute(
+                """UPDATE repos AS r SET pds = u.pds, host = u.host, signing_key = u.key,
+                     updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
+                   FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])
+                     AS u(did, pds, host, key)
+                   WHERE r.did = u.did AND r.state = 'pending'""",
+                cols,
+            )
+
+    def pending_hosts(self, now: dt.datetime) -> dict[str, int]:
+        now = _aware(now)
+        with self._tx() as cur:
+            self._maintain(cur)
+            # due = pending (from the counts) - not yet due (the few backing off),
+            # so a scheduler tick never scans every pending repo.
+            cur.execute(
+                """SELECT c.host, c.n - coalesce(f.n, 0) FROM (
+                     SELECT host, sum(n) AS n FROM (
+                       SELECT host, n FROM repo_counts WHERE state = 'pending' AND host <> ''
+                       UNION ALL
+                       SELECT host, n FROM repo_count_deltas
+                       WHERE state = 'pending' AND host <> '') AS a
+                     GROUP BY host) AS c
+                   LEFT JOIN (
+                     SELECT host, count(*) AS n FROM repos
+                     WHERE state = 'pending' AND host IS NOT NULL AND next_attempt_at > %s
+                     GROUP BY host) AS f ON f.host = c.host
+                   WHERE c.n - coalesce(f.n, 0) > 0""",
+                (now,),
+            )
+            return {h: int(n) for h, n in cur.fetchall()}
+
+    def next_due(self) -> dt.datetime | None:
+        # Two index lookups (resolved, unresolved), no scan.
+        with self._tx() as cur:
+            cur.execute(
+                """SELECT least(
+                     (SELECT min(next_attempt_at) FROM repos
+                      WHERE state = 'pending' AND host IS NOT NULL),
+                     (SELECT min(next_attempt_at) FROM repos
+                      WHERE state = 'pending' AND host IS NULL))"""
+            )
+            row = cur.fetchone()
+        return None if row is None or row[0] is None else _utc(row[0])
+
+    def claim(self, host: str, limit: int, now: dt.datetime) -> list[RepoTask]:
+        now = _aware(now)
+        with self._tx() as cur:
+            self._maintain(cur)
+            # The CTE runs once (FOR UPDATE keeps it from being inlined); SKIP
+            # LOCKED lets concurrent claimers pass each other's rows by, and
+            # a row changed meanwhile is re-checked against the WHERE clause.
+            cur.execute(
+                """WITH picked AS (
+                     SELECT did FROM repos
+                     WHERE state = 'pending' AND host = %(host)s AND next_attempt_at <= %(now)s
+                     ORDER BY next_attempt_at LIMIT %(limit)s
+                     FOR UPDATE SKIP LOCKED)
+                   UPDATE repos AS r SET state = 'in_progress', updated_at = now(),
+                     lease_owner = %(me)s, lease_expires_at = clock_timestamp() + %(lease)s
+                   FROM picked WHERE r.did = picked.did
+                   RETURNING r.did, r.pds, r.host, r.signing_key, r.attempts""",
+                {"host": host, "now": now, "limit": limit, "me": self.owner, "lease": self.lease},
+            )
+            rows = cur.fetchall()
+        return [
+            RepoTask(did=r[0], pds=r[1], host=r[2], signing_key=r[3], attempts=r[4]) for r in rows
+        ]
+
+    def retry_later(
+        self, did: str, attempts: int, next_attempt_at: dt.datetime, error: str
+    ) -> None:
+        due = _aware(next_attempt_at)
+        with self._tx() as cur:
+            # Never reopens a finished repo, nor one another worker now holds
+            # (this worker's lease expired and the repo was re-claimed).
+            cur.execute(
+                """UPDATE repos SET state = 'pending', attempts = %(attempts)s,
+                     next_attempt_at = %(due)s, error_code = NULL, last_error = %(error)s,
+                     updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
+                   WHERE did = %(did)s AND (
+                     (state = 'in_progress' AND lease_owner = %(me)s)
+                     OR (state = 'pending' AND (lease_owner IS NULL OR lease_owner = %(me)s
+                                                OR lease_expires_at < clock_timestamp())))""",
+                {"attempts": attempts, "due": due, "error": error, "did": did, "me": self.owner},
+            )
+
+    def recover(self) -> int:
+        """Start-up: repos whose lease expired (their worker died), and this owner's own,
+        go back to pending. Unlike SQLite, live workers' repos are left alone.
+
+        Returns how many. Call once at start; later, `reclaim_expired()`."""
+        with self._tx() as cur:
+            return upkeep.reclaim(cur, self.owner)
+
+    def reclaim_expired(self) -> int:
+        """Only repos whose lease expired go back to pending (safe at any time, unlike
+        `recover()`, which also takes back this owner's own in-flight repos)."""
+        with self._tx() as cur:
+            return upkeep.reclaim(cur, None)
+
+    def renew_leases(self) -> int:
+        """Push this worker's leases `lease` into the future; returns how many it holds.
+
+        Call at least every `lease / 3` while repos are in flight if the engine
+        may go longer than that without calling `claim`/`commit`/`pending_hosts`."""
+        with self._tx() as cur:
+            self._renewed = time.monotonic()
+            return upkeep.renew(cur, self.owner, self.lease)
+
+    # -- ledger ----------------------------------------------------------------
+
+    def commit(
+        self,
+        files: Sequence[CommittedFile],
+        done: Sequence[RepoDone],
+        failed: Sequence[RepoFailed],
+        dead_letters: Sequence[DeadLetter],
+        cursors: Sequence[tuple[str, str | None]] = (),
+    ) -> None:
+        dids = sorted({d.did for d in done} | {f.did for f in failed})
+        with self._tx() as cur:
+            # The sink renames files right after this returns: the commit
+            # record must be on disk first, whatever the server's default.
+            cur.execute("SET LOCAL synchronous_commit = on")
+            upkeep.fence(cur, dids, self.owner)
+            ledger.record(cur, self.owner, files, done, failed, dead_letters, cursors)
+            self._maintain(cur)
+
+    def committed_files(self) -> list[CommittedFile]:
+        with self._tx() as cur:
+            cur.execute("SELECT path, collection, rows FROM files")
+            rows = cur.fetchall()
+        return [CommittedFile(path=p, collection=c, rows=n) for p, c, n in rows]
+
+    def counts(self) -> dict[RepoState, int]:
+        with self._tx() as cur:
+            self._maintain(cur)
+            return {s: n for s, (_, n) in upkeep.state_counts(cur).items()}
+
+    def status(self) -> StatusReport:
+        with self._tx() as cur:
+            return ledger.report(cur)
+
+    # -- small tables ------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        with self._tx() as cur:
+            if key == "schema_version":
+                # The versions live in their own table (see postgres_schema).
+                cur.execute("SELECT max(version)::text FROM schema_version")
+            else:
+                cur.execute("SELECT value FROM meta WHERE key = %s", (key,))
+            row = cur.fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as cur:
+            if key == "schema_version":
+                # Records `value` as applied (tools and tests that fake an upgrade).
+                cur.execute(
+                    "INSERT INTO schema_version(version) VALUES (%s) ON CONFLICT DO NOTHING",
+                    (int(value),),
+                )
+            else:
+                cur.execute(
+                    """INSERT INTO meta(key, value) VALUES (%s, %s)
+                       ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
+                    (key, value),
+                )
+
+    def get_cursor(self, source: str) -> str | None:
+        """Where an enumeration source (PLC export, relay) left off; beyond the Protocol."""
+        with self._tx() as cur:
+            cur.execute("SELECT cursor FROM cursors WHERE source = %s", (source,))
+            row = cur.fetchone()
+        return None if row is None else str(row[0])
+
+    def set_cursor(self, source: str, cursor: str) -> None:
+        """Save a source's cursor; call after enqueueing the page it follows."""
+        with self._tx() as cur:
+            cur.execute(
+                """INSERT INTO cursors(source, cursor) VALUES (%s, %s)
+                   ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor,
+                     updated_at = now()""",
+                (source, cursor),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> PostgresStateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,122 @@
+"""The PostgreSQL store's ledger statements: what a commit records, what status reads.
+
+Where it sits: helpers of `state.postgres.PostgresStateStore`, run on a
+cursor inside its transactions. `record` is the body of `commit()` (after the
+lease fence has locked the batch's repos); `report` builds `status()`.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+
+from bsky_backfill.models import DeadLetter
+from bsky_backfill.state.base import (
+    CommittedFile,
+    HostStatus,
+    RepoDone,
+    RepoFailed,
+    RepoState,
+    StatusReport,
+)
+from bsky_backfill.state.postgres_upkeep import Cursor, state_counts
+
+
+def record(
+    cur: Cursor,
+    owner: str,
+    files: Sequence[CommittedFile],
+    done: Sequence[RepoDone],
+    failed: Sequence[RepoFailed],
+    dead_letters: Sequence[DeadLetter],
+    cursors: Sequence[tuple[str, str | None]],
+) -> None:
+    """Files, repo states, dead-letter counts and cursors of one commit (one transaction)."""
+    # A path committed twice would duplicate rows: the PRIMARY KEY fails the
+    # whole transaction instead.
+    if files:
+        cur.executemany(
+            """INSERT INTO files(path, collection, rows, committed_by)
+               VALUES (%s, %s, %s, %s)""",
+            [(f.path, f.collection, f.rows, owner) for f in files],
+        )
+    # Upserts: the files above hold these repos' rows whatever the queue
+    # thought, so the ledger says done even for a DID never enqueued. Sorted,
+    # like every multi-row write here, so two commits lock in the same order.
+    if done:
+        cur.executemany(
+            """INSERT INTO repos(did, state, rev, records) VALUES (%s, 'done', %s, %s)
+               ON CONFLICT (did) DO UPDATE SET state = 'done', rev = excluded.rev,
+                 records = excluded.records, error_code = NULL, last_error = NULL,
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()""",
+            [(d.did, d.rev, d.records) for d in sorted(done, key=lambda d: d.did)],
+        )
+    if failed:
+        cur.executemany(
+            """INSERT INTO repos(did, state, error_code, last_error)
+               VALUES (%s, 'failed', %s, %s)
+               ON CONFLICT (did) DO UPDATE SET state = 'failed',
+                 error_code = excluded.error_code, last_error = excluded.last_error,
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()""",
+            [(f.did, f.code, f.message) for f in sorted(failed, key=lambda f: f.did)],
+        )
+    letters = sorted(collections.Counter((d.stage, d.error) for d in dead_letters).items())
+    if letters:
+        cur.executemany(
+            """INSERT INTO dead_letter_counts(stage, code, count) VALUES (%s, %s, %s)
+               ON CONFLICT (stage, code) DO UPDATE
+               SET count = dead_letter_counts.count + excluded.count""",
+            [(stage, code, n) for (stage, code), n in letters],
+        )
+    # Cursors whose progress these files hold (list mode's page cursors): set
+    # or, for None, deleted together with them, never apart.
+    upserts = sorted((k, v) for k, v in cursors if v is not None)
+    if upserts:
+        cur.executemany(
+            """INSERT INTO cursors(source, cursor) VALUES (%s, %s)
+               ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor,
+                 updated_at = now()""",
+            upserts,
+        )
+    deletes = sorted((k,) for k, v in cursors if v is None)
+    if deletes:
+        cur.executemany("DELETE FROM cursors WHERE source = %s", deletes)
+
+
+def report(cur: Cursor) -> StatusReport:
+    """The whole backfill's numbers for `status`, from one snapshot (call first in its txn)."""
+    cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    counts = state_counts(cur)
+    # Collections starting with "_" are the sink's own tables (_deadletters).
+    cur.execute(
+        r"""SELECT collection, sum(rows) FROM files
+            WHERE collection NOT LIKE '\_%' GROUP BY collection ORDER BY collection"""
+    )
+    by_collection = cur.fetchall()
+    cur.execute(
+        """SELECT code, sum(count) FROM dead_letter_counts
+           GROUP BY code ORDER BY sum(count) DESC, code"""
+    )
+    by_code = cur.fetchall()
+    hosts: dict[str, HostStatus] = {}
+    for state, (by_host, _) in counts.items():
+        for host, n in by_host.items():
+            h = hosts.setdefault(host, HostStatus(host=host))
+            h.total += n
+            if state == RepoState.DONE:
+                h.done += n
+            elif state == RepoState.FAILED:
+                h.failed += n
+            else:  # pending or in_progress: not finished yet
+                h.pending += n
+    total = {s: t for s, (_, t) in counts.items()}
+    return StatusReport(
+        total=sum(total.values()),
+        done=total[RepoState.DONE],
+        failed=total[RepoState.FAILED],
+        pending=total[RepoState.PENDING],
+        in_progress=total[RepoState.IN_PROGRESS],
+        records_by_collection={k: int(v) for k, v in by_collection},
+        dead_letters_by_code={k: int(v) for k, v in by_code},
+        hosts=sorted(hosts.values(), key=lambda h: (-h.total, h.host)),
+    )

@@ -1,0 +1,37 @@
+"""`--workers N`: several processes on one machine, one SQLite store, exact output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bsky_backfill.engine.workers import Role
+from bsky_backfill.simulate import Scenario, run_network_in_thread
+from tests.conftest import run_cli
+from tests.dataset import assert_matches_truth
+
+
+def test_hosts_are_split_between_processes() -> None:
+    hosts = [f"pds{i}.example:443" for i in range(200)]
+    roles = [Role(i, 3) for i in range(3)]
+    for host in hosts:
+        assert sum(role.owns(host) for role in roles) == 1
+    shares = [sum(role.owns(h) for h in hosts) for role in roles]
+    assert min(shares) > 40, shares  # every process gets a fair share
+    assert all(Role(0, 1).owns(h) for h in hosts)
+
+
+def test_two_workers_give_the_exact_ground_truth(tmp_path: Path) -> None:
+    scenario = Scenario(seed=41, accounts=48, hosts=6, mean_records=40)
+    out = tmp_path / "out"
+    with run_network_in_thread(scenario) as net:
+        dids = tmp_path / "dids.txt"
+        dids.write_text("\n".join(net.truth.input_dids) + "\n")
+        result = run_cli(
+            "run", "--dids", str(dids), "--out", str(out), "--plc-url", net.plc_url,
+            "--allow-private-hosts", "--no-progress", "--workers", "2", "--rate-limit", "0",
+        )  # fmt: skip
+        truth = net.truth
+    assert result.returncode == 0, result.stderr
+    assert_matches_truth(out, truth.expected_rows(), truth.expected_dead_letters())
+    writers = {p.name.split("-")[2] for p in out.rglob("part-*.parquet")}
+    assert len(writers) >= 2, "only one process wrote files"

@@ -1,0 +1,74 @@
+"""The page and its charts on hand-made reports: edge cases a small simulator run never hits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bsky_backfill.report import (
+    CollectionCount,
+    DeadLetterCount,
+    HostCount,
+    MonthCount,
+    Report,
+    render_html,
+    write_html,
+)
+from bsky_backfill.report.charts import nice_axis, time_buckets
+from bsky_backfill.report.render import short_names
+
+
+def test_time_buckets_fill_gaps_then_fall_back_to_years() -> None:
+    buckets, of = time_buckets(["2024-02", "2023-11"])
+    assert buckets == ["2023-11", "2023-12", "2024-01", "2024-02"]
+    assert of == {"2023-11": "2023-11", "2024-02": "2024-02"}
+    # a stray createdAt decades away: one bar per year, gaps kept
+    buckets, of = time_buckets(["1970-01", "2024-02", "2024-03"])
+    assert buckets[0] == "1970" and buckets[-1] == "2024" and len(buckets) == 55
+    assert of["2024-03"] == "2024"
+    # centuries apart: only the years that have rows
+    buckets, _ = time_buckets(["0001-01", "2024-02"])
+    assert buckets == ["0001", "2024"]
+    assert time_buckets([]) == ([], {})
+
+
+def test_nice_axis_covers_the_value_in_at_most_five_round_steps() -> None:
+    for value in (0, 1, 3, 6, 11, 48, 51, 99, 101, 1234, 987_654):
+        top, step = nice_axis(value)
+        assert top >= max(value, 1) and top % step == 0 and top // step <= 5
+        assert str(step).strip("0") in {"1", "2", "5"}
+    assert nice_axis(48) == (50, 10)
+
+
+def test_short_column_names_only_when_unique() -> None:
+    assert short_names(["app.bsky.feed.post", "app.bsky.feed.like"]) == ["feed.post", "feed.like"]
+    assert short_names(["a.b.feed.post", "c.d.feed.post"]) == ["a.b.feed.post", "c.d.feed.post"]
+
+
+def test_hostile_names_are_escaped() -> None:
+    """Collection names, hosts and codes come from strangers' data."""
+    evil = '"><script>alert(1)</script>'
+    report = Report(
+        out="/tmp/<out>",
+        collections=[CollectionCount("x.y" + evil, 2, 0, "2024-01", "2024-01")],
+        months=[MonthCount("x.y" + evil, "2024-01", 2)],
+        hosts=[HostCount("h" + evil, 1, 1, 0, 0, 2)],
+        dead_letters=[DeadLetterCount("fetch", "Code" + evil, 1)],
+        has_state=True,
+    )
+    page = render_html(report)
+    assert "<script" not in page
+    assert page.count("&lt;script&gt;") >= 6  # legend, bars, tables, host, code...
+
+
+def test_empty_parts_render_notes_not_charts(tmp_path: Path) -> None:
+    report = Report(
+        out="o", collections=[CollectionCount("app.bsky.actor.profile", 3, 3, None, None)]
+    )
+    page = tmp_path / "p.html"
+    write_html(report, page)
+    html = page.read_text()
+    assert 'id="chart-records-over-time"' not in html and "No record has a created_at" in html
+    assert 'id="chart-dead-letters"' not in html and "No dead letters" in html
+    assert "no state store" in html
+    assert page.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["p.html"]  # no temporary file left
