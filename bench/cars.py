@@ -17,7 +17,7 @@ from bsky_backfill.simulate import SimNetwork
 def dump_cars(net: SimNetwork, folder: Path) -> tuple[int, int]:
     """Write the served repos' CARs into `folder`; (repos, bytes) written."""
     folder.mkdir(parents=True, exist_ok=True)
-    lines = []
+    lines: list[str] = []
     total = 0
     for acct in net.accounts:
         repo = acct.repo

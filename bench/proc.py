@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+#: The repository root: children import `bench` from here whatever their cwd.
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -79,6 +81,7 @@ def run_child(argv: Sequence[str], log: Path, *, timeout_s: float = 3600.0) -> C
     """Run `argv` to completion; its stdout goes to `log`, its stderr to `log` + ".err"."""
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     err_log = log.with_name(log.name + ".err")
     peak = [0]
     with open(log, "w") as out_f, open(err_log, "w") as err_f:

@@ -157,7 +157,7 @@ class TightExtractor:
             if lo == hi:
                 continue
             ks, vs = keys[lo:hi], vals[lo:hi]
-            rs = [get(v) for v in vs]
+            rs: list[Any] = [get(v) for v in vs]
             try:
                 types = [r.get("$type") for r in rs]  # AttributeError: missing / not a map
                 created = [r.get("createdAt") for r in rs]
@@ -193,10 +193,20 @@ class TightExtractor:
             pc.match_substring_regex(created, _DT_RE),
             pc.invert(pc.ends_with(created, "-00:00")),
         ).fill_null(False)
-        # More than 6 fractional digits: keep 6, as the product does (the column is in us).
-        trimmed = pc.replace_substring_regex(created, r"(\.\d{6})\d+", r"\1")
-        stamps = _timestamps(pc.if_else(created_ok, trimmed, pa.nulls(n, _STRING)))
-        created_ok = pc.and_(created_ok, pc.is_valid(stamps))  # calendar-invalid dates
+        created = pc.if_else(created_ok, created, pa.nulls(n, _STRING))
+        # Calendar check in bulk (Feb 30 passes the regex): strptime rolls an
+        # impossible date over into the next month, so its day-of-month changes.
+        parsed = pc.strptime(
+            pc.utf8_slice_codeunits(created, 0, 10), format="%Y-%m-%d", unit="s", error_is_null=True
+        )
+        day = pc.cast(pc.utf8_slice_codeunits(created, 8, 10), pa.int64())
+        created_ok = pc.and_(created_ok, pc.equal(pc.day(parsed), day).fill_null(False))
+        created = pc.if_else(created_ok, created, pa.nulls(n, _STRING))
+        if pc.any(pc.greater(pc.binary_length(created), 27)).as_py():
+            # More than 6 fractional digits: keep 6, as the product does (column in us).
+            created = pc.replace_substring_regex(created, r"(\.\d{6})\d+", r"\1")
+        stamps = _timestamps(created)
+        created_ok = pc.is_valid(stamps)  # the slow path may still refuse a value
         keep = pc.and_(type_ok, rkey_ok)
         if c in CREATED_AT_REQUIRED:
             keep = pc.and_(keep, created_ok)
@@ -250,7 +260,7 @@ def _walk(blocks: dict[bytes, Any], root: bytes) -> tuple[list[str], list[bytes]
         if item in seen:
             raise _Unusual
         seen.add(item)
-        node = blocks.get(item)
+        node: Any = blocks.get(item)
         try:
             pending: list[Any] = []
             prev = b""

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import click
 
@@ -208,18 +209,14 @@ def run(**opts: Any) -> None:
         sys.exit(130)
 
 
-def _settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource]:
-    not_yet = [
-        ("--all-from-plc", opts["all_from_plc"]),
-        ("--from-relay", opts["from_relay"]),
-        ("--pds", opts["pds"]),
-        ("--metrics-port", opts["metrics_port"] is not None),
-        ("--refresh", opts["refresh"]),
-        ("--config", opts["config_file"]),
-    ]
-    for flag, used in not_yet:
-        if used:
-            raise UsageError(f"{flag} is not supported by this version yet")
+def _looks_like_host(value: str) -> bool:
+    """`host[:port]` or an http(s) URL with a host."""
+    url = value if "://" in value else f"https://{value}"
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in value
+
+
+def _settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource | None]:
     for flag, key in (("--host-concurrency", "host_concurrency"), ("--commit-rows", "commit_rows")):
         if opts[key] < 1:
             raise UsageError(f"{flag} must be at least 1")
@@ -239,8 +236,16 @@ def _settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource
         raise UsageError("--workers must be at least 1")
     if opts["rate_limit"] is not None and opts["rate_limit"] < 0:
         raise UsageError("--rate-limit must be >= 0 (0 = only the server's limits)")
-    if not opts["dids_file"] and not opts["did_list"]:
-        raise UsageError("name what to backfill: --dids FILE, --did DID, ...")
+    enumerating = bool(opts["all_from_plc"] or opts["from_relay"] or opts["pds"])
+    listed = bool(opts["dids_file"] or opts["did_list"])
+    if not (listed or enumerating or opts["refresh"]):
+        raise UsageError(
+            "name what to backfill: --dids FILE, --did DID, --all-from-plc, "
+            "--from-relay URL or --pds URL (or --refresh an existing --out)"
+        )
+    for flag, value in [("--from-relay", opts["from_relay"]), *(("--pds", p) for p in opts["pds"])]:
+        if value is not None and not _looks_like_host(value):
+            raise UsageError(f"{flag} {value!r} is not a host name or an http(s) URL")
     since = parse_when(opts["since"], "--since")
     until = parse_when(opts["until"], "--until")
     if since and until and since >= until:
@@ -248,7 +253,7 @@ def _settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource
     collections = parse_collections(opts["collections"])
     if not opts["plc_url"].startswith(("http://", "https://")):
         raise UsageError(f"--plc-url {opts['plc_url']!r} must be an http(s) URL")
-    source = DidSource.from_args(list(opts["did_list"]), opts["dids_file"])
+    source = DidSource.from_args(list(opts["did_list"]), opts["dids_file"]) if listed else None
     out = Path(opts["out"])
     check_out_writable(out)
     progress = opts["progress"] if opts["progress"] is not None else sys.stdout.isatty()
@@ -266,6 +271,10 @@ def _settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource
         progress=progress,
         host_concurrency=opts["host_concurrency"],
         workers=opts["workers"],
+        all_from_plc=opts["all_from_plc"],
+        from_relay=opts["from_relay"],
+        pds=tuple(opts["pds"]),
+        refresh=opts["refresh"],
         commit_rows=opts["commit_rows"],
         commit_seconds=opts["commit_seconds"],
         http=HttpSettings(

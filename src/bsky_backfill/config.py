@@ -24,6 +24,12 @@ class RunSettings(BaseModel):
 
     out: Path = Field(default=Path("bsky-data"))
     """Dataset root: Parquet tables per collection, `_deadletters/`, `_state/`."""
+    all_from_plc: bool = False
+    """Enumerate every DID in the PLC directory's /export."""
+    from_relay: str | None = None
+    """Enumerate the relay's hosts (listHosts), then each host's repos (listRepos)."""
+    pds: tuple[str, ...] = ()
+    """Enumerate these PDS hosts' repos (listRepos)."""
     queue: str | None = None
     """State store URL; None = SQLite at OUT/_state/state.sqlite."""
     plc_url: str = "https://plc.directory"
@@ -46,6 +52,8 @@ class RunSettings(BaseModel):
     """DID resolutions in flight at once."""
     allow_private_hosts: bool = False
     """Allow PDS endpoints on loopback/private addresses (tests, local networks)."""
+    refresh: bool = False
+    """Check finished repos for what changed since their landed revision."""
     workers: int = 1
     """Processes on this machine (hosts are split between them)."""
     verify: bool = True

@@ -30,6 +30,7 @@ from bsky_backfill.state.postgres_conn import (
     parse_queue_url,
 )
 from bsky_backfill.state.postgres_schema import SCHEMA_VERSION
+from bsky_backfill.state.postgres_upkeep import compact
 from tests.state.pg import admin, fresh_schema_url
 
 NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
@@ -92,7 +93,6 @@ def test_concurrent_workers_claim_and_commit_each_repo_once(
     workers = [worker(stores, url) for _ in range(6)]
     claimed: list[list[str]] = [[] for _ in workers]
     errors: list[BaseException] = []
-
     start = threading.Barrier(len(workers))
 
     def run(i: int) -> None:
@@ -120,7 +120,14 @@ def test_concurrent_workers_claim_and_commit_each_repo_once(
     assert set(every) == set(dids) and max(every.values()) == 1
     assert sum(1 for c in claimed if c) >= 2, "the claims did not interleave at all"
     # The delta-log counts agree with a full recount, before and after folding.
-    assert setup.counts()[RepoState.DONE] == len(dids) == recount(url)["done"]
+    assert setup.status().done == len(dids) == recount(url)["done"]
+    schema = parse_queue_url(url).schema
+    with admin() as conn, conn.cursor() as cur:
+        cur.execute(f'SET search_path = "{schema}"')
+        assert compact(cur)
+        cur.execute("SELECT count(*) FROM repo_count_deltas")
+        assert cur.fetchone() == (0,)
+    assert setup.counts()[RepoState.DONE] == len(dids)
     assert {h.host: h.done for h in setup.status().hosts} == {"h1": 600, "h2": 300}
 
 
@@ -289,6 +296,22 @@ def test_workers_starting_at_once_migrate_once(url: str) -> None:
     with admin() as conn:
         rows = conn.execute(f'SELECT version FROM "{schema}".schema_version ORDER BY 1')
         assert [int(str(v)) for (v,) in rows.fetchall()] == list(range(1, SCHEMA_VERSION + 1))
+
+
+def test_an_older_schema_is_upgraded_in_place(
+    url: str, stores: list[PostgresStateStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bsky_backfill.state.postgres_conn as conn_mod
+
+    monkeypatch.setattr(conn_mod, "MIGRATIONS", conn_mod.MIGRATIONS[:1])
+    monkeypatch.setattr(conn_mod, "SCHEMA_VERSION", 1)
+    old = worker(stores, url)
+    seed(old, 2)
+    assert old.get_meta("schema_version") == "1"
+    monkeypatch.undo()
+    new = worker(stores, url)  # a newer program starts on the same schema
+    assert new.get_meta("schema_version") == str(SCHEMA_VERSION)
+    assert new.pending_hosts(NOW) == {"h1": 2}  # the data survived the upgrade
 
 
 def test_schema_comes_from_the_url() -> None:

@@ -351,3 +351,40 @@ def test_commit_sets_and_deletes_cursors_with_its_files(store: StateStore) -> No
     with pytest.raises(StateStoreError):  # the same file again: nothing of it applies
         store.commit([f], [], [], [], cursors=[("list:did:plc:b", "p3")])
     assert store.get_cursor("list:did:plc:b") == "p2"
+
+
+def test_mark_refresh_reopens_done_repos_with_their_rev(store: StateStore) -> None:
+    resolved(store, {"h1": ["did:plc:a", "did:plc:b", "did:plc:c"]})
+    a, b, c = sorted(store.claim("h1", 3, T0), key=lambda t: t.did)
+    assert not a.refresh and a.since is None
+    store.commit(
+        [],
+        [RepoDone(a.did, "rev-a", 1), RepoDone(b.did, None, 0)],
+        [RepoFailed(c.did, "X", "x")],
+        [],
+    )
+    assert store.mark_refresh() == 2  # done ones only; failed stays failed
+    assert store.counts()[RepoState.PENDING] == 2
+    tasks = {t.did: t for t in store.claim("h1", 10, T0)}
+    assert set(tasks) == {a.did, b.did}
+    assert (tasks[a.did].refresh, tasks[a.did].since) == (True, "rev-a")
+    assert (tasks[b.did].refresh, tasks[b.did].since) == (True, None)
+    # A refresh that learns no new rev keeps the old one; the refresh mark is cleared.
+    store.commit([], [RepoDone(a.did, None, 1)], [], [])
+    assert store.mark_refresh() == 1
+    [again] = store.claim("h1", 10, T0)
+    assert (again.did, again.since) == (a.did, "rev-a")
+
+
+def test_withdraw_removes_only_pending_repos(store: StateStore) -> None:
+    resolved(store, {"h1": ["did:plc:a", "did:plc:b", "did:plc:c"]})
+    store.enqueue(["did:plc:d"])
+    claimed = store.claim("h1", 1, T0)[0].did
+    store.commit([], [RepoDone(claimed, "r", 0)], [], [])
+    pending = sorted({"did:plc:a", "did:plc:b", "did:plc:c"} - {claimed})
+    gone = store.withdraw([claimed, pending[0], "did:plc:d", "did:plc:never"])
+    assert gone == [pending[0], "did:plc:d", "did:plc:never"]
+    assert store.counts()[RepoState.DONE] == 1
+    assert store.counts()[RepoState.PENDING] == 1  # pending[1] is left alone
+    assert store.unresolved(10) == []
+    assert store.withdraw([]) == []

@@ -29,6 +29,14 @@ from multiprocessing.process import BaseProcess
 
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.cpu import Extractor
+from bsky_backfill.engine.enumerate import (
+    ListReposSource,
+    Page,
+    PlcExportSource,
+    RelaySource,
+    Source,
+    run_source,
+)
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.engine.stats import RunStats
 from bsky_backfill.engine.worker import RepoWorker
@@ -88,7 +96,7 @@ class Backfill:
         self.slots: dict[str, HostSlot] = {}
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
-        self._source_done = source is None
+        self._source_done = False
         self._resolver_done = False
         self._working: set[asyncio.Task[None]] = set()
         # DIDs dead-lettered before they were claimed (resolution failures): still
@@ -118,6 +126,9 @@ class Backfill:
                 if recovered:
                     log.info("recovered %d repos left in progress by an earlier run", recovered)
                 store.set_meta(INTAKE, "running")
+                if settings.refresh:
+                    marked = store.mark_refresh()
+                    log.info("refresh: %d finished repos will be checked for changes", marked)
             sink = DatasetWriter(
                 settings.out,
                 store,
@@ -213,7 +224,46 @@ class Backfill:
                 self.store.enqueue(chunk)
                 self._wake.set()
                 await asyncio.sleep(0)
+        await self._enumerate()
         self._source_done = True
+        self._wake.set()
+
+    async def _enumerate(self) -> None:
+        """--all-from-plc, --from-relay, --pds: page through listings into the store."""
+        s = self.settings
+        private = s.allow_private_hosts
+        sources: list[Source] = []
+        if s.all_from_plc:
+            sources.append(PlcExportSource(self.client, s.plc_url, allow_private=private))
+        if s.from_relay:
+            sources.append(
+                RelaySource(
+                    self.client, s.from_relay, resolve=self.resolver.resolve,
+                    allow_private=private, slot_for=self.slot,
+                )
+            )  # fmt: skip
+        for url in s.pds:
+            sources.append(
+                ListReposSource(
+                    self.client, url, resolve=self.resolver.resolve, allow_private=private,
+                    slot_for=self.slot,
+                )
+            )  # fmt: skip
+        if not sources:
+            return
+        results = await asyncio.gather(
+            *(run_source(src, self.store, self._on_page) for src in sources)
+        )
+        for result in results:
+            log.info("enumeration finished: %s", result)
+
+    async def _on_page(self, page: Page) -> None:
+        """A listing page is stored: dead-letter what it refused (durably, before its
+        cursor moves on) and let the scheduler see the new repos."""
+        for rejected in page.rejected:
+            self._fail(rejected.did, rejected.stage, rejected.code, rejected.message)
+        if page.rejected:
+            self._commit()
         self._wake.set()
 
     # -- stage 2: identity ---------------------------------------------------------------

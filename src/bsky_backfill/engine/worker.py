@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from bsky_backfill.engine.cpu import Extractor
 from bsky_backfill.engine.listing import ListFetcher
+from bsky_backfill.engine.refresh import LandedIndex, refresh_extract
 from bsky_backfill.errors import RateLimited, RepoInvalid, TerminalError, TransientError
 from bsky_backfill.models import RepoExtract, utcnow
 from bsky_backfill.state.base import RepoDone, RepoTask
@@ -41,6 +42,7 @@ class RepoWorker:
         self.client = client
         self.extractor = extractor
         self.filter = run.settings.record_filter
+        self.landed = LandedIndex(run.settings.out, self.filter.collections)
         self.lister: ListFetcher | None = None
         if run.settings.method == "list":
             self.lister = ListFetcher(
@@ -55,7 +57,9 @@ class RepoWorker:
         run = self.run
         try:
             cursors: list[tuple[str, str | None]] = []
-            if self.lister is not None:
+            if task.refresh:
+                extract = await self._refresh(slot, task)
+            elif self.lister is not None:
                 extract, cursors = await self.lister.fetch(slot, task)
             else:
                 data = await self._fetch(slot, task)
@@ -92,11 +96,17 @@ class RepoWorker:
         self.run.count_rows(part)
         self.run._maybe_commit()
 
-    async def _fetch(self, slot: HostSlot, task: RepoTask) -> bytes:
+    async def _refresh(self, slot: HostSlot, task: RepoTask) -> RepoExtract:
+        """What changed since the last landed revision (engine/refresh.py)."""
+        data = await self._fetch(slot, task, since=task.since)
+        landed = await asyncio.to_thread(self.landed.for_did, task.did)
+        return await asyncio.to_thread(refresh_extract, data, task.did, self.filter, landed)
+
+    async def _fetch(self, slot: HostSlot, task: RepoTask, since: str | None = None) -> bytes:
         waits = 0
         while True:
             try:
-                body = await self.client.get_repo(task.pds, task.did, slot)
+                body = await self.client.get_repo(task.pds, task.did, slot, since=since)
                 if body.path is None:
                     return body.read()
                 return await asyncio.to_thread(body.read)  # spooled: read back off the loop

@@ -89,28 +89,38 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def summary_line(snap: RunSnapshot, rates: tuple[float, float, float]) -> str:
-    """One line for the log (and the display's header)."""
+def summary_parts(snap: RunSnapshot, rates: tuple[float, float, float]) -> tuple[str, str]:
+    """(where the repos stand, how fast data flows): the display's two header lines."""
     records_s, bytes_s, repos_s = rates
     pct = 100.0 * snap.repos_finished / snap.repos_total if snap.repos_total else 0.0
-    return (
+    repos = (
         f"repos {snap.repos_finished:,}/{snap.repos_total:,} ({pct:.0f}%), "
-        f"{snap.repos_failed:,} failed, {snap.repos_in_flight:,} in flight; "
-        f"{snap.records:,} records ({records_s:,.0f}/s); {format_bytes(bytes_s)}/s; "
-        f"ETA {format_duration(eta_seconds(snap, repos_s))}; "
+        f"{snap.repos_failed:,} failed, {snap.repos_in_flight:,} in flight, "
+        f"ETA {format_duration(eta_seconds(snap, repos_s))}"
+        + (", stopping" if snap.stopping else "")
+    )
+    flow = (
+        f"{snap.records:,} records ({records_s:,.0f}/s), {format_bytes(bytes_s)}/s; "
         f"hosts {snap.hosts_active:,} active, {snap.hosts_paused:,} paused"
         + (f", {snap.throttled:,} 429s" if snap.throttled else "")
-        + ("; stopping" if snap.stopping else "")
     )
+    return repos, flow
+
+
+def summary_line(snap: RunSnapshot, rates: tuple[float, float, float]) -> str:
+    """One line for the log."""
+    return "; ".join(summary_parts(snap, rates))
 
 
 def render(
     snap: RunSnapshot, rates: tuple[float, float, float], hosts: HostsView
 ) -> RenderableType:
     """The live display for one snapshot (pure: tests render it to a recording Console)."""
-    bar = ProgressBar(total=max(snap.repos_total, 1), completed=snap.repos_finished, width=40)
+    repos, flow = summary_parts(snap, rates)
+    bar = ProgressBar(total=max(snap.repos_total, 1), completed=snap.repos_finished, width=30)
     header = Table.grid(padding=(0, 1))
-    header.add_row(bar, Text(summary_line(snap, rates)))
+    header.add_row(bar, Text(repos))
+    header.add_row("", Text(flow))
     table = Table(*HOST_COLUMNS, title="hosts: busiest and paused", title_justify="left")
     for col in table.columns[1:7]:
         col.justify = "right"
@@ -221,4 +231,5 @@ __all__ = [
     "format_duration",
     "render",
     "summary_line",
+    "summary_parts",
 ]

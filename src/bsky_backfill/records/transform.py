@@ -39,11 +39,12 @@ from bsky_backfill.repo.car import Undecodable, read_car
 from bsky_backfill.repo.commit import read_commit
 from bsky_backfill.repo.gcpause import gc_paused
 from bsky_backfill.repo.mst import walk_mst
-from bsky_backfill.repo.verify import failed, mismatched_blocks, verify_commit, walk_verified
+from bsky_backfill.repo.verify import check_blocks, failed, verify_commit, walk_verified
 
 __all__ = ["extract_repo"]
 
 _encode_cid = libipld.encode_cid
+_Row = tuple[str, str, str, dict[str, Any]]
 
 
 def extract_repo(
@@ -67,20 +68,25 @@ def extract_repo(
         commit = read_commit(car)
         if commit.did != did:
             raise failed(f"commit is for {commit.did!r:.100}, not the requested {did}")
-        bad: set[bytes] = set()
-        if verify:
-            bad = mismatched_blocks(data)
-            verify_commit(car, commit, signing_key, bad)
-            leaves = walk_verified(car.blocks, commit.data, bad)
-        else:
-            leaves = walk_mst(car.blocks, commit.data)
         out = RecordColumns(did, filt)
         seen = [0]
-        out.add_many(_wanted_records(car.blocks, leaves, out, seen, bad))
+        if verify:
+            verify_commit(car, commit, signing_key)
+            nodes: set[bytes] = set()
+            used: list[bytes] = []
+            leaves = walk_verified(car.blocks, commit.data, nodes)
+            # Materialised, so that the tree and every block the rows come from
+            # are checked before a single row is built.
+            rows: Iterable[_Row] = list(_wanted_records(car.blocks, leaves, out, seen, used))
+            check_blocks(data, car, nodes, used)
+        else:
+            leaves = walk_mst(car.blocks, commit.data)
+            rows = _wanted_records(car.blocks, leaves, out, seen, None)
+        out.add_many(rows)
         tables, dead_letters = out.finish()
         # Drop the decoded blocks while the collector is still paused: reference
         # counting frees them, and the GC never scans them.
-        del car, out, leaves
+        del car, out, leaves, rows
     return RepoExtract(
         did=did,
         rev=commit.rev,
@@ -95,16 +101,17 @@ def _wanted_records(
     leaves: Iterable[tuple[str, bytes]],
     out: RecordColumns,
     seen: list[int],
-    bad: set[bytes],
-) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+    used: list[bytes] | None,
+) -> Iterator[_Row]:
     """MST leaves -> `(collection, rkey, cid, record)` for wanted collections.
 
     Decode-level problems of a single record (block absent, not valid
-    DAG-CBOR or not a map, link not a CID) are dead-lettered here; a record
-    whose block does not hash to its CID (`bad`, empty unless verifying)
-    fails the whole repo. `seen[0]` ends as the number of keys.
+    DAG-CBOR or not a map, link not a CID) are dead-lettered here. The raw
+    CIDs of the records yielded go to `used` (when verifying, for their
+    hash check). `seen[0]` ends as the number of keys.
     """
     wanted = out.wanted
+    keep = None if used is None else used.append
     n = 0
     for key, value_cid in leaves:
         n += 1
@@ -113,13 +120,13 @@ def _wanted_records(
             continue
         record = blocks.get(value_cid)
         if record.__class__ is dict:
-            if bad and value_cid in bad:
-                raise failed(f"the block of record {key!r:.200} does not match its CID")
             try:
                 cid = _encode_cid(value_cid)
             except ValueError:
                 message = "record link is not a CID"
             else:
+                if keep is not None:
+                    keep(value_cid)
                 yield collection, rkey, cid, record
                 continue
         elif record is None:

@@ -10,20 +10,29 @@ A node is `{"l": link | None, "e": [{"p": int, "k": bytes, "v": link, "t": link 
 between it and the next entry. Keys are prefix-compressed within a node: an
 entry's key is the previous entry's first `p` bytes + `k`.
 
-The walk is iterative with one explicit stack (no recursion, no nested
-closure), so it has no depth limit and creates no reference cycles that would
-keep the decoded blocks alive while the garbage collector is paused. Layer
-heights and block hashes are not checked here (that is verification).
+The walks are iterative with one explicit stack (no recursion, no nested
+closure), so they have no depth limit and create no reference cycles that
+would keep the decoded blocks alive while the garbage collector is paused.
+
+`walk_mst` (`--no-verify`) only reads the tree. `walk_verified` (the default,
+see `repo.verify`) also checks that it is well-formed: node and entry shapes,
+prefix compression, and key heights against layers (a key's height is the
+number of leading zero 2-bit chunks of sha256(key), fanout 4; a node on layer
+L holds keys of height L and its subtrees are on layer L-1). Block hashes are
+checked by `repo.verify.check_blocks`.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from bsky_backfill.errors import RepoInvalid
 
-__all__ = ["walk_mst"]
+__all__ = ["key_height", "walk_mst", "walk_verified"]
+
+_sha256 = hashlib.sha256
 
 
 def _invalid(message: str) -> RepoInvalid:
@@ -97,3 +106,120 @@ def walk_mst(blocks: Mapping[bytes, Any], root: bytes) -> Iterator[tuple[str, by
         stack += pending
         if left is not None:
             stack.append(left)
+
+
+# -- verified walk ------------------------------------------------------------
+
+
+def _failed(reason: str) -> RepoInvalid:
+    # Same error as `repo.verify.failed` (which imports this module).
+    return RepoInvalid(reason, code="VerificationFailed", stage="verify")
+
+
+def key_height(key: bytes) -> int:
+    """MST layer of a key: leading zero 2-bit chunks of sha256(key) (fanout 4)."""
+    n = int.from_bytes(_sha256(key).digest(), "big")
+    return (256 - n.bit_length()) >> 1
+
+
+def walk_verified(
+    blocks: Mapping[bytes, Any], root: bytes, nodes: set[bytes]
+) -> Iterator[tuple[str, bytes]]:
+    """Like `walk_mst`, checking the tree's structure; adds every node CID to `nodes`.
+
+    Raises VerificationFailed on a node that is missing, malformed (not a
+    `{l, e}` map of `{p, k, v, t}` entries, or not valid DAG-CBOR), reached
+    twice, empty below the root, or with a subtree below layer 0; on keys out
+    of order, not ASCII or with a prefix that is not fully compressed; and,
+    on any key whose height is not its node's layer.
+    """
+    # Stack items: (layer | None, node CID) still to open, or (key, value CID)
+    # leaves to yield, told apart by the first item being a str. Layer None:
+    # not known yet (the root's comes from its first key; an entry-less root
+    # with a left subtree, which canonical trees trim, passes it down).
+    stack: list[tuple[Any, bytes]] = [(None, root)]
+    last = ""
+    sha = _sha256
+    while stack:
+        item = stack.pop()
+        if item[0].__class__ is str:
+            key = item[0]
+            if key <= last:
+                raise _failed(f"MST keys out of order: {key!r:.200} after {last!r:.200}")
+            last = key
+            yield item
+            continue
+        layer, cid = item
+        if cid in nodes:
+            raise _failed("an MST node is reached twice")
+        nodes.add(cid)
+        node = blocks.get(cid)
+        if node is None:
+            raise _failed("an MST node is missing from the CAR")
+        try:
+            if node.__class__ is not dict or len(node) != 2:
+                raise KeyError
+            entries = node["e"]
+            left = node["l"]
+        except KeyError:
+            raise _failed(f"malformed MST node: {node!r:.200}") from None
+        if entries.__class__ is not list or (left is not None and left.__class__ is not bytes):
+            raise _failed(f"malformed MST node: {node!r:.200}")
+        if entries:
+            if layer is None:
+                layer = key_height(_first_key(entries))
+        elif left is None and cid != root:
+            raise _failed("an MST node below the root is empty")
+        child = None if layer is None else layer - 1
+        pending: list[tuple[Any, bytes]] = []
+        prev = b""
+        for e in entries:
+            try:
+                if e.__class__ is not dict or len(e) != 4:
+                    raise KeyError
+                p = e["p"]
+                k = e["k"]
+                v = e["v"]
+                t = e["t"]
+            except KeyError:
+                raise _failed(f"malformed MST entry: {e!r:.200}") from None
+            if (
+                p.__class__ is not int
+                or k.__class__ is not bytes
+                or v.__class__ is not bytes
+                or not 0 <= p <= len(prev)
+            ):
+                raise _failed(f"malformed MST entry: {e!r:.200}")
+            if p < len(prev) and k and k[0] == prev[p]:
+                raise _failed(f"MST key prefix not fully compressed: {e!r:.200}")
+            prev = prev[:p] + k
+            # One hash per key. Most keys sit on layer 0, where the height check
+            # is just "the first 2 bits of the hash are not both zero".
+            if layer == 0:
+                if sha(prev).digest()[0] < 0x40:
+                    raise _failed(f"MST key {prev!r:.200} is not on layer 0")
+            elif key_height(prev) != layer:
+                raise _failed(f"MST key {prev!r:.200} is not on layer {layer}")
+            try:
+                pending.append((prev.decode("ascii"), v))
+            except UnicodeDecodeError:
+                raise _failed(f"MST key is not ASCII: {prev!r:.200}") from None
+            if t is not None:
+                if t.__class__ is not bytes or layer == 0:
+                    raise _failed(f"malformed MST entry (subtree): {e!r:.200}")
+                pending.append((child, t))
+        pending.reverse()
+        stack += pending
+        if left is not None:
+            if layer == 0:
+                raise _failed("an MST node on layer 0 has a subtree")
+            stack.append((child, left))
+
+
+def _first_key(entries: list[Any]) -> bytes:
+    first = entries[0]
+    k = first.get("k") if first.__class__ is dict else None
+    if k.__class__ is not bytes or first.get("p") != 0:
+        raise _failed(f"malformed first MST entry: {first!r:.200}")
+    key: bytes = k
+    return key

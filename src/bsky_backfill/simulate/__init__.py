@@ -6,7 +6,7 @@ written while those repos were built. Build order, module by module:
 
     scenario  ->  accounts (who, where, which state)  ->  generator + content
       (records)  ->  mst + car (signed commit, CAR v1)  ->  truth
-    network  ->  directory (PLC, did:web)  +  pds (XRPC)  behind  policy
+    network  ->  directory (PLC, did:web)  +  pds (XRPC)  [+ relay]  behind  policy
       (rate limits, faults)  ->  stats (what was asked)
 """
 

@@ -19,7 +19,7 @@ from bsky_backfill.identity.didkey import Curve, PublicKey
 from bsky_backfill.simulate.car import RepoImage
 from bsky_backfill.simulate.ids import datetime_to_micros, plc_did
 from bsky_backfill.simulate.keys import SigningKey
-from bsky_backfill.simulate.scenario import Scenario
+from bsky_backfill.simulate.scenario import DAMAGE_KNOBS, Scenario
 from bsky_backfill.simulate.truth import Status
 
 _NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
@@ -45,9 +45,13 @@ class SimAccount:
     other_service_first: bool = False
     legacy_key_doc: bool = False
     bad_signature: bool = False
+    damage: str | None = None
+    """One of `scenario.DAMAGE_KNOBS`: how this account's repo is damaged (None: it is not)."""
     size: int = 0
     """Records to generate."""
     repo: RepoImage | None = field(default=None, repr=False)
+    history: list[RepoImage] = field(default_factory=list, repr=False)
+    """Earlier images of `repo` (after `mutate.mutate_account`), oldest first."""
 
     @cached_property
     def signing_key(self) -> SigningKey:
@@ -138,6 +142,10 @@ def _assign_fates(
         acct.bad_signature = True
     for acct in take(scenario.empty_repos):
         acct.size = 0
+    for knob in DAMAGE_KNOBS:
+        for acct in take(getattr(scenario, knob)):
+            acct.damage = knob
+            acct.size = max(acct.size, 12)  # enough records to damage and still land some
     # The rest is active, non-empty, validly signed: identity quirks go there, so
     # tests can check that quirks alone never lose a record.
     quirky = pool[:]

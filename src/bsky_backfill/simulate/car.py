@@ -13,7 +13,7 @@ len(data)) cid data`. libipld reads CARs but does not write them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -132,24 +132,44 @@ def build_repo(
     *,
     orphans: Sequence[tuple[bytes, bytes]] = (),
     block_order: Literal["dfs", "cid"] = "dfs",
+    commit_did: str | None = None,
+    drop: Collection[bytes] = (),
+    replace: Mapping[bytes, bytes] | None = None,
+    drop_mst_node: bool = False,
+    unlisted: Collection[bytes] = (),
 ) -> RepoImage:
     """Build the MST, commit and CAR for `records`: (key, CID, block), sorted by key.
 
     `orphans` are extra (CID, block) pairs the MST does not reach, like the
     leftovers of deleted records in old exports; readers must ignore them.
+    Damage for verification tests (defaults: none): `commit_did` is the DID
+    the signed commit names (default `did`); `drop` leaves record blocks out
+    of the CAR; `replace` serves other bytes under a record's CID (after
+    signing); `drop_mst_node` leaves out one MST node (the first non-root
+    one in walk order, else the root). Dropped and `unlisted` records are
+    not in the listRecords index.
     """
     tree = build_mst([(k, c) for k, c, _ in records])
-    commit_cid, commit = sign_commit(did, tree.root, rev, key)
+    commit_cid, commit = sign_commit(commit_did or did, tree.root, rev, key)
     data_by_cid = {c: d for _, c, d in records}
     data_by_cid.update(tree.nodes)
-    body = [(c, data_by_cid[c]) for c in tree.order]
+    if replace:
+        data_by_cid.update(replace)
+    left_out = set(drop)
+    if drop_mst_node:
+        inner = [c for c in tree.order if c in tree.nodes and c != tree.root]
+        left_out.add(inner[0] if inner else tree.root)
+    body = [(c, data_by_cid[c]) for c in tree.order if c not in left_out]
     body.extend(orphans)
     if block_order == "cid":
         body.sort()
     parts, spans = _frame(commit_cid, [(commit_cid, commit), *body])
     car = b"".join(parts)
     index: dict[str, list[tuple[str, bytes, int, int]]] = {}
+    hidden = left_out.union(unlisted)
     for k, c, _ in records:
+        if c in hidden:
+            continue
         collection, rkey = k.split("/", 1)
         start, end = spans[c]
         index.setdefault(collection, []).append((rkey, c, start, end))

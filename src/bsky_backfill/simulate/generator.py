@@ -33,6 +33,7 @@ import libipld
 from bsky_backfill.simulate.accounts import SimAccount, plan_accounts, unknown_dids
 from bsky_backfill.simulate.atjson import to_atproto_json
 from bsky_backfill.simulate.content import Pools
+from bsky_backfill.simulate.damage import Damage
 from bsky_backfill.simulate.scenario import Scenario
 from bsky_backfill.simulate.truth import AccountTruth, GroundTruth
 from bsky_backfill.simulate.writer import AccountOut, RepoWriter
@@ -98,6 +99,7 @@ def generate(
     web_outs = [RepoWriter(scenario, a, pools).write() for a in web]
 
     truth = GroundTruth()
+    damages: dict[str, Damage] = {}
     built = 0
     for acct, out in zip(plc + web, plc_outs + web_outs, strict=True):
         built += len(out.records)
@@ -106,16 +108,21 @@ def generate(
         acct.repo = out.repo
         truth.records.extend(out.records)
         truth.unreachable_cids.update(out.orphans)
+        if out.damage is not None:
+            truth.broken_records.update(out.damage.broken)
+            damages[acct.did] = out.damage
     unknown = unknown_dids(scenario)
     for acct in accounts:
-        truth.accounts[acct.did] = account_truth(acct, urls)
+        truth.accounts[acct.did] = account_truth(acct, urls, damages.get(acct.did))
     for did in unknown:
         truth.accounts[did] = AccountTruth(did, "", "plc", "unknown", None, None, None, None, None)
     truth.input_dids = [a.did for a in accounts] + unknown
     return SimContent(accounts, unknown, truth, built)
 
 
-def account_truth(acct: SimAccount, host_urls: list[str]) -> AccountTruth:
+def account_truth(
+    acct: SimAccount, host_urls: list[str], damage: Damage | None = None
+) -> AccountTruth:
     """What the truth says about one account, given the URLs its hosts were bound to."""
     repo = acct.repo
     tombstoned = acct.status == "tombstoned"
@@ -131,6 +138,8 @@ def account_truth(acct: SimAccount, host_urls: list[str]) -> AccountTruth:
         signing_key=None if tombstoned else acct.published_key.did_key,
         signature_valid=not acct.bad_signature,
         records=repo.record_count if repo else 0,
+        damage=damage.kind if damage else None,
+        damaged_uri=damage.uri if damage else None,
     )
 
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from bsky_backfill.simulate.accounts import SimAccount
 from bsky_backfill.simulate.directory import DidWebSite, PlcDirectory
 from bsky_backfill.simulate.generator import SimContent, generate
+from bsky_backfill.simulate.mutate import Mutation, mutate_account
 from bsky_backfill.simulate.pds import PdsHost
 from bsky_backfill.simulate.policy import HostPolicy
 from bsky_backfill.simulate.relay import SimRelay
@@ -179,6 +180,14 @@ class SimNetwork:
     @property
     def accounts(self) -> list[SimAccount]:
         return self.content.accounts
+
+    def mutate(
+        self, did: str, *, add_posts: int = 0, delete_uris: tuple[str, ...] = ()
+    ) -> Mutation:
+        """Give `did` a new commit with new posts and/or deleted records (refresh tests)."""
+        return mutate_account(
+            self.account(did), self.truth, add_posts=add_posts, delete_uris=delete_uris
+        )
 
     def account(self, did: str) -> SimAccount:
         """The simulated account behind `did` (KeyError for unknown DIDs)."""

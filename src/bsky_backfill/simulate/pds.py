@@ -28,6 +28,7 @@ from bsky_backfill.simulate.atjson import to_atproto_json
 from bsky_backfill.simulate.car import RepoImage, encode_car
 from bsky_backfill.simulate.directory import did_document
 from bsky_backfill.simulate.ids import cid_str
+from bsky_backfill.simulate.mutate import diff_car
 from bsky_backfill.simulate.policy import FAULT, HostPolicy, json_error, site_app
 
 CHUNK = 64 * 1024
@@ -146,6 +147,10 @@ class PdsHost:
         if since and since >= repo.rev:
             # Nothing changed after `since`: a diff CAR holding just the commit.
             body = encode_car(repo.commit_cid, [(repo.commit_cid, repo.commit_block)])
+        elif since:
+            older = [image for image in acct.history if image.rev == since]
+            if older:  # what changed after `since`; an unknown rev gets the whole repo
+                body = diff_car(repo, older[-1])
         return await self._stream(request, body, request.get(FAULT))
 
     async def _stream(

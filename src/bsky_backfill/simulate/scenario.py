@@ -32,6 +32,9 @@ from bsky_backfill.simulate.content import (
 
 AccountStatus = Literal["takendown", "deactivated", "suspended", "notfound"]
 
+#: Scenario knobs that damage an account's repo (each names `SimAccount.damage`).
+DAMAGE_KNOBS = ("tampered_record", "foreign_commit", "missing_mst_node", "broken_records")
+
 #: Relative frequency of each collection among an account's records (the
 #: profile is extra: most accounts have exactly one, rkey "self").
 DEFAULT_COLLECTION_WEIGHTS: Mapping[str, float] = MappingProxyType(
@@ -134,6 +137,15 @@ class Scenario:
     to derive); None = one key per account."""
     bad_signature: int = 0
     """Active accounts whose commit is signed by a key other than the published one."""
+    tampered_record: int = 0
+    """Active accounts whose CAR carries one app.bsky record altered after signing (CID kept)."""
+    foreign_commit: int = 0
+    """Active accounts whose commit, validly signed, names another DID."""
+    missing_mst_node: int = 0
+    """Active accounts whose CAR lacks one MST node (a non-root one when there is one)."""
+    broken_records: int = 0
+    """Active accounts whose CAR lacks one app.bsky record block and holds another that is
+    not valid DAG-CBOR (signed as it is): only those two records fail (getRepo only)."""
     invalid_rate: float = 0.01
     """Share of records made invalid (missing/unparseable createdAt, wrong $type)."""
     orphan_rate: float = 0.1
@@ -209,5 +221,9 @@ class Scenario:
                 "workers",
             }
         }
+        # Damage knobs left at 0 stay out, so older scenarios keep their cache keys.
+        for knob in DAMAGE_KNOBS:
+            if not shaping.get(knob):
+                shaping.pop(knob, None)
         blob = json.dumps(shaping, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:24]

@@ -25,6 +25,13 @@ Semantics a correct backfill must meet (window = [since, until) on createdAt):
   gives `verify/VerificationFailed` (when verifying); an invalid record in a
   wanted collection of a fetchable account gives `validate/InvalidRecord` with
   its uri, whatever the window (an invalid createdAt cannot be placed in it).
+* **Damaged repos** (`damage.py`): a commit naming another DID gives
+  `verify/VerificationFailed` (verifying or not); a missing MST node gives
+  `verify/VerificationFailed` (`decode/InvalidMST` without verifying); a
+  tampered record gives `verify/VerificationFailed` when verifying and its
+  collection is wanted (otherwise the repo lands, the tampered record with
+  its altered bytes); a record whose block is missing or undecodable gives
+  `decode/RecordBlockMissing | InvalidRecordBlock` with its uri (the rest lands).
 """
 
 from __future__ import annotations
@@ -118,6 +125,10 @@ class AccountTruth:
     """The did:key published in the DID document."""
     signature_valid: bool = True
     records: int = 0
+    damage: str | None = None
+    """How the repo is damaged (`simulate/damage.py`; one of `scenario.DAMAGE_KNOBS`)."""
+    damaged_uri: str | None = None
+    """The record served with altered bytes (damage `tampered_record`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,12 +169,39 @@ class GroundTruth:
     """CIDs of record blocks present in CARs but not reachable from the MST (must not land)."""
     input_dids: list[str] = field(default_factory=list)
     """What a user would list: every account plus the tombstoned and unknown DIDs."""
+    broken_records: dict[str, str] = field(default_factory=dict)
+    """uri -> code (RecordBlockMissing, InvalidRecordBlock) of records whose block is
+    absent from, or not valid DAG-CBOR in, an otherwise valid repo (damage `broken_records`)."""
 
-    def fetchable(self, did: str, *, verify: bool = True) -> bool:
+    def fetchable(
+        self, did: str, *, verify: bool = True, collections: Iterable[str] | None = None
+    ) -> bool:
+        """Whether `did`'s repo lands (its records then land or fail one by one)."""
+        return self._acct_ok(did) and self._repo_failure(did, verify, collections) is None
+
+    def _acct_ok(self, did: str) -> bool:
         acct = self.accounts.get(did)
-        if acct is None or acct.status != "active":
-            return False
-        return acct.signature_valid or not verify
+        return acct is not None and acct.status == "active"
+
+    def _repo_failure(
+        self, did: str, verify: bool, collections: Iterable[str] | None
+    ) -> ExpectedDeadLetter | None:
+        """The whole-repo dead letter of an active account whose repo cannot be trusted."""
+        acct = self.accounts[did]
+        if verify and not acct.signature_valid:
+            return ExpectedDeadLetter(did, None, "verify", "VerificationFailed")
+        if acct.damage == "foreign_commit":  # the DID check is made even without verifying
+            return ExpectedDeadLetter(did, None, "verify", "VerificationFailed")
+        if acct.damage == "missing_mst_node":
+            if verify:
+                return ExpectedDeadLetter(did, None, "verify", "VerificationFailed")
+            return ExpectedDeadLetter(did, None, "decode", "InvalidMST")
+        if acct.damage == "tampered_record" and verify and acct.damaged_uri:
+            # Only blocks that would land are hashed: an unwanted one goes unnoticed.
+            wanted = APP_BSKY_COLLECTIONS if collections is None else frozenset(collections)
+            if acct.damaged_uri.split("/")[3] in wanted:
+                return ExpectedDeadLetter(did, None, "verify", "VerificationFailed")
+        return None
 
     def records_of(self, did: str) -> list[RecordTruth]:
         return [r for r in self.records if r.did == did]
@@ -184,12 +222,17 @@ class GroundTruth:
         """
         wanted = APP_BSKY_COLLECTIONS if collections is None else frozenset(collections)
         chosen = set(self.input_dids if dids is None else dids)
-        ok = {d for d in chosen if self.fetchable(d, verify=verify)}
+        ok = {d for d in chosen if self.fetchable(d, verify=verify, collections=wanted)}
         lo, hi = _as_utc(since), _as_utc(until)
+        broken = self.broken_records
         return {
             r.uri: r
             for r in self.records
-            if r.did in ok and r.collection in wanted and r.valid and in_window(r, lo, hi)
+            if r.did in ok
+            and r.collection in wanted
+            and r.valid
+            and r.uri not in broken
+            and in_window(r, lo, hi)
         }
 
     def expected_dead_letters(
@@ -209,15 +252,17 @@ class GroundTruth:
                 out.add(ExpectedDeadLetter(did, None, "resolve", "DidNotFound"))
             elif acct.status != "active":
                 out.add(ExpectedDeadLetter(did, None, "fetch", _STATUS_CODES[acct.status]))
-            elif verify and not acct.signature_valid:
-                out.add(ExpectedDeadLetter(did, None, "verify", "VerificationFailed"))
+            else:
+                failure = self._repo_failure(did, verify, wanted)
+                if failure is not None:
+                    out.add(failure)
+        landing = {d for d in chosen if self.fetchable(d, verify=verify, collections=wanted)}
         for r in self.records:
-            if (
-                not r.valid
-                and r.collection in wanted
-                and r.did in chosen
-                and self.fetchable(r.did, verify=verify)
-            ):
+            if r.collection not in wanted or r.did not in landing:
+                continue
+            if r.uri in self.broken_records:
+                out.add(ExpectedDeadLetter(r.did, r.uri, "decode", self.broken_records[r.uri]))
+            elif not r.valid:
                 out.add(ExpectedDeadLetter(r.did, r.uri, "validate", "InvalidRecord"))
         return out
 

@@ -34,6 +34,7 @@ from bsky_backfill.simulate.content import (
     Pools,
     PostRef,
 )
+from bsky_backfill.simulate.damage import Damage, plan_damage
 from bsky_backfill.simulate.ids import cid_for_block, datetime_to_micros, format_utc, tid
 from bsky_backfill.simulate.scenario import Scenario
 from bsky_backfill.simulate.truth import CREATED_AT_OPTIONAL, CREATED_AT_REQUIRED, RecordTruth
@@ -50,6 +51,8 @@ class AccountOut:
     repo: RepoImage
     records: list[RecordTruth]
     orphans: list[str] = field(default_factory=list)
+    damage: Damage | None = None
+    """How the repo was damaged (`damage.py`), when the account asked for it."""
 
 
 class RepoWriter:
@@ -175,15 +178,21 @@ class RepoWriter:
         last = times[-1] if times else acct.created_us
         rev = tid(last + rng.randint(1_000_000, 3_600_000_000), rng.getrandbits(10))
         self.items.sort(key=lambda item: item[0])
+        damage = plan_damage(acct.damage, acct.did, self.items, self.truths)
         repo = build_repo(
             acct.did,
             rev,
-            self.items,
+            damage.items,
             acct.signing_key,
             orphans=orphans,
             block_order=scenario.block_order,
+            **damage.options,
         )
-        return AccountOut(repo, self.truths, [libipld.encode_cid(c) for c, _ in orphans])
+        orphan_cids = [libipld.encode_cid(c) for c, _ in orphans]
+        if damage.kind is None:
+            return AccountOut(repo, self.truths, orphan_cids)
+        damage.items = []  # not needed any more: keep pickles to builder processes small
+        return AccountOut(repo, self.truths, orphan_cids, damage)
 
     def _orphans(self, end: int) -> list[tuple[bytes, bytes]]:
         """Blocks of 'deleted' posts an old export might still carry, unreachable from the MST."""

@@ -24,6 +24,8 @@ import pyarrow.fs as pafs
 
 TMP_DIR = "_state/tmp"
 DEAD_LETTERS = "_deadletters"
+DELETIONS = "_deletions"
+"""Records a refresh found deleted or replaced (see engine/refresh.py)."""
 _TMP_SUFFIX = ".tmp"
 # Collection names come from repository data, i.e. from strangers: only
 # NSID-shaped names may become a directory (no "/", "..", leading "_" or ".").
@@ -32,6 +34,8 @@ _NSID = re.compile(r"[A-Za-z][A-Za-z0-9-]*(\.[A-Za-z0-9-]+)+")
 
 def check_collection(name: str) -> None:
     """Refuse a collection name that is not a safe, NSID-shaped directory name."""
+    if name == DELETIONS:
+        return
     if len(name) > 317 or not _NSID.fullmatch(name):
         raise ValueError(f"unsafe collection name for the dataset: {name!r}")
 

@@ -50,6 +50,10 @@ class RepoTask:
     host: str
     signing_key: str | None
     attempts: int
+    refresh: bool = False
+    """Fetch only what changed since `since` and compare with what landed before."""
+    since: str | None = None
+    """The commit rev that landed last time (refresh only; None: compare the whole repo)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,18 @@ class StateStore(Protocol):
 
     def claim(self, host: str, limit: int, now: dt.datetime) -> list[RepoTask]:
         """Atomically move up to `limit` due, resolved, pending repos of `host` to in_progress."""
+        ...
+
+    def withdraw(self, dids: Sequence[str]) -> list[str]:
+        """Take DIDs out of the queue unless a worker has had them: pending repos are
+        deleted; in-progress, done and failed ones are kept. Returns, in input order,
+        the DIDs that are not in the store afterwards (removed now, or never there).
+        Enumeration uses it for tombstoned DIDs and endpoints it refuses."""
+        ...
+
+    def mark_refresh(self) -> int:
+        """`run --refresh`: every done repo becomes pending again, marked as a refresh
+        (its stored rev is the `since`). Returns how many."""
         ...
 
     def retry_later(

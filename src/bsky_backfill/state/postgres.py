@@ -291,13 +291,44 @@ class PostgresStateStore:
                    UPDATE repos AS r SET state = 'in_progress', updated_at = now(),
                      lease_owner = %(me)s, lease_expires_at = clock_timestamp() + %(lease)s
                    FROM picked WHERE r.did = picked.did
-                   RETURNING r.did, r.pds, r.host, r.signing_key, r.attempts""",
+                   RETURNING r.did, r.pds, r.host, r.signing_key, r.attempts, r.refresh, r.rev""",
                 {"host": host, "now": now, "limit": limit, "me": self.owner, "lease": self.lease},
             )
             rows = cur.fetchall()
         return [
-            RepoTask(did=r[0], pds=r[1], host=r[2], signing_key=r[3], attempts=r[4]) for r in rows
+            RepoTask(
+                did=r[0],
+                pds=r[1],
+                host=r[2],
+                signing_key=r[3],
+                attempts=r[4],
+                refresh=bool(r[5]),
+                since=r[6] if r[5] else None,
+            )
+            for r in rows
         ]
+
+    def withdraw(self, dids: Sequence[str]) -> list[str]:
+        if not dids:
+            return []
+        with self._tx() as cur:
+            cur.execute(
+                "DELETE FROM repos WHERE did = ANY(%s) AND state = 'pending'", (list(dids),)
+            )
+            cur.execute("SELECT did FROM repos WHERE did = ANY(%s)", (list(dids),))
+            kept = {row[0] for row in cur.fetchall()}
+        return [d for d in dids if d not in kept]
+
+    def mark_refresh(self) -> int:
+        # One statement: with many workers, run it once (the first `run
+        # --refresh`), not per worker, or repos refreshed meanwhile go again.
+        with self._tx() as cur:
+            cur.execute(
+                """UPDATE repos SET state = 'pending', refresh = true, attempts = 0,
+                     next_attempt_at = '1970-01-01 00:00:00+00', updated_at = now()
+                   WHERE state = 'done'"""
+            )
+            return cur.rowcount
 
     def retry_later(
         self, did: str, attempts: int, next_attempt_at: dt.datetime, error: str

@@ -46,7 +46,8 @@ def record(
     if done:
         cur.executemany(
             """INSERT INTO repos(did, state, rev, records) VALUES (%s, 'done', %s, %s)
-               ON CONFLICT (did) DO UPDATE SET state = 'done', rev = excluded.rev,
+               ON CONFLICT (did) DO UPDATE SET state = 'done', refresh = false,
+                 rev = coalesce(excluded.rev, repos.rev),
                  records = excluded.records, error_code = NULL, last_error = NULL,
                  lease_owner = NULL, lease_expires_at = NULL, updated_at = now()""",
             [(d.did, d.rev, d.records) for d in sorted(done, key=lambda d: d.did)],

@@ -125,5 +125,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
         )""",
     ),
+    (
+        # `run --refresh`: a done repo goes back to pending with refresh set; its
+        # `rev` is what the diff is taken from (getRepo since=rev).
+        "ALTER TABLE repos ADD COLUMN refresh BOOLEAN NOT NULL DEFAULT false",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

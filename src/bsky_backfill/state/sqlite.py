@@ -274,12 +274,34 @@ class SqliteStateStore:
                      SELECT did FROM repos
                      WHERE state = 'pending' AND host = ? AND next_attempt_at <= ?
                      ORDER BY next_attempt_at LIMIT ?)
-                   RETURNING did, pds, host, signing_key, attempts""",
+                   RETURNING did, pds, host, signing_key, attempts, refresh, rev""",
                 (now_us, host, now_us, limit),
             ).fetchall()
         return [
-            RepoTask(did=r[0], pds=r[1], host=r[2], signing_key=r[3], attempts=r[4]) for r in rows
-        ]
+            RepoTask(
+                did=r[0], pds=r[1], host=r[2], signing_key=r[3], attempts=r[4],
+                refresh=bool(r[5]), since=r[6] if r[5] else None,
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    def withdraw(self, dids: Sequence[str]) -> list[str]:
+        with self._write() as c:
+            c.executemany(
+                "DELETE FROM repos WHERE did = ? AND state = 'pending'", [(d,) for d in dids]
+            )
+            kept = {
+                d for d in dids if c.execute("SELECT 1 FROM repos WHERE did = ?", (d,)).fetchone()
+            }
+        return [d for d in dids if d not in kept]
+
+    def mark_refresh(self) -> int:
+        with self._write() as c:
+            return c.execute(
+                """UPDATE repos SET state = 'pending', refresh = 1, attempts = 0,
+                     next_attempt_at = 0, updated_at = ? WHERE state = 'done'""",
+                (_now_us(),),
+            ).rowcount
 
     def retry_later(
         self, did: str, attempts: int, next_attempt_at: dt.datetime, error: str
@@ -327,7 +349,8 @@ class SqliteStateStore:
             c.executemany(
                 """INSERT INTO repos(did, state, rev, records, updated_at)
                    VALUES (?, 'done', ?, ?, ?)
-                   ON CONFLICT(did) DO UPDATE SET state = 'done', rev = excluded.rev,
+                   ON CONFLICT(did) DO UPDATE SET state = 'done', refresh = 0,
+                     rev = coalesce(excluded.rev, repos.rev),
                      records = excluded.records, error_code = NULL, last_error = NULL,
                      updated_at = excluded.updated_at""",
                 [(d.did, d.rev, d.records, now) for d in done],

@@ -88,5 +88,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at INTEGER NOT NULL
         ) WITHOUT ROWID""",
     ),
+    (
+        # `run --refresh`: a done repo goes back to pending with refresh = 1; its
+        # `rev` is what the diff is taken from (getRepo since=rev).
+        "ALTER TABLE repos ADD COLUMN refresh INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -111,6 +111,20 @@ class XrpcClient:
     # -- public calls -------------------------------------------------------------
     async def fetch_json(self, url: str, *, trusted: bool) -> Any:
         """GET a JSON document (DID documents). Raises the error tree; 404/410 -> TerminalError."""
+        body = await self.fetch_bytes(url, trusted=trusted, limit=4 * 1024 * 1024)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise TerminalError(f"{url}: response is not JSON", code="InvalidJson") from e
+
+    async def fetch_bytes(
+        self, url: str, *, trusted: bool, limit: int, label: str = "json"
+    ) -> bytes:
+        """GET `url` outside XRPC (DID documents, the PLC export's JSON lines) as bytes.
+
+        `trusted` picks the session: the operator's PLC directory, or the guarded one
+        for hosts named by untrusted data (did:web). `label` names the request in
+        response listeners (metrics)."""
         session = self._trusted if trusted else self._untrusted
         assert session is not None, "use `async with XrpcClient(...)`"
         host = urlsplit(url).hostname or ""
@@ -119,18 +133,16 @@ class XrpcClient:
         try:
             async with session.get(url, allow_redirects=False) as resp:
                 status = resp.status
-                body = await self._read_limited(resp, 4 * 1024 * 1024)
+                body = await self._read_limited(resp, limit)
                 if status != 200:
                     raise _status_error(status, resp.headers, body)
-                return orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            raise TerminalError(f"{url}: response is not JSON", code="InvalidJson") from e
+                return body
         except aiohttp.ClientError as e:
             raise _client_error(e, url) from e
         except TimeoutError as e:
             raise TransientError(f"{url}: timed out", code="Timeout") from e
         finally:
-            self._emit(host, "json", status, len(body))
+            self._emit(host, label, status, len(body))
 
     async def xrpc_json(
         self, base: str, endpoint: str, params: Mapping[str, str | int], slot: HostSlot
@@ -142,10 +154,16 @@ class XrpcClient:
         except orjson.JSONDecodeError as e:
             raise TransientError(f"{endpoint}: response is not JSON", code="InvalidJson") from e
 
-    async def get_repo(self, base: str, did: str, slot: HostSlot) -> Body:
-        """The whole repository as a CAR body (`com.atproto.sync.getRepo`)."""
+    async def get_repo(
+        self, base: str, did: str, slot: HostSlot, *, since: str | None = None
+    ) -> Body:
+        """The repository as a CAR body (`com.atproto.sync.getRepo`); with `since`, only
+        what changed after that revision (hosts that cannot diff send it all)."""
+        params: dict[str, str | int] = {"did": did}
+        if since:
+            params["since"] = since
         return await self._xrpc_get(
-            base, GET_REPO, {"did": did}, slot, limit=self.settings.max_car_bytes, spool=True
+            base, GET_REPO, params, slot, limit=self.settings.max_car_bytes, spool=True
         )
 
     # -- internals ------------------------------------------------------------------

@@ -33,9 +33,8 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
-import aiohttp
 import orjson
 
 from bsky_backfill.engine.enumerate.base import (
@@ -50,7 +49,6 @@ from bsky_backfill.engine.enumerate.base import (
 from bsky_backfill.errors import BackfillError, TerminalError, TransientError
 from bsky_backfill.identity.resolver import host_key
 from bsky_backfill.state.base import Identity
-from bsky_backfill.xrpc import client as xrpc_client
 from bsky_backfill.xrpc.client import XrpcClient
 from bsky_backfill.xrpc.retry import RetryPolicy, error_summary
 from bsky_backfill.xrpc.ssrf import check_endpoint
@@ -163,31 +161,8 @@ async def _no_lookup(host: str, port: int) -> list[str]:
 
 
 async def fetch_bytes(client: XrpcClient, url: str) -> bytes:
-    """GET `url` from the trusted PLC directory as raw bytes (the export is JSON lines,
-    which `XrpcClient.fetch_json` cannot parse), mapped into the error tree.
-
-    Stand-in until XrpcClient grows a public `fetch_bytes`; it uses the client's
-    trusted session, its error mapping and its response listeners, exactly as
-    `fetch_json` does.
-    """
-    session = client._trusted
-    assert session is not None, "use `async with XrpcClient(...)`"
-    host = urlsplit(url).hostname or ""
-    status: int | None = None
-    body = b""
-    try:
-        async with session.get(url, allow_redirects=False) as resp:
-            status = resp.status
-            body = await client._read_limited(resp, _MAX_PAGE_BYTES)
-            if status != 200:
-                raise xrpc_client._status_error(status, resp.headers, body)
-            return body
-    except aiohttp.ClientError as e:
-        raise xrpc_client._client_error(e, url) from e
-    except TimeoutError as e:
-        raise TransientError(f"{url}: timed out", code="Timeout") from e
-    finally:
-        client._emit(host, "export", status, len(body))
+    """GET `url` from the trusted PLC directory as raw bytes (the export is JSON lines)."""
+    return await client.fetch_bytes(url, trusted=True, limit=_MAX_PAGE_BYTES, label="export")
 
 
 class PlcExportSource:
