@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
+from rich.segment import SegmentLines
 from rich.table import Table
 from rich.text import Text
 
@@ -112,15 +113,15 @@ def summary_line(snap: RunSnapshot, rates: tuple[float, float, float]) -> str:
     return "; ".join(summary_parts(snap, rates))
 
 
-def render(
-    snap: RunSnapshot, rates: tuple[float, float, float], hosts: HostsView
-) -> RenderableType:
-    """The live display for one snapshot (pure: tests render it to a recording Console)."""
+def header(snap: RunSnapshot, rates: tuple[float, float, float]) -> RenderableType:
+    """The bar and the two summary lines (cheap: redrawn at every refresh)."""
     repos, flow = summary_parts(snap, rates)
-    bar = ProgressBar(total=max(snap.repos_total, 1), completed=snap.repos_finished, width=30)
-    header = Table.grid(padding=(0, 1))
-    header.add_row(bar, Text(repos))
-    header.add_row("", Text(flow))
+    bar = ProgressBar(total=max(snap.repos_total, 1), completed=snap.repos_finished, width=60)
+    return Group(bar, Text(repos), Text(flow))
+
+
+def host_table(hosts: HostsView) -> Table:
+    """The busiest hosts, then the paused ones (a host both busy and paused: listed once)."""
     table = Table(*HOST_COLUMNS, title="hosts: busiest and paused", title_justify="left")
     for col in table.columns[1:7]:
         col.justify = "right"
@@ -133,7 +134,14 @@ def render(
     more = hosts.paused - len(hosts.paused_hosts)
     if more > 0:
         table.caption = f"... and {more:,} more paused hosts"
-    return Group(header, table)
+    return table
+
+
+def render(
+    snap: RunSnapshot, rates: tuple[float, float, float], hosts: HostsView
+) -> RenderableType:
+    """The whole live display for one snapshot (pure: tests render it to a recording Console)."""
+    return Group(header(snap, rates), host_table(hosts))
 
 
 def _host_row(view: HostView) -> tuple[str, ...]:
@@ -164,6 +172,9 @@ class ProgressDisplay:
         self.rates = RateWindow()
         self._live = Live(console=self.console, auto_refresh=False, transient=False)
         self._next = 0.0
+        self._table: RenderableType = ""
+        self._table_of: HostsView | None = None
+        self._table_width = 0
 
     def attach(self, backfill: Backfill) -> None:
         backfill.on_tick.append(self.on_tick)
@@ -179,9 +190,14 @@ class ProgressDisplay:
         self._next = now + self.refresh
         snap = self.sampler.sample(backfill)
         self.rates.add(snap)
-        self._live.update(
-            render(snap, self.rates.rates(), self.sampler.hosts(backfill)), refresh=True
-        )
+        hosts = self.sampler.hosts(backfill)
+        if hosts is not self._table_of or self.console.width != self._table_width:
+            # Laying out a rich table costs milliseconds: do it only when the host
+            # view changes (once a second) and redraw the laid-out lines in between.
+            lines = self.console.render_lines(host_table(hosts), self.console.options, pad=False)
+            self._table = SegmentLines(lines, new_lines=True)
+            self._table_of, self._table_width = hosts, self.console.width
+        self._live.update(Group(header(snap, self.rates.rates()), self._table), refresh=True)
 
     def stop(self) -> None:
         self._live.stop()
@@ -229,6 +245,8 @@ __all__ = [
     "RateWindow",
     "format_bytes",
     "format_duration",
+    "header",
+    "host_table",
     "render",
     "summary_line",
     "summary_parts",

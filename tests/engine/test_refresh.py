@@ -1,0 +1,76 @@
+"""`run --refresh`: after the repos change, a refresh lands exactly the new records
+and records the deleted ones in `_deletions`; nothing is fetched twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bsky_backfill.simulate import Scenario, run_network_in_thread
+from tests.conftest import run_cli
+from tests.dataset import collections_in, read_rows
+
+GET_REPO = "com.atproto.sync.getRepo"
+POST = "app.bsky.feed.post"
+
+
+def current_view(out: Path) -> dict[str, dict[str, object]]:
+    """Rows minus the (uri, cid) pairs `_deletions` supersedes; uri must be unique there."""
+    gone = {(d["uri"], d["cid"]) for d in read_rows(out, "_deletions")}
+    view: dict[str, dict[str, object]] = {}
+    for collection in collections_in(out):
+        for row in read_rows(out, collection):
+            if (row["uri"], row["cid"]) in gone:
+                continue
+            assert row["uri"] not in view, f"two current versions of {row['uri']}"
+            view[str(row["uri"])] = row
+    return view
+
+
+def test_refresh_lands_new_records_and_records_deletions(tmp_path: Path) -> None:
+    scenario = Scenario(seed=51, accounts=12, hosts=2, mean_records=30, did_web=1)
+    out = tmp_path / "out"
+    with run_network_in_thread(scenario) as net:
+        dids = tmp_path / "dids.txt"
+        dids.write_text("\n".join(net.truth.input_dids) + "\n")
+        args = ["run", "--dids", str(dids), "--out", str(out), "--plc-url", net.plc_url,
+                "--allow-private-hosts", "--no-progress", "--rate-limit", "0"]  # fmt: skip
+        first = run_cli(*args)
+        assert first.returncode == 0, first.stderr
+        before = current_view(out)
+        landed = net.truth.expected_rows()
+        with_posts = sorted({r.did for r in landed.values() if r.collection == POST})
+        posts = sorted(
+            r for r in landed.values() if r.did == with_posts[0] and r.collection == POST
+        )
+        grown = [net.mutate(with_posts[1], add_posts=3), net.mutate(with_posts[2], add_posts=120)]
+        shrunk = net.mutate(with_posts[0], delete_uris=(posts[0].uri,))
+        requests_before = net.stats.count(endpoint=GET_REPO)
+        refresh = run_cli("run", "--refresh", "--out", str(out), "--plc-url", net.plc_url,
+                          "--allow-private-hosts", "--no-progress", "--rate-limit", "0")  # fmt: skip
+        assert refresh.returncode == 0, refresh.stderr
+        refetched = net.stats.count(endpoint=GET_REPO) - requests_before
+        files_after_refresh = sorted(out.rglob("*.parquet"))
+        again = run_cli("run", "--refresh", "--out", str(out), "--plc-url", net.plc_url,
+                        "--allow-private-hosts", "--no-progress", "--rate-limit", "0")  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        # nothing changed since: no new rows, no new deletions, no new files
+        assert sorted(out.rglob("*.parquet")) == files_after_refresh
+        truth = net.truth
+        done = sum(1 for d in truth.accounts if truth.fetchable(d))
+    # every finished repo was asked once for what changed since its rev
+    assert refetched == done
+    view = current_view(out)
+    expected = truth.expected_rows()
+    assert set(view) == set(expected)
+    for uri, rec in expected.items():
+        assert view[uri]["cid"] == rec.cid
+    added = {r.uri for m in grown for r in m.added}
+    assert added <= set(view) and not added & set(before)
+    deletions = read_rows(out, "_deletions")
+    assert [(d["uri"], d["reason"], d["cid"]) for d in deletions] == [
+        (posts[0].uri, "deleted", posts[0].cid)
+    ]
+    assert deletions[0]["rev"] == shrunk.new_rev
+    # rows appended, never rewritten: everything from before is still in the files
+    all_rows = {str(r["uri"]) for c in collections_in(out) for r in read_rows(out, c)}
+    assert set(before) <= all_rows
