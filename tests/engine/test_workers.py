@@ -35,3 +35,53 @@ def test_two_workers_give_the_exact_ground_truth(tmp_path: Path) -> None:
     assert_matches_truth(out, truth.expected_rows(), truth.expected_dead_letters())
     writers = {p.name.split("-")[2] for p in out.rglob("part-*.parquet")}
     assert len(writers) >= 2, "only one process wrote files"
+
+
+def children_running_spawn_main(pid: int) -> list[int]:
+    """PIDs of `pid`'s multiprocessing worker children (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and "spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_worker_process_is_taken_over(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scenario = Scenario(seed=42, accounts=60, hosts=6, mean_records=30)
+    out = tmp_path / "out"
+    with run_network_in_thread(scenario) as net:
+        dids = tmp_path / "dids.txt"
+        dids.write_text("\n".join(net.truth.input_dids) + "\n")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bsky_backfill", "run", "--dids", str(dids), "--out",
+             str(out), "--plc-url", net.plc_url, "--allow-private-hosts", "--no-progress",
+             "--workers", "2", "--rate-limit", "8", "--host-concurrency", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        children: list[int] = []
+        while not children or net.stats.count(endpoint="com.atproto.sync.getRepo") < 30:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no worker process appeared"
+            time.sleep(0.05)
+            children = children or children_running_spawn_main(proc.pid)
+        os.kill(children[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+        truth = net.truth
+    assert proc.returncode == 0, stderr
+    assert "took over their hosts" in stderr
+    assert_matches_truth(out, truth.expected_rows(), truth.expected_dead_letters())

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ class Backfill:
         self.source = source
         self.role = role or Role(0, settings.workers)
         self._followers: list[BaseProcess] = []
+        self._parent_pid = os.getppid()
         self.stats = RunStats()
         self.slots: dict[str, HostSlot] = {}
         self._stop = asyncio.Event()
@@ -368,12 +370,51 @@ class Backfill:
                     # timer, so the store's view of what is left is exact.
                     self._commit()
                     continue
+                if self._followers and self.role.count > 1:
+                    if not any(p.is_alive() for p in self._followers):
+                        self._take_over()
+                        continue
                 due = self.store.next_due()
                 if due is None:
-                    return
+                    if self._others_finished():
+                        return
+                    await self._wait(1.0)
+                    continue
                 await self._wait(min(5.0, max(0.05, (due - utcnow()).total_seconds())))
                 continue
             await self._wait(0.5)
+
+    def _take_over(self) -> None:
+        """SQLite `--workers`: every follower has exited, so what is still in progress
+        was orphaned by one that died; the leader takes it, and every host, over."""
+        recovered = self.store.recover()
+        codes = [p.exitcode for p in self._followers]
+        if any(code != 0 for code in codes):
+            log.warning(
+                "worker processes ended with %s; took over their hosts and %d repos they left",
+                codes,
+                recovered,
+            )
+        self.role = Role(0, 1)
+
+    def _others_finished(self) -> bool:
+        """Nothing is pending. Is anything still held by another process? Its repos may
+        come back (a retry) or be orphaned (a dead worker): then this process waits,
+        and takes orphans over when it can tell their owner is gone."""
+        if self.store.counts().get(RepoState.IN_PROGRESS, 0) == 0:
+            return True
+        reclaim = getattr(self.store, "reclaim_expired", None)
+        if reclaim is not None:
+            reclaim()  # PostgreSQL: expired leases of dead workers go back to pending
+            return False
+        if self.role.leader and self._followers and self.role.count > 1:
+            if not any(p.is_alive() for p in self._followers):
+                self._take_over()
+            return False
+        # A follower waits while others work (what comes back may be its host's),
+        # unless the leader that would take over orphans is itself gone.
+        return not self.role.leader and os.getppid() != self._parent_pid
+
 
     def wake(self) -> None:
         self._wake.set()
