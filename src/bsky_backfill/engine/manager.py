@@ -46,7 +46,7 @@ from bsky_backfill.errors import TerminalError, TransientError, UsageError
 from bsky_backfill.identity.resolver import DidResolver
 from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
 from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
-from bsky_backfill.state.base import Identity, RepoFailed, RepoState, StateStore
+from bsky_backfill.state.base import Identity, RepoDone, RepoFailed, RepoState, StateStore
 from bsky_backfill.state.open import open_store
 from bsky_backfill.xrpc.client import XrpcClient
 from bsky_backfill.xrpc.retry import error_summary, next_attempt
@@ -104,6 +104,7 @@ class Backfill:
         # DIDs dead-lettered before they were claimed (resolution failures): still
         # pending in the store until the next commit, so they must not be resolved again.
         self._failed_uncommitted: set[str] = set()
+        self._fatal: Exception | None = None
         self._rand = random.Random()
         self.on_tick: list[Callable[[Backfill], None]] = []
 
@@ -167,7 +168,13 @@ class Backfill:
                             await join_followers(self._followers)
             finally:
                 extractor.close()
-                self._commit()
+                if self._fatal is None:
+                    self._commit()
+                else:
+                    with contextlib.suppress(Exception):
+                        sink.abort()  # its repos are still in progress: the next run redoes them
+            if self._fatal is not None:
+                raise self._fatal
             return self._summary(store)
         finally:
             store.close()
@@ -370,10 +377,9 @@ class Backfill:
                     # timer, so the store's view of what is left is exact.
                     self._commit()
                     continue
-                if self._followers and self.role.count > 1:
-                    if not any(p.is_alive() for p in self._followers):
-                        self._take_over()
-                        continue
+                if self._followers and self.role.count > 1 and not self._followers_alive():
+                    self._take_over()
+                    continue
                 due = self.store.next_due()
                 if due is None:
                     if self._others_finished():
@@ -383,6 +389,9 @@ class Backfill:
                 await self._wait(min(5.0, max(0.05, (due - utcnow()).total_seconds())))
                 continue
             await self._wait(0.5)
+
+    def _followers_alive(self) -> bool:
+        return any(p.is_alive() for p in self._followers)
 
     def _take_over(self) -> None:
         """SQLite `--workers`: every follower has exited, so what is still in progress
@@ -408,24 +417,47 @@ class Backfill:
             reclaim()  # PostgreSQL: expired leases of dead workers go back to pending
             return False
         if self.role.leader and self._followers and self.role.count > 1:
-            if not any(p.is_alive() for p in self._followers):
+            if not self._followers_alive():
                 self._take_over()
             return False
         # A follower waits while others work (what comes back may be its host's),
         # unless the leader that would take over orphans is itself gone.
         return not self.role.leader and os.getppid() != self._parent_pid
 
-
     def wake(self) -> None:
         self._wake.set()
 
     # -- results ------------------------------------------------------------------------
+    def _sink_call(self, what: str, call: Callable[[], object]) -> bool:
+        """Run a sink operation; a failure there is fatal for the run (the batch can no
+        longer be trusted): stop, and let `run()` raise it. False when it failed."""
+        if self._fatal is not None:
+            return False
+        try:
+            call()
+        except Exception as e:
+            log.error("the dataset writer failed (%s): %s; stopping", what, e)
+            self._fatal = e
+            self.request_stop()
+            return False
+        return True
+
+    def land(
+        self, extract: RepoExtract, done: RepoDone, cursors: list[tuple[str, str | None]]
+    ) -> bool:
+        """A finished repo into the open batch (done at the next commit)."""
+        return self._sink_call("add", lambda: self.sink.add(extract, done, cursors))
+
+    def land_partial(self, extract: RepoExtract, cursors: list[tuple[str, str | None]]) -> bool:
+        """Part of a repo still being fetched (list mode) into the open batch."""
+        return self._sink_call("add_partial", lambda: self.sink.add_partial(extract, cursors))
+
     def _fail(self, did: str, stage: str, code: str, message: str) -> None:
         """Dead-letter a whole repo (lands with the next commit)."""
-        self.sink.add_failed(
-            RepoFailed(did=did, code=code, message=message),
-            DeadLetter(did=did, uri=None, stage=stage, error=code, message=message),
-        )
+        failed = RepoFailed(did=did, code=code, message=message)
+        letter = DeadLetter(did=did, uri=None, stage=stage, error=code, message=message)
+        if not self._sink_call("add_failed", lambda: self.sink.add_failed(failed, letter)):
+            return
         self._failed_uncommitted.add(did)
         self.stats.repos_failed += 1
         self.stats.dead_letters[code] += 1
@@ -448,7 +480,8 @@ class Backfill:
     def _commit(self) -> None:
         sink = getattr(self, "sink", None)
         if sink is not None:
-            sink.commit()
+            if not self._sink_call("commit", sink.commit):
+                return
             self._failed_uncommitted.clear()
             self.stats.commits += 1
 

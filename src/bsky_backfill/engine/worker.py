@@ -72,7 +72,8 @@ class RepoWorker:
                 )
                 del data
             done = RepoDone(did=task.did, rev=extract.rev, records=extract.row_count)
-            run.sink.add(extract, done, cursors)
+            if not run.land(extract, done, cursors):
+                return
             run.stats.repos_done += 1
             slot.done += 1
             run.count_rows(extract)
@@ -92,7 +93,8 @@ class RepoWorker:
 
     def _partial(self, part: RepoExtract, key: str, value: str) -> None:
         """List mode: a big repo's finished pages go to the open batch with their cursor."""
-        self.run.sink.add_partial(part, [(key, value)])
+        if not self.run.land_partial(part, [(key, value)]):
+            raise RepoInvalid("the dataset writer failed", code="InternalError")
         self.run.count_rows(part)
         self.run._maybe_commit()
 
