@@ -254,8 +254,17 @@ def _settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource
     if not opts["plc_url"].startswith(("http://", "https://")):
         raise UsageError(f"--plc-url {opts['plc_url']!r} must be an http(s) URL")
     source = DidSource.from_args(list(opts["did_list"]), opts["dids_file"]) if listed else None
-    out = Path(opts["out"])
-    check_out_writable(out)
+    out = opts["out"]
+    if "://" in out:
+        if not opts["queue"]:
+            raise UsageError(
+                f"--out {out}: a remote dataset needs --queue postgresql://... "
+                "(the state cannot live on object storage)"
+            )
+        if opts["refresh"]:
+            raise UsageError("--refresh needs a local --out (it reads what landed with DuckDB)")
+    else:
+        check_out_writable(Path(out))
     progress = opts["progress"] if opts["progress"] is not None else sys.stdout.isatty()
     settings = RunSettings(
         out=out,

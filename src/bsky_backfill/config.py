@@ -8,9 +8,10 @@ pydantic cannot express (DID lines, NSIDs) happens in cli.py and sources.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bsky_backfill.models import RecordFilter
 from bsky_backfill.xrpc.client import HttpSettings
@@ -22,8 +23,9 @@ class RunSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
-    out: Path = Field(default=Path("bsky-data"))
-    """Dataset root: Parquet tables per collection, `_deadletters/`, `_state/`."""
+    out: str = "bsky-data"
+    """Dataset root: a local directory or a pyarrow/fsspec URL (`s3://bucket/prefix`)
+    holding the Parquet tables per collection, `_deadletters/` and (local) `_state/`."""
     all_from_plc: bool = False
     """Enumerate every DID in the PLC directory's /export."""
     from_relay: str | None = None
@@ -71,6 +73,17 @@ class RunSettings(BaseModel):
     def record_filter(self) -> RecordFilter:
         return RecordFilter(collections=self.collections, since=self.since, until=self.until)
 
+    @field_validator("out", mode="before")
+    @classmethod
+    def _out_as_text(cls, value: object) -> object:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @property
+    def remote_out(self) -> bool:
+        """Whether OUT is on a remote filesystem (then the queue must be elsewhere)."""
+        return "://" in self.out
+
     @property
     def state_path(self) -> Path:
-        return self.out / "_state" / "state.sqlite"
+        """The default SQLite queue: OUT/_state/state.sqlite (local OUT only)."""
+        return Path(self.out) / "_state" / "state.sqlite"

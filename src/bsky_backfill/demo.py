@@ -38,7 +38,7 @@ def run_demo(out: Path, *, accounts: int = 60, hosts: int = 4, seed: int = 2024)
             fh.write("\n".join(truth.input_dids) + "\n")
             dids_file = fh.name
         settings = RunSettings(
-            out=out,
+            out=str(out),
             plc_url=net.plc_url,
             collections=frozenset(DEFAULT_COLLECTIONS),
             allow_private_hosts=True,

@@ -20,7 +20,7 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
-def print_summary(summary: RunSummary, out: Path) -> None:
+def print_summary(summary: RunSummary, out: Path | str) -> None:
     """What a run prints when it ends."""
     console = _console()
     verb = "stopped" if summary.stopped else "finished"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bsky_backfill.engine.cpu import Extractor
@@ -42,7 +43,7 @@ class RepoWorker:
         self.client = client
         self.extractor = extractor
         self.filter = run.settings.record_filter
-        self.landed = LandedIndex(run.settings.out, self.filter.collections)
+        self.landed = LandedIndex(Path(run.settings.out), self.filter.collections)
         self.lister: ListFetcher | None = None
         if run.settings.method == "list":
             self.lister = ListFetcher(

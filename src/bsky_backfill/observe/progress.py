@@ -10,8 +10,10 @@ second, on the event-loop thread). Two reporters:
 - `ProgressLog` (no terminal, or `--no-progress`): one INFO line on the
   `bsky_backfill.progress` logger every `interval` seconds.
 
-Each tick that is not due costs one clock read, so the run does not slow down
-(bench/progress_overhead.py measures it).
+The display shares the event loop with the run, so it is kept cheap: a tick
+that is not due costs one clock read, and a frame is laid out as styled text
+(under a millisecond; a rich `Table` took ten). bench/progress_overhead.py
+measures what it costs a run.
 """
 
 from __future__ import annotations
@@ -23,9 +25,6 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.segment import SegmentLines
-from rich.table import Table
 from rich.text import Text
 
 from bsky_backfill.observe.snapshot import HostsView, HostView, RunSampler, RunSnapshot
@@ -113,28 +112,44 @@ def summary_line(snap: RunSnapshot, rates: tuple[float, float, float]) -> str:
     return "; ".join(summary_parts(snap, rates))
 
 
-def header(snap: RunSnapshot, rates: tuple[float, float, float]) -> RenderableType:
-    """The bar and the two summary lines (cheap: redrawn at every refresh)."""
+def header(snap: RunSnapshot, rates: tuple[float, float, float], width: int = 30) -> Text:
+    """A bar and the two summary lines: where the repos stand, how fast data flows."""
     repos, flow = summary_parts(snap, rates)
-    bar = ProgressBar(total=max(snap.repos_total, 1), completed=snap.repos_finished, width=60)
-    return Group(bar, Text(repos), Text(flow))
+    done = round(width * snap.repos_finished / snap.repos_total) if snap.repos_total else 0
+    done = min(width, done)
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append("━" * done, style="bar.complete")
+    text.append("─" * (width - done), style="bar.back")
+    text.append(f"  {repos}\n{' ' * width}  {flow}")
+    return text
 
 
-def host_table(hosts: HostsView) -> Table:
-    """The busiest hosts, then the paused ones (a host both busy and paused: listed once)."""
-    table = Table(*HOST_COLUMNS, title="hosts: busiest and paused", title_justify="left")
-    for col in table.columns[1:7]:
-        col.justify = "right"
-    listed: set[str] = set()
+def host_table(hosts: HostsView) -> Text:
+    """The busiest hosts, then the paused ones (a host both busy and paused: listed once).
+
+    Laid out by hand as fixed-width text: a rich `Table` takes ~10 ms to lay out,
+    which at 4 refreshes a second would be felt by the event loop; this takes <1 ms.
+    """
+    views: dict[str, HostView] = {}
     for view in (*hosts.busiest, *hosts.paused_hosts):
-        if view.host in listed:
-            continue
-        listed.add(view.host)
-        table.add_row(*_host_row(view))
+        views.setdefault(view.host, view)
+    rows = [HOST_COLUMNS, *(_host_row(v) for v in views.values())]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HOST_COLUMNS))]
+    text = Text("hosts: busiest and paused\n", style="bold", no_wrap=True, overflow="ellipsis")
+    for n, row in enumerate(rows):
+        cells = [
+            cell.rjust(width) if 0 < i < len(row) - 1 else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        state = cells.pop()
+        text.append("  ".join(cells) + "  ", style="bold" if n == 0 else "")
+        paused = n > 0 and state.startswith("paused")
+        text.append(state.rstrip() + "\n", style="bold" if n == 0 else "yellow" if paused else "")
     more = hosts.paused - len(hosts.paused_hosts)
     if more > 0:
-        table.caption = f"... and {more:,} more paused hosts"
-    return table
+        text.append(f"... and {more:,} more paused hosts\n", style="dim")
+    text.rstrip()
+    return text
 
 
 def render(
@@ -145,9 +160,7 @@ def render(
 
 
 def _host_row(view: HostView) -> tuple[str, ...]:
-    state = f"[yellow]paused: {view.paused}[/yellow]" if view.paused else "working"
-    if not view.paused and not view.active:
-        state = "idle"
+    state = f"paused: {view.paused}" if view.paused else "working" if view.active else "idle"
     return (
         view.host,
         f"{view.active:,}",
@@ -172,9 +185,6 @@ class ProgressDisplay:
         self.rates = RateWindow()
         self._live = Live(console=self.console, auto_refresh=False, transient=False)
         self._next = 0.0
-        self._table: RenderableType = ""
-        self._table_of: HostsView | None = None
-        self._table_width = 0
 
     def attach(self, backfill: Backfill) -> None:
         backfill.on_tick.append(self.on_tick)
@@ -191,13 +201,7 @@ class ProgressDisplay:
         snap = self.sampler.sample(backfill)
         self.rates.add(snap)
         hosts = self.sampler.hosts(backfill)
-        if hosts is not self._table_of or self.console.width != self._table_width:
-            # Laying out a rich table costs milliseconds: do it only when the host
-            # view changes (once a second) and redraw the laid-out lines in between.
-            lines = self.console.render_lines(host_table(hosts), self.console.options, pad=False)
-            self._table = SegmentLines(lines, new_lines=True)
-            self._table_of, self._table_width = hosts, self.console.width
-        self._live.update(Group(header(snap, self.rates.rates()), self._table), refresh=True)
+        self._live.update(render(snap, self.rates.rates(), hosts), refresh=True)
 
     def stop(self) -> None:
         self._live.stop()

@@ -87,7 +87,7 @@ class HostsView:
     """Up to `top` paused hosts, the longest pause first."""
 
 
-def _host_view(slot: HostSlot, wall: float) -> HostView:
+def _host_view(slot: HostSlot, paused: str) -> HostView:
     return HostView(
         host=slot.host,
         active=slot.active,
@@ -96,29 +96,44 @@ def _host_view(slot: HostSlot, wall: float) -> HostView:
         requests=slot.requests,
         throttled=slot.throttled,
         bytes=slot.bytes,
-        paused=slot.pause_reason() if slot.paused_until > wall else "",
+        paused=paused,
     )
+
+
+def pause_of(slot: HostSlot, wall: float) -> str:
+    """Why the host sends nothing now ('' when it may): a 429 pause reaching into the
+    future, or a server budget used up until its window resets."""
+    out_of_budget = any(
+        b.server_remaining is not None
+        and b.server_remaining < 1
+        and b.server_reset is not None
+        and b.server_reset > wall
+        for b in slot.buckets.values()
+    )
+    if slot.paused_until > wall or out_of_budget:
+        # A bucket keeps the reason of its last pause until its next request, so
+        # the reason is only read once we know the host is held back now.
+        return slot.pause_reason() or "server budget used up until its window resets"
+    return ""
 
 
 def hosts_view(slots: Iterable[HostSlot], top: int) -> HostsView:
     """Sum up the host slots and pick the busiest and the paused ones."""
     wall = time.time()
     slots = list(slots)
-    # A bucket keeps the reason of its last pause after it ends; only a pause
-    # reaching into the future makes a host paused now.
-    paused = [s for s in slots if s.paused_until > wall]
+    reasons = {s.host: reason for s in slots if (reason := pause_of(s, wall))}
+    paused = [s for s in slots if s.host in reasons]
     busiest = heapq.nlargest(
         top, (s for s in slots if s.active or s.requests), key=lambda s: (s.active, s.requests)
     )
+    longest = heapq.nlargest(top, paused, key=lambda s: (s.paused_until, s.active))
     return HostsView(
         in_flight=sum(s.active for s in slots),
         active=sum(1 for s in slots if s.active),
         paused=len(paused),
         throttled=sum(s.throttled for s in slots),
-        busiest=tuple(_host_view(s, wall) for s in busiest),
-        paused_hosts=tuple(
-            _host_view(s, wall) for s in heapq.nlargest(top, paused, key=lambda s: s.paused_until)
-        ),
+        busiest=tuple(_host_view(s, reasons.get(s.host, "")) for s in busiest),
+        paused_hosts=tuple(_host_view(s, reasons[s.host]) for s in longest),
     )
 
 
@@ -188,4 +203,4 @@ class RunSampler:
         )
 
 
-__all__ = ["HostView", "HostsView", "RunSampler", "RunSnapshot", "hosts_view"]
+__all__ = ["HostView", "HostsView", "RunSampler", "RunSnapshot", "hosts_view", "pause_of"]

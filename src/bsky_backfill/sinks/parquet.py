@@ -3,22 +3,33 @@
 Where it sits: the engine's last step. Workers hand each finished repo to
 `DatasetWriter.add` (or `add_failed`); the engine calls `commit()` at a repo
 boundary whenever `should_commit()` says so, and once more before stopping.
+Several writers (processes, machines) may share one dataset: each writes its
+tmp files into its own `_state/tmp/<writer>/` and proves it is alive there
+(`sinks.liveness`).
 
 Commit protocol (the state store is the single source of truth):
 
-1. `add` streams rows into `_state/tmp/*.tmp` files of the open batch (one Parquet
-   writer per collection, plus `_deadletters`); nothing under a reader's glob.
+1. `add` streams rows into `_state/tmp/<writer>/*.tmp` files of the open batch
+   (one Parquet writer per collection, plus `_deadletters`); nothing under a
+   reader's glob.
 2. `commit` closes those writers and fsyncs the files and their directory.
 3. One store transaction records the final paths *and* marks the batch's
-   repos done/failed (`StateStore.commit`, fsynced before it returns).
+   repos done/failed (`StateStore.commit`, fsynced before it returns). Until
+   it has answered, the batch stays with the writer: if the store refused it
+   for certain (`LeaseLostError`, or the sink's own `BatchRefused` just
+   before), `discard_batch()` deletes its files and names its repos.
 4. Only then are the tmp files renamed to their final paths (then dirs fsynced).
-5. `recover()` at start-up asks the store: committed tmp -> rename (a crash hit
-   step 4); uncommitted tmp -> delete (a crash before 3: its repos are still
-   pending/in_progress in the store and will be fetched again).
+5. `recover()` (at start-up, or any time, from any writer) asks the store:
+   committed tmp -> rename, whoever owns it (a crash, or a failure, hit step
+   4); uncommitted tmp of a *dead* writer -> delete (a crash before 3: its
+   repos are still pending/in_progress in the store and will be fetched
+   again). A live writer's uncommitted files are its open batch: never touched.
 
 So at any instant, kill -9 or power loss, a batch is either wholly in the store
 and (after recovery) wholly in the dataset, or in neither. No row lands twice:
-a final path exists only after its store record is durable.
+a final path exists only after its store record is durable. Files are deleted
+only by their own writer before step 3 (`abort`, `discard_batch`) or by
+recovery once that writer is dead, and hence can never reach step 3.
 
 Not thread-safe: one thread drives a writer. `add` encodes Parquet (CPU) and
 `commit` fsyncs, so an asyncio engine may call them through a worker thread.
@@ -27,26 +38,26 @@ Not thread-safe: one thread drives a writer. `add` encodes Parquet (CPU) and
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import itertools
 import os
 import posixpath
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from bsky_backfill.models import DeadLetter, RepoExtract
+from bsky_backfill.sinks.batch import Batch, DiscardedBatch, Part
 from bsky_backfill.sinks.deadletters import dead_letter_table
+from bsky_backfill.sinks.liveness import WriterDir, pick_rule
 from bsky_backfill.sinks.recovery import RecoveryReport, recover_dataset
 from bsky_backfill.sinks.storage import (
     DEAD_LETTERS,
     TMP_DIR,
     Storage,
     check_collection,
+    new_writer_id,
     tmp_path,
 )
 from bsky_backfill.state.base import CommittedFile, RepoDone, RepoFailed, StateStore
@@ -68,6 +79,13 @@ class SinkConfig:
     compression: str = "zstd"
     compression_level: int | None = None
     """None: the codec's default (zstd level 1 in Arrow)."""
+    liveness: str = "auto"
+    """How recovery tells a dead writer from a live one (sinks/liveness.py): "lock"
+    (flock; the "auto" choice on a local filesystem) or "age" (the "auto" choice on
+    object stores; also for a filesystem shared by machines whose flock is unreliable)."""
+    stale_after: float = 3600.0
+    """Age rule: a writer whose every tmp file (heartbeat included) is older than this
+    many seconds is dead. Live writers rewrite their heartbeat every quarter of it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,68 +101,6 @@ class CommitSummary:
 
 
 StepHook = Callable[[str], None]
-
-
-class _Part:
-    """One tmp Parquet file being written: Arrow buffer -> full row groups."""
-
-    __slots__ = ("collection", "final", "pending", "pending_rows", "rows", "schema", "writer")
-
-    def __init__(
-        self, storage: Storage, collection: str, final: str, schema: pa.Schema, cfg: SinkConfig
-    ) -> None:
-        self.collection = collection
-        self.final = final
-        self.schema = schema
-        self.writer = pq.ParquetWriter(
-            storage.abs(tmp_path(final)),
-            schema,
-            filesystem=storage.fs,
-            compression=cfg.compression,
-            compression_level=cfg.compression_level,
-        )
-        self.pending: list[pa.Table] = []
-        self.pending_rows = 0
-        self.rows = 0
-
-    def append(self, table: pa.Table, row_group_rows: int) -> None:
-        # Small extracts are kept (zero-copy) until a full row group exists:
-        # one write per repo would make tiny row groups that readers pay for.
-        self.pending.append(table)
-        self.pending_rows += table.num_rows
-        self.rows += table.num_rows
-        if self.pending_rows >= row_group_rows:
-            self.flush(row_group_rows, whole=False)
-
-    def flush(self, row_group_rows: int, *, whole: bool) -> None:
-        if not self.pending_rows:
-            return
-        t = self.pending[0] if len(self.pending) == 1 else pa.concat_tables(self.pending)
-        n = t.num_rows if whole else t.num_rows - t.num_rows % row_group_rows
-        if n:
-            self.writer.write_table(t.slice(0, n), row_group_size=row_group_rows)
-        rest = t.slice(n)
-        self.pending = [rest] if rest.num_rows else []
-        self.pending_rows = rest.num_rows
-
-
-@dataclass(slots=True)
-class _Batch:
-    started: float | None = None  # time.monotonic() of the first add
-    rows: int = 0
-    open: dict[str, _Part] = field(default_factory=dict)
-    closed: list[CommittedFile] = field(default_factory=list)
-    done: list[RepoDone] = field(default_factory=list)
-    failed: list[RepoFailed] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    dids: set[str] = field(default_factory=set)
-    partial: set[str] = field(default_factory=set)
-    cursors: list[tuple[str, str | None]] = field(default_factory=list)
-
-    def tmp_files(self) -> list[str]:
-        return [tmp_path(f.path) for f in self.closed] + [
-            tmp_path(p.final) for p in self.open.values()
-        ]
 
 
 class DatasetWriter:
@@ -164,17 +120,26 @@ class DatasetWriter:
     ) -> None:
         self._storage = Storage(out)
         self._store = store
-        self._cfg = config or SinkConfig()
+        self._cfg = cfg = config or SinkConfig()
         self._hook = step_hook
         # Unique per writer instance, so several processes or machines can
-        # write one dataset; the time prefix keeps listings in write order.
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-        self._id = f"{stamp}-{uuid.uuid4().hex[:12]}"
+        # write one dataset: it names the writer's files and tmp directory.
+        self._id = new_writer_id()
         self._seq = itertools.count()
-        self._batch = _Batch()
+        self._batch = Batch()
+        # A batch whose store commit raised: maybe committed, maybe not.
+        self._unsettled: Batch | None = None
         self._broken: BaseException | None = None
+        self._closed = False
         self._known_dirs: set[str] = set()
         self._storage.makedirs(TMP_DIR)
+        rule = pick_rule(self._storage, cfg.liveness)
+        self._dir = WriterDir(self._storage, self._id, rule, cfg.stale_after)
+
+    @property
+    def writer_id(self) -> str:
+        """This writer's id: in its file names and its `_state/tmp/<id>/` directory."""
+        return self._id
 
     # -- filling a batch -------------------------------------------------------------
 
@@ -187,9 +152,12 @@ class DatasetWriter:
         return len(self._batch.dids)
 
     def holds(self, did: str) -> bool:
-        """Whether `did` is in the open batch: still pending/in_progress in the store
-        until the commit, so the engine must not hand it out (or resolve it) again."""
-        return did in self._batch.dids
+        """Whether `did` is in the open batch (or one whose commit failed): still
+        pending/in_progress in the store until the commit, so the engine must not
+        hand it out (or resolve it) again."""
+        return did in self._batch.dids or (
+            self._unsettled is not None and did in self._unsettled.dids
+        )
 
     def add(
         self,
@@ -243,9 +211,18 @@ class DatasetWriter:
             or time.monotonic() - b.started >= self._cfg.commit_seconds
         )
 
-    def _start(self, did: str, *, partial: bool = False) -> None:
+    def _usable(self) -> None:
+        if self._closed:
+            raise RuntimeError("DatasetWriter is closed")
+        if self._unsettled is not None:
+            raise RuntimeError(
+                "a commit failed: discard_batch() if the store surely refused it, else close()"
+            )
         if self._broken is not None:
             raise RuntimeError("the open batch failed; abort() it first") from self._broken
+
+    def _start(self, did: str, *, partial: bool = False) -> None:
+        self._usable()
         b = self._batch
         if did in b.dids:
             # Twice in one batch would land its rows twice under one done mark.
@@ -283,8 +260,8 @@ class DatasetWriter:
                 self._close_part(part)
                 part = None
             if part is None:
-                name = f"part-{self._id}-{next(self._seq):06d}.parquet"
-                part = _Part(self._storage, collection, f"{collection}/{name}", table.schema, cfg)
+                final = f"{collection}/part-{self._id}-{next(self._seq):06d}.parquet"
+                part = Part(self._storage, collection, final, self._tmp(final), table.schema, cfg)
                 b.open[collection] = part
             piece = table.slice(offset, cfg.max_file_rows - part.rows)
             part.append(piece, cfg.row_group_rows)
@@ -293,20 +270,27 @@ class DatasetWriter:
             if part.rows >= cfg.max_file_rows:
                 self._close_part(part)
 
-    def _close_part(self, part: _Part) -> None:
+    def _close_part(self, part: Part) -> None:
         """Finish a tmp file for good: last row group, footer, fsync."""
         del self._batch.open[part.collection]
         part.flush(self._cfg.row_group_rows, whole=True)
         part.writer.close()
-        self._storage.fsync_file(tmp_path(part.final))
+        self._storage.fsync_file(self._tmp(part.final))
         self._batch.closed.append(CommittedFile(part.final, part.collection, part.rows))
+
+    def _tmp(self, final: str) -> str:
+        return tmp_path(final, self._id)
 
     # -- commit ------------------------------------------------------------------------
 
     def commit(self) -> CommitSummary:
-        """Make the open batch durable and visible (see the module docstring)."""
-        if self._broken is not None:
-            raise RuntimeError("the open batch failed; abort() it first") from self._broken
+        """Make the open batch durable and visible (see the module docstring).
+
+        If this raises after the batch's files were closed, the batch is kept
+        aside: `discard_batch()` after a definite refusal (`BatchRefused`,
+        PostgreSQL's `LeaseLostError`), else `close()` and leave it to `recover()`.
+        """
+        self._usable()
         b = self._batch
         if b.started is None:
             return CommitSummary()
@@ -315,22 +299,25 @@ class DatasetWriter:
             for part in list(b.open.values()):
                 self._close_part(part)
             # The tmp names must be durable before the store points at them.
-            self._storage.fsync_dir(TMP_DIR)
+            self._storage.fsync_dir(self._dir.rel)
         self._step("closed")
         files = tuple(b.closed)
-        # From here the batch leaves the writer whatever happens: if the store
-        # commit raises, it may still have committed (an error after COMMIT hit
-        # the disk), so the tmp files stay for recover(), which asks the store.
-        self._batch = _Batch()
+        self._batch = Batch()
+        self._unsettled = b
+        self._dir.check_alive()
+        # If the store raises, it may still have committed (an error after COMMIT
+        # hit the disk): nothing here may delete the files unless told it did not.
         self._store.commit(files, b.done, b.failed, b.dead_letters, b.cursors)
+        self._unsettled = None
         self._step("stored")
         for i, f in enumerate(files):
             self._ensure_dir(posixpath.dirname(f.path))
-            self._storage.move(tmp_path(f.path), f.path)
+            # Another writer's recover() may have renamed it already: that is fine.
+            self._storage.move_committed(self._tmp(f.path), f.path)
             self._step(f"renamed:{i}")
         # Not needed for correctness (recover() redoes lost renames); keeps a
         # committed batch from needing recovery after a power cut.
-        for d in {posixpath.dirname(f.path) for f in files} | {TMP_DIR}:
+        for d in {posixpath.dirname(f.path) for f in files} | {self._dir.rel}:
             self._storage.fsync_dir(d)
         self._step("committed")
         rows: dict[str, int] = {}
@@ -343,6 +330,27 @@ class DatasetWriter:
             dead_letters=len(b.dead_letters),
             rows_by_collection=rows,
             seconds=time.monotonic() - t0,
+        )
+
+    def discard_batch(self) -> DiscardedBatch:
+        """After `commit()` raised a failure that *certainly* recorded nothing (the
+        store's transaction rolled back: `LeaseLostError`; or the sink's own
+        `BatchRefused`): delete the batch's tmp files and name its repos, which the
+        engine puts back (`retry_later`). The writer is then usable again.
+
+        Never after an error whose outcome is unknown (a connection lost during
+        COMMIT): the batch may be committed, and deleting it would lose its rows.
+        Then `close()` the writer; `recover()` settles its files by asking the store.
+        """
+        b = self._unsettled
+        if b is None:
+            raise RuntimeError("no failed commit to discard")
+        self._unsettled = None
+        self._delete_files(b)
+        return DiscardedBatch(
+            done=tuple(d.did for d in b.done),
+            failed=tuple(f.did for f in b.failed),
+            partial=tuple(sorted(b.partial)),
         )
 
     def _ensure_dir(self, rel: str) -> None:
@@ -362,39 +370,61 @@ class DatasetWriter:
         Returns the DIDs it held: they are in_progress in the store and must be
         put back (`retry_later`) or left for `StateStore.recover()` at the next start.
         """
+        if self._unsettled is not None:
+            raise RuntimeError("a commit failed: discard_batch() or close(), not abort()")
         b = self._batch
-        self._batch = _Batch()
+        self._batch = Batch()
         self._broken = None
+        self._delete_files(b)
+        return sorted(b.dids)
+
+    def _delete_files(self, b: Batch) -> None:
         for part in b.open.values():
             with contextlib.suppress(Exception):  # the file is deleted next anyway
                 part.writer.close()
-        for tmp in b.tmp_files():
+        for final in b.finals():
             with contextlib.suppress(FileNotFoundError):
-                self._storage.delete(tmp)
-        return sorted(b.dids)
+                self._storage.delete(self._tmp(final))
 
     def close(self) -> None:
-        """Release the writer. The engine commits (or aborts) first: an open batch is an error.
+        """Release the writer: its lock (or heartbeat) and, if empty, its tmp directory.
 
-        Its tmp files are left for `recover()`, so nothing already committed is harmed.
+        The engine commits (or aborts) first: an open batch, or one whose commit
+        failed, raises here after the release; its tmp files are left for
+        `recover()` (by any writer, now that this one is gone), so nothing already
+        committed is harmed. Closing twice is a no-op.
         """
-        b = self._batch
-        if b.started is None:
+        if self._closed:
             return
+        self._closed = True
+        b, failed = self._batch, self._unsettled
         for part in b.open.values():
             with contextlib.suppress(Exception):  # releasing handles; recover() deletes it
                 part.writer.close()
-        self._batch = _Batch()
-        raise RuntimeError(
-            f"DatasetWriter closed with an uncommitted batch of {len(b.dids)} repos;"
-            " call commit() or abort() first (its tmp files are left for recover())"
-        )
+        self._batch, self._unsettled = Batch(), None
+        self._dir.release()
+        if b.started is not None or failed is not None:
+            n = len(b.dids) + (len(failed.dids) if failed is not None else 0)
+            raise RuntimeError(
+                f"DatasetWriter closed with an uncommitted batch of {n} repos;"
+                " call commit() or abort() first (its tmp files are left for recover())"
+            )
 
     def recover(self) -> RecoveryReport:
-        """Start-up: finish or discard what a crash left in the tmp dir (see `sinks.recovery`).
+        """Settle what dead writers (crashed, or closed with a batch open) left in the
+        tmp directories (see `sinks.recovery`); committed files of live writers whose
+        rename is pending are moved into place too.
 
-        Call before the first `add`, while no other writer uses this dataset.
+        Safe at any time and from any writer: a live writer's open batch (this
+        one's included) is never touched.
         """
-        if self._batch.started is not None:
-            raise RuntimeError("recover() runs before the first add()")
-        return recover_dataset(self._storage, self._store)
+        if self._closed:
+            raise RuntimeError("DatasetWriter is closed")
+        return recover_dataset(
+            self._storage,
+            self._store,
+            own=self._dir.rel,
+            rule=self._dir.rule,
+            stale_after=self._cfg.stale_after,
+            now=self._dir.now(),
+        )

@@ -1,0 +1,110 @@
+"""The open batch of a `DatasetWriter`: its tmp Parquet files and the repo states
+that will be committed with them.
+
+Where it sits: internal to `sinks.parquet`; split out to keep the commit
+protocol readable there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bsky_backfill.models import DeadLetter
+from bsky_backfill.state.base import CommittedFile, RepoDone, RepoFailed
+
+if TYPE_CHECKING:
+    from bsky_backfill.sinks.parquet import SinkConfig
+    from bsky_backfill.sinks.storage import Storage
+
+
+class Part:
+    """One tmp Parquet file being written: Arrow buffer -> full row groups."""
+
+    __slots__ = ("collection", "final", "pending", "pending_rows", "rows", "schema", "writer")
+
+    def __init__(
+        self,
+        storage: Storage,
+        collection: str,
+        final: str,
+        tmp: str,
+        schema: pa.Schema,
+        cfg: SinkConfig,
+    ) -> None:
+        self.collection = collection
+        self.final = final
+        self.schema = schema
+        self.writer = pq.ParquetWriter(
+            storage.abs(tmp),
+            schema,
+            filesystem=storage.fs,
+            compression=cfg.compression,
+            compression_level=cfg.compression_level,
+        )
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.rows = 0
+
+    def append(self, table: pa.Table, row_group_rows: int) -> None:
+        # Small extracts are kept (zero-copy) until a full row group exists:
+        # one write per repo would make tiny row groups that readers pay for.
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        self.rows += table.num_rows
+        if self.pending_rows >= row_group_rows:
+            self.flush(row_group_rows, whole=False)
+
+    def flush(self, row_group_rows: int, *, whole: bool) -> None:
+        if not self.pending_rows:
+            return
+        t = self.pending[0] if len(self.pending) == 1 else pa.concat_tables(self.pending)
+        n = t.num_rows if whole else t.num_rows - t.num_rows % row_group_rows
+        if n:
+            self.writer.write_table(t.slice(0, n), row_group_size=row_group_rows)
+        rest = t.slice(n)
+        self.pending = [rest] if rest.num_rows else []
+        self.pending_rows = rest.num_rows
+
+
+@dataclass(slots=True)
+class Batch:
+    """What the next commit makes durable: files (open and closed) and repo states."""
+
+    started: float | None = None  # time.monotonic() of the first add
+    rows: int = 0
+    open: dict[str, Part] = field(default_factory=dict)
+    closed: list[CommittedFile] = field(default_factory=list)
+    done: list[RepoDone] = field(default_factory=list)
+    failed: list[RepoFailed] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    dids: set[str] = field(default_factory=set)
+    partial: set[str] = field(default_factory=set)
+    cursors: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def finals(self) -> list[str]:
+        """Final paths of every file of the batch, closed or still open."""
+        return [f.path for f in self.closed] + [p.final for p in self.open.values()]
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardedBatch:
+    """The repos of a batch thrown away by `DatasetWriter.discard_batch()`.
+
+    None of them is committed; the engine puts them back (`retry_later`).
+    """
+
+    done: tuple[str, ...] = ()
+    """Repos that were finished (claimed: in_progress in the store)."""
+    failed: tuple[str, ...] = ()
+    """Repos dead-lettered whole (claimed ones, and unclaimed resolution failures)."""
+    partial: tuple[str, ...] = ()
+    """Repos still being fetched whose pages (and cursor updates) rode in the batch:
+    those pages are lost, so the fetch must restart from the last committed cursor."""
+
+    @property
+    def dids(self) -> tuple[str, ...]:
+        return tuple(sorted({*self.done, *self.failed, *self.partial}))
