@@ -20,8 +20,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from bsky_backfill.sinks import DatasetWriter, SinkConfig
-from bsky_backfill.sinks.storage import TMP_DIR
-from bsky_backfill.sinks.storage import tmp_path as tmp_name
+from bsky_backfill.sinks.storage import TMP_DIR, tmp_name
 from bsky_backfill.state.base import Identity, RepoState
 from bsky_backfill.state.sqlite import SqliteStateStore
 from tests.sinks.builders import LIKE, POST, expected_uris, extract
@@ -92,6 +91,7 @@ def test_commits_land_a_dataset_on_s3(s3: pafs.S3FileSystem, tmp_path: Path) -> 
         for d in dids[4:]:
             w.add(*extract(d))
         w.commit()
+        w.close()
         assert first.done == 4 and first.dead_letters == 1
         assert store.counts()[RepoState.DONE] == 6
         committed = {f.path for f in store.committed_files()}
@@ -130,18 +130,86 @@ def test_recovery_on_s3_finishes_a_committed_batch_and_drops_an_open_one(
             w.add(*extract(d))
         with pytest.raises(Crash):
             w.commit()  # recorded in the store, not yet renamed on S3
-        # What a writer killed before its store commit leaves: a tmp object
-        # (its repos, open_dids, are still in_progress in the store).
-        dead = tmp_name(f"{POST}/part-dead-000000.parquet")
+        # What a writer of an earlier version (flat tmp layout) killed before its
+        # store commit leaves: a tmp object (its repos, open_dids, are still
+        # in_progress in the store).
+        dead = f"{TMP_DIR}/{tmp_name(f'{POST}/part-dead-000000.parquet')}"
         with s3.open_output_stream(f"{BUCKET}/run2/{dead}") as f:
             f.write(b"PAR1 half a file")
         assert landed_uris(s3, "run2") == Counter()
 
-        # The next start: the store puts in-flight repos back, the sink settles the tmp dir.
+        # The next start: the store puts in-flight repos back, the sink settles the
+        # tmp dir. The crashed writer `w` still beats (an hour has not passed):
+        # its committed files are renamed all the same.
         assert store.recover() == len(open_dids)
-        report = DatasetWriter(out, store, SinkConfig()).recover()
-        assert report.renamed > 0 and report.deleted > 0 and report.missing == ()
+        fresh = DatasetWriter(out, store, SinkConfig())
+        report = fresh.recover()
+        assert report.renamed > 0 and report.deleted == 1 and report.missing == ()
+        assert report.live_writers == 1 and report.dead_writers == 0
+        w.close()
+        fresh.close()
     got = landed_uris(s3, "run2")
     assert set(got) == set().union(*(expected_uris(d) for d in committed_dids))
     assert all(n == 1 for n in got.values())
     assert not [k for k in object_keys(s3, "run2") if k.startswith(f"{TMP_DIR}/")]
+
+
+def test_recovery_on_s3_keeps_a_live_writers_open_batch(
+    s3: pafs.S3FileSystem, tmp_path: Path
+) -> None:
+    """Object stores have no locks: a writer is alive while its heartbeat is young."""
+    out = f"s3://{BUCKET}/run3"
+    dids = [f"did:plc:s3l{i}" for i in range(4)]
+    with SqliteStateStore(tmp_path / "state.sqlite") as store:
+        # Small files, so some parts are closed (visible objects) while the batch is open.
+        busy = DatasetWriter(out, store, SinkConfig(max_file_rows=5))
+        for d in dids:
+            busy.add(*extract(d))
+        mine = f"{TMP_DIR}/{busy.writer_id}/"
+        open_parts = {
+            k for k in object_keys(s3, "run3") if k.startswith(mine) and k.endswith(".tmp")
+        }
+        assert open_parts
+        other = DatasetWriter(out, store, SinkConfig())
+        report = other.recover()
+        assert (report.kept, report.deleted, report.live_writers) == (len(open_parts), 0, 1)
+        assert open_parts <= object_keys(s3, "run3")
+        busy.commit()  # lands whole
+        busy.close()
+        other.close()
+    got = landed_uris(s3, "run3")
+    assert set(got) == set().union(*(expected_uris(d) for d in dids))
+    assert all(n == 1 for n in got.values())
+    assert not [k for k in object_keys(s3, "run3") if k.startswith(f"{TMP_DIR}/")]
+
+
+def test_cli_backfill_to_s3_with_a_postgresql_queue(s3: pafs.S3FileSystem, tmp_path: Path) -> None:
+    """The whole product: `run --out s3://... --queue postgresql://...` on the simulator."""
+    from bsky_backfill.simulate import Scenario, run_network_in_thread
+    from tests.conftest import run_cli
+    from tests.state.pg import fresh_schema_url
+
+    scenario = Scenario(seed=71, accounts=10, hosts=2, mean_records=20)
+    with fresh_schema_url() as queue, run_network_in_thread(scenario) as net:
+        dids = tmp_path / "dids.txt"
+        dids.write_text("\n".join(net.truth.input_dids) + "\n")
+        out = f"s3://{BUCKET}/cli-run"
+        result = run_cli(
+            "run", "--dids", str(dids), "--out", out, "--queue", queue, "--plc-url",
+            net.plc_url, "--allow-private-hosts", "--no-progress", "--rate-limit", "0",
+        )  # fmt: skip
+        truth = net.truth
+    assert result.returncode == 0, result.stderr
+    expected = truth.expected_rows()
+    got: Counter[str] = Counter()
+    for collection in {r.collection for r in expected.values()}:
+        dataset = ds.dataset(f"{BUCKET}/cli-run/{collection}", filesystem=s3, format="parquet")
+        got.update(dataset.to_table(columns=["uri"]).column("uri").to_pylist())
+    assert got == Counter(list(expected))
+    letters = ds.dataset(f"{BUCKET}/cli-run/_deadletters", filesystem=s3, format="parquet")
+    got_letters = {
+        (r["did"], r["uri"], r["stage"], r["error"])
+        for r in letters.to_table(columns=["did", "uri", "stage", "error"]).to_pylist()
+    }
+    want = {(d.did, d.uri, d.stage, d.code) for d in truth.expected_dead_letters()}
+    assert got_letters == want
