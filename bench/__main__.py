@@ -34,13 +34,14 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.cars import dump_cars
 from bench.ceiling import read_manifest
 from bench.machine import machine_info
-from bench.proc import ROOT
+from bench.proc import ROOT, start_spawner, stop_spawner
 from bench.product import run_product
 from bench.ratebound import run_rate_bound
 from bench.report import print_report, ratios
@@ -57,15 +58,17 @@ MODES: dict[str, dict[str, Any]] = {
         "accounts": 200,
         "mean_records": 500.0,
         "giant_repo": None,
-        "baseline_records": 6_000,
+        "baseline_records": 4_000,
         "rate_repos_per_host": 60,
+        "repeat": 2,
     },
     "full": {
         "accounts": 1000,
-        "mean_records": 400.0,
+        "mean_records": 560.0,
         "giant_repo": 1_000_000,
         "baseline_records": 20_000,
         "rate_repos_per_host": 150,
+        "repeat": 1,
     },
 }
 
@@ -103,6 +106,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["workers", "no-verify", "ceiling", "baseline", "rate"],
         help="leave out a part (repeatable)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=0,
+        metavar="N",
+        help="measure the product and ceiling rows N times, keep the fastest "
+        "(default: 2 with --quick, 1 for the full run)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (CARs, logs)")
     return parser.parse_args(argv)
 
@@ -127,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     def say(text: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {text}", flush=True)
 
+    start_spawner()  # before the network makes this process big (see bench.proc)
     try:
         say(f"{mode}: building or loading the simulated network (cache: {CACHE}) ...")
         t = time.perf_counter()
@@ -152,29 +164,22 @@ def main(argv: list[str] | None = None) -> int:
                 "largest_repos": sorted((a.size for a in net.accounts), reverse=True)[:5],
             }
             say(f"{len(net.dids)} DIDs, {repos} repos served, {expected:,} rows expected")
-            products: dict[str, Any] = {}
-            runs: list[tuple[str, list[str]]] = [("default", [])]
-            if "no-verify" not in skip:
-                runs.append(("no_verify", ["--no-verify"]))
-            if "workers" not in skip:
-                runs.append(("workers_2", ["--workers", "2"]))
-            for name, extra in runs:
-                say(f"product {name}: bsky-backfill run {' '.join(extra)} ...")
-                t = time.perf_counter()
-                row, _ = run_product(
-                    net.plc_url, dids, work / f"out-{name}", extra, work / f"product-{name}.log"
-                )
-                row["rows_match_truth"] = row["records"] == expected
-                products[name] = row
-                phases[f"product_{name}"] = round(time.perf_counter() - t, 1)
-                say(_brief(row))
-                shutil.rmtree(work / f"out-{name}", ignore_errors=True)
-            say("product start-up: one small repo (--did) ...")
+            rounds = args.repeat or MODES[mode]["repeat"]
+            plc = net.plc_url
+            products, ceilings = measure(plc, dids, cars, work, rounds, skip, say, phases)
+            for row in products.values():
+                row["rows_match_truth"] = row.get("records") == expected
+            for row in ceilings.values():
+                row["rows_match_truth"] = row.get("records") == expected
+            say("product start-up: one small repo (--did), best of the rounds ...")
             first = min(read_manifest(cars), key=lambda c: (c.records, c.did))
-            one, _ = run_product(
-                net.plc_url, dids, work / "out-one", ["--did", first.did], work / "product-one.log"
-            )
-            products["one_repo"] = one
+            for _ in range(rounds):
+                one, _ = run_product(
+                    plc, dids, work / "out-one", ["--did", first.did], work / "product-one.log"
+                )
+                if one.get("wall_s", 1e9) < products.get("one_repo", {}).get("wall_s", 1e9):
+                    products["one_repo"] = one
+            one = products.get("one_repo", one)
             for row in products.values():
                 if "records_per_s" in row and "wall_s" in one:
                     busy = row["wall_s"] - one["wall_s"]
@@ -183,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
             say(f"  {one.get('wall_s')} s for {one.get('records')} records")
             result["product"] = products
+            if ceilings:
+                result["ceiling"] = ceilings
             if "baseline" not in skip:
                 say("baseline: seed-style listRecords paging, 0.05 s pacing ...")
                 t = time.perf_counter()
@@ -191,21 +198,6 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 phases["baseline"] = round(time.perf_counter() - t, 1)
                 say(_brief(result["baseline"]))
-        del net, truth
-        if "ceiling" not in skip:
-            ceilings: dict[str, Any] = {}
-            for key, variant, procs in (
-                ("extract", "extract", 1),
-                ("extract_verify", "extract-verify", 1),
-                ("tight", "tight", 1),
-                ("tight_2proc", "tight", 2),
-            ):
-                say(f"ceiling {key} ...")
-                t = time.perf_counter()
-                ceilings[key] = row = run_ceiling(cars, work, variant, procs)
-                phases[f"ceiling_{key}"] = round(time.perf_counter() - t, 1)
-                say(_brief(row))
-            result["ceiling"] = ceilings
         shutil.rmtree(cars, ignore_errors=True)
         if "rate" not in skip:
             say("rate-bound: 8 hosts, --rate-limit 10, no server limits ...")
@@ -213,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             result["rate_bound"] = run_rate_bound(MODES[mode]["rate_repos_per_host"], CACHE, work)
             phases["rate_bound"] = round(time.perf_counter() - t, 1)
     finally:
+        stop_spawner()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     result["ratios"] = ratios(result)
@@ -222,6 +215,69 @@ def main(argv: list[str] | None = None) -> int:
     write_json(result, args.out)
     print(f"\nwrote {args.out}" + (f" (work folder kept: {work})" if args.keep else ""))
     return 0
+
+
+_CEILINGS = (
+    ("extract", "extract", 1),
+    ("extract_verify", "extract-verify", 1),
+    ("tight", "tight", 1),
+    ("tight_2proc", "tight", 2),
+)
+
+
+def measure(
+    plc_url: str,
+    dids: Path,
+    cars: Path,
+    work: Path,
+    rounds: int,
+    skip: set[str],
+    say: Callable[[str], None],
+    phases: dict[str, float],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Product and ceiling rows, `rounds` times each (interleaved); the best try of each row.
+
+    The machines this runs on are shared: a neighbour's burst slows one try, so
+    the fastest try is kept and every try's records/s is listed beside it.
+    """
+    runs: list[tuple[str, list[str]]] = [("default", [])]
+    if "no-verify" not in skip:
+        runs.append(("no_verify", ["--no-verify"]))
+    if "workers" not in skip:
+        runs.append(("workers_2", ["--workers", "2"]))
+    ceilings = [] if "ceiling" in skip else list(_CEILINGS)
+    products: dict[str, Any] = {}
+    best_ceilings: dict[str, Any] = {}
+    for r in range(rounds):
+        for name, extra in runs:
+            say(f"[{r + 1}/{rounds}] product {name}: bsky-backfill run {' '.join(extra)} ...")
+            t = time.perf_counter()
+            out = work / f"out-{name}"
+            row, _ = run_product(plc_url, dids, out, extra, work / f"product-{name}.log")
+            shutil.rmtree(out, ignore_errors=True)
+            phases[f"product_{name}"] = round(phases.get(f"product_{name}", 0) + _since(t), 1)
+            say(_brief(row))
+            _keep_best(products, name, row)
+        for key, variant, procs in ceilings:
+            say(f"[{r + 1}/{rounds}] ceiling {key} ...")
+            t = time.perf_counter()
+            row = run_ceiling(cars, work, variant, procs)
+            phases[f"ceiling_{key}"] = round(phases.get(f"ceiling_{key}", 0) + _since(t), 1)
+            say(_brief(row))
+            _keep_best(best_ceilings, key, row)
+    return products, best_ceilings
+
+
+def _since(t: float) -> float:
+    return time.perf_counter() - t
+
+
+def _keep_best(rows: dict[str, Any], name: str, row: dict[str, Any]) -> None:
+    old = rows.get(name)
+    tries = [*(old or {}).get("tries_records_per_s", []), row.get("records_per_s")]
+    if old is None or (row.get("records_per_s") or 0) > (old.get("records_per_s") or 0):
+        rows[name] = row
+    rows[name]["tries_records_per_s"] = tries
 
 
 def _brief(row: dict[str, Any]) -> str:

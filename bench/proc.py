@@ -7,10 +7,20 @@ system CPU, `ru_maxrss` = the peak RSS of its largest process), unlike
 waited for (the simulator's repo builders included). A sampler thread also
 sums the RSS of the child's whole process tree from /proc every 50 ms, for
 products that fork worker processes (peak of the sum, sampled).
+
+A trap this module avoids: on exec, Linux folds the *old* address space's
+high-water RSS into the child's `ru_maxrss`, and a child forked (or vforked)
+from the bench process starts with the bench's address space, which holds
+the whole simulated network (gigabytes). So children are not started from
+the bench process itself but from a small spawner process (`Spawner`,
+started before the network is built): `run_child` / `run_children` hand
+their jobs to it when one is running (`start_spawner`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -79,6 +89,105 @@ def _descendants(pid: int) -> list[int]:
 
 def run_child(argv: Sequence[str], log: Path, *, timeout_s: float = 3600.0) -> ChildResult:
     """Run `argv` to completion; its stdout goes to `log`, its stderr to `log` + ".err"."""
+    return run_children([(argv, log)], timeout_s=timeout_s)[0]
+
+
+def run_children(
+    jobs: Sequence[tuple[Sequence[str], Path]], *, timeout_s: float = 3600.0
+) -> list[ChildResult]:
+    """Run several children at once (each measured alone); their results in order."""
+    if _spawner is not None:
+        return _spawner.run(jobs, timeout_s)
+    return _run_concurrently(jobs, timeout_s)
+
+
+def _run_concurrently(
+    jobs: Sequence[tuple[Sequence[str], Path]], timeout_s: float
+) -> list[ChildResult]:
+    results: list[ChildResult | None] = [None] * len(jobs)
+
+    def one(i: int) -> None:
+        argv, log = jobs[i]
+        results[i] = _run_here(argv, log, timeout_s)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if any(r is None for r in results):
+        raise RuntimeError("a measured child could not be run")
+    return [r for r in results if r is not None]
+
+
+class Spawner:
+    """A small process that starts the measured children (see the module docstring).
+
+    Protocol: one JSON line per request on its stdin (`{"jobs": [[argv, log], ...],
+    "timeout_s": N}`), one JSON line of results on its stdout.
+    """
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.proc"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        self._lock = threading.Lock()
+
+    def run(
+        self, jobs: Sequence[tuple[Sequence[str], Path]], timeout_s: float
+    ) -> list[ChildResult]:
+        request = {"jobs": [[list(a), str(log)] for a, log in jobs], "timeout_s": timeout_s}
+        with self._lock:
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            self._proc.stdin.write(json.dumps(request) + "\n")
+            self._proc.stdin.flush()
+            line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the bench's spawner process died")
+        return [ChildResult(**r) for r in json.loads(line)]
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        self._proc.wait(timeout=30)
+
+
+_spawner: Spawner | None = None
+
+
+def start_spawner() -> Spawner:
+    """Start the spawner (once, while this process is still small); later children use it."""
+    global _spawner
+    if _spawner is None:
+        _spawner = Spawner()
+    return _spawner
+
+
+def stop_spawner() -> None:
+    global _spawner
+    if _spawner is not None:
+        _spawner.close()
+        _spawner = None
+
+
+def _spawner_main() -> None:
+    """The spawner process: run each request's jobs concurrently, answer with their results."""
+    for line in sys.stdin:
+        request = json.loads(line)
+        jobs = [(argv, Path(log)) for argv, log in request["jobs"]]
+        results = _run_concurrently(jobs, float(request["timeout_s"]))
+        sys.stdout.write(json.dumps([dataclasses.asdict(r) for r in results]) + "\n")
+        sys.stdout.flush()
+
+
+def _run_here(argv: Sequence[str], log: Path, timeout_s: float) -> ChildResult:
+    """Run `argv` to completion; its stdout goes to `log`, its stderr to `log` + ".err"."""
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -123,3 +232,7 @@ def run_child(argv: Sequence[str], log: Path, *, timeout_s: float = 3600.0) -> C
 def python_module(module: str, *args: str) -> list[str]:
     """argv for `python -m module args` with this interpreter."""
     return [sys.executable, "-m", module, *args]
+
+
+if __name__ == "__main__":
+    _spawner_main()

@@ -25,6 +25,14 @@ def _rate(result: dict[str, Any], *path: str) -> float | None:
     return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
+def _cpu(result: dict[str, Any], *path: str) -> float | None:
+    node: Any = result
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    value = node.get("cpu_s_per_1m_records") if isinstance(node, dict) else None
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b is not None else None
 
@@ -50,6 +58,18 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
         "ceiling_tight / ceiling_extract": _ratio(c_tight, c_extract),
         "ceiling_tight_2proc / ceiling_tight": _ratio(c_tight2, c_tight),
     }
+    # The same comparison in CPU time (CPU seconds per 1M records, ceiling / product):
+    # what the code costs, whatever a busy neighbour did to the wall clock.
+    best_cpu = min(
+        (x for x in (_cpu(result, "ceiling", "extract"), _cpu(result, "ceiling", "tight")) if x),
+        default=None,
+    )
+    out["cpu: ceiling_best / product_no_verify"] = _ratio(
+        best_cpu, _cpu(result, "product", "no_verify")
+    )
+    out["cpu: ceiling_extract_verify / product_default"] = _ratio(
+        _cpu(result, "ceiling", "extract_verify"), _cpu(result, "product", "default")
+    )
     rss: list[float] = [
         float(row["tree_rss_peak_mib"])
         for row in result.get("product", {}).values()

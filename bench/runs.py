@@ -11,46 +11,38 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
 from bench.ceiling import read_manifest
 from bench.figures import failed_row, figures
-from bench.proc import ChildResult, python_module, run_child
+from bench.proc import ChildResult, python_module, run_child, run_children
 
 
 def run_ceiling(cars: Path, work: Path, variant: str, processes: int = 1) -> dict[str, Any]:
     """The ceiling with `variant`, its CARs split over `processes` concurrent children."""
     tag = f"{variant}-x{processes}"
-    results: list[tuple[ChildResult, dict[str, Any] | None]] = [None] * processes  # type: ignore[list-item]
-
-    def one(i: int) -> None:
+    jobs = []
+    for i in range(processes):
         out = work / f"ceiling-{tag}-{i}"
         shutil.rmtree(out, ignore_errors=True)
-        result_file = work / f"ceiling-{tag}-{i}.json"
         argv = python_module(
             "bench.ceiling",
             "--cars", str(cars),
             "--out", str(out),
             "--variant", variant,
             "--shard", f"{i}/{processes}",
-            "--result", str(result_file),
+            "--result", str(work / f"ceiling-{tag}-{i}.json"),
         )  # fmt: skip
-        res = run_child(argv, work / f"ceiling-{tag}-{i}.log")
-        data = json.loads(result_file.read_text()) if res.returncode == 0 else None
-        results[i] = (res, data)
-        shutil.rmtree(out, ignore_errors=True)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(processes)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for res, data in results:
-        if data is None:
+        jobs.append((argv, work / f"ceiling-{tag}-{i}.log"))
+    results = run_children(jobs)
+    parts = []
+    for i, res in enumerate(results):
+        shutil.rmtree(work / f"ceiling-{tag}-{i}", ignore_errors=True)
+        if res.returncode != 0:
             return failed_row(res)
-    return _merge([(res, data) for res, data in results if data is not None], variant)
+        parts.append((res, json.loads((work / f"ceiling-{tag}-{i}.json").read_text())))
+    return _merge(parts, variant)
 
 
 def _merge(parts: list[tuple[ChildResult, dict[str, Any]]], variant: str) -> dict[str, Any]:

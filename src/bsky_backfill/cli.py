@@ -21,14 +21,17 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import click
+from click.core import ParameterSource
 
 from bsky_backfill import __version__
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.manager import Backfill, RunSummary
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.errors import UsageError
+from bsky_backfill.observe import setup_logging, start_observers
 from bsky_backfill.output import print_status, print_summary
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
+from bsky_backfill.settings_file import merge_options
 from bsky_backfill.syntax import is_valid_nsid, parse_datetime
 from bsky_backfill.xrpc.client import HttpSettings
 from bsky_backfill.xrpc.retry import RetryPolicy
@@ -114,10 +117,12 @@ def check_out_writable(out: Path) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bsky-backfill")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def cli(verbose: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
     """Backfill Bluesky / AT Protocol repositories into a Parquet dataset."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"log_level": level}
+    setup_logging(level, "text")
 
 
 @cli.command()
@@ -197,13 +202,30 @@ def cli(verbose: int) -> None:
     metavar="S",
     help="First retry delay; doubles per attempt (with jitter).",
 )
-def run(**opts: Any) -> None:
-    """Backfill repositories into OUT."""
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines on stderr: human text or JSON lines.",
+)
+@click.pass_context
+def run(ctx: click.Context, /, **opts: Any) -> None:
+    """Backfill repositories into OUT.
+
+    Every flag can also come from a TOML file (--config) or a BSKY_BACKFILL_<FLAG>
+    environment variable; a flag on the command line wins over the environment,
+    which wins over the file."""
+    explicitly_set = {
+        name for name in ctx.params if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    }
     try:
+        opts = merge_options(opts, explicitly_set, opts["config_file"], os.environ)
+        setup_logging((ctx.obj or {}).get("log_level", logging.WARNING), opts["log_format"])
         settings, source = _settings_from_options(opts)
     except UsageError as e:
         _fail_usage(e.message)
-    summary = _run_engine(settings, source)
+    summary = _run_engine(settings, source, metrics_port=opts["metrics_port"])
     print_summary(summary, settings.out)
     if summary.stopped:
         sys.exit(130)
@@ -296,9 +318,14 @@ def _settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource
     return settings, source
 
 
-def _run_engine(settings: RunSettings, source: DidSource | None) -> RunSummary:
+def _run_engine(
+    settings: RunSettings, source: DidSource | None, *, metrics_port: int | None = None
+) -> RunSummary:
     async def main() -> RunSummary:
         backfill = Backfill(settings, source)
+        observers = start_observers(
+            backfill, metrics_port=metrics_port, live_progress=settings.progress
+        )
         loop = asyncio.get_running_loop()
 
         def on_signal(signum: int) -> None:
@@ -309,7 +336,12 @@ def _run_engine(settings: RunSettings, source: DidSource | None) -> RunSummary:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
-        return await backfill.run()
+        try:
+            summary = await backfill.run()
+            observers.finish(summary)
+            return summary
+        finally:
+            observers.close()
 
     try:
         return asyncio.run(main())

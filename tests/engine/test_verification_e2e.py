@@ -69,7 +69,8 @@ def backfills(tmp_path_factory: pytest.TempPathFactory) -> tuple[GroundTruth, Pa
 def _damaged(truth: GroundTruth) -> dict[str, str]:
     """damage -> DID, one of each kind (the scenario asks for one each)."""
     out = {a.damage: a.did for a in truth.accounts.values() if a.damage}
-    out.update({"bad_signature": a.did for a in truth.accounts.values() if not a.signature_valid})
+    (bad_signature,) = [a.did for a in truth.accounts.values() if not a.signature_valid]
+    out["bad_signature"] = bad_signature
     assert set(out) == {*REASONS, "broken_records"}, out
     return out
 

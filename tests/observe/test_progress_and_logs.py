@@ -69,7 +69,7 @@ def test_display_shows_totals_rates_eta_and_the_hosts_table() -> None:
     positions = [header.index(column) for column in HOST_COLUMNS]
     assert positions == sorted(positions), header  # every column, in order
     rows = [line for line in text.splitlines() if ".example" in line]
-    assert [r.split()[1] for r in rows] == [
+    assert [r.split()[0] for r in rows] == [
         "pds.busy.example",
         "pds.slow.example",
         "pds.limited.example",
@@ -87,10 +87,14 @@ def test_hosts_view_picks_busiest_and_really_paused_hosts() -> None:
     now = time.time()
     slots[1].bucket("com.atproto.sync.getRepo").pause(now + 30, "rate limited (429)")
     slots[2].bucket("x").pause(now - 1, "rate limited (429)")  # over: not paused any more
+    budget = slots[3].bucket("x")  # the server's budget is used up for 5 more seconds
+    budget.server_remaining, budget.server_reset = 0.0, now + 5
     v = hosts_view(slots, top=2)
     assert [h.host for h in v.busiest] == ["h4", "h3"]
-    assert [h.host for h in v.paused_hosts] == ["h1"] and v.paused == 1
+    assert [h.host for h in v.paused_hosts] == ["h1", "h3"] and v.paused == 2
     assert v.paused_hosts[0].paused.startswith("rate limited (429) for ")
+    assert v.paused_hosts[1].paused.startswith("server budget used up")
+    assert v.busiest[1].paused == v.paused_hosts[1].paused  # the busy h3 shows it too
     assert (v.in_flight, v.active) == (10, 4)
 
 

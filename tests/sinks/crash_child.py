@@ -5,6 +5,11 @@
                            the adds, before commit); "none": finish cleanly
     crash_child OUT loop   claim and commit small batches until the queue is
                            empty; the parent SIGKILLs it at a random moment
+    crash_child OUT two    two writers: the first keeps an open batch (tmp files
+                           written, not committed), the second commits and pauses
+                           after the store commit, before any rename (prints
+                           "stored"); on a line from stdin both finish their
+                           commits ("done"); the parent may SIGKILL it instead
 
 The store must already hold resolved DIDs on host "h1" (see test_crash.py).
 """
@@ -12,6 +17,7 @@ The store must already hold resolved DIDs on host "h1" (see test_crash.py).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sys
 from pathlib import Path
@@ -58,6 +64,9 @@ def main(out: Path, step: str) -> None:
                 writer.commit()
         writer.commit()
         return
+    if step == "two":
+        two_writers(out, store, now)
+        return
     writer = DatasetWriter(
         out, store, SinkConfig(row_group_rows=8, max_file_rows=20), step_hook=hook
     )
@@ -72,6 +81,35 @@ def main(out: Path, step: str) -> None:
     hook("add")
     writer.commit()
     store.close()
+
+
+def two_writers(out: Path, store: SqliteStateStore, now: dt.datetime) -> None:
+    cfg = SinkConfig(row_group_rows=8, max_file_rows=20)
+    holding = DatasetWriter(out, store, cfg)
+    opened = [t.did for t in store.claim("h1", 4, now)]
+    for did in opened:
+        add_repo(holding, did)
+    say("open", opened, holding.writer_id)
+    stored = [t.did for t in store.claim("h1", 4, now)]
+
+    def pause(name: str) -> None:
+        if name == "stored":
+            say("stored", stored, committing.writer_id)
+            sys.stdin.readline()
+
+    committing = DatasetWriter(out, store, cfg, step_hook=pause)
+    for did in stored:
+        add_repo(committing, did)
+    committing.commit()  # pauses after the store commit, before the renames
+    holding.commit()
+    holding.close()
+    committing.close()
+    say("done", [], "")
+
+
+def say(event: str, dids: list[str], writer: str) -> None:
+    """One JSON line for the parent: [event, DIDs, writer id]."""
+    print(json.dumps([event, dids, writer]), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from bsky_backfill.sinks import DatasetWriter
+from bsky_backfill.sinks import DatasetWriter, RecoveryReport
 from bsky_backfill.sinks.storage import TMP_DIR
 from bsky_backfill.state.base import Identity, RepoState
 from bsky_backfill.state.sqlite import SqliteStateStore
@@ -28,10 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DIDS = [f"did:plc:crash{i:03d}" for i in range(24)]
 
 
-def child(out: Path, mode: str) -> subprocess.Popen[str]:
+def child(out: Path, mode: str, stdin: int | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.sinks.crash_child", str(out), mode],
         cwd=ROOT,
+        stdin=stdin,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -44,9 +46,16 @@ def prepare(out: Path, dids: list[str]) -> None:
 
 def recover_and_check(out: Path) -> set[str]:
     """Recover like a fresh run would, assert the invariant, return the finished DIDs."""
+    return recover_and_report(out)[0]
+
+
+def recover_and_report(out: Path) -> tuple[set[str], RecoveryReport]:
+    """`recover_and_check`, also returning what the sink's recovery did."""
     with SqliteStateStore(out / STORE) as store:
         store.recover()
-        DatasetWriter(out, store).recover()
+        writer = DatasetWriter(out, store)
+        report = writer.recover()
+        writer.close()
         assert not list((out / TMP_DIR).iterdir()), "tmp files survived recovery"
         rows = store._conn.execute("SELECT did, state FROM repos").fetchall()
         finished = {d for d, s in rows if s in (RepoState.DONE, RepoState.FAILED)}
@@ -60,7 +69,7 @@ def recover_and_check(out: Path) -> set[str]:
     assert all(n == 1 for n in dead.values()), "a dead letter landed twice"
     assert {d for d, _ in dead} <= finished
     assert {d for d, u in dead if u is None} == {d for d in finished if failing(d)}
-    return finished
+    return finished, report
 
 
 @pytest.mark.parametrize(
@@ -100,11 +109,17 @@ def test_sigkill_at_random_moments(tmp_path: Path) -> None:
         proc = child(out, "loop")
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
-        try:
-            proc.wait(timeout=rng.uniform(0.0, 0.4))
-        except subprocess.TimeoutExpired:
+        # Meanwhile another writer recovers, again and again: it must never take
+        # the live child's open batch (its commit would record files that are gone).
+        with SqliteStateStore(out / STORE) as store:
+            other = DatasetWriter(out, store)
+            until = time.monotonic() + rng.uniform(0.0, 0.4)
+            while proc.poll() is None and time.monotonic() < until:
+                assert other.recover().missing == ()
+            other.close()
+        if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
+        proc.wait()
         now = recover_and_check(out)
         assert finished <= now, "a finished repo was lost"
         finished = now

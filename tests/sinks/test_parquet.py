@@ -38,6 +38,11 @@ def parquet_files(out: Path) -> list[Path]:
     return sorted(out.glob("**/*.parquet"))
 
 
+def tmp_files(out: Path) -> list[Path]:
+    """Every tmp file, whichever writer's directory (or the old flat layout) it is in."""
+    return sorted((out / TMP_DIR).glob("**/*.tmp"))
+
+
 def test_add_commit_lands_exactly_the_rows(out: Path, store: SqliteStateStore) -> None:
     w = writer(out, store)
     dids = [f"did:plc:r{i}" for i in range(5)]
@@ -51,7 +56,7 @@ def test_add_commit_lands_exactly_the_rows(out: Path, store: SqliteStateStore) -
     assert store.counts()[RepoState.DONE] == 5
     committed = {f.path for f in store.committed_files()}
     assert committed == {str(p.relative_to(out)) for p in parquet_files(out)}
-    assert not list((out / TMP_DIR).iterdir())
+    assert tmp_files(out) == []
     meta = pq.ParquetFile(out / next(iter(committed))).metadata
     assert meta.row_group(0).column(0).compression == "ZSTD"
     assert w.commit().files == ()  # empty batch: nothing to do
@@ -61,7 +66,7 @@ def test_open_batch_is_invisible_to_readers(out: Path, store: SqliteStateStore) 
     w = writer(out, store, row_group_rows=4)
     w.add(*extract("did:plc:a"))
     w.add(*extract("did:plc:b"))
-    assert list((out / TMP_DIR).iterdir()), "rows should already stream to tmp files"
+    assert tmp_files(out), "rows should already stream to tmp files"
     assert parquet_files(out) == []
     con = duckdb.connect()
     with pytest.raises(duckdb.IOException):  # DuckDB: "No files found that match the pattern"
@@ -173,7 +178,7 @@ def test_abort_deletes_the_batch_and_names_its_repos(out: Path, store: SqliteSta
         RepoFailed("did:plc:b", "X", "x"), DeadLetter("did:plc:b", None, "fetch", "X", "x")
     )
     assert w.abort() == ["did:plc:a", "did:plc:b"]
-    assert not list((out / TMP_DIR).iterdir())
+    assert tmp_files(out) == []
     assert w.commit().files == ()
     assert parquet_files(out) == [] and store.committed_files() == []
 
@@ -183,9 +188,13 @@ def test_close_refuses_to_drop_an_open_batch(out: Path, store: SqliteStateStore)
     w.add(*extract("did:plc:a"))
     with pytest.raises(RuntimeError, match="uncommitted"):
         w.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        w.add(*extract("did:plc:b"))
+    # Closing released the writer: its leftovers are a dead writer's to settle.
     report = writer(out, store).recover()
-    assert (report.renamed, report.deleted) == (0, 2)
-    w.close()  # now empty: fine
+    assert (report.renamed, report.deleted, report.dead_writers) == (0, 2, 1)
+    assert not (out / TMP_DIR / w.writer_id).exists()
+    w.close()  # closing twice: a no-op
 
 
 def test_a_repo_twice_in_a_batch_is_refused(out: Path, store: SqliteStateStore) -> None:
@@ -215,17 +224,27 @@ class ExplodingStore(SqliteStateStore):
 
 def test_failed_store_commit_leaves_tmp_for_recovery(out: Path) -> None:
     path = out / "_state" / "state.sqlite"
-    with ExplodingStore(path) as bad:
+    with ExplodingStore(path) as bad, SqliteStateStore(path) as good:
         w = DatasetWriter(out, bad)
         w.add(*extract("did:plc:a"))
         with pytest.raises(OSError, match="fire"):
             w.commit()
         assert parquet_files(out) == []
-        assert list((out / TMP_DIR).iterdir())  # kept: recover() asks the store
-    with SqliteStateStore(path) as good:
+        # The outcome is unknown: the writer keeps the batch aside and takes nothing new.
+        assert w.holds("did:plc:a")
+        with pytest.raises(RuntimeError, match="discard_batch"):
+            w.add(*extract("did:plc:b"))
+        with pytest.raises(RuntimeError, match="discard_batch"):
+            w.abort()
+        # While its writer lives, nobody else's recovery touches the files...
+        assert DatasetWriter(out, good).recover().kept == 2
+        assert len(tmp_files(out)) == 2
+        with pytest.raises(RuntimeError, match="uncommitted"):
+            w.close()
+        # ...once it is gone, recovery asks the store: never committed, so deleted.
         report = DatasetWriter(out, good).recover()
     assert report.deleted == 2 and report.renamed == 0
-    assert not list((out / TMP_DIR).iterdir())
+    assert tmp_files(out) == []
 
 
 def test_failed_write_breaks_the_batch_until_abort(
@@ -249,7 +268,10 @@ def test_failed_write_breaks_the_batch_until_abort(
     assert set(uris(out)) == expected_uris("did:plc:c")
 
 
-def test_recover_handles_every_leftover(out: Path, store: SqliteStateStore) -> None:
+def test_recover_handles_every_leftover_of_the_flat_layout(
+    out: Path, store: SqliteStateStore
+) -> None:
+    """Tmp files directly in `_state/tmp` (earlier versions): a dead writer's."""
     w = writer(out, store)
     w.add(*extract("did:plc:a"))
     w.commit()

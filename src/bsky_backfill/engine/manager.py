@@ -45,7 +45,7 @@ from bsky_backfill.engine.workers import Role, join_followers, spawn_followers, 
 from bsky_backfill.errors import TerminalError, TransientError, UsageError
 from bsky_backfill.identity.resolver import DidResolver
 from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
-from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
+from bsky_backfill.sinks.parquet import CommitSummary, DatasetWriter, SinkConfig
 from bsky_backfill.state.base import Identity, RepoDone, RepoFailed, RepoState, StateStore
 from bsky_backfill.state.open import open_store
 from bsky_backfill.xrpc.client import XrpcClient
@@ -107,6 +107,8 @@ class Backfill:
         self._fatal: Exception | None = None
         self._rand = random.Random()
         self.on_tick: list[Callable[[Backfill], None]] = []
+        self.on_commit: list[Callable[[CommitSummary], None]] = []
+        self.on_decode: list[Callable[[float], None]] = []
 
     # -- control ----------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -480,10 +482,13 @@ class Backfill:
     def _commit(self) -> None:
         sink = getattr(self, "sink", None)
         if sink is not None:
-            if not self._sink_call("commit", sink.commit):
+            summaries: list[CommitSummary] = []
+            if not self._sink_call("commit", lambda: summaries.append(sink.commit())):
                 return
             self._failed_uncommitted.clear()
             self.stats.commits += 1
+            for hook in self.on_commit:
+                hook(summaries[0])
 
     async def _commit_loop(self) -> None:
         while True:

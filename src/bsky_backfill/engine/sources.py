@@ -21,11 +21,10 @@ from bsky_backfill.syntax import is_supported_did
 
 
 def _clean(line: str) -> str | None:
-    """A DID from one line, or None for blank lines and `#` comments."""
-    text = line.strip()
-    if not text or text.startswith("#"):
-        return None
-    return text
+    """A DID from one line, or None for blank lines and comments. A `#` starts a
+    comment anywhere on the line (DIDs never contain one)."""
+    text = line.split("#", 1)[0].strip()
+    return text or None
 
 
 @dataclass

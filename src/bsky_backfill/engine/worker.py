@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,6 +65,7 @@ class RepoWorker:
                 extract, cursors = await self.lister.fetch(slot, task)
             else:
                 data = await self._fetch(slot, task)
+                started = time.perf_counter()
                 extract = await self.extractor.extract(
                     data,
                     task.did,
@@ -72,6 +74,8 @@ class RepoWorker:
                     verify=run.settings.verify,
                 )
                 del data
+                for hook in run.on_decode:
+                    hook(time.perf_counter() - started)
             done = RepoDone(did=task.did, rev=extract.rev, records=extract.row_count)
             if not run.land(extract, done, cursors):
                 return
@@ -81,12 +85,23 @@ class RepoWorker:
             run._maybe_commit()
         except TerminalError as e:
             slot.failed += 1
-            log.info("dead-lettered %s on %s: %s", task.did, slot.host, error_summary(e))
+            log.info(
+                "dead-lettered %s on %s: %s",
+                task.did,
+                slot.host,
+                error_summary(e),
+                extra={"host": slot.host, "did": task.did},
+            )
             run.fail_repo(task.did, e)
         except TransientError as e:
             self._retry_or_fail(slot, task, e)
         except Exception as e:  # a bug or an unmapped library error: never stall the run
-            log.exception("unexpected error on %s (%s)", task.did, slot.host)
+            log.exception(
+                "unexpected error on %s (%s)",
+                task.did,
+                slot.host,
+                extra={"host": slot.host, "did": task.did},
+            )
             run.fail_repo(task.did, RepoInvalid(f"{type(e).__name__}: {e}", code="InternalError"))
         finally:
             slot.active -= 1

@@ -24,6 +24,7 @@ checked by `repo.verify.check_blocks`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -168,52 +169,65 @@ def walk_verified(
         if entries:
             if layer is None:
                 layer = key_height(_first_key(entries))
+            lo, hi = _height_bounds(layer)
         elif left is None and cid != root:
             raise _failed("an MST node below the root is empty")
         child = None if layer is None else layer - 1
         pending: list[tuple[Any, bytes]] = []
+        push = pending.append
         prev = b""
         for e in entries:
             try:
-                if e.__class__ is not dict or len(e) != 4:
-                    raise KeyError
                 p = e["p"]
                 k = e["k"]
                 v = e["v"]
                 t = e["t"]
-            except KeyError:
+            except (KeyError, TypeError, IndexError):
                 raise _failed(f"malformed MST entry: {e!r:.200}") from None
+            n = len(prev)
             if (
-                p.__class__ is not int
+                e.__class__ is not dict
+                or len(e) != 4
+                or p.__class__ is not int
                 or k.__class__ is not bytes
                 or v.__class__ is not bytes
-                or not 0 <= p <= len(prev)
+                or not 0 <= p <= n
             ):
                 raise _failed(f"malformed MST entry: {e!r:.200}")
-            if p < len(prev) and k and k[0] == prev[p]:
+            if p < n and k and k[0] == prev[p]:
                 raise _failed(f"MST key prefix not fully compressed: {e!r:.200}")
             prev = prev[:p] + k
-            # One hash per key. Most keys sit on layer 0, where the height check
-            # is just "the first 2 bits of the hash are not both zero".
-            if layer == 0:
-                if sha(prev).digest()[0] < 0x40:
-                    raise _failed(f"MST key {prev!r:.200} is not on layer 0")
-            elif key_height(prev) != layer:
+            # One hash per key, compared with the layer's bounds as bytes.
+            if not lo <= sha(prev).digest() < hi:
                 raise _failed(f"MST key {prev!r:.200} is not on layer {layer}")
             try:
-                pending.append((prev.decode("ascii"), v))
+                push((prev.decode("ascii"), v))
             except UnicodeDecodeError:
                 raise _failed(f"MST key is not ASCII: {prev!r:.200}") from None
             if t is not None:
                 if t.__class__ is not bytes or layer == 0:
                     raise _failed(f"malformed MST entry (subtree): {e!r:.200}")
-                pending.append((child, t))
+                push((child, t))
         pending.reverse()
         stack += pending
         if left is not None:
             if layer == 0:
                 raise _failed("an MST node on layer 0 has a subtree")
             stack.append((child, left))
+
+
+@functools.cache
+def _height_bounds(layer: int) -> tuple[bytes, bytes]:
+    """[lo, hi) of the sha256 digests (as 32 big-endian bytes) of keys of height `layer`.
+
+    Height h = 2h or 2h+1 leading zero bits = a 256-bit number in
+    [2^(254-2h), 2^(256-2h)): one bytes comparison instead of counting bits.
+    """
+    if not 0 <= layer <= 127:
+        raise _failed(f"MST layer {layer} out of range")
+    lo = (1 << (254 - 2 * layer)).to_bytes(32, "big")
+    hi = (1 << (256 - 2 * layer)).to_bytes(32, "big") if layer else b"\xff" * 33
+    return lo, hi
 
 
 def _first_key(entries: list[Any]) -> bytes:

@@ -1,8 +1,8 @@
-"""The open batch of a `DatasetWriter`: its tmp Parquet files and the repo states
-that will be committed with them.
+"""The sink's settings and the open batch of a `DatasetWriter`: its tmp Parquet
+files and the repo states that will be committed with them.
 
-Where it sits: internal to `sinks.parquet`; split out to keep the commit
-protocol readable there.
+Where it sits: used by `sinks.parquet` (which re-exports `SinkConfig` and
+`CommitSummary`); split out to keep the commit protocol readable there.
 """
 
 from __future__ import annotations
@@ -14,11 +14,48 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bsky_backfill.models import DeadLetter
+from bsky_backfill.sinks.liveness import Liveness
 from bsky_backfill.state.base import CommittedFile, RepoDone, RepoFailed
 
 if TYPE_CHECKING:
-    from bsky_backfill.sinks.parquet import SinkConfig
     from bsky_backfill.sinks.storage import Storage
+
+
+@dataclass(frozen=True, slots=True)
+class SinkConfig:
+    """How the sink batches and lays out files."""
+
+    commit_rows: int = 500_000
+    """Commit once the open batch holds this many rows (records + dead letters).
+    Files are closed at each commit, so this also bounds how big files get."""
+    commit_seconds: float = 30.0
+    """...or once its first row is this old: bounds the work a crash throws away."""
+    row_group_rows: int = 128 * 1024
+    """Rows per Parquet row group; rows are buffered (as Arrow) up to this per table."""
+    max_file_rows: int = 1_000_000
+    """Start a new file within a batch past this many rows (huge repos, huge batches)."""
+    compression: str = "zstd"
+    compression_level: int | None = None
+    """None: the codec's default (zstd level 1 in Arrow)."""
+    liveness: Liveness = "auto"
+    """How recovery tells a dead writer from a live one (sinks/liveness.py): "lock"
+    (flock; the "auto" choice on a local filesystem) or "age" (the "auto" choice on
+    object stores; also for a filesystem shared by machines whose flock is unreliable)."""
+    stale_after: float = 3600.0
+    """Age rule: a writer whose every tmp file (heartbeat included) is older than this
+    many seconds is dead. Live writers rewrite their heartbeat every quarter of it."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitSummary:
+    """What one commit made durable (for logs, events and metrics)."""
+
+    files: tuple[CommittedFile, ...] = ()
+    done: int = 0
+    failed: int = 0
+    dead_letters: int = 0
+    rows_by_collection: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 class Part:

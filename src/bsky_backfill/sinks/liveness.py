@@ -53,6 +53,7 @@ from bsky_backfill.sinks.storage import LOCK_NAME, Storage, writer_dir
 log = logging.getLogger("bsky_backfill.sinks")
 
 Rule = Literal["lock", "age"]
+Liveness = Literal["auto", "lock", "age"]
 
 
 class BatchRefused(BackfillError):
@@ -67,7 +68,7 @@ class BatchRefused(BackfillError):
     stage = "sink"
 
 
-def pick_rule(storage: Storage, liveness: str) -> Rule:
+def pick_rule(storage: Storage, liveness: Liveness) -> Rule:
     """`SinkConfig.liveness` ("auto", "lock" or "age") for this storage."""
     if liveness == "age" or (liveness == "auto" and not storage.local):
         return "age"

@@ -27,9 +27,12 @@ Commit protocol (the state store is the single source of truth):
 
 So at any instant, kill -9 or power loss, a batch is either wholly in the store
 and (after recovery) wholly in the dataset, or in neither. No row lands twice:
-a final path exists only after its store record is durable. Files are deleted
-only by their own writer before step 3 (`abort`, `discard_batch`) or by
-recovery once that writer is dead, and hence can never reach step 3.
+a final path exists only after its store record is durable. No committed row
+is lost: an uncommitted tmp file is deleted only by its own writer (`abort`
+before step 3, `discard_batch` after the store refused step 3) or by recovery
+once its writer is dead, and a dead writer never reaches step 3. (Under the
+age rule "dead" is inferred from a silent heartbeat; a writer whose heartbeat
+lapsed refuses step 3 itself: see sinks/liveness.py.)
 
 Not thread-safe: one thread drives a writer. `add` encodes Parquet (CPU) and
 `commit` fsyncs, so an asyncio engine may call them through a worker thread.
@@ -43,12 +46,11 @@ import os
 import posixpath
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from bsky_backfill.models import DeadLetter, RepoExtract
-from bsky_backfill.sinks.batch import Batch, DiscardedBatch, Part
+from bsky_backfill.sinks.batch import Batch, CommitSummary, DiscardedBatch, Part, SinkConfig
 from bsky_backfill.sinks.deadletters import dead_letter_table
 from bsky_backfill.sinks.liveness import WriterDir, pick_rule
 from bsky_backfill.sinks.recovery import RecoveryReport, recover_dataset
@@ -62,42 +64,7 @@ from bsky_backfill.sinks.storage import (
 )
 from bsky_backfill.state.base import CommittedFile, RepoDone, RepoFailed, StateStore
 
-
-@dataclass(frozen=True, slots=True)
-class SinkConfig:
-    """How the sink batches and lays out files."""
-
-    commit_rows: int = 500_000
-    """Commit once the open batch holds this many rows (records + dead letters).
-    Files are closed at each commit, so this also bounds how big files get."""
-    commit_seconds: float = 30.0
-    """...or once its first row is this old: bounds the work a crash throws away."""
-    row_group_rows: int = 128 * 1024
-    """Rows per Parquet row group; rows are buffered (as Arrow) up to this per table."""
-    max_file_rows: int = 1_000_000
-    """Start a new file within a batch past this many rows (huge repos, huge batches)."""
-    compression: str = "zstd"
-    compression_level: int | None = None
-    """None: the codec's default (zstd level 1 in Arrow)."""
-    liveness: str = "auto"
-    """How recovery tells a dead writer from a live one (sinks/liveness.py): "lock"
-    (flock; the "auto" choice on a local filesystem) or "age" (the "auto" choice on
-    object stores; also for a filesystem shared by machines whose flock is unreliable)."""
-    stale_after: float = 3600.0
-    """Age rule: a writer whose every tmp file (heartbeat included) is older than this
-    many seconds is dead. Live writers rewrite their heartbeat every quarter of it."""
-
-
-@dataclass(frozen=True, slots=True)
-class CommitSummary:
-    """What one commit made durable (for logs, events and metrics)."""
-
-    files: tuple[CommittedFile, ...] = ()
-    done: int = 0
-    failed: int = 0
-    dead_letters: int = 0
-    rows_by_collection: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
+__all__ = ["CommitSummary", "DatasetWriter", "DiscardedBatch", "SinkConfig"]
 
 
 StepHook = Callable[[str], None]

@@ -59,7 +59,7 @@ class RecoveryReport:
     """Committed files with neither final nor tmp file: removed by someone else.
     Their repos are marked done but their rows are gone; worth a loud warning."""
     kept: int = 0
-    """Uncommitted tmp files of live writers: their open batches, left alone."""
+    """Uncommitted tmp files of other live writers: their open batches, left alone."""
     dead_writers: int = 0
     """Tmp directories of dead writers (crashed, or closed with a batch open) settled."""
     live_writers: int = 0
@@ -105,7 +105,7 @@ def recover_dataset(
         for rel, listing, _ in dead:
             s.settle(rel, listing.files, dead=True)
         for rel, listing in live:
-            s.settle(rel, listing.files, dead=False)
+            s.settle(rel, listing.files, dead=False, mine=rel == own)
         # Renames durable before a dead writer's directory goes away.
         for d_rel in s.touched:
             storage.fsync_dir(d_rel)
@@ -138,7 +138,7 @@ class _Settler:
         self.touched: set[str] = set()
         self.renamed = self.deleted = self.kept = 0
 
-    def settle(self, rel: str, names: Iterable[str], *, dead: bool) -> None:
+    def settle(self, rel: str, names: Iterable[str], *, dead: bool, mine: bool = False) -> None:
         for name in names:
             final = final_path(name)
             if final is None:
@@ -156,7 +156,7 @@ class _Settler:
             elif not dead:
                 # A live writer's: its open batch, or a committed file its
                 # owner is moving right now (a copy that is already in place).
-                self.kept += final not in self.committed
+                self.kept += final not in self.committed and not mine
             else:
                 with contextlib.suppress(FileNotFoundError):  # settled by a concurrent recovery
                     self.storage.delete(tmp)
