@@ -34,8 +34,8 @@ def test_three_workers_one_killed(tmp_path: Path) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         workers = []
         for _ in range(3):
-            workers.append(subprocess.Popen(args, stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, text=True, env=env))  # fmt: skip
+            pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+            workers.append(subprocess.Popen(args, text=True, env=env, **pipes))  # type: ignore[call-overload]
             time.sleep(0.3)
         deadline = time.monotonic() + 60
         while net.stats.count(endpoint=GET_REPO) < 25:
