@@ -8,3 +8,7 @@ The flow, end to end (each step is a package below this one):
 """
 
 __version__ = "0.1.0"
+
+from bsky_backfill.api import Backfill, RunSummary  # the public API
+
+__all__ = ["Backfill", "RunSummary", "__version__"]

@@ -10,7 +10,6 @@ error; a run stopped by SIGINT/SIGTERM exits 130/143 after committing.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import os
 import signal
@@ -18,7 +17,6 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
 import click
 from click.core import ParameterSource
@@ -29,12 +27,9 @@ from bsky_backfill.engine.manager import Backfill, RunSummary
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.errors import UsageError
 from bsky_backfill.observe import setup_logging, start_observers
+from bsky_backfill.options import check_out_writable, settings_from_options
 from bsky_backfill.output import print_status, print_summary
-from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.settings_file import merge_options
-from bsky_backfill.syntax import is_valid_nsid, parse_datetime
-from bsky_backfill.xrpc.client import HttpSettings
-from bsky_backfill.xrpc.retry import RetryPolicy
 
 EXIT_USAGE = 2
 EXIT_FATAL = 1
@@ -43,74 +38,6 @@ EXIT_FATAL = 1
 def _fail_usage(message: str) -> NoReturn:
     click.echo(f"bsky-backfill: error: {message}", err=True)
     sys.exit(EXIT_USAGE)
-
-
-# -- input parsing (all before anything is written) -------------------------------------
-def parse_when(value: str | None, flag: str) -> dt.datetime | None:
-    """ISO 8601 date or datetime -> aware UTC; a date or naive time is taken as UTC."""
-    if value is None:
-        return None
-    strict = parse_datetime(value)
-    if strict is not None:
-        return strict
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise UsageError(f"{flag} {value!r} is not an ISO 8601 date or datetime") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.astimezone(dt.UTC)
-
-
-def parse_collections(value: str | None) -> frozenset[str]:
-    if value is None:
-        return frozenset(DEFAULT_COLLECTIONS)
-    names = [part.strip() for part in value.split(",") if part.strip()]
-    if not names:
-        raise UsageError("--collections is empty")
-    for name in names:
-        if not is_valid_nsid(name):
-            raise UsageError(f"--collections: {name!r} is not a valid NSID")
-    return frozenset(names)
-
-
-_SIZE_UNITS = {
-    "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}  # fmt: skip
-
-
-def parse_size(value: str, flag: str) -> int:
-    """`500MB`, `4GiB`, `123456` -> bytes."""
-    text = value.strip().lower().replace(" ", "")
-    number = text.rstrip("kmgtib")
-    unit = text[len(number) :]
-    try:
-        amount = float(number)
-    except ValueError:
-        raise UsageError(f"{flag} {value!r} is not a size like 500MB or 4GiB") from None
-    if unit not in _SIZE_UNITS or amount <= 0:
-        raise UsageError(f"{flag} {value!r} is not a size like 500MB or 4GiB")
-    return int(amount * _SIZE_UNITS[unit])
-
-
-def check_out_writable(out: Path) -> None:
-    """Refuse an --out we could not write, without leaving anything behind."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a directory")
-    probe_dir = out
-    while not probe_dir.exists():
-        if probe_dir.parent == probe_dir:
-            break
-        probe_dir = probe_dir.parent
-    if not probe_dir.is_dir():
-        raise UsageError(f"--out {out}: {probe_dir} is not a directory")
-    try:
-        # os.access is not enough as root or on read-only mounts: try for real.
-        probe = tempfile.mkdtemp(prefix=".bsky-backfill-probe-", dir=probe_dir)
-        os.rmdir(probe)
-    except OSError as e:
-        raise UsageError(f"--out {out}: not writable ({e.strerror or e})") from None
 
 
 # -- commands ------------------------------------------------------------------------
@@ -222,100 +149,13 @@ def run(ctx: click.Context, /, **opts: Any) -> None:
     try:
         opts = merge_options(opts, explicitly_set, opts["config_file"], os.environ)
         setup_logging((ctx.obj or {}).get("log_level", logging.WARNING), opts["log_format"])
-        settings, source = _settings_from_options(opts)
+        settings, source = settings_from_options(opts)
     except UsageError as e:
         _fail_usage(e.message)
     summary = _run_engine(settings, source, metrics_port=opts["metrics_port"])
     print_summary(summary, settings.out)
     if summary.stopped:
         sys.exit(130)
-
-
-def _looks_like_host(value: str) -> bool:
-    """`host[:port]` or an http(s) URL with a host."""
-    url = value if "://" in value else f"https://{value}"
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in value
-
-
-def _settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource | None]:
-    for flag, key in (("--host-concurrency", "host_concurrency"), ("--commit-rows", "commit_rows")):
-        if opts[key] < 1:
-            raise UsageError(f"{flag} must be at least 1")
-    if opts["commit_seconds"] <= 0:
-        raise UsageError("--commit-seconds must be positive")
-    for flag, key in (
-        ("--connect-timeout", "connect_timeout"),
-        ("--read-timeout", "read_timeout"),
-        ("--retry-base", "retry_base"),
-    ):
-        if opts[key] <= 0:
-            raise UsageError(f"{flag} must be positive")
-    if opts["max_attempts"] < 1:
-        raise UsageError("--max-attempts must be at least 1")
-    max_car_bytes = parse_size(opts["max_car_size"], "--max-car-size")
-    if opts["workers"] < 1:
-        raise UsageError("--workers must be at least 1")
-    if opts["rate_limit"] is not None and opts["rate_limit"] < 0:
-        raise UsageError("--rate-limit must be >= 0 (0 = only the server's limits)")
-    enumerating = bool(opts["all_from_plc"] or opts["from_relay"] or opts["pds"])
-    listed = bool(opts["dids_file"] or opts["did_list"])
-    if not (listed or enumerating or opts["refresh"]):
-        raise UsageError(
-            "name what to backfill: --dids FILE, --did DID, --all-from-plc, "
-            "--from-relay URL or --pds URL (or --refresh an existing --out)"
-        )
-    for flag, value in [("--from-relay", opts["from_relay"]), *(("--pds", p) for p in opts["pds"])]:
-        if value is not None and not _looks_like_host(value):
-            raise UsageError(f"{flag} {value!r} is not a host name or an http(s) URL")
-    since = parse_when(opts["since"], "--since")
-    until = parse_when(opts["until"], "--until")
-    if since and until and since >= until:
-        raise UsageError("--since must be earlier than --until")
-    collections = parse_collections(opts["collections"])
-    if not opts["plc_url"].startswith(("http://", "https://")):
-        raise UsageError(f"--plc-url {opts['plc_url']!r} must be an http(s) URL")
-    source = DidSource.from_args(list(opts["did_list"]), opts["dids_file"]) if listed else None
-    out = opts["out"]
-    if "://" in out:
-        if not opts["queue"]:
-            raise UsageError(
-                f"--out {out}: a remote dataset needs --queue postgresql://... "
-                "(the state cannot live on object storage)"
-            )
-        if opts["refresh"]:
-            raise UsageError("--refresh needs a local --out (it reads what landed with DuckDB)")
-    else:
-        check_out_writable(Path(out))
-    progress = opts["progress"] if opts["progress"] is not None else sys.stdout.isatty()
-    settings = RunSettings(
-        out=out,
-        queue=opts["queue"],
-        plc_url=opts["plc_url"],
-        method=opts["method"],
-        collections=collections,
-        since=since,
-        until=until,
-        rate_limit=opts["rate_limit"] or None,
-        allow_private_hosts=opts["allow_private_hosts"],
-        verify=not opts["no_verify"],
-        progress=progress,
-        host_concurrency=opts["host_concurrency"],
-        workers=opts["workers"],
-        all_from_plc=opts["all_from_plc"],
-        from_relay=opts["from_relay"],
-        pds=tuple(opts["pds"]),
-        refresh=opts["refresh"],
-        commit_rows=opts["commit_rows"],
-        commit_seconds=opts["commit_seconds"],
-        http=HttpSettings(
-            connect_timeout=opts["connect_timeout"],
-            read_timeout=opts["read_timeout"],
-            max_car_bytes=max_car_bytes,
-        ),
-        retry=RetryPolicy(max_attempts=opts["max_attempts"], base_seconds=opts["retry_base"]),
-    )
-    return settings, source
 
 
 def _run_engine(
