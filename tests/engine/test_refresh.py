@@ -45,13 +45,13 @@ def test_refresh_lands_new_records_and_records_deletions(tmp_path: Path) -> None
         grown = [net.mutate(with_posts[1], add_posts=3), net.mutate(with_posts[2], add_posts=120)]
         shrunk = net.mutate(with_posts[0], delete_uris=(posts[0].uri,))
         requests_before = net.stats.count(endpoint=GET_REPO)
-        refresh = run_cli("run", "--refresh", "--out", str(out), "--plc-url", net.plc_url,
-                          "--allow-private-hosts", "--no-progress", "--rate-limit", "0")  # fmt: skip
+        refresh_args = ["run", "--refresh", "--out", str(out), "--plc-url", net.plc_url,
+                        "--allow-private-hosts", "--no-progress", "--rate-limit", "0"]  # fmt: skip
+        refresh = run_cli(*refresh_args)
         assert refresh.returncode == 0, refresh.stderr
         refetched = net.stats.count(endpoint=GET_REPO) - requests_before
         files_after_refresh = sorted(out.rglob("*.parquet"))
-        again = run_cli("run", "--refresh", "--out", str(out), "--plc-url", net.plc_url,
-                        "--allow-private-hosts", "--no-progress", "--rate-limit", "0")  # fmt: skip
+        again = run_cli(*refresh_args)
         assert again.returncode == 0, again.stderr
         # nothing changed since: no new rows, no new deletions, no new files
         assert sorted(out.rglob("*.parquet")) == files_after_refresh
