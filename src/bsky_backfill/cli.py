@@ -30,6 +30,7 @@ from bsky_backfill.observe import setup_logging, start_observers
 from bsky_backfill.options import check_out_writable, settings_from_options
 from bsky_backfill.output import print_status, print_summary
 from bsky_backfill.settings_file import merge_options
+from bsky_backfill.state.open import redact
 
 EXIT_USAGE = 2
 EXIT_FATAL = 1
@@ -200,7 +201,8 @@ def status(out: str, queue: str | None, as_json: bool) -> None:
     state_path = Path(out) / "_state" / "state.sqlite"
     try:
         if not store_exists(queue, state_path):
-            raise UsageError(f"no backfill state under {out} (run `bsky-backfill run` first)")
+            where = f"in the queue {redact(queue)}" if queue else f"under {out}"
+            raise UsageError(f"no backfill state {where} (run `bsky-backfill run` first)")
         store = open_store(queue, state_path)
     except UsageError as e:
         _fail_usage(e.message)

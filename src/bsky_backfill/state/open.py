@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from bsky_backfill.errors import UsageError
 from bsky_backfill.state.base import StateStore
@@ -51,3 +52,12 @@ def store_exists(queue: str | None, default_path: Path) -> bool:
         except PostgresConnectError as e:
             raise UsageError(f"--queue {e}") from None
     return True
+
+
+def redact(url: str) -> str:
+    """A queue URL fit for messages: any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
