@@ -71,8 +71,9 @@ def test_header_less_html_429s_back_off_and_complete(tmp_path: Path) -> None:
 
 def test_fault_storm_lands_everything_exactly_once(tmp_path: Path) -> None:
     scenario = Scenario(
-        seed=23, accounts=60, hosts=3, mean_records=20, invalid_rate=0.03,
-        faults=Faults(error_rate=0.08, hang_rate=0.05, hang_s=5.0, truncate_rate=0.08, seed=1),
+        seed=23, accounts=60, hosts=3, mean_records=20, invalid_rate=0.03, broken_records=1,
+        faults=Faults(error_rate=0.08, hang_rate=0.05, hang_s=5.0, truncate_rate=0.06,
+                      short_car_rate=0.05, seed=1),
         rate_limit=RateLimit(limit=1000, window_s=1.0, get_repo_limit=8),
     )  # fmt: skip
     out = tmp_path / "out"
@@ -86,7 +87,7 @@ def test_fault_storm_lands_everything_exactly_once(tmp_path: Path) -> None:
         truth = net.truth
     assert result.returncode == 0, result.stderr
     kinds = {kind for (_, kind) in faults}
-    assert {"error", "hang", "truncate"} <= kinds, faults
+    assert {"error", "hang", "truncate", "short_car"} <= kinds, faults
     assert_matches_truth(out, truth.expected_rows(), truth.expected_dead_letters())
 
 

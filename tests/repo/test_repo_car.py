@@ -83,7 +83,6 @@ def _car_error(data: bytes) -> RepoInvalid:
         b"",
         b"\x00",
         b"garbage" * 10,
-        (CARS / "indigo/greenground.repo.car").read_bytes()[:500],  # truncated
     ],
 )
 def test_unreadable_car(data: bytes) -> None:
@@ -145,3 +144,14 @@ def test_gc_state_is_restored() -> None:
         assert not gc.isenabled()  # a pause inside a pause leaves the outer in charge
     finally:
         gc.enable()
+
+
+def test_a_car_cut_short_is_transient(fixtures: Path) -> None:
+    """A body that ends mid-frame was cut on the way: retry it, don't dead-letter it."""
+    from bsky_backfill.errors import TransientError
+
+    data = (fixtures / "car" / "laravel-bluesky" / "bsky-app.car").read_bytes()
+    for cut in (200, len(data) // 2, len(data) - 1):
+        with pytest.raises(TransientError) as err:
+            read_car(data[:cut])
+        assert err.value.code == "TruncatedBody"

@@ -26,7 +26,7 @@ from typing import Any
 
 import libipld
 
-from bsky_backfill.errors import RepoInvalid
+from bsky_backfill.errors import RepoInvalid, TransientError
 from bsky_backfill.repo.gcpause import gc_paused
 
 __all__ = ["CarBlocks", "Undecodable", "frame_car", "read_car", "read_frame"]
@@ -51,6 +51,10 @@ class CarBlocks:
     def commit(self) -> dict[str, Any]:
         commit: dict[str, Any] = self.blocks[self.root]
         return commit
+
+
+class TruncatedCar(ValueError):
+    """The CAR ends inside a frame: the body was cut short."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,11 @@ def read_car(data: bytes) -> CarBlocks:
         try:
             with gc_paused():
                 header, blocks = _decode_block_by_block(data)
+        except TruncatedCar as cut:
+            # A body that ends mid-frame was cut short on the way (a dropped
+            # connection behind a proxy that still ended the response cleanly):
+            # worth another try, unlike a CAR that is malformed in itself.
+            raise TransientError(f"CAR cut short: {cut}", code="TruncatedBody") from e
         except ValueError:
             raise _invalid(f"cannot decode CAR: {e}") from e
     roots = header.get("roots") if isinstance(header, dict) else None
@@ -142,8 +151,10 @@ def read_frame(data: bytes, pos: int) -> tuple[bytes, int, int]:
     """The block frame at `pos`: (CID bytes, data start, data stop). ValueError if malformed."""
     length, start = read_varint(data, pos)
     stop = start + length
-    if length == 0 or stop > len(data):
-        raise ValueError(f"CAR block frame at byte {pos} is empty or runs past the end")
+    if stop > len(data):
+        raise TruncatedCar(f"CAR block frame at byte {pos} runs past the end of the body")
+    if length == 0:
+        raise ValueError(f"CAR block frame at byte {pos} is empty")
     cid_end = start + cid_length(data, start)
     if cid_end > stop:
         raise ValueError(f"CAR block frame at byte {pos} is shorter than its CID")
@@ -158,7 +169,9 @@ def frame_car(data: bytes) -> tuple[bytes, list[tuple[bytes, int, int]]]:
     """
     length, pos = read_varint(data, 0)
     if length == 0 or pos + length > len(data):
-        raise ValueError("CAR header is empty or truncated")
+        # Not called a cut body: a header is a few dozen bytes, so a body shorter
+        # than its header is far more likely garbage than a cut download.
+        raise ValueError("CAR header is empty or runs past the end of the body")
     header = data[pos : pos + length]
     pos += length
     frames = []
