@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bsky_backfill.simulate import Faults, RateLimit, Scenario, run_network_in_thread
 from tests.conftest import run_cli
-from tests.dataset import assert_matches_truth, read_rows
+from tests.dataset import assert_matches_truth, collections_in, read_rows
 
 GET_REPO = "com.atproto.sync.getRepo"
 
@@ -114,3 +114,53 @@ def test_private_pds_is_refused_without_a_single_request(tmp_path: Path) -> None
         assert row["stage"] == ("resolve" if account.method == "web" else "fetch")
         assert "127.0.0.1" in row["message"] or "localhost" in row["message"]
     assert len(by_did) == len(truth.input_dids)
+
+
+def test_list_heavy_run_keeps_to_the_shared_budget(tmp_path: Path) -> None:
+    """listRecords, describeRepo and getRepoStatus share the general bucket."""
+    limit = 12
+    scenario = Scenario(
+        seed=25, accounts=10, hosts=2, mean_records=150, did_web=0, tombstoned=0, unknown=0,
+        rate_limit=RateLimit(limit=limit, window_s=1.5, get_repo_limit=1000),
+    )  # fmt: skip
+    out = tmp_path / "out"
+    with run_network_in_thread(scenario) as net:
+        dids = write_dids(tmp_path, net.truth.input_dids)
+        result = run_cli(
+            *base_args(net, dids, out), "--allow-private-hosts", "--rate-limit", "0",
+            "--method", "list", "--host-concurrency", "3",
+        )  # fmt: skip
+        truth = net.truth
+        assert result.returncode == 0, result.stderr
+        assert net.stats.count(status=429) == 0
+        for host in net.hosts:
+            windows = host.policy.windows("com.atproto.repo.listRecords")
+            full = windows[:-1]
+            assert len(full) >= 2, windows
+            assert all(used >= 0.9 * limit for used in full), windows
+    assert_matches_truth(out, truth.expected_rows(), truth.expected_dead_letters())
+
+
+def test_repos_over_the_size_limit_are_dead_lettered(tmp_path: Path) -> None:
+    scenario = Scenario(seed=26, accounts=12, hosts=2, mean_records=40, giant_repo=3000)
+    out = tmp_path / "out"
+    with run_network_in_thread(scenario) as net:
+        dids = write_dids(tmp_path, net.truth.input_dids)
+        sizes = {
+            did: len(net.account(did).repo.car)
+            for did in net.truth.input_dids
+            if did in net.truth.accounts and net.truth.fetchable(did)
+        }
+        limit = sorted(sizes.values())[-3]  # the two biggest repos are over it
+        result = run_cli(*base_args(net, dids, out), "--allow-private-hosts",
+                         "--max-car-size", str(limit))  # fmt: skip
+        truth = net.truth
+    assert result.returncode == 0, result.stderr
+    too_big = {did for did, size in sizes.items() if size > limit}
+    assert len(too_big) == 2
+    letters = read_rows(out, "_deadletters")
+    assert {r["did"] for r in letters if r["error"] == "RepoTooLarge"} == too_big
+    kept = [d for d in truth.input_dids if d not in too_big]
+    expected = truth.expected_rows(dids=kept)
+    got = {r["uri"] for c in collections_in(out) for r in read_rows(out, c)}
+    assert got == set(expected)

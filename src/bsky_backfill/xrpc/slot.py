@@ -13,11 +13,14 @@ budgets but enforce a total.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from bsky_backfill.xrpc.ratelimit import RateBucket
 
 GET_REPO = "com.atproto.sync.getRepo"
+
+log = logging.getLogger("bsky_backfill.hosts")
 
 
 def bucket_name(endpoint: str) -> str:
@@ -48,10 +51,19 @@ class HostSlot:
     def observe(self, endpoint: str, status: int | None, headers: dict[str, str] | None) -> None:
         """Feed a response to its bucket; a 429 pauses every bucket of the host."""
         bucket = self.bucket(endpoint)
+        was_paused = self.paused_until > time.time()
         bucket.observe(status, headers)
         if status == 429:
             for other in self.buckets.values():
                 other.pause(bucket.paused_until, bucket.pause_reason)
+            if not was_paused:  # one line per pause, not per throttled request
+                log.warning(
+                    "%s: rate limited (429 on %s); pausing this host for %.1fs",
+                    self.host,
+                    endpoint,
+                    self.paused_until - time.time(),
+                    extra={"host": self.host, "endpoint": endpoint},
+                )
 
     @property
     def paused_until(self) -> float:
