@@ -105,11 +105,22 @@ def read_manifest(cars: Path) -> list[CarFile]:
     return out
 
 
+def shard_items(items: list[CarFile], index: int, count: int) -> list[CarFile]:
+    """Shard `index` of `count`, balanced by records (biggest repo first to the lightest
+    shard), each shard in manifest order. One giant repo still bounds its shard."""
+    load = [0] * count
+    owner: dict[str, int] = {}
+    for item in sorted(items, key=lambda c: -c.records):
+        i = load.index(min(load))
+        owner[item.did] = i
+        load[i] += max(item.records, 1)
+    return [item for item in items if owner[item.did] == index]
+
+
 def run(cars: Path, out: Path, variant: str, shard: tuple[int, int]) -> dict[str, Any]:
     """Extract every CAR of the manifest (this shard of it) into `out`; the figures."""
     filt = RecordFilter(collections=frozenset(DEFAULT_COLLECTIONS))
-    index, count = shard
-    items = read_manifest(cars)[index::count]
+    items = shard_items(read_manifest(cars), *shard)
     sink = ParquetSink(out)
     dead: list[DeadLetter] = []
     tight = TightExtractor(filt, sink.add) if variant == "tight" else None
@@ -155,7 +166,7 @@ def main() -> None:
     parser.add_argument("--cars", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--variant", choices=VARIANTS, default="extract")
-    parser.add_argument("--shard", default="0/1", help="i/n: every n-th CAR from the i-th")
+    parser.add_argument("--shard", default="0/1", help="i/n: the i-th of n shards (by records)")
     parser.add_argument("--result", type=Path, required=True)
     args = parser.parse_args()
     i, n = (int(x) for x in args.shard.split("/"))

@@ -131,6 +131,13 @@ def cli(ctx: click.Context, verbose: int) -> None:
     help="First retry delay; doubles per attempt (with jitter).",
 )
 @click.option(
+    "--global-host-rate",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Requests/s per host for all workers together (PostgreSQL queue; shared egress IP).",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",

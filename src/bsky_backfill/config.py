@@ -46,6 +46,9 @@ class RunSettings(BaseModel):
     """Keep records with createdAt < until (aware UTC)."""
     rate_limit: float | None = 10.0
     """Our requests/second per PDS host (None = only the server's limits)."""
+    global_host_rate: int | None = None
+    """Requests/second per host for the whole cluster (PostgreSQL queue only): for
+    machines that share one egress IP. None: each machine paces hosts on its own."""
     host_concurrency: int = 4
     """Repos fetched at once from one host."""
     max_active_hosts: int = 256

@@ -92,6 +92,7 @@ class RunFileOptions(BaseModel):
     workers: int | None = Field(default=None, ge=1)
     refresh: bool | None = None
     host_concurrency: int | None = Field(default=None, ge=1)
+    global_host_rate: int | None = Field(default=None, ge=1)
     commit_rows: int | None = Field(default=None, ge=1)
     commit_seconds: float | None = Field(default=None, gt=0)
     connect_timeout: float | None = Field(default=None, gt=0)

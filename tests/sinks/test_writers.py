@@ -24,7 +24,7 @@ from bsky_backfill.models import DeadLetter, RepoExtract
 from bsky_backfill.sinks import BatchRefused, DatasetWriter, DiscardedBatch, SinkConfig
 from bsky_backfill.sinks.storage import LOCK_NAME, TMP_DIR, Storage, tmp_name
 from bsky_backfill.state.base import RepoFailed, RepoState
-from bsky_backfill.state.postgres_upkeep import LeaseLostError
+from bsky_backfill.state.errors import LeaseLostError
 from bsky_backfill.state.sqlite import SqliteStateStore
 from tests.sinks.builders import POST, expected_uris, extract, rows_table, uris
 from tests.sinks.crash_child import STORE, failing

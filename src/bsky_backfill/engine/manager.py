@@ -45,11 +45,14 @@ from bsky_backfill.engine.workers import Role, join_followers, spawn_followers, 
 from bsky_backfill.errors import TerminalError, TransientError, UsageError
 from bsky_backfill.identity.resolver import DidResolver
 from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
+from bsky_backfill.sinks import BatchRefused
 from bsky_backfill.sinks.parquet import CommitSummary, DatasetWriter, SinkConfig
 from bsky_backfill.state.base import Identity, RepoDone, RepoFailed, RepoState, StateStore
+from bsky_backfill.state.errors import LeaseLostError
 from bsky_backfill.state.open import open_store
 from bsky_backfill.xrpc.client import XrpcClient
 from bsky_backfill.xrpc.retry import error_summary, next_attempt
+from bsky_backfill.xrpc.shared import SharedHostBudget
 from bsky_backfill.xrpc.slot import HostSlot
 from bsky_backfill.xrpc.ssrf import check_endpoint
 
@@ -105,6 +108,9 @@ class Backfill:
         # pending in the store until the next commit, so they must not be resolved again.
         self._failed_uncommitted: set[str] = set()
         self._fatal: Exception | None = None
+        # List-mode repos whose committed-to-be pages were thrown away with a refused
+        # batch: their fetch must start again from the store's cursor.
+        self._poisoned: set[str] = set()
         self._rand = random.Random()
         self.on_tick: list[Callable[[Backfill], None]] = []
         self.on_commit: list[Callable[[CommitSummary], None]] = []
@@ -141,9 +147,8 @@ class Backfill:
                     commit_rows=settings.commit_rows, commit_seconds=settings.commit_seconds
                 ),
             )
-            if self.role.leader:
-                # Before any follower exists: recovery deletes uncommitted tmp files.
-                sink.recover()
+            # Safe in every process at any time: only dead writers' leftovers go.
+            self._recover_sink(sink)
             self.store, self.sink = store, sink
             extractor = Extractor()
             try:
@@ -168,6 +173,9 @@ class Backfill:
                             if self.stopping:
                                 stop_followers(self._followers)
                             await join_followers(self._followers)
+                            # A follower killed between its store commit and its
+                            # renames left files only a recovery moves into place.
+                            self._recover_sink(sink)
             finally:
                 extractor.close()
                 if self._fatal is None:
@@ -175,6 +183,10 @@ class Backfill:
                 else:
                     with contextlib.suppress(Exception):
                         sink.abort()  # its repos are still in progress: the next run redoes them
+                try:
+                    sink.close()
+                except RuntimeError as e:  # a batch left open by a fatal error: recovery's
+                    log.debug("closing the dataset writer: %s", e)
             if self._fatal is not None:
                 raise self._fatal
             return self._summary(store)
@@ -343,8 +355,12 @@ class Backfill:
     def slot(self, host: str) -> HostSlot:
         slot = self.slots.get(host)
         if slot is None:
+            shared = None
+            take = getattr(self.store, "take_host_tokens", None)
+            if self.settings.global_host_rate and take is not None:
+                shared = SharedHostBudget(host, self.settings.global_host_rate, take)
             slot = self.slots[host] = HostSlot(
-                host, self.settings.rate_limit, self.settings.host_concurrency
+                host, self.settings.rate_limit, self.settings.host_concurrency, shared
             )
         return slot
 
@@ -399,6 +415,7 @@ class Backfill:
         """SQLite `--workers`: every follower has exited, so what is still in progress
         was orphaned by one that died; the leader takes it, and every host, over."""
         recovered = self.store.recover()
+        self._recover_sink(self.sink)
         codes = [p.exitcode for p in self._followers]
         if any(code != 0 for code in codes):
             log.warning(
@@ -430,6 +447,23 @@ class Backfill:
         self._wake.set()
 
     # -- results ------------------------------------------------------------------------
+    def _put_back(self, sink: DatasetWriter, error: Exception) -> None:
+        """A commit the store refused for certain (a lease lost to another worker, a
+        writer whose liveness lapsed): nothing of the batch landed. Its repos go back
+        to the queue; list-mode repos still being fetched restart from their
+        committed cursor."""
+        discarded = sink.discard_batch()
+        log.warning(
+            "commit refused (%s); %d repos go back to the queue", error, len(discarded.dids)
+        )
+        now = utcnow()
+        for did in (*discarded.done, *discarded.failed):
+            if did in self._failed_uncommitted:
+                self._failed_uncommitted.discard(did)  # never claimed: still pending
+                continue
+            self.store.retry_later(did, 1, now, f"CommitRefused: {error}")
+        self._poisoned.update(discarded.partial)
+
     def _sink_call(self, what: str, call: Callable[[], object]) -> bool:
         """Run a sink operation; a failure there is fatal for the run (the batch can no
         longer be trusted): stop, and let `run()` raise it. False when it failed."""
@@ -438,20 +472,31 @@ class Backfill:
         try:
             call()
         except Exception as e:
-            log.error("the dataset writer failed (%s): %s; stopping", what, e)
-            self._fatal = e
-            self.request_stop()
+            self._set_fatal(what, e)
             return False
         return True
+
+    def _set_fatal(self, what: str, error: Exception) -> None:
+        log.error("the dataset writer failed (%s): %s; stopping", what, error)
+        self._fatal = error
+        self.request_stop()
+
+    def _check_poisoned(self, did: str) -> None:
+        if did in self._poisoned:
+            self._poisoned.discard(did)
+            self.worker.forget_progress(did)
+            raise TransientError("earlier pages of this repo were refused", code="CommitRefused")
 
     def land(
         self, extract: RepoExtract, done: RepoDone, cursors: list[tuple[str, str | None]]
     ) -> bool:
         """A finished repo into the open batch (done at the next commit)."""
+        self._check_poisoned(extract.did)
         return self._sink_call("add", lambda: self.sink.add(extract, done, cursors))
 
     def land_partial(self, extract: RepoExtract, cursors: list[tuple[str, str | None]]) -> bool:
         """Part of a repo still being fetched (list mode) into the open batch."""
+        self._check_poisoned(extract.did)
         return self._sink_call("add_partial", lambda: self.sink.add_partial(extract, cursors))
 
     def _fail(self, did: str, stage: str, code: str, message: str) -> None:
@@ -479,11 +524,30 @@ class Backfill:
         if self.sink.should_commit():
             self._commit()
 
+    def _recover_sink(self, sink: DatasetWriter) -> None:
+        report = sink.recover()
+        if report.missing:
+            log.error(
+                "%d committed files are gone from the dataset (removed by hand?): %s",
+                len(report.missing),
+                ", ".join(report.missing[:5]),
+            )
+        if report.renamed or report.deleted or report.dead_writers:
+            log.info("dataset recovery: %s", report)
+
     def _commit(self) -> None:
         sink = getattr(self, "sink", None)
         if sink is not None:
             summaries: list[CommitSummary] = []
-            if not self._sink_call("commit", lambda: summaries.append(sink.commit())):
+            try:
+                summaries.append(sink.commit())
+            except (LeaseLostError, BatchRefused) as e:
+                self._put_back(sink, e)
+                return
+            except Exception as e:
+                # Unknown outcome (the store may have committed): fatal, and the
+                # next start's recovery asks the store which files count.
+                self._set_fatal("commit", e)
                 return
             self._failed_uncommitted.clear()
             self.stats.commits += 1

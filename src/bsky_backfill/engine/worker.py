@@ -107,6 +107,11 @@ class RepoWorker:
             slot.active -= 1
             run.wake()
 
+    def forget_progress(self, did: str) -> None:
+        """Drop list-mode progress held in memory (its pages were refused)."""
+        if self.lister is not None:
+            self.lister.progress.pop(did, None)
+
     def _partial(self, part: RepoExtract, key: str, value: str) -> None:
         """List mode: a big repo's finished pages go to the open batch with their cursor."""
         if not self.run.land_partial(part, [(key, value)]):

@@ -153,8 +153,18 @@ class Storage:
     def list_dir(self, rel_dir: str) -> Listing:
         """One level of `rel_dir` (empty if it does not exist)."""
         sel = pafs.FileSelector(self.abs(rel_dir), recursive=False, allow_not_found=True)
+        for attempt in range(3):
+            try:
+                infos = self.fs.get_file_info(sel)
+                break
+            except FileNotFoundError:
+                # pyarrow (local) lists, and on ENOENT checks whether the directory
+                # exists: one created in between (another writer's first file of
+                # a collection) makes that an error. Listing again sees it.
+                if attempt == 2:
+                    raise
         out = Listing()
-        for i in self.fs.get_file_info(sel):
+        for i in infos:
             name = posixpath.basename(i.path.rstrip("/"))
             if i.type == pafs.FileType.File:
                 out.files[name] = i.mtime

@@ -7,6 +7,8 @@ for "the queue is unusable" instead of driver exceptions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from bsky_backfill.errors import BackfillError
 
 
@@ -19,3 +21,17 @@ class StateStoreError(BackfillError):
 
     code = "StateStoreError"
     stage = "state"
+
+
+class LeaseLostError(StateStoreError):
+    """A commit held repos this worker no longer owns; nothing of it was applied.
+
+    `dids` are the offending repos. The caller must discard the batch's files
+    (they were never recorded) and put its other repos back (`retry_later`).
+    """
+
+    code = "LeaseLost"
+
+    def __init__(self, message: str, dids: Sequence[str]) -> None:
+        super().__init__(message)
+        self.dids = tuple(dids)

@@ -61,9 +61,9 @@ from bsky_backfill.state.base import (
     RepoTask,
     StatusReport,
 )
-from bsky_backfill.state.errors import StateStoreError
+from bsky_backfill.state.errors import LeaseLostError, StateStoreError
 from bsky_backfill.state.postgres_conn import connect, migrate, one_line, parse_queue_url
-from bsky_backfill.state.postgres_upkeep import LeaseLostError, default_owner
+from bsky_backfill.state.postgres_upkeep import default_owner
 
 __all__ = ["DEFAULT_LEASE", "LeaseLostError", "PostgresStateStore"]
 
@@ -431,6 +431,33 @@ class PostgresStateStore:
                        ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
                     (key, value),
                 )
+
+    def take_host_tokens(self, host: str, want: int, per_second: int) -> tuple[int, float]:
+        """Up to `want` requests to `host` from this second's shared budget of
+        `per_second` (all workers together), on the database's clock. Returns
+        (granted, seconds until the next second starts)."""
+        with self._tx() as cur:
+            cur.execute(
+                """INSERT INTO host_caps(host, second, used) VALUES (%(h)s, 0, 0)
+                   ON CONFLICT (host) DO NOTHING""",
+                {"h": host},
+            )
+            cur.execute(
+                """WITH now_s AS (SELECT extract(epoch FROM clock_timestamp()) AS t),
+                        cur AS (
+                          SELECT c.host, floor(n.t)::bigint AS sec, n.t,
+                                 CASE WHEN c.second < floor(n.t) THEN 0 ELSE c.used END AS used
+                          FROM host_caps c, now_s n WHERE c.host = %(h)s FOR UPDATE OF c)
+                   UPDATE host_caps h SET second = cur.sec,
+                          used = cur.used + least(%(want)s, greatest(%(cap)s - cur.used, 0))
+                   FROM cur WHERE h.host = cur.host
+                   RETURNING least(%(want)s, greatest(%(cap)s - cur.used, 0)),
+                             cur.sec + 1 - cur.t""",
+                {"h": host, "want": want, "cap": per_second},
+            )
+            row = cur.fetchone()
+        assert row is not None
+        return int(row[0]), float(row[1])
 
     def get_cursor(self, source: str) -> str | None:
         """Where an enumeration source (PLC export, relay) left off; beyond the Protocol."""

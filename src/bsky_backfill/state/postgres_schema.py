@@ -130,5 +130,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # `rev` is what the diff is taken from (getRepo since=rev).
         "ALTER TABLE repos ADD COLUMN refresh BOOLEAN NOT NULL DEFAULT false",
     ),
+    (
+        # `--global-host-rate`: requests per second per host shared by every worker
+        # (for operators whose machines share one egress IP). One row per host:
+        # the second it counts, and how many requests that second has handed out.
+        """CREATE TABLE host_caps (
+            host TEXT PRIMARY KEY,
+            second BIGINT NOT NULL,
+            used INTEGER NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

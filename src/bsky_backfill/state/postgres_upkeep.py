@@ -21,24 +21,10 @@ from typing import Any
 import psycopg
 
 from bsky_backfill.state.base import RepoState
-from bsky_backfill.state.errors import StateStoreError
+from bsky_backfill.state.errors import LeaseLostError
 
 Cursor = psycopg.Cursor[tuple[Any, ...]]
 _COMPACT_LOCK = 0x62736B79  # "bsky": one compactor at a time per database
-
-
-class LeaseLostError(StateStoreError):
-    """A commit held repos this worker no longer owns; nothing of it was applied.
-
-    `dids` are the offending repos. The caller must discard the batch's files
-    (they were never recorded) and put its other repos back (`retry_later`).
-    """
-
-    code = "LeaseLost"
-
-    def __init__(self, message: str, dids: Sequence[str]) -> None:
-        super().__init__(message)
-        self.dids = tuple(dids)
 
 
 def default_owner() -> str:

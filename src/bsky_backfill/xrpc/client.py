@@ -181,6 +181,8 @@ class XrpcClient:
         assert session is not None, "use `async with XrpcClient(...)`"
         url = f"{base}/xrpc/{endpoint}"
         await slot.bucket(endpoint).acquire()
+        if slot.shared is not None:
+            await slot.shared.acquire()
         status: int | None = None
         size = 0
         try:

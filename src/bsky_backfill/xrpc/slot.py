@@ -17,6 +17,7 @@ import logging
 import time
 
 from bsky_backfill.xrpc.ratelimit import RateBucket
+from bsky_backfill.xrpc.shared import SharedHostBudget
 
 GET_REPO = "com.atproto.sync.getRepo"
 
@@ -31,8 +32,16 @@ def bucket_name(endpoint: str) -> str:
 class HostSlot:
     """Pacing and bookkeeping for one PDS host."""
 
-    def __init__(self, host: str, rate: float | None, concurrency: int) -> None:
+    def __init__(
+        self,
+        host: str,
+        rate: float | None,
+        concurrency: int,
+        shared: SharedHostBudget | None = None,
+    ) -> None:
         self.host = host
+        self.shared = shared
+        """The cluster-wide allowance for this host, when `--global-host-rate` is set."""
         self.rate = rate
         self.concurrency = concurrency
         self.buckets: dict[str, RateBucket] = {}
