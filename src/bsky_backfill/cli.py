@@ -131,6 +131,13 @@ def cli(ctx: click.Context, verbose: int) -> None:
     help="First retry delay; doubles per attempt (with jitter).",
 )
 @click.option(
+    "--stream-size",
+    default="64MiB",
+    show_default=True,
+    metavar="SIZE",
+    help="Repos at least this big are extracted in parts (bounded memory).",
+)
+@click.option(
     "--global-host-rate",
     type=int,
     default=None,

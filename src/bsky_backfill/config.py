@@ -65,6 +65,9 @@ class RunSettings(BaseModel):
     """Check commit signatures and MST structure (--no-verify turns it off)."""
     progress: bool = False
     """Show a live progress display."""
+    stream_bytes: int = 64 * 1024 * 1024
+    """CARs at least this big are extracted in parts and committed on their own
+    (bounded memory for repos of a million records)."""
     commit_rows: int = 200_000
     """Commit the open batch once it holds this many rows..."""
     commit_seconds: float = 10.0

@@ -32,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "workers": 1, "refresh": False, "config_file": None, "host_concurrency": 4,
     "commit_rows": 200_000, "commit_seconds": 10.0, "connect_timeout": 10.0,
     "read_timeout": 60.0, "max_car_size": "4GiB", "max_attempts": 6, "retry_base": 2.0,
-    "log_format": "text", "global_host_rate": None,
+    "log_format": "text", "global_host_rate": None, "stream_size": "64MiB",
 }  # fmt: skip
 """Every `run` option and its default (the CLI's flags share these values)."""
 
@@ -127,6 +127,7 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
     if opts["max_attempts"] < 1:
         raise UsageError("--max-attempts must be at least 1")
     max_car_bytes = parse_size(opts["max_car_size"], "--max-car-size")
+    stream_bytes = parse_size(opts["stream_size"], "--stream-size")
     if opts["global_host_rate"] is not None:
         if opts["global_host_rate"] < 1:
             raise UsageError("--global-host-rate must be at least 1")
@@ -180,6 +181,7 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
         progress=progress,
         host_concurrency=opts["host_concurrency"],
         global_host_rate=opts["global_host_rate"],
+        stream_bytes=stream_bytes,
         workers=opts["workers"],
         all_from_plc=opts["all_from_plc"],
         from_relay=opts["from_relay"],

@@ -98,6 +98,7 @@ class RunFileOptions(BaseModel):
     connect_timeout: float | None = Field(default=None, gt=0)
     read_timeout: float | None = Field(default=None, gt=0)
     max_car_size: Text | None = None
+    stream_size: Text | None = None
     max_attempts: int | None = Field(default=None, ge=1)
     retry_base: float | None = Field(default=None, gt=0)
     log_format: Literal["text", "json"] | None = None

@@ -137,3 +137,25 @@ def test_no_verify_keeps_only_the_checks_that_need_no_trust(
     collection = tampered.split("/")[3]
     (row,) = [r for r in _rows(out, collection) if r["uri"] == tampered]
     assert '"tampered":true' in str(row["record"]).replace(" ", "")  # unverified, it lands
+
+
+def test_big_repo_path_verifies_and_lands_the_same(tmp_path: Path) -> None:
+    """With --stream-size 1 every repo takes the big-repo path (lazy CAR, parts, own
+    commit): the same repos fail verification, the same records land."""
+    out = tmp_path / "streamed"
+    with run_network_in_thread(SCENARIO) as net:
+        dids = tmp_path / "dids.txt"
+        dids.write_text("\n".join(net.truth.input_dids) + "\n")
+        result = run_cli(
+            "run", "--dids", str(dids), "--out", str(out), "--plc-url", net.plc_url,
+            "--allow-private-hosts", "--no-progress", "--stream-size", "1",
+        )  # fmt: skip
+        truth = net.truth
+    assert result.returncode == 0, result.stderr
+    assert_matches_truth(out, truth.expected_rows(), truth.expected_dead_letters())
+    letters = read_rows(out, "_deadletters")
+    for damage, did in _damaged(truth).items():
+        if damage in REASONS:
+            [row] = [r for r in letters if r["did"] == did and r["uri"] is None]
+            assert (row["stage"], row["error"]) == ("verify", "VerificationFailed")
+            assert REASONS[damage] in row["message"]

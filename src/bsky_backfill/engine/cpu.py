@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from bsky_backfill.models import RecordFilter, RepoExtract
 from bsky_backfill.records.transform import extract_repo
+
+T = TypeVar("T")
 
 
 class Extractor:
@@ -28,6 +32,12 @@ class Extractor:
         loop = asyncio.get_running_loop()
         job = functools.partial(extract_repo, signing_key=signing_key, verify=verify)
         return await loop.run_in_executor(self._pool, job, data, did, filt)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Any CPU-bound step on the extraction thread (big repos' parts: one thread
+        for all of them keeps the allocator's memory in one arena)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

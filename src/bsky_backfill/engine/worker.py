@@ -11,6 +11,7 @@ A 429 is not an attempt: the host is paused and the same repo waits for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -22,6 +23,8 @@ from bsky_backfill.engine.listing import ListFetcher
 from bsky_backfill.engine.refresh import LandedIndex, refresh_extract
 from bsky_backfill.errors import RateLimited, RepoInvalid, TerminalError, TransientError
 from bsky_backfill.models import RepoExtract, utcnow
+from bsky_backfill.records.stream import stream_repo
+from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
 from bsky_backfill.state.base import RepoDone, RepoTask
 from bsky_backfill.xrpc.client import XrpcClient
 from bsky_backfill.xrpc.retry import error_summary, next_attempt
@@ -65,6 +68,9 @@ class RepoWorker:
                 extract, cursors = await self.lister.fetch(slot, task)
             else:
                 data = await self._fetch(slot, task)
+                if len(data) >= run.settings.stream_bytes:
+                    await self._land_big(slot, task, data)
+                    return
                 started = time.perf_counter()
                 extract = await self.extractor.extract(
                     data,
@@ -106,6 +112,47 @@ class RepoWorker:
         finally:
             slot.active -= 1
             run.wake()
+
+    async def _land_big(self, slot: HostSlot, task: RepoTask, data: bytes) -> None:
+        """A big repo: extracted in parts into a writer of its own, committed alone
+        once every part is written (and verified), so memory stays bounded and the
+        repo still lands whole or not at all."""
+        run = self.run
+        parts = stream_repo(
+            data,
+            task.did,
+            self.filter,
+            signing_key=task.signing_key,
+            verify=run.settings.verify,
+        )
+        writer = DatasetWriter(
+            run.settings.out,
+            run.store,
+            # Smaller row groups: rows wait in memory until a group is full.
+            SinkConfig(commit_rows=1 << 62, commit_seconds=float("inf"), row_group_rows=32_768),
+        )
+        rows, rev = 0, None
+        try:
+            while (part := await self.extractor.call(next, parts, None)) is not None:
+                await self.extractor.call(writer.add_partial, part, [])
+                rows += part.row_count
+                rev = part.rev
+                run.count_rows(part)
+            done = RepoDone(did=task.did, rev=rev, records=rows)
+            writer.add(RepoExtract(did=task.did, rev=rev, tables={}, dead_letters=[]), done)
+            summary = await self.extractor.call(writer.commit)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                writer.abort()
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+        run.stats.repos_done += 1
+        slot.done += 1
+        for hook in run.on_commit:
+            hook(summary)
+        log.info("%s: big repo (%d MB) landed in parts: %d rows", task.did, len(data) >> 20, rows)
 
     def forget_progress(self, did: str) -> None:
         """Drop list-mode progress held in memory (its pages were refused)."""
