@@ -211,7 +211,8 @@ def _cached(
     """`_build_plc` through an on-disk pickle keyed by the scenario's content hash, if set."""
     if scenario.cache_dir is None:
         return _build_plc(scenario, web_dids, plc, pools)
-    path = scenario.cache_dir / f"simnet-{scenario.content_key()}.pickle"
+    # The did:web DIDs (which carry their ports) shape the other repos too.
+    path = scenario.cache_dir / f"simnet-{scenario.content_key()}-w{len(web_dids)}.pickle"
     if path.exists():
         with path.open("rb") as f:
             outs, posts = pickle.load(f)
