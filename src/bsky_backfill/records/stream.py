@@ -6,8 +6,9 @@ The CAR is read lazily (repo/lazy.py), the MST walked once, and the records
 turned into tables `chunk` keys at a time; each part is handed to a writer of
 its own (engine/worker.py) that commits the repo only after the last part, so a
 repo is still landed whole or not at all. With verification on, the commit is
-checked first, the tree and every landing record block as the walk goes, and
-the block hashes at the end, before the commit: a repo that fails lands nothing.
+checked first, then every MST node and landing record block against its CID as
+the walk reads it; the writer commits only after the last part, so a repo that
+fails anywhere lands nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from bsky_backfill.repo.commit import read_commit
 from bsky_backfill.repo.gcpause import gc_paused
 from bsky_backfill.repo.lazy import read_car_lazy
 from bsky_backfill.repo.mst import walk_mst, walk_verified
-from bsky_backfill.repo.verify import check_blocks, failed, verify_commit
+from bsky_backfill.repo.verify import failed, verify_commit
 
 
 def stream_repo(
@@ -36,15 +37,15 @@ def stream_repo(
 ) -> Iterator[RepoExtract]:
     """Yield the repo's rows part by part; raises (from `next`) like `extract_repo`."""
     with gc_paused():
-        car = read_car_lazy(data)
+        car = read_car_lazy(data, verify=verify)
         commit = read_commit(car)
         if commit.did != did:
             raise failed(f"commit is for {commit.did!r:.100}, not the requested {did}")
         nodes: set[bytes] = set()
-        used: list[bytes] | None = None
         if verify:
+            # Block hashes are checked as blocks are read (LazyBlocks): the commit's
+            # already, every MST node and wanted record block as the walk reaches it.
             verify_commit(car, commit, signing_key)
-            used = []
             leaves = walk_verified(car.blocks, commit.data, nodes)
         else:
             leaves = walk_mst(car.blocks, commit.data)
@@ -55,11 +56,8 @@ def stream_repo(
                 break
             out = RecordColumns(did, filt)
             seen = [0]
-            out.add_many(_wanted_records(car.blocks, part, out, seen, used))
+            out.add_many(_wanted_records(car.blocks, part, out, seen, None))
             tables, dead_letters = out.finish()
             extract = RepoExtract(did, commit.rev, tables, dead_letters, records_seen=len(part))
             del out, part
         yield extract
-    if used is not None:
-        with gc_paused():
-            check_blocks(data, car, nodes, used)

@@ -11,12 +11,21 @@ walks and checks (repo/mst.py, repo/verify.py) run on it unchanged.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from hashlib import sha256
 from typing import Any
 
 import libipld
 
 from bsky_backfill.errors import RepoInvalid, TransientError
-from bsky_backfill.repo.car import CarBlocks, TruncatedCar, Undecodable, read_frame, read_varint
+from bsky_backfill.repo.car import (
+    DAG_CBOR_SHA256,
+    CarBlocks,
+    TruncatedCar,
+    Undecodable,
+    read_frame,
+    read_varint,
+)
+from bsky_backfill.repo.verify import failed
 
 _DECODE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError)
 
@@ -24,16 +33,22 @@ _DECODE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError)
 class LazyBlocks(Mapping[bytes, Any]):
     """CID -> decoded block, decoded on each access from the CAR bytes."""
 
-    def __init__(self, data: bytes, index: dict[bytes, int]) -> None:
+    def __init__(self, data: bytes, index: dict[bytes, int], *, verify: bool = False) -> None:
         self._data = data
         self._index = index  # cid -> start << 32 | length (one int per block: compact)
         self._decode = libipld.decode_dag_cbor
+        self.verify = verify
+        """Check each block's bytes against its CID when it is read: only the blocks
+        the walk and the wanted records touch are hashed, once, with no second pass."""
 
     def __getitem__(self, cid: bytes) -> Any:
         packed = self._index[cid]
         start = packed >> 32
+        raw = self._data[start : start + (packed & 0xFFFFFFFF)]
+        if self.verify and (not cid.startswith(DAG_CBOR_SHA256) or sha256(raw).digest() != cid[4:]):
+            raise failed(f"block {libipld.encode_cid(cid)} does not match its CID")
         try:
-            return self._decode(self._data[start : start + (packed & 0xFFFFFFFF)])
+            return self._decode(raw)
         except _DECODE_ERRORS as e:
             return Undecodable(str(e)[:200])
 
@@ -69,8 +84,9 @@ def _frame_index(data: bytes) -> tuple[bytes, dict[bytes, int]]:
     return header, index
 
 
-def read_car_lazy(data: bytes) -> CarBlocks:
-    """Frame `data` and return a CarBlocks whose blocks decode on demand."""
+def read_car_lazy(data: bytes, *, verify: bool = False) -> CarBlocks:
+    """Frame `data` and return a CarBlocks whose blocks decode (and, with `verify`,
+    are checked against their CIDs) on demand."""
     try:
         header_bytes, index = _frame_index(data)
         header = libipld.decode_dag_cbor(header_bytes)
@@ -81,7 +97,7 @@ def read_car_lazy(data: bytes) -> CarBlocks:
     roots = header.get("roots") if isinstance(header, dict) else None
     if not isinstance(roots, list) or len(roots) != 1 or not isinstance(roots[0], bytes):
         raise RepoInvalid("CAR header must name exactly one root CID", code="InvalidCar")
-    blocks = LazyBlocks(data, index)
+    blocks = LazyBlocks(data, index, verify=verify)
     commit = blocks.get(roots[0])
     if not isinstance(commit, dict):
         raise RepoInvalid("the root (commit) block is missing or not a map", code="InvalidCar")
