@@ -69,17 +69,40 @@ class LazyBlocks(Mapping[bytes, Any]):
 
 def _frame_index(data: bytes) -> tuple[bytes, dict[bytes, int]]:
     """Like `frame_car`, straight into the compact index (no list of frames: for a
-    million blocks that list alone is a few hundred MB)."""
+    million blocks that list alone is a few hundred MB).
+
+    The loop is written out for the shape every atproto block has (a 1-3 byte
+    length, then a 36-byte dag-cbor/sha2-256 CIDv1): a call per frame would cost
+    more than the rest of the indexing. Anything else goes through `read_frame`.
+    """
     length, pos = read_varint(data, 0)
     if length == 0 or pos + length > len(data):
         raise ValueError("CAR header is empty or runs past the end of the body")
     header = data[pos : pos + length]
     pos += length
     index: dict[bytes, int] = {}
+    setdefault = index.setdefault
     end = len(data)
+    prefix = DAG_CBOR_SHA256
     while pos < end:
-        cid, start, stop = read_frame(data, pos)
-        index.setdefault(cid, start << 32 | (stop - start))
+        b0 = data[pos]
+        if b0 < 0x80:
+            size, start = b0, pos + 1
+        elif pos + 1 < end and data[pos + 1] < 0x80:
+            size, start = (b0 & 0x7F) | data[pos + 1] << 7, pos + 2
+        elif pos + 2 < end and data[pos + 2] < 0x80:
+            size = (b0 & 0x7F) | (data[pos + 1] & 0x7F) << 7 | data[pos + 2] << 14
+            start = pos + 3
+        else:
+            size = -1
+            start = pos
+        stop = start + size
+        if size > 36 and stop <= end and data.startswith(prefix, start):
+            setdefault(data[start : start + 36], (start + 36) << 32 | (size - 36))
+            pos = stop
+            continue
+        cid, data_start, stop = read_frame(data, pos)  # the general (and failing) cases
+        setdefault(cid, data_start << 32 | (stop - data_start))
         pos = stop
     return header, index
 
