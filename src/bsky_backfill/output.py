@@ -20,6 +20,20 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
+def _print_counts(console: Console, records: dict[str, int], letters: dict[str, int]) -> None:
+    """Records per collection and dead letters per code, as two small tables."""
+    for counts, key, value, title in (
+        (records, "collection", "records", "records landed"),
+        (letters, "error", "count", "dead letters"),
+    ):
+        if not counts:
+            continue
+        table = Table(key, value, title=title, title_justify="left")
+        for name, count in sorted(counts.items()):
+            table.add_row(name, f"{count:,}")
+        console.print(table)
+
+
 def print_summary(summary: RunSummary, out: Path | str) -> None:
     """What a run prints when it ends."""
     console = _console()
@@ -31,16 +45,7 @@ def print_summary(summary: RunSummary, out: Path | str) -> None:
         f"({summary.records_per_second:,.0f}/s over this run); "
         f"{summary.requests:,} requests, {summary.bytes / 1e6:,.1f} MB"
     )
-    if summary.records:
-        table = Table("collection", "records", title="records landed", title_justify="left")
-        for name, count in sorted(summary.records.items()):
-            table.add_row(name, f"{count:,}")
-        console.print(table)
-    if summary.dead_letters:
-        table = Table("error", "count", title="dead letters", title_justify="left")
-        for code, count in sorted(summary.dead_letters.items()):
-            table.add_row(code, f"{count:,}")
-        console.print(table)
+    _print_counts(console, summary.records, summary.dead_letters)
     console.print(f"dataset: {out}")
 
 
@@ -67,16 +72,7 @@ def print_status(report: StatusReport, *, as_json: bool) -> None:
         f"repos: {report.total} total, {report.done} done, {report.failed} failed, "
         f"{report.pending} pending, {report.in_progress} in progress"
     )
-    if report.records_by_collection:
-        table = Table("collection", "records", title="records landed", title_justify="left")
-        for name, count in sorted(report.records_by_collection.items()):
-            table.add_row(name, f"{count:,}")
-        console.print(table)
-    if report.dead_letters_by_code:
-        table = Table("error", "count", title="dead letters", title_justify="left")
-        for code, count in sorted(report.dead_letters_by_code.items()):
-            table.add_row(code, f"{count:,}")
-        console.print(table)
+    _print_counts(console, report.records_by_collection, report.dead_letters_by_code)
     if report.hosts:
         table = Table("host", "total", "done", "failed", "pending", title="PDS hosts")
         for host in sorted(report.hosts, key=lambda h: -h.total):
