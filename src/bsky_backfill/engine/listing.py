@@ -22,34 +22,26 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from bsky_backfill.errors import RateLimited, RepoUnavailable, TransientError
+from bsky_backfill.engine.enumerate.listrepos import INACTIVE_CODES
+from bsky_backfill.errors import RepoUnavailable, TransientError
 from bsky_backfill.models import RecordFilter, RepoExtract
 from bsky_backfill.records.columns import RecordColumns
 from bsky_backfill.state.base import RepoTask
 from bsky_backfill.syntax import is_valid_tid, parse_datetime
 from bsky_backfill.xrpc.client import XrpcClient
-from bsky_backfill.xrpc.slot import HostSlot
+from bsky_backfill.xrpc.slot import HostSlot, through_rate_limits
 
 DESCRIBE_REPO = "com.atproto.repo.describeRepo"
 LIST_RECORDS = "com.atproto.repo.listRecords"
 GET_REPO_STATUS = "com.atproto.sync.getRepoStatus"
 PAGE_SIZE = 100
-MAX_RATE_LIMIT_WAITS = 50
 
-_STATUS_CODES = {
-    "takendown": "RepoTakendown",
-    "deactivated": "RepoDeactivated",
-    "suspended": "RepoSuspended",
-    "deleted": "RepoDeleted",
-}
 _TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
 _TID_VALUE = {c: i for i, c in enumerate(_TID_ALPHABET)}
-
-T = TypeVar("T")
 
 
 def tid_time(rkey: str) -> dt.datetime | None:
@@ -149,21 +141,11 @@ class ListFetcher:
         # process must resume from here, not from the store's older value.
         self.progress: dict[str, str] = {}
 
-    async def _call(self, slot: HostSlot, fn: Callable[[], Awaitable[T]]) -> T:
-        waits = 0
-        while True:
-            try:
-                return await fn()
-            except RateLimited:
-                waits += 1  # the slot is paused; the next acquire waits it out
-                if waits >= MAX_RATE_LIMIT_WAITS:
-                    raise
-
     async def _json(
         self, slot: HostSlot, task: RepoTask, endpoint: str, params: dict[str, str | int]
     ) -> Any:
-        return await self._call(
-            slot, lambda: self.client.xrpc_json(task.pds, endpoint, params, slot)
+        return await through_rate_limits(
+            lambda: self.client.xrpc_json(task.pds, endpoint, params, slot)
         )
 
     async def fetch(
@@ -263,6 +245,6 @@ class ListFetcher:
         except TransientError:
             return error
         if isinstance(status, dict) and status.get("active") is False:
-            code = _STATUS_CODES.get(str(status.get("status")), "RepoDeactivated")
+            code = INACTIVE_CODES.get(str(status.get("status")), "RepoDeactivated")
             return RepoUnavailable(f"getRepoStatus: {status.get('status')}", code=code)
         return error

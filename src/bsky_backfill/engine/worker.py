@@ -21,22 +21,19 @@ from typing import TYPE_CHECKING
 from bsky_backfill.engine.cpu import Extractor
 from bsky_backfill.engine.listing import ListFetcher
 from bsky_backfill.engine.refresh import LandedIndex, refresh_extract
-from bsky_backfill.errors import RateLimited, RepoInvalid, TerminalError, TransientError
+from bsky_backfill.errors import RepoInvalid, TerminalError, TransientError
 from bsky_backfill.models import RepoExtract, utcnow
 from bsky_backfill.records.stream import stream_repo
 from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
 from bsky_backfill.state.base import RepoDone, RepoTask
 from bsky_backfill.xrpc.client import XrpcClient
 from bsky_backfill.xrpc.retry import error_summary, next_attempt
-from bsky_backfill.xrpc.slot import HostSlot
+from bsky_backfill.xrpc.slot import HostSlot, through_rate_limits
 
 if TYPE_CHECKING:
     from bsky_backfill.engine.manager import Backfill
 
 log = logging.getLogger("bsky_backfill.worker")
-
-# How many 429s one repo may wait out before it counts as a failed attempt.
-MAX_RATE_LIMIT_WAITS = 50
 
 
 class RepoWorker:
@@ -173,19 +170,12 @@ class RepoWorker:
         return await asyncio.to_thread(refresh_extract, data, task.did, self.filter, landed)
 
     async def _fetch(self, slot: HostSlot, task: RepoTask, since: str | None = None) -> bytes:
-        waits = 0
-        while True:
-            try:
-                body = await self.client.get_repo(task.pds, task.did, slot, since=since)
-                if body.path is None:
-                    return body.read()
-                return await asyncio.to_thread(body.read)  # spooled: read back off the loop
-            except RateLimited:
-                # The slot is paused until the host's window resets; the next
-                # acquire() waits for it. Not an attempt: the repo is fine.
-                waits += 1
-                if waits >= MAX_RATE_LIMIT_WAITS:
-                    raise
+        body = await through_rate_limits(
+            lambda: self.client.get_repo(task.pds, task.did, slot, since=since)
+        )
+        if body.path is None:
+            return body.read()
+        return await asyncio.to_thread(body.read)  # spooled: read back off the loop
 
     def _retry_or_fail(self, slot: HostSlot, task: RepoTask, error: TransientError) -> None:
         attempt = task.attempts + 1

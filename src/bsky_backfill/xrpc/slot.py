@@ -15,13 +15,34 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
+from bsky_backfill.errors import RateLimited
 from bsky_backfill.xrpc.ratelimit import RateBucket
 from bsky_backfill.xrpc.shared import SharedHostBudget
 
 GET_REPO = "com.atproto.sync.getRepo"
 
 log = logging.getLogger("bsky_backfill.hosts")
+
+MAX_RATE_LIMIT_WAITS = 50
+"""429s one call may wait out before it counts as a failed attempt."""
+
+T = TypeVar("T")
+
+
+async def through_rate_limits(call: Callable[[], Awaitable[T]]) -> T:
+    """Run an XRPC call, repeating it after 429s. Not an attempt: the host slot has
+    paused itself, and the next acquire() waits until the host allows more."""
+    waits = 0
+    while True:
+        try:
+            return await call()
+        except RateLimited:
+            waits += 1
+            if waits >= MAX_RATE_LIMIT_WAITS:
+                raise
 
 
 def bucket_name(endpoint: str) -> str:

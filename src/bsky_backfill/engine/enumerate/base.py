@@ -30,7 +30,7 @@ from bsky_backfill.errors import RateLimited, TerminalError, TransientError
 from bsky_backfill.models import DeadLetter, utcnow
 from bsky_backfill.state.base import Identity, RepoFailed
 from bsky_backfill.xrpc.retry import RetryPolicy, error_summary, next_attempt
-from bsky_backfill.xrpc.slot import HostSlot
+from bsky_backfill.xrpc.slot import MAX_RATE_LIMIT_WAITS, HostSlot
 
 log = logging.getLogger("bsky_backfill.enumerate")
 
@@ -39,7 +39,6 @@ T = TypeVar("T")
 #: Retries of one page: a few, quickly; a source that still fails stops (not the run).
 PAGE_RETRY = RetryPolicy(max_attempts=4, base_seconds=1.0, cap_seconds=30.0)
 #: 429s one page may wait out before the source gives up on its host.
-MAX_RATE_LIMIT_WAITS = 50
 #: Stage of the dead letters enumeration writes (repos a listing says are inactive).
 STAGE = "enumerate"
 
