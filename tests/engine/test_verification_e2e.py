@@ -139,16 +139,19 @@ def test_no_verify_keeps_only_the_checks_that_need_no_trust(
     assert '"tampered":true' in str(row["record"]).replace(" ", "")  # unverified, it lands
 
 
-def test_big_repo_path_verifies_and_lands_the_same(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_big_repo_path_verifies_and_lands_the_same(tmp_path: Path, workers: str) -> None:
     """With --stream-size 1 every repo takes the big-repo path (lazy CAR, parts, own
-    commit): the same repos fail verification, the same records land."""
+    commit): the same repos fail verification, the same records land. With
+    --workers 2 the parts are extracted (and their record blocks checked) in
+    helper processes (engine/helpers.py)."""
     out = tmp_path / "streamed"
     with run_network_in_thread(SCENARIO) as net:
         dids = tmp_path / "dids.txt"
         dids.write_text("\n".join(net.truth.input_dids) + "\n")
         result = run_cli(
             "run", "--dids", str(dids), "--out", str(out), "--plc-url", net.plc_url,
-            "--allow-private-hosts", "--no-progress", "--stream-size", "1",
+            "--allow-private-hosts", "--no-progress", "--stream-size", "1", "--workers", workers,
         )  # fmt: skip
         truth = net.truth
     assert result.returncode == 0, result.stderr

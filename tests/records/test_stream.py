@@ -15,6 +15,8 @@ from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.records.stream import stream_repo
 from bsky_backfill.records.transform import extract_repo
 
+pytestmark = pytest.mark.usefixtures("verify_loops")  # C loops and Python twins
+
 DID = "did:plc:z72i7hdynmk6r22z27h6tvur"
 
 

@@ -31,6 +31,8 @@ from bsky_backfill.simulate.ids import cid_for_block
 from bsky_backfill.simulate.keys import SigningKey
 from tests.conftest import FIXTURES
 
+pytestmark = pytest.mark.usefixtures("verify_loops")  # C loops and Python twins
+
 POST, LIKE = "app.bsky.feed.post", "app.bsky.feed.like"
 ALL = RecordFilter(collections=frozenset({POST, LIKE, "app.bsky.graph.follow"}))
 POSTS = RecordFilter(collections=frozenset({POST}))

@@ -38,6 +38,7 @@ from bsky_backfill.engine.enumerate import (
     Source,
     run_source,
 )
+from bsky_backfill.engine.helpers import HelperPool
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.engine.stats import RunStats
 from bsky_backfill.engine.worker import RepoWorker
@@ -151,6 +152,8 @@ class Backfill:
             self._recover_sink(sink)
             self.store, self.sink = store, sink
             extractor = Extractor()
+            # Big repos' parts spread over the cores the user gave (engine/helpers.py).
+            helpers = HelperPool(settings.workers) if settings.workers > 1 else None
             try:
                 async with XrpcClient(
                     settings.http, allow_private=settings.allow_private_hosts
@@ -163,7 +166,7 @@ class Backfill:
                         allow_private=settings.allow_private_hosts,
                         concurrency=settings.resolve_concurrency,
                     )
-                    self.worker = RepoWorker(self, client, extractor)
+                    self.worker = RepoWorker(self, client, extractor, helpers)
                     if self.role.leader and self.role.count > 1:
                         self._followers = spawn_followers(settings, self.role.count)
                     try:
@@ -178,6 +181,8 @@ class Backfill:
                             self._recover_sink(sink)
             finally:
                 extractor.close()
+                if helpers is not None:
+                    helpers.close()
                 if self._fatal is None:
                     self._commit()
                 else:

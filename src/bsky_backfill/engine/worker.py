@@ -13,20 +13,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import tempfile
 import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bsky_backfill.engine.cpu import Extractor
+from bsky_backfill.engine.helpers import HelperPool
 from bsky_backfill.engine.listing import ListFetcher
 from bsky_backfill.engine.refresh import LandedIndex, refresh_extract
 from bsky_backfill.errors import RepoInvalid, TerminalError, TransientError
 from bsky_backfill.models import RepoExtract, utcnow
-from bsky_backfill.records.stream import stream_repo
+from bsky_backfill.records.stream import PartPlan, extract_part, plan_parts
 from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
 from bsky_backfill.state.base import RepoDone, RepoTask
-from bsky_backfill.xrpc.client import XrpcClient
+from bsky_backfill.xrpc.client import Body, XrpcClient
 from bsky_backfill.xrpc.retry import error_summary, next_attempt
 from bsky_backfill.xrpc.slot import HostSlot, through_rate_limits
 
@@ -39,10 +45,17 @@ log = logging.getLogger("bsky_backfill.worker")
 class RepoWorker:
     """Processes claimed repos; shared by all host slots of a run."""
 
-    def __init__(self, run: Backfill, client: XrpcClient, extractor: Extractor) -> None:
+    def __init__(
+        self,
+        run: Backfill,
+        client: XrpcClient,
+        extractor: Extractor,
+        helpers: HelperPool | None = None,
+    ) -> None:
         self.run = run
         self.client = client
         self.extractor = extractor
+        self.helpers = helpers
         self.filter = run.settings.record_filter
         self.landed = LandedIndex(Path(run.settings.out), self.filter.collections)
         self.lister: ListFetcher | None = None
@@ -64,10 +77,11 @@ class RepoWorker:
             elif self.lister is not None:
                 extract, cursors = await self.lister.fetch(slot, task)
             else:
-                data = await self._fetch(slot, task)
-                if len(data) >= run.settings.stream_bytes:
-                    await self._land_big(slot, task, data)
+                body = await self._fetch_body(slot, task)
+                if body.size >= run.settings.stream_bytes:
+                    await self._land_big(slot, task, body)
                     return
+                data = await self._read(body)
                 started = time.perf_counter()
                 extract = await self.extractor.extract(
                     data,
@@ -110,33 +124,37 @@ class RepoWorker:
             slot.active -= 1
             run.wake()
 
-    async def _land_big(self, slot: HostSlot, task: RepoTask, data: bytes) -> None:
+    async def _land_big(self, slot: HostSlot, task: RepoTask, body: Body) -> None:
         """A big repo: extracted in parts into a writer of its own, committed alone
         once every part is written (and verified), so memory stays bounded and the
-        repo still lands whole or not at all."""
+        repo still lands whole or not at all. With helper processes the parts are
+        built on other cores while this process walks the tree."""
         run = self.run
-        parts = stream_repo(
-            data,
-            task.did,
-            self.filter,
-            signing_key=task.signing_key,
-            verify=run.settings.verify,
-        )
+        size = body.size
+        path: str | None = None
         writer = DatasetWriter(
             run.settings.out,
             run.store,
             # Smaller row groups: rows wait in memory until a group is full.
             SinkConfig(commit_rows=1 << 62, commit_seconds=float("inf"), row_group_rows=32_768),
         )
-        rows, rev = 0, None
+        got = _Parts()
         try:
-            while (part := await self.extractor.call(next, parts, None)) is not None:
-                await self.extractor.call(writer.add_partial, part, [])
-                rows += part.row_count
-                rev = part.rev
-                run.count_rows(part)
-            done = RepoDone(did=task.did, rev=rev, records=rows)
-            writer.add(RepoExtract(did=task.did, rev=rev, tables={}, dead_letters=[]), done)
+            if self.helpers is not None:
+                path = await asyncio.to_thread(_on_disk, body)
+                data = await asyncio.to_thread(_read_file, path)
+            else:
+                data = await self._read(body)
+            plans = plan_parts(
+                data, task.did, signing_key=task.signing_key, verify=run.settings.verify
+            )
+            if self.helpers is None or path is None:
+                await self._parts_here(plans, data, writer, got)
+            else:
+                await self._parts_in_helpers(plans, path, writer, got)
+            del data
+            done = RepoDone(did=task.did, rev=got.rev, records=got.rows)
+            writer.add(RepoExtract(did=task.did, rev=got.rev, tables={}, dead_letters=[]), done)
             summary = await self.extractor.call(writer.commit)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -145,11 +163,67 @@ class RepoWorker:
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+            body.discard()
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
         run.stats.repos_done += 1
         slot.done += 1
         for hook in run.on_commit:
             hook(summary)
-        log.info("%s: big repo (%d MB) landed in parts: %d rows", task.did, len(data) >> 20, rows)
+        log.info("%s: big repo (%d MB) landed in parts: %d rows", task.did, size >> 20, got.rows)
+
+    @staticmethod
+    def _write_part(writer: DatasetWriter, part: RepoExtract, got: _Parts) -> RepoExtract:
+        """On the extraction thread: one part into the repo's own writer."""
+        writer.add_partial(part, [])
+        got.rev = part.rev
+        got.rows += part.row_count
+        return part
+
+    async def _parts_here(
+        self, plans: Iterator[PartPlan], data: bytes, writer: DatasetWriter, got: _Parts
+    ) -> None:
+        """One process: plan, extract and write each part on the extraction thread."""
+        filt = self.filter
+
+        def step() -> RepoExtract | None:
+            plan = next(plans, None)
+            if plan is None:
+                return None
+            return self._write_part(writer, extract_part(data, plan, filt), got)
+
+        while (part := await self.extractor.call(step)) is not None:
+            self.run.count_rows(part)  # on the loop: the counters are not thread-safe
+
+    async def _parts_in_helpers(
+        self, plans: Iterator[PartPlan], path: str, writer: DatasetWriter, got: _Parts
+    ) -> None:
+        """Plan here, extract in helpers, write here; a few parts in flight (bounded
+        memory), written in order."""
+        helpers = self.helpers
+        assert helpers is not None
+        filt = self.filter
+        limit = 2 * helpers.size
+        flight: deque[asyncio.Future[RepoExtract]] = deque()
+        try:
+            while (plan := await self.extractor.call(next, plans, None)) is not None:
+                flight.append(asyncio.ensure_future(helpers.extract(path, plan, filt)))
+                del plan
+                while flight and (len(flight) >= limit or flight[0].done()):
+                    part = await flight.popleft()
+                    await self.extractor.call(self._write_part, writer, part, got)
+                    self.run.count_rows(part)
+            while flight:
+                part = await flight.popleft()
+                await self.extractor.call(self._write_part, writer, part, got)
+                self.run.count_rows(part)
+        finally:
+            for future in flight:
+                future.cancel()
+            for future in flight:
+                with contextlib.suppress(BaseException):
+                    await future
 
     def forget_progress(self, did: str) -> None:
         """Drop list-mode progress held in memory (its pages were refused)."""
@@ -170,9 +244,15 @@ class RepoWorker:
         return await asyncio.to_thread(refresh_extract, data, task.did, self.filter, landed)
 
     async def _fetch(self, slot: HostSlot, task: RepoTask, since: str | None = None) -> bytes:
-        body = await through_rate_limits(
+        return await self._read(await self._fetch_body(slot, task, since))
+
+    async def _fetch_body(self, slot: HostSlot, task: RepoTask, since: str | None = None) -> Body:
+        return await through_rate_limits(
             lambda: self.client.get_repo(task.pds, task.did, slot, since=since)
         )
+
+    @staticmethod
+    async def _read(body: Body) -> bytes:
         if body.path is None:
             return body.read()
         return await asyncio.to_thread(body.read)  # spooled: read back off the loop
@@ -189,3 +269,28 @@ class RepoWorker:
             return
         self.run.stats.repos_retried += 1
         self.run.store.retry_later(task.did, attempt, when, error_summary(error))
+
+
+@dataclass(slots=True)
+class _Parts:
+    """What a big repo's written parts add up to."""
+
+    rows: int = 0
+    rev: str | None = None
+
+
+def _on_disk(body: Body) -> str:
+    """The body's file for helper processes to read (written out if it was in memory);
+    the caller removes it."""
+    if body.path is not None:
+        path, body.path = body.path, None
+        return path
+    with tempfile.NamedTemporaryFile(prefix="bsky-backfill-", suffix=".car", delete=False) as fh:
+        fh.write(body.read())
+    body.discard()
+    return fh.name
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()

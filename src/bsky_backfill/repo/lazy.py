@@ -10,6 +10,7 @@ walks and checks (repo/mst.py, repo/verify.py) run on it unchanged.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator, Mapping
 from hashlib import sha256
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import libipld
 
 from bsky_backfill.errors import RepoInvalid, TransientError
+from bsky_backfill.repo import native
 from bsky_backfill.repo.car import (
     DAG_CBOR_SHA256,
     CarBlocks,
@@ -33,13 +35,20 @@ _DECODE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError)
 class LazyBlocks(Mapping[bytes, Any]):
     """CID -> decoded block, decoded on each access from the CAR bytes."""
 
-    def __init__(self, data: bytes, index: dict[bytes, int], *, verify: bool = False) -> None:
+    def __init__(
+        self, data: bytes | mmap.mmap, index: dict[bytes, int], *, verify: bool = False
+    ) -> None:
         self._data = data
         self._index = index  # cid -> start << 32 | length (one int per block: compact)
         self._decode = libipld.decode_dag_cbor
         self.verify = verify
         """Check each block's bytes against its CID when it is read: only the blocks
         the walk and the wanted records touch are hashed, once, with no second pass."""
+
+    @property
+    def index(self) -> dict[bytes, int]:
+        """CID -> `start << 32 | length` of its block in the CAR."""
+        return self._index
 
     def __getitem__(self, cid: bytes) -> Any:
         packed = self._index[cid]
@@ -74,7 +83,17 @@ def _frame_index(data: bytes) -> tuple[bytes, dict[bytes, int]]:
     The loop is written out for the shape every atproto block has (a 1-3 byte
     length, then a 36-byte dag-cbor/sha2-256 CIDv1): a call per frame would cost
     more than the rest of the indexing. Anything else goes through `read_frame`.
+    The C twin (repo/native.py) does the common case in one call.
     """
+    if native.frame_index is not None:
+        found = native.frame_index(data)
+        if found is not None:
+            return found
+    return _frame_index_py(data)
+
+
+def _frame_index_py(data: bytes) -> tuple[bytes, dict[bytes, int]]:
+    """`_frame_index` in Python (any CAR; the reference for the C loop)."""
     length, pos = read_varint(data, 0)
     if length == 0 or pos + length > len(data):
         raise ValueError("CAR header is empty or runs past the end of the body")

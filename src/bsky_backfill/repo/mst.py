@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from bsky_backfill.errors import RepoInvalid
+from bsky_backfill.repo import native
 
 __all__ = ["key_height", "walk_mst", "walk_verified"]
 
@@ -140,7 +141,7 @@ def walk_verified(
     # with a left subtree, which canonical trees trim, passes it down).
     stack: list[tuple[Any, bytes]] = [(None, root)]
     last = ""
-    sha = _sha256
+    off_layer = native.off_layer or _off_layer
     while stack:
         item = stack.pop()
         if item[0].__class__ is str:
@@ -169,12 +170,12 @@ def walk_verified(
         if entries:
             if layer is None:
                 layer = key_height(_first_key(entries))
-            lo, hi = _height_bounds(layer)
         elif left is None and cid != root:
             raise _failed("an MST node below the root is empty")
         child = None if layer is None else layer - 1
         pending: list[tuple[Any, bytes]] = []
         push = pending.append
+        keys: list[bytes] = []
         prev = b""
         for e in entries:
             try:
@@ -197,9 +198,7 @@ def walk_verified(
             if p < n and k and k[0] == prev[p]:
                 raise _failed(f"MST key prefix not fully compressed: {e!r:.200}")
             prev = prev[:p] + k
-            # One hash per key, compared with the layer's bounds as bytes.
-            if not lo <= sha(prev).digest() < hi:
-                raise _failed(f"MST key {prev!r:.200} is not on layer {layer}")
+            keys.append(prev)
             try:
                 push((prev.decode("ascii"), v))
             except UnicodeDecodeError:
@@ -208,12 +207,28 @@ def walk_verified(
                 if t.__class__ is not bytes or layer == 0:
                     raise _failed(f"malformed MST entry (subtree): {e!r:.200}")
                 push((child, t))
+        if keys:
+            # One hash per key, all of a node's keys in one call.
+            off = off_layer(keys, layer)
+            if off >= 0:
+                raise _failed(f"MST key {keys[off]!r:.200} is not on layer {layer}")
         pending.reverse()
         stack += pending
         if left is not None:
             if layer == 0:
                 raise _failed("an MST node on layer 0 has a subtree")
             stack.append((child, left))
+
+
+def _off_layer(keys: list[bytes], layer: int) -> int:
+    """Index of the first key not of height `layer`, or -1 (the C twin: repo/native.py)."""
+    lo, hi = _height_bounds(layer)
+    sha = _sha256
+    for i, key in enumerate(keys):
+        # The digest compared with the layer's bounds as bytes: no bit counting.
+        if not lo <= sha(key).digest() < hi:
+            return i
+    return -1
 
 
 @functools.cache

@@ -57,6 +57,7 @@ from bsky_backfill.identity.didkey import (
     parse_did_key,
     verify_signature,
 )
+from bsky_backfill.repo import native
 from bsky_backfill.repo.car import DAG_CBOR_SHA256, CarBlocks, read_frame, read_varint
 from bsky_backfill.repo.commit import Commit
 from bsky_backfill.repo.mst import key_height, walk_verified
@@ -115,8 +116,18 @@ def mismatched_blocks(data: bytes, only: set[bytes] | None = None) -> set[bytes]
     A CID that is not sha2-256 cannot be checked and counts as mismatched.
     The loop is written for the common frame (1-2 byte length, 36-byte
     dag-cbor/sha2-256 CID): a slice, a hash and a compare per block; anything
-    else takes the general `read_frame` path.
+    else takes the general `read_frame` path. The C twin (repo/native.py) does
+    the common case in one call.
     """
+    if native.mismatched is not None:
+        found = native.mismatched(data, only)
+        if found is not None:
+            return found
+    return _mismatched_py(data, only)
+
+
+def _mismatched_py(data: bytes, only: set[bytes] | None) -> set[bytes]:
+    """`mismatched_blocks` in Python (any CAR; the reference for the C loop)."""
     try:
         length, pos = read_varint(data, 0)
     except ValueError as e:
