@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.proc import ROOT
+from bsky_backfill.repo import native
 
 
 def _cpu_model() -> str:
@@ -67,6 +68,7 @@ def machine_info() -> dict[str, Any]:
             name: _version(name)
             for name in ("bsky-backfill", "libipld", "pyarrow", "aiohttp", "orjson")
         },
+        "native_verify_loops": native.NATIVE,  # repo/_native.c built (else Python loops)
         "git_commit": _git("rev-parse", "--short", "HEAD"),
         "git_dirty": bool(dirty),
         "load_avg_start": [round(x, 2) for x in os.getloadavg()],
