@@ -20,6 +20,7 @@ from bsky_backfill.errors import RepoInvalid
 from bsky_backfill.identity.didkey import CURVE_ORDER, Curve
 from bsky_backfill.identity.document import signing_key_from_method
 from bsky_backfill.models import RecordFilter, RepoExtract
+from bsky_backfill.records.stream import stream_repo
 from bsky_backfill.records.transform import extract_repo
 from bsky_backfill.repo.build import build_mst, build_repo, encode_block, write_car
 from bsky_backfill.repo.car import frame_car, read_car
@@ -346,6 +347,19 @@ BAD_TREES = _bad_trees()
 def test_malformed_trees_fail_verification(name: str) -> None:
     data, reason = BAD_TREES[name]
     assert reason in _fails(data)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_TREES))
+def test_malformed_trees_fail_when_cut_into_parts(name: str) -> None:
+    """The big-repo path walks subtrees as separate parts (records/stream.py): cut
+    at every layer, each malformation is still caught."""
+    data, reason = BAD_TREES[name]
+    with pytest.raises(RepoInvalid) as err:
+        list(stream_repo(data, DID, ALL, signing_key=KEY.did_key, verify=True, split_layer=0))
+    assert (err.value.code, err.value.stage) == ("VerificationFailed", "verify")
+    # A subtree reached twice is two parts whose keys cannot both sit in their bounds.
+    reasons = (reason, "order") if name == "reached twice" else (reason,)
+    assert any(r in str(err.value) for r in reasons), str(err.value)
 
 
 # -- block hashes ------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 
 from bsky_backfill.models import DeadLetter, RepoExtract
 from bsky_backfill.sinks import DEAD_LETTER_SCHEMA, DatasetWriter, SinkConfig, dead_letter_table
+from bsky_backfill.sinks.batch import encode_tables
 from bsky_backfill.sinks.storage import TMP_DIR
 from bsky_backfill.state.base import CommittedFile, RepoDone, RepoFailed, RepoState
 from bsky_backfill.state.sqlite import SqliteStateStore
@@ -311,3 +312,33 @@ def test_times_round_trip_as_utc(out: Path, store: SqliteStateStore) -> None:
     assert first == T0 and first.utcoffset() == dt.timedelta(0)
     [(at,)] = read(out, POST, "typeof(created_at)")[:1]
     assert at == "TIMESTAMP WITH TIME ZONE"
+
+
+def test_encoded_parts_land_with_their_repo_or_not_at_all(
+    out: Path, store: SqliteStateStore
+) -> None:
+    """Big repos' parts encoded in helper processes (`add_encoded`) are files of the
+    open batch: committed with the repo's done mark, deleted by an abort."""
+    cfg = SinkConfig()
+    w = writer(out, store)
+    did = "did:plc:big"
+    ex, done = extract(did, bad_records=2)
+    halves = [
+        {c: t.slice(0, 1) for c, t in ex.tables.items()},
+        {c: t.slice(1) for c, t in ex.tables.items()},
+    ]
+    for i, tables in enumerate(halves):
+        w.add_encoded(did, encode_tables(tables, cfg), ex.dead_letters if i else [])
+    assert parquet_files(out) == [] and len(tmp_files(out)) >= 2  # invisible until the commit
+    w.add(RepoExtract(did=did, rev="rev1", tables={}, dead_letters=[]), done)
+    summary = w.commit()
+    assert summary.done == 1
+    assert sorted(uris(out)) == sorted(expected_uris(did))
+    assert len(read(out, "_deadletters")) == 2
+    assert tmp_files(out) == []
+    # An aborted big repo leaves nothing.
+    w2 = writer(out, store)
+    w2.add_encoded("did:plc:big2", encode_tables(extract("did:plc:big2")[0].tables, cfg), [])
+    before = parquet_files(out)
+    assert w2.abort() == []  # partial repos are not named: they were never in the batch's dids
+    assert tmp_files(out) == [] and parquet_files(out) == before

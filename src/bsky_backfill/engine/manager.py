@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 
@@ -152,8 +152,9 @@ class Backfill:
             self._recover_sink(sink)
             self.store, self.sink = store, sink
             extractor = Extractor()
-            # Big repos' parts spread over the cores the user gave (engine/helpers.py).
-            helpers = HelperPool(settings.workers) if settings.workers > 1 else None
+            # Big repos' parts spread over the cores the user gave: this process and
+            # N-1 helper processes (engine/helpers.py).
+            helpers = HelperPool(settings.workers - 1) if settings.workers > 1 else None
             try:
                 async with XrpcClient(
                     settings.http, allow_private=settings.allow_private_hosts
@@ -517,9 +518,13 @@ class Backfill:
 
     def count_rows(self, extract: RepoExtract) -> None:
         """Live counters for rows handed to the sink (the dataset counts at commit)."""
-        for collection, table in extract.tables.items():
-            self.stats.records[collection] += table.num_rows
-        for letter in extract.dead_letters:
+        self.count({c: t.num_rows for c, t in extract.tables.items()}, extract.dead_letters)
+
+    def count(self, rows: Mapping[str, int], dead_letters: Iterable[DeadLetter]) -> None:
+        """`count_rows` for rows counted by collection (parts encoded elsewhere)."""
+        for collection, n in rows.items():
+            self.stats.records[collection] += n
+        for letter in dead_letters:
             self.stats.dead_letters[letter.error] += 1
 
     def fail_repo(self, did: str, error: TerminalError) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import mmap
 import os
 import random
 import tempfile
@@ -29,7 +31,7 @@ from bsky_backfill.engine.listing import ListFetcher
 from bsky_backfill.engine.refresh import LandedIndex, refresh_extract
 from bsky_backfill.errors import RepoInvalid, TerminalError, TransientError
 from bsky_backfill.models import RepoExtract, utcnow
-from bsky_backfill.records.stream import PartPlan, extract_part, plan_parts
+from bsky_backfill.records.stream import BigRepo, BuiltPart, PartPlan, extract_part, plan_parts
 from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
 from bsky_backfill.state.base import RepoDone, RepoTask
 from bsky_backfill.xrpc.client import Body, XrpcClient
@@ -125,36 +127,29 @@ class RepoWorker:
             run.wake()
 
     async def _land_big(self, slot: HostSlot, task: RepoTask, body: Body) -> None:
-        """A big repo: extracted in parts into a writer of its own, committed alone
-        once every part is written (and verified), so memory stays bounded and the
-        repo still lands whole or not at all. With helper processes the parts are
-        built on other cores while this process walks the tree."""
+        """A big repo: cut into parts (records/stream.py), each extracted into a
+        writer of its own, committed alone once every part is written (and
+        verified), so memory stays bounded and the repo still lands whole or not
+        at all. With helper processes the parts are built on every core."""
         run = self.run
         size = body.size
-        path: str | None = None
-        writer = DatasetWriter(
-            run.settings.out,
-            run.store,
-            # Smaller row groups: rows wait in memory until a group is full.
-            SinkConfig(commit_rows=1 << 62, commit_seconds=float("inf"), row_group_rows=32_768),
-        )
+        writer = DatasetWriter(run.settings.out, run.store, _BIG_SINK)
         got = _Parts()
+        path: str | None = None
         try:
             if self.helpers is not None:
                 path = await asyncio.to_thread(_on_disk, body)
-                data = await asyncio.to_thread(_read_file, path)
+                async with self.helpers.session(path):
+                    with _mapped(path) as mapped:
+                        big = await self._plan(mapped, task)
+                        await self._parts_shared(self.helpers, big, path, mapped, writer, got)
             else:
                 data = await self._read(body)
-            plans = plan_parts(
-                data, task.did, signing_key=task.signing_key, verify=run.settings.verify
-            )
-            if self.helpers is None or path is None:
-                await self._parts_here(plans, data, writer, got)
-            else:
-                await self._parts_in_helpers(plans, path, writer, got)
-            del data
-            done = RepoDone(did=task.did, rev=got.rev, records=got.rows)
-            writer.add(RepoExtract(did=task.did, rev=got.rev, tables={}, dead_letters=[]), done)
+                big = await self._plan(data, task)
+                await self._parts_here(big, data, writer, got)
+                del data
+            done = RepoDone(did=task.did, rev=big.rev, records=got.rows)
+            writer.add(RepoExtract(did=task.did, rev=big.rev, tables={}, dead_letters=[]), done)
             summary = await self.extractor.call(writer.commit)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -171,59 +166,104 @@ class RepoWorker:
         slot.done += 1
         for hook in run.on_commit:
             hook(summary)
-        log.info("%s: big repo (%d MB) landed in parts: %d rows", task.did, size >> 20, got.rows)
+        log.info(
+            "%s: big repo (%d MB) landed in %d parts (%d in helpers): %d rows",
+            task.did,
+            size >> 20,
+            len(big.parts),
+            len(big.parts) - got.here if self.helpers else 0,
+            got.rows,
+        )
+
+    async def _plan(self, data: bytes | mmap.mmap, task: RepoTask) -> BigRepo:
+        verify = self.run.settings.verify
+        return await self.extractor.call(
+            functools.partial(plan_parts, signing_key=task.signing_key, verify=verify),
+            data,
+            task.did,
+        )
 
     @staticmethod
     def _write_part(writer: DatasetWriter, part: RepoExtract, got: _Parts) -> RepoExtract:
         """On the extraction thread: one part into the repo's own writer."""
         writer.add_partial(part, [])
-        got.rev = part.rev
         got.rows += part.row_count
         return part
 
     async def _parts_here(
-        self, plans: Iterator[PartPlan], data: bytes, writer: DatasetWriter, got: _Parts
+        self, big: BigRepo, data: bytes | mmap.mmap, writer: DatasetWriter, got: _Parts
     ) -> None:
-        """One process: plan, extract and write each part on the extraction thread."""
+        """One process: extract and write each part on the extraction thread."""
+        for plan in big.parts:
+            await self._part_here(big, plan, data, writer, got)
+
+    async def _part_here(
+        self,
+        big: BigRepo,
+        plan: PartPlan,
+        data: bytes | mmap.mmap,
+        writer: DatasetWriter,
+        got: _Parts,
+    ) -> None:
         filt = self.filter
 
-        def step() -> RepoExtract | None:
-            plan = next(plans, None)
-            if plan is None:
-                return None
-            return self._write_part(writer, extract_part(data, plan, filt), got)
+        def work() -> RepoExtract:
+            part = extract_part(data, big.index, plan, filt)
+            writer.add_partial(part, [])
+            if isinstance(data, mmap.mmap):
+                # The pages this part read stay in the page cache, not in our RSS.
+                data.madvise(mmap.MADV_DONTNEED)
+            return part
 
-        while (part := await self.extractor.call(step)) is not None:
-            self.run.count_rows(part)  # on the loop: the counters are not thread-safe
+        part = await self.extractor.call(work)
+        got.rows += part.row_count
+        self.run.count_rows(part)  # on the loop: the counters are not thread-safe
 
-    async def _parts_in_helpers(
-        self, plans: Iterator[PartPlan], path: str, writer: DatasetWriter, got: _Parts
+    async def _parts_shared(
+        self,
+        helpers: HelperPool,
+        big: BigRepo,
+        path: str,
+        mapped: mmap.mmap,
+        writer: DatasetWriter,
+        got: _Parts,
     ) -> None:
-        """Plan here, extract in helpers, write here; a few parts in flight (bounded
-        memory), written in order."""
-        helpers = self.helpers
-        assert helpers is not None
-        filt = self.filter
-        limit = 2 * helpers.size
-        flight: deque[asyncio.Future[RepoExtract]] = deque()
+        """Parts go to the helpers (extracted and encoded there, adopted here) while
+        this process takes one itself whenever the helpers have enough queued: N
+        processes' worth of cores on one repo. At most two parts per helper are
+        in flight (bounded memory)."""
+        filt, sink = self.filter, _BIG_SINK
+        todo = deque(big.parts)
+        flight: set[asyncio.Future[BuiltPart]] = set()
         try:
-            while (plan := await self.extractor.call(next, plans, None)) is not None:
-                flight.append(asyncio.ensure_future(helpers.extract(path, plan, filt)))
-                del plan
-                while flight and (len(flight) >= limit or flight[0].done()):
-                    part = await flight.popleft()
-                    await self.extractor.call(self._write_part, writer, part, got)
-                    self.run.count_rows(part)
-            while flight:
-                part = await flight.popleft()
-                await self.extractor.call(self._write_part, writer, part, got)
-                self.run.count_rows(part)
+            while todo or flight:
+                while todo and len(flight) < 2 * helpers.size:
+                    job = helpers.extract(path, todo.popleft(), filt, sink)
+                    flight.add(asyncio.ensure_future(job))
+                if todo:  # the helpers are busy: one part here, from the other end
+                    await self._part_here(big, todo.pop(), mapped, writer, got)
+                    got.here += 1
+                elif flight:
+                    await asyncio.wait(flight, return_when=asyncio.FIRST_COMPLETED)
+                for future in [f for f in flight if f.done()]:
+                    flight.discard(future)
+                    await self._adopt(big, future.result(), writer, got)
         finally:
             for future in flight:
                 future.cancel()
             for future in flight:
                 with contextlib.suppress(BaseException):
                     await future
+
+    async def _adopt(
+        self, big: BigRepo, part: BuiltPart, writer: DatasetWriter, got: _Parts
+    ) -> None:
+        """A part built by a helper: its files join the repo's writer."""
+        did = big.parts[0].did
+        await self.extractor.call(writer.add_encoded, did, part.files, part.dead_letters)
+        rows = part.rows
+        got.rows += sum(rows.values())
+        self.run.count(rows, part.dead_letters)
 
     def forget_progress(self, did: str) -> None:
         """Drop list-mode progress held in memory (its pages were refused)."""
@@ -271,12 +311,26 @@ class RepoWorker:
         self.run.store.retry_later(task.did, attempt, when, error_summary(error))
 
 
+# A big repo's own writer: committed once, after its last part; smaller row
+# groups, since rows wait in memory until a group is full.
+_BIG_SINK = SinkConfig(commit_rows=1 << 62, commit_seconds=float("inf"), row_group_rows=32_768)
+
+
 @dataclass(slots=True)
 class _Parts:
     """What a big repo's written parts add up to."""
 
     rows: int = 0
-    rev: str | None = None
+    here: int = 0
+    """Parts extracted in this process (the others in helpers)."""
+
+
+@contextlib.contextmanager
+def _mapped(path: str) -> Iterator[mmap.mmap]:
+    """The CAR file mapped read-only (the planning process needs only a few of its
+    pages once the frame index is built)."""
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        yield mm
 
 
 def _on_disk(body: Body) -> str:

@@ -76,7 +76,7 @@ class LazyBlocks(Mapping[bytes, Any]):
         return len(self._index)
 
 
-def _frame_index(data: bytes) -> tuple[bytes, dict[bytes, int]]:
+def _frame_index(data: bytes | mmap.mmap) -> tuple[bytes, dict[bytes, int]]:
     """Like `frame_car`, straight into the compact index (no list of frames: for a
     million blocks that list alone is a few hundred MB).
 
@@ -86,10 +86,11 @@ def _frame_index(data: bytes) -> tuple[bytes, dict[bytes, int]]:
     The C twin (repo/native.py) does the common case in one call.
     """
     if native.frame_index is not None:
-        found = native.frame_index(data)
+        found = native.frame_index(data)  # type: ignore[arg-type]  # any buffer
         if found is not None:
             return found
-    return _frame_index_py(data)
+    # The C indexer reads a mapped file in place; the Python loop wants bytes.
+    return _frame_index_py(data if isinstance(data, bytes) else data[:])
 
 
 def _frame_index_py(data: bytes) -> tuple[bytes, dict[bytes, int]]:
@@ -126,9 +127,9 @@ def _frame_index_py(data: bytes) -> tuple[bytes, dict[bytes, int]]:
     return header, index
 
 
-def read_car_lazy(data: bytes, *, verify: bool = False) -> CarBlocks:
-    """Frame `data` and return a CarBlocks whose blocks decode (and, with `verify`,
-    are checked against their CIDs) on demand."""
+def read_car_lazy(data: bytes | mmap.mmap, *, verify: bool = False) -> CarBlocks:
+    """Frame `data` (bytes, or a mapped file) and return a CarBlocks whose blocks
+    decode (and, with `verify`, are checked against their CIDs) on demand."""
     try:
         header_bytes, index = _frame_index(data)
         header = libipld.decode_dag_cbor(header_bytes)

@@ -41,33 +41,50 @@ def _invalid(message: str) -> RepoInvalid:
     return RepoInvalid(message, code="InvalidMST", stage="decode")
 
 
-def walk_mst(blocks: Mapping[bytes, Any], root: bytes) -> Iterator[tuple[str, bytes]]:
+def walk_mst(
+    blocks: Mapping[bytes, Any],
+    root: bytes,
+    *,
+    after: str = "",
+    before: str | None = None,
+    cut: int | None = None,
+) -> Iterator[tuple[Any, bytes]]:
     """Yield `(key, value_cid)` for every leaf reachable from `root`, keys ascending.
 
     `key` is "collection/rkey" (ASCII); `value_cid` the raw CID bytes of the
     record block (which may be absent from a partial CAR: the caller decides).
     Raises RepoInvalid (InvalidMST) on a missing or malformed node, a node
     reached twice, or keys out of order (which would also mean duplicates).
+
+    Walking a part of a tree (big repos, records/stream.py): every key must
+    sort after `after` and before `before`; with `cut`, subtrees `cut` levels
+    below `root` are not opened but yielded in their place, in key order, as
+    `(depth, node_cid)` (an int first, where a leaf has its str key).
     """
-    # Items are either a node CID still to open (bytes) or a leaf ready to
-    # yield (tuple). Opening a node pushes, in reverse, l, then entry, t, entry,
-    # t ...; popping then visits the tree in key order.
-    stack: list[Any] = [root]
+    # Items are either a node still to open, (depth, CID), or a leaf ready to
+    # yield, (key, CID), told apart by the key being a str. Opening a node
+    # pushes, in reverse, l, then entry, t, entry, t ...; popping then visits
+    # the tree in key order.
+    stack: list[tuple[Any, bytes]] = [(0, root)]
     seen: set[bytes] = set()
-    last = ""
+    last = after
     while stack:
         item = stack.pop()
-        if item.__class__ is tuple:
+        if item[0].__class__ is str:
             key = item[0]
             if key <= last:
                 raise _invalid(f"MST keys out of order: {key!r:.200} after {last!r:.200}")
             last = key
             yield item
             continue
-        if item in seen:
+        depth, cid = item
+        if cut is not None and depth >= cut:
+            yield item
+            continue
+        if cid in seen:
             raise _invalid("MST node reached twice")
-        seen.add(item)
-        node = blocks.get(item)
+        seen.add(cid)
+        node = blocks.get(cid)
         if node is None:
             raise _invalid("MST node block missing from the CAR")
         if node.__class__ is not dict:
@@ -80,6 +97,7 @@ def walk_mst(blocks: Mapping[bytes, Any], root: bytes) -> Iterator[tuple[str, by
             raise _invalid("MST node has a malformed left link")
         pending: list[Any] = []
         prev = b""
+        child = depth + 1
         for e in entries:
             try:
                 p = e["p"]
@@ -103,11 +121,13 @@ def walk_mst(blocks: Mapping[bytes, Any], root: bytes) -> Iterator[tuple[str, by
                 raise _invalid(f"MST key is not ASCII: {prev!r:.200}") from exc
             pending.append((key, v))
             if t is not None:
-                pending.append(t)
+                pending.append((child, t))
         pending.reverse()
         stack += pending
         if left is not None:
-            stack.append(left)
+            stack.append((child, left))
+    if before is not None and last >= before:
+        raise _invalid(f"MST key {last!r:.200} sorts after the next key {before!r:.200}")
 
 
 # -- verified walk ------------------------------------------------------------
@@ -125,9 +145,21 @@ def key_height(key: bytes) -> int:
 
 
 def walk_verified(
-    blocks: Mapping[bytes, Any], root: bytes, nodes: set[bytes]
-) -> Iterator[tuple[str, bytes]]:
+    blocks: Mapping[bytes, Any],
+    root: bytes,
+    nodes: set[bytes],
+    *,
+    layer: int | None = None,
+    after: str = "",
+    before: str | None = None,
+    cut: int | None = None,
+) -> Iterator[tuple[Any, bytes]]:
     """Like `walk_mst`, checking the tree's structure; adds every node CID to `nodes`.
+
+    A part of a tree: `root` is then a subtree on `layer` (not the repo's
+    root: it must not be empty), its keys between `after` and `before`; with
+    `cut`, subtrees on layer `cut` or below are yielded as `(layer, node_cid)`
+    instead of being opened.
 
     Raises VerificationFailed on a node that is missing, malformed (not a
     `{l, e}` map of `{p, k, v, t}` entries, or not valid DAG-CBOR), reached
@@ -139,8 +171,9 @@ def walk_verified(
     # leaves to yield, told apart by the first item being a str. Layer None:
     # not known yet (the root's comes from its first key; an entry-less root
     # with a left subtree, which canonical trees trim, passes it down).
-    stack: list[tuple[Any, bytes]] = [(None, root)]
-    last = ""
+    stack: list[tuple[Any, bytes]] = [(layer, root)]
+    is_root = layer is None
+    last = after
     off_layer = native.off_layer or _off_layer
     while stack:
         item = stack.pop()
@@ -152,6 +185,9 @@ def walk_verified(
             yield item
             continue
         layer, cid = item
+        if cut is not None and layer is not None and layer <= cut:
+            yield item
+            continue
         if cid in nodes:
             raise _failed("an MST node is reached twice")
         nodes.add(cid)
@@ -170,7 +206,7 @@ def walk_verified(
         if entries:
             if layer is None:
                 layer = key_height(_first_key(entries))
-        elif left is None and cid != root:
+        elif left is None and (cid != root or not is_root):
             raise _failed("an MST node below the root is empty")
         child = None if layer is None else layer - 1
         pending: list[tuple[Any, bytes]] = []
@@ -218,6 +254,8 @@ def walk_verified(
             if layer == 0:
                 raise _failed("an MST node on layer 0 has a subtree")
             stack.append((child, left))
+    if before is not None and last >= before:
+        raise _failed(f"MST key {last!r:.200} sorts after the next key {before!r:.200}")
 
 
 def _off_layer(keys: list[bytes], layer: int) -> int:

@@ -107,6 +107,38 @@ class Part:
         self.pending_rows = rest.num_rows
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedFile:
+    """A whole Parquet file, encoded away from the writer (`encode_tables`)."""
+
+    collection: str
+    data: bytes
+    rows: int
+
+
+def encode_tables(tables: dict[str, pa.Table], cfg: SinkConfig) -> list[EncodedFile]:
+    """One Parquet file per table, encoded as the writer would write it.
+
+    Where it sits: big repos' parts built in helper processes (engine/helpers.py)
+    come back as these, so the Parquet encoding (zstd over the JSON column,
+    the costliest step after decoding) runs on every core and the bytes that
+    cross the process boundary are the compressed ones; the writer adopts them
+    as files of its open batch (`DatasetWriter.add_encoded`).
+    """
+    out = []
+    for collection, table in tables.items():
+        sink = pa.BufferOutputStream()
+        pq.write_table(
+            table,
+            sink,
+            row_group_size=cfg.row_group_rows,
+            compression=cfg.compression,
+            compression_level=cfg.compression_level,
+        )
+        out.append(EncodedFile(collection, sink.getvalue().to_pybytes(), table.num_rows))
+    return out
+
+
 @dataclass(slots=True)
 class Batch:
     """What the next commit makes durable: files (open and closed) and repo states."""

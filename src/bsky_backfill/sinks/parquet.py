@@ -50,7 +50,14 @@ from collections.abc import Callable, Iterator, Sequence
 import pyarrow as pa
 
 from bsky_backfill.models import DeadLetter, RepoExtract
-from bsky_backfill.sinks.batch import Batch, CommitSummary, DiscardedBatch, Part, SinkConfig
+from bsky_backfill.sinks.batch import (
+    Batch,
+    CommitSummary,
+    DiscardedBatch,
+    EncodedFile,
+    Part,
+    SinkConfig,
+)
 from bsky_backfill.sinks.deadletters import dead_letter_table
 from bsky_backfill.sinks.liveness import WriterDir, pick_rule
 from bsky_backfill.sinks.recovery import RecoveryReport, recover_dataset
@@ -146,6 +153,29 @@ class DatasetWriter:
         how far the repo got, so a restart resumes after them instead of refetching."""
         self._add_rows(extract, partial=True)
         self._batch.cursors.extend(cursors)
+
+    def add_encoded(
+        self, did: str, files: Sequence[EncodedFile], dead_letters: Sequence[DeadLetter]
+    ) -> None:
+        """Add part of a repo as Parquet files already encoded (`batch.encode_tables`:
+        big repos' parts built in helper processes); each becomes a closed file of
+        the open batch as it is, committed (or aborted) with the others."""
+        for f in files:
+            check_collection(f.collection)
+        self._start(did, partial=True)
+        b = self._batch
+        with self._guard():
+            for f in files:
+                final = f"{f.collection}/part-{self._id}-{next(self._seq):06d}.parquet"
+                tmp = self._tmp(final)
+                with self._storage.fs.open_output_stream(self._storage.abs(tmp)) as out:
+                    out.write(f.data)
+                self._storage.fsync_file(tmp)
+                b.closed.append(CommittedFile(final, f.collection, f.rows))
+                b.rows += f.rows
+            if dead_letters:
+                self._append(DEAD_LETTERS, dead_letter_table(list(dead_letters)))
+        b.dead_letters.extend(dead_letters)
 
     def _add_rows(self, extract: RepoExtract, *, partial: bool) -> None:
         for collection in extract.tables:
