@@ -80,7 +80,7 @@ class RepoWorker:
                 extract, cursors = await self.lister.fetch(slot, task)
             else:
                 body = await self._fetch_body(slot, task)
-                if body.size >= run.settings.stream_bytes:
+                if body.size and body.size >= run.settings.stream_bytes:
                     await self._land_big(slot, task, body)
                     return
                 data = await self._read(body)
@@ -137,17 +137,20 @@ class RepoWorker:
         got = _Parts()
         path: str | None = None
         try:
-            if self.helpers is not None:
-                path = await asyncio.to_thread(_on_disk, body)
-                async with self.helpers.session(path):
-                    with _mapped(path) as mapped:
-                        big = await self._plan(mapped, task)
-                        await self._parts_shared(self.helpers, big, path, mapped, writer, got)
-            else:
-                data = await self._read(body)
-                big = await self._plan(data, task)
-                await self._parts_here(big, data, writer, got)
-                del data
+            # Read through a mapping of the spooled file, not into memory: each
+            # part's pages are dropped from this process once it is written.
+            path = await asyncio.to_thread(_on_disk, body)
+            helpers = self.helpers
+            async with contextlib.AsyncExitStack() as stack:
+                if helpers is not None:
+                    await stack.enter_async_context(helpers.session(path))
+                mapped = stack.enter_context(_mapped(path))
+                big = await self._plan(mapped, task)
+                mapped.madvise(mmap.MADV_DONTNEED)  # indexing and hashing read every page
+                if helpers is None:
+                    await self._parts_here(big, mapped, writer, got)
+                else:
+                    await self._parts_shared(helpers, big, path, mapped, writer, got)
             done = RepoDone(did=task.did, rev=big.rev, records=got.rows)
             writer.add(RepoExtract(did=task.did, rev=big.rev, tables={}, dead_letters=[]), done)
             summary = await self.extractor.call(writer.commit)
@@ -327,8 +330,8 @@ class _Parts:
 
 @contextlib.contextmanager
 def _mapped(path: str) -> Iterator[mmap.mmap]:
-    """The CAR file mapped read-only (the planning process needs only a few of its
-    pages once the frame index is built)."""
+    """The CAR file mapped read-only: pages are read as the blocks are, and dropped
+    from this process's memory after each part (`_part_here`)."""
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         yield mm
 
