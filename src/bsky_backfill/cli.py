@@ -246,7 +246,8 @@ def demo(out: str | None, accounts: int, hosts: int) -> None:
 @click.option("--out", default="bsky-data", show_default=True, metavar="DIR")
 @click.option("--html", "html_file", metavar="FILE", help="Also write a page with charts.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def report(out: str, html_file: str | None, as_json: bool) -> None:
+@click.option("--queue", metavar="URL", help="The run's state store, for hosts (default: OUT's).")
+def report(out: str, html_file: str | None, as_json: bool, queue: str | None) -> None:
     """Records per collection and month, top hosts, dead letters of the dataset in OUT."""
     from bsky_backfill.report import build_report, print_report, write_html
 
@@ -254,7 +255,7 @@ def report(out: str, html_file: str | None, as_json: bool) -> None:
     try:
         if html_path is not None and (html_path.is_dir() or not html_path.parent.is_dir()):
             raise UsageError(f"--html {html_file}: not a file in an existing directory")
-        summary = build_report(Path(out))
+        summary = build_report(Path(out), queue)
     except UsageError as e:
         _fail_usage(e.message)
     print_report(summary, as_json=as_json)

@@ -388,3 +388,14 @@ def test_withdraw_removes_only_pending_repos(store: StateStore) -> None:
     assert store.counts()[RepoState.PENDING] == 1  # pending[1] is left alone
     assert store.unresolved(10) == []
     assert store.withdraw([]) == []
+
+
+def test_host_map_streams_every_resolved_repo_in_batches(store: StateStore) -> None:
+    resolved(store, {"h1": dids(5, "a"), "h2": dids(3, "b")})
+    store.enqueue(dids(2, "u"))  # not resolved: no host, not in the map
+    batches = list(store.host_map(batch=3))
+    assert [len(b) for b in batches] == [3, 3, 2]
+    pairs = {pair for b in batches for pair in b}
+    assert pairs == {(d, "h1") for d in dids(5, "a")} | {(d, "h2") for d in dids(3, "b")}
+    # The store stays usable after (and while nothing else holds) the stream.
+    assert sum(h.total for h in store.status().hosts if h.host) == 8

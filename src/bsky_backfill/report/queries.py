@@ -2,20 +2,19 @@
 
 Where it sits: `bsky-backfill report` (cli.py) calls `build_report(out)`; the
 result goes to `render` (terminal, JSON) and `html` (the page). It only reads:
-the dataset under OUT and, for hosts, the state store under OUT/_state.
+the dataset under OUT and, for hosts, the state store (under OUT/_state, or
+the PostgreSQL queue named by `--queue`).
 
 DuckDB does every aggregation, so the report stays fast on a dataset of
 billions of rows: Python only ever sees grouped rows (collections x months,
 hosts, dead-letter codes). Records per host need each record's DID joined to
-its PDS host; the DID -> host map lives in the state store, whose Protocol has
-no listing of it, so it is streamed read-only from the SQLite file into DuckDB
-as Arrow record batches (never a Python list of all repos).
+its PDS host; the DID -> host map lives in the state store and is streamed
+from it (`StateStore.host_map`) into a DuckDB temp table in Arrow batches
+(never a Python list of all repos).
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -30,7 +29,7 @@ from bsky_backfill.report.model import (
     MonthCount,
     Report,
 )
-from bsky_backfill.state.base import HostStatus
+from bsky_backfill.state.base import HostStatus, StateStore
 
 DEAD_LETTERS = "_deadletters"
 STATE_FILE = Path("_state") / "state.sqlite"
@@ -106,34 +105,29 @@ def dead_letter_counts(con: duckdb.DuckDBPyConnection, out: Path) -> list[DeadLe
     return [DeadLetterCount(str(s), str(e), int(n)) for s, e, n in rows]
 
 
-def _host_map_batches(state_path: Path) -> Iterator[pa.RecordBatch]:
-    """(did, host) of every resolved repo, streamed from SQLite in Arrow batches."""
-    # Read-only: a report never changes the state of a run (which may be live).
-    # DuckDB pulls the batches from its own threads, one pull at a time: the
-    # connection is never used concurrently, only from more than one thread.
-    conn = sqlite3.connect(
-        f"{state_path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
-    )
-    try:
-        cursor = conn.execute("SELECT did, host FROM repos WHERE host IS NOT NULL")
-        while batch := cursor.fetchmany(_HOST_MAP_BATCH):
-            dids, hosts = zip(*batch, strict=True)
-            yield pa.record_batch(
-                [pa.array(dids, pa.string()), pa.array(hosts, pa.string())],
-                schema=_HOST_MAP_SCHEMA,
-            )
-    finally:
-        conn.close()
+def _load_host_map(con: duckdb.DuckDBPyConnection, store: StateStore) -> None:
+    """The store's (did, host) pairs into a DuckDB temp table, batch by batch (DuckDB
+    keeps it compressed and spills it to disk if it must: tens of millions of rows)."""
+    con.execute("CREATE OR REPLACE TEMP TABLE host_map (did VARCHAR, host VARCHAR)")
+    for rows in store.host_map(_HOST_MAP_BATCH):
+        dids, hosts = zip(*rows, strict=True)
+        batch = pa.table(
+            [pa.array(dids, pa.string()), pa.array(hosts, pa.string())], schema=_HOST_MAP_SCHEMA
+        )
+        con.register("host_batch", batch)
+        try:
+            con.execute("INSERT INTO host_map SELECT did, host FROM host_batch")
+        finally:
+            con.unregister("host_batch")
 
 
 def records_per_host(
-    con: duckdb.DuckDBPyConnection, out: Path, collections: list[str], state_path: Path
+    con: duckdb.DuckDBPyConnection, out: Path, collections: list[str], store: StateStore
 ) -> dict[str, int]:
     """Rows of every collection per PDS host (records' DIDs joined to the store's hosts)."""
     if not collections:
         return {}
-    reader = pa.RecordBatchReader.from_batches(_HOST_MAP_SCHEMA, _host_map_batches(state_path))
-    con.register("host_map", reader)
+    _load_host_map(con, store)
     try:
         rows = con.execute(
             f"""WITH per_did AS (
@@ -145,19 +139,8 @@ def records_per_host(
             [[parquet_glob(out, c) for c in collections]],
         ).fetchall()
     finally:
-        con.unregister("host_map")
+        con.execute("DROP TABLE IF EXISTS host_map")
     return {(UNKNOWN_HOST if host is None else str(host)): int(n) for host, n in rows}
-
-
-def repos_per_host(state_path: Path) -> list[HostStatus]:
-    """Repos per host and state, from the state store's own `status()`."""
-    from bsky_backfill.state.open import open_store
-
-    store = open_store(None, state_path)
-    try:
-        return list(store.status().hosts)
-    finally:
-        store.close()
 
 
 def merge_hosts(repos: list[HostStatus], records: dict[str, int]) -> list[HostCount]:
@@ -177,8 +160,12 @@ def merge_hosts(repos: list[HostStatus], records: dict[str, int]) -> list[HostCo
     return sorted(merged, key=lambda h: (-h.records, -h.repos, h.host))
 
 
-def build_report(out: Path) -> Report:
-    """Summarise the dataset under OUT. A missing or empty OUT is a UsageError (exit 2)."""
+def build_report(out: Path, queue: str | None = None) -> Report:
+    """Summarise the dataset under OUT; hosts come from the state store (SQLite under
+    OUT, or `queue`: the run's `--queue` URL). A missing or empty OUT, or a queue
+    that holds no backfill, is a UsageError (exit 2)."""
+    from bsky_backfill.state.open import open_store, redact, store_exists
+
     if not out.is_dir():
         raise UsageError(f"--out {out}: no such directory (run `bsky-backfill run` first)")
     collections = find_collections(out)
@@ -186,7 +173,9 @@ def build_report(out: Path) -> Report:
     if not collections and not has_dead:
         raise UsageError(f"--out {out}: no dataset there (no Parquet tables under it)")
     state_path = out / STATE_FILE
-    has_state = state_path.is_file()
+    if queue is not None and not store_exists(queue, state_path):
+        raise UsageError(f"no backfill state in the queue {redact(queue)}")
+    has_state = queue is not None or state_path.is_file()
     con = _connect()
     try:
         counts: list[CollectionCount] = []
@@ -197,10 +186,13 @@ def build_report(out: Path) -> Report:
             months.extend(per_month)
         hosts: list[HostCount] = []
         if has_state:
-            hosts = merge_hosts(
-                repos_per_host(state_path),
-                records_per_host(con, out, collections, state_path),
-            )
+            store = open_store(queue, state_path)
+            try:
+                hosts = merge_hosts(
+                    list(store.status().hosts), records_per_host(con, out, collections, store)
+                )
+            finally:
+                store.close()
         return Report(
             out=str(out),
             collections=counts,

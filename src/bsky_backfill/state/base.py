@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -193,6 +193,12 @@ class StateStore(Protocol):
 
     def status(self) -> StatusReport:
         """Whole-run summary for `status`."""
+        ...
+
+    def host_map(self, batch: int = 100_000) -> Iterator[list[tuple[str, str]]]:
+        """(did, PDS host) of every repo whose host is known, `batch` rows at a time:
+        `report` joins the dataset's DIDs to hosts (tens of millions of rows on a
+        whole-network run, so streamed, never one list)."""
         ...
 
     def get_meta(self, key: str) -> str | None:

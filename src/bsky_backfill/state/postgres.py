@@ -405,6 +405,20 @@ class PostgresStateStore:
         with self._tx() as cur:
             return ledger.report(cur)
 
+    def host_map(self, batch: int = 100_000) -> Iterator[list[tuple[str, str]]]:
+        # A server-side cursor: the rows come `batch` at a time, not all at once.
+        with self._lock:
+            try:
+                with (
+                    self._conn.transaction(),
+                    self._conn.cursor(name="host_map") as cur,
+                ):
+                    cur.execute("SELECT did, host FROM repos WHERE host IS NOT NULL")
+                    while rows := cur.fetchmany(batch):
+                        yield [(str(d), str(h)) for d, h in rows]
+            except psycopg.Error as e:
+                raise StateStoreError(f"state store {self.schema}: {one_line(e)}") from e
+
     # -- small tables ------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:

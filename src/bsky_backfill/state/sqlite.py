@@ -387,6 +387,12 @@ class SqliteStateStore:
             rows = self._conn.execute("SELECT state, n FROM repo_counts").fetchall()
         return {RepoState(s): n for s, n in rows}
 
+    def host_map(self, batch: int = 100_000) -> Iterator[list[tuple[str, str]]]:
+        with _mapped():
+            cursor = self._conn.execute("SELECT did, host FROM repos WHERE host IS NOT NULL")
+            while rows := cursor.fetchmany(batch):
+                yield rows
+
     def status(self) -> StatusReport:
         c = self._conn
         with _mapped():
