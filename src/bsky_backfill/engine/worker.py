@@ -20,7 +20,6 @@ import random
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +31,7 @@ from bsky_backfill.engine.refresh import LandedIndex, refresh_extract
 from bsky_backfill.errors import RepoInvalid, TerminalError, TransientError
 from bsky_backfill.models import RepoExtract, utcnow
 from bsky_backfill.records.stream import BigRepo, BuiltPart, PartPlan, extract_part, plan_parts
+from bsky_backfill.repo.lazy import map_file
 from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
 from bsky_backfill.state.base import RepoDone, RepoTask
 from bsky_backfill.xrpc.client import Body, XrpcClient
@@ -144,7 +144,7 @@ class RepoWorker:
             async with contextlib.AsyncExitStack() as stack:
                 if helpers is not None:
                     await stack.enter_async_context(helpers.session(path))
-                mapped = stack.enter_context(_mapped(path))
+                mapped = stack.enter_context(map_file(path))
                 big = await self._plan(mapped, task)
                 mapped.madvise(mmap.MADV_DONTNEED)  # indexing and hashing read every page
                 if helpers is None:
@@ -178,7 +178,7 @@ class RepoWorker:
             got.rows,
         )
 
-    async def _plan(self, data: bytes | mmap.mmap, task: RepoTask) -> BigRepo:
+    async def _plan(self, data: mmap.mmap, task: RepoTask) -> BigRepo:
         verify = self.run.settings.verify
         return await self.extractor.call(
             functools.partial(plan_parts, signing_key=task.signing_key, verify=verify),
@@ -186,15 +186,8 @@ class RepoWorker:
             task.did,
         )
 
-    @staticmethod
-    def _write_part(writer: DatasetWriter, part: RepoExtract, got: _Parts) -> RepoExtract:
-        """On the extraction thread: one part into the repo's own writer."""
-        writer.add_partial(part, [])
-        got.rows += part.row_count
-        return part
-
     async def _parts_here(
-        self, big: BigRepo, data: bytes | mmap.mmap, writer: DatasetWriter, got: _Parts
+        self, big: BigRepo, data: mmap.mmap, writer: DatasetWriter, got: _Parts
     ) -> None:
         """One process: extract and write each part on the extraction thread."""
         for plan in big.parts:
@@ -204,7 +197,7 @@ class RepoWorker:
         self,
         big: BigRepo,
         plan: PartPlan,
-        data: bytes | mmap.mmap,
+        data: mmap.mmap,
         writer: DatasetWriter,
         got: _Parts,
     ) -> None:
@@ -213,9 +206,8 @@ class RepoWorker:
         def work() -> RepoExtract:
             part = extract_part(data, big.index, plan, filt)
             writer.add_partial(part, [])
-            if isinstance(data, mmap.mmap):
-                # The pages this part read stay in the page cache, not in our RSS.
-                data.madvise(mmap.MADV_DONTNEED)
+            # The pages this part read stay in the page cache, not in our RSS.
+            data.madvise(mmap.MADV_DONTNEED)
             return part
 
         part = await self.extractor.call(work)
@@ -328,17 +320,9 @@ class _Parts:
     """Parts extracted in this process (the others in helpers)."""
 
 
-@contextlib.contextmanager
-def _mapped(path: str) -> Iterator[mmap.mmap]:
-    """The CAR file mapped read-only: pages are read as the blocks are, and dropped
-    from this process's memory after each part (`_part_here`)."""
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        yield mm
-
-
 def _on_disk(body: Body) -> str:
-    """The body's file for helper processes to read (written out if it was in memory);
-    the caller removes it."""
+    """The body's spooled file (written out if the body was in memory), to be mapped
+    here and read by helper processes; the caller removes it."""
     if body.path is not None:
         path, body.path = body.path, None
         return path
@@ -346,8 +330,3 @@ def _on_disk(body: Body) -> str:
         fh.write(body.read())
     body.discard()
     return fh.name
-
-
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()

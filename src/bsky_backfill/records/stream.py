@@ -37,7 +37,7 @@ from bsky_backfill.records.transform import _wanted_records
 from bsky_backfill.repo import native
 from bsky_backfill.repo.commit import read_commit
 from bsky_backfill.repo.gcpause import gc_paused
-from bsky_backfill.repo.lazy import LazyBlocks, _frame_index, read_car_lazy
+from bsky_backfill.repo.lazy import LazyBlocks, _frame_index, map_file, read_car_lazy
 from bsky_backfill.repo.mst import key_height, walk_mst, walk_verified
 from bsky_backfill.repo.verify import failed, verify_commit
 from bsky_backfill.sinks.batch import EncodedFile, SinkConfig, encode_tables
@@ -214,7 +214,7 @@ def extract_part_file(path: str, plan: PartPlan, filt: RecordFilter, sink: SinkC
     The file is mapped for this part only: the pages read are dropped with the
     mapping, so a helper's memory is the block index and one part's rows.
     """
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+    with map_file(path) as mm:
         part = extract_part(mm, _index_of(path, mm), plan, filt)
     files = encode_tables(part.tables, sink)
     return BuiltPart(part.records_seen, files, part.dead_letters)
@@ -223,7 +223,7 @@ def extract_part_file(path: str, plan: PartPlan, filt: RecordFilter, sink: SinkC
 def index_file(path: str) -> int:
     """Build (or find) this helper's block index of the CAR at `path`; its size.
     Sent ahead of the parts so the index is ready when they arrive."""
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+    with map_file(path) as mm:
         return len(_index_of(path, mm))
 
 

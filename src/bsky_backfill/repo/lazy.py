@@ -10,6 +10,7 @@ walks and checks (repo/mst.py, repo/verify.py) run on it unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 from collections.abc import Iterator, Mapping
 from hashlib import sha256
@@ -74,6 +75,14 @@ class LazyBlocks(Mapping[bytes, Any]):
 
     def __len__(self) -> int:
         return len(self._index)
+
+
+@contextlib.contextmanager
+def map_file(path: str) -> Iterator[mmap.mmap]:
+    """A CAR file mapped read-only: its pages are read as blocks are (big repos are
+    read this way rather than into memory; `madvise(MADV_DONTNEED)` drops them)."""
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        yield mm
 
 
 def _frame_index(data: bytes | mmap.mmap) -> tuple[bytes, dict[bytes, int]]:
