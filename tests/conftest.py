@@ -9,16 +9,11 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = REPO_ROOT.parent / "shared" / "atproto-fixtures"
+from tests.fixture_paths import FIXTURES
 
 
 @pytest.fixture(scope="session")
 def fixtures() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.fail(
-            f"atproto fixtures not found at {FIXTURES} (expected ../shared beside the repo)"
-        )
     return FIXTURES
 
 
@@ -50,3 +45,32 @@ def verify_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         for name in ("mismatched", "frame_index", "off_layer"):
             monkeypatch.setattr(native, name, None)
     return str(request.param)
+
+
+def _guard_reads_outside_repo() -> None:
+    """Fail any test that reads beside the repository (e.g. `../shared`): a fresh clone
+    has nothing there. An audit hook sees every `open` and directory listing of this
+    test process; temporary directories stay allowed wherever they are."""
+    import tempfile
+
+    from tests.fixture_paths import REPO_ROOT
+
+    repo = str(REPO_ROOT) + os.sep
+    beside = str(REPO_ROOT.parent) + os.sep
+    allowed = (repo, str(Path(tempfile.gettempdir()).resolve()) + os.sep)
+
+    def hook(event: str, args: tuple[object, ...]) -> None:
+        if event not in ("open", "os.listdir", "os.scandir") or not args:
+            return
+        raw = args[0]
+        if not isinstance(raw, str | Path):
+            return
+        path = os.path.abspath(raw) + os.sep
+        if path.startswith(beside) and not path.startswith(allowed):
+            raise PermissionError(f"test read outside the repository: {raw}")
+
+    if beside != os.sep:  # a checkout at the file system's root has no "beside"
+        sys.addaudithook(hook)
+
+
+_guard_reads_outside_repo()

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from bsky_backfill import syntax
+from tests.fixture_paths import INTEROP
 
 ROOT = Path(__file__).resolve().parents[1]
-SYNTAX_DIR = ROOT.parent / "shared" / "atproto-fixtures" / "interop-tests" / "syntax"
+SYNTAX_DIR = INTEROP / "syntax"
 
 CHECKS: dict[str, Callable[[str], bool]] = {
     "did": syntax.is_valid_did,

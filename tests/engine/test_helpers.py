@@ -18,7 +18,7 @@ from bsky_backfill.models import RecordFilter
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.records.stream import extract_part, plan_parts
 from bsky_backfill.sinks.batch import SinkConfig
-from tests.conftest import FIXTURES
+from tests.fixture_paths import FIXTURES
 
 DID = "did:plc:z72i7hdynmk6r22z27h6tvur"
 CAR = FIXTURES / "car/laravel-bluesky/bsky-app.car"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from typing import Any
 
 import libipld
@@ -21,8 +20,9 @@ from bsky_backfill.identity.didkey import (
     parse_did_key,
     verify_signature,
 )
+from tests.fixture_paths import FIXTURES
 
-CRYPTO = Path(__file__).resolve().parents[2] / ".." / "shared" / "atproto-fixtures"
+CRYPTO = FIXTURES
 
 
 def _b64(text: str) -> bytes:

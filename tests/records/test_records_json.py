@@ -20,9 +20,9 @@ from bsky_backfill.repo.build import cid_for
 from bsky_backfill.repo.car import read_car
 from bsky_backfill.repo.commit import read_commit
 from bsky_backfill.repo.mst import walk_mst
+from tests.fixture_paths import FIXTURES
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT.parent / "shared" / "atproto-fixtures"
 DATA_MODEL = FIXTURES / "interop-tests" / "data-model" / "data-model-fixtures.json"
 
 

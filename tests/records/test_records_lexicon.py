@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from bsky_backfill.records import lexicon
+from tests.fixture_paths import LEXICONS
 
 ROOT = Path(__file__).resolve().parents[2]
-LEXICONS = ROOT.parent / "shared" / "atproto-fixtures" / "lexicons"
 
 
 def _record_lexicons() -> dict[str, dict[str, object]]:

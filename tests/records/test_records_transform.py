@@ -24,9 +24,9 @@ from bsky_backfill.models import RecordFilter
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.records.schema import schema_for
 from bsky_backfill.records.transform import extract_repo
+from tests.fixture_paths import FIXTURES
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT.parent / "shared" / "atproto-fixtures"
 BSKY_APP = FIXTURES / "car" / "laravel-bluesky" / "bsky-app.car"
 BSKY_DID = "did:plc:z72i7hdynmk6r22z27h6tvur"
 README_COUNTS = {

@@ -21,7 +21,7 @@ from bsky_backfill.repo.car import frame_car
 from bsky_backfill.repo.lazy import _frame_index, _frame_index_py
 from bsky_backfill.repo.mst import _off_layer, key_height
 from bsky_backfill.repo.verify import _mismatched_py, mismatched_blocks
-from tests.conftest import FIXTURES
+from tests.fixture_paths import FIXTURES
 
 DID = "did:plc:abcdefghijklmnopqrstuvwx"
 CARS = sorted((FIXTURES / "car").rglob("*.car"))

@@ -12,9 +12,9 @@ from bsky_backfill.errors import RepoInvalid
 from bsky_backfill.repo.build import build_repo, encode_block, write_car
 from bsky_backfill.repo.car import read_car
 from bsky_backfill.repo.commit import read_commit
+from tests.fixture_paths import CARS
 
 ROOT = Path(__file__).resolve().parents[2]
-CARS = ROOT.parent / "shared" / "atproto-fixtures" / "car"
 
 # file -> (root CID, DID in commit, version, rev, blocks), from the fixtures README.
 COMMITS = {

@@ -18,9 +18,9 @@ from bsky_backfill.repo.build import build_mst, encode_block, write_car
 from bsky_backfill.repo.car import read_car
 from bsky_backfill.repo.commit import read_commit
 from bsky_backfill.repo.mst import walk_mst
+from tests.fixture_paths import CARS
 
 ROOT = Path(__file__).resolve().parents[2]
-CARS = ROOT.parent / "shared" / "atproto-fixtures" / "car"
 
 # file -> (records per collection, MST nodes) from the fixtures README.
 EXPECTED: dict[str, dict[str, int]] = {

@@ -30,7 +30,7 @@ from bsky_backfill.repo.verify import check_signature
 from bsky_backfill.simulate.car import encode_signed_commit
 from bsky_backfill.simulate.ids import cid_for_block
 from bsky_backfill.simulate.keys import SigningKey
-from tests.conftest import FIXTURES
+from tests.fixture_paths import FIXTURES
 
 pytestmark = pytest.mark.usefixtures("verify_loops")  # C loops and Python twins
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import libipld
 import pytest
@@ -14,9 +13,8 @@ from bsky_backfill.simulate import Scenario, generate
 from bsky_backfill.simulate.car import encode_car, encode_signed_commit, varint
 from bsky_backfill.simulate.ids import cid_for_block
 from bsky_backfill.simulate.keys import SigningKey
+from tests.fixture_paths import FIXTURES
 from tests.simulate.mstwalk import walk_mst
-
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "atproto-fixtures"
 
 
 def _b64(text: str) -> bytes:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import libipld
 import pytest
 
 from bsky_backfill.simulate.ids import cid_for_block
 from bsky_backfill.simulate.mst import build_mst, common_prefix_len, key_height
+from tests.fixture_paths import FIXTURES
 from tests.simulate.mstwalk import walk_mst
-
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "atproto-fixtures"
 
 
 def test_key_heights() -> None:
