@@ -39,6 +39,8 @@ class DeadLetter:
 
     `stage` is where it failed (resolve, fetch, decode, verify, validate, ...);
     `error` is a stable code (RepoTakendown, InvalidRecord, ...); `message` says why.
+    For a record whose block could be read, `cid` and `record` (atproto JSON) keep
+    the record itself, so an analyst can inspect or recover it.
     """
 
     did: str
@@ -46,7 +48,9 @@ class DeadLetter:
     stage: str
     error: str
     message: str
-    at: dt.datetime = field(default_factory=utcnow)
+    cid: str | None = None
+    record: str | None = None
+    failed_at: dt.datetime = field(default_factory=utcnow)
 
 
 @dataclass(slots=True)

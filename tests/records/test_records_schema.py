@@ -33,12 +33,12 @@ def test_collection_schemas() -> None:
 def test_dead_letters_table() -> None:
     at = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     letters = [
-        DeadLetter("did:plc:a", None, "fetch", "RepoTakendown", "gone", at=at),
+        DeadLetter("did:plc:a", None, "fetch", "RepoTakendown", "gone", failed_at=at),
         DeadLetter("did:plc:a", "at://did:plc:a/x.y.z/1", "validate", "InvalidRecord", "bad"),
     ]
     table = dead_letters_table(letters)
     assert table.schema == DEAD_LETTER_SCHEMA
     rows = table.to_pylist()
     assert rows[0]["uri"] is None and rows[1]["error"] == "InvalidRecord"
-    assert rows[0]["at"] == dt.datetime(2024, 5, 1, 10, 0, tzinfo=dt.UTC)
+    assert rows[0]["failed_at"] == dt.datetime(2024, 5, 1, 10, 0, tzinfo=dt.UTC)
     assert dead_letters_table([]).num_rows == 0

@@ -118,7 +118,7 @@ def test_dead_letters_are_written(out: Path, store: SqliteStateStore) -> None:
     gone = DeadLetter("did:plc:b", None, "fetch", "RepoTakendown", "taken down", T0)
     w.add_failed(RepoFailed("did:plc:b", "RepoTakendown", "taken down"), gone)
     w.commit()
-    rows = read(out, "_deadletters", 'did, uri, stage, error, message, "at"')
+    rows = read(out, "_deadletters", "did, uri, stage, error, message, failed_at")
     assert sorted(rows, key=str) == sorted(
         [
             (
@@ -150,7 +150,7 @@ def test_dead_letters_are_written(out: Path, store: SqliteStateStore) -> None:
 def test_dead_letter_table_schema() -> None:
     t = dead_letter_table([DeadLetter("did:plc:a", None, "resolve", "DidNotFound", "m")])
     assert t.schema == DEAD_LETTER_SCHEMA
-    assert t.schema.field("at").type == pa.timestamp("us", tz="UTC")
+    assert t.schema.field("failed_at").type == pa.timestamp("us", tz="UTC")
     assert dead_letter_table([]).num_rows == 0
 
 

@@ -216,7 +216,7 @@ def test_naive_datetimes_are_refused(store: StateStore) -> None:
 
 
 def letter(did: str, code: str, uri: str | None = None, stage: str = "fetch") -> DeadLetter:
-    return DeadLetter(did=did, uri=uri, stage=stage, error=code, message=f"{code}!", at=T0)
+    return DeadLetter(did=did, uri=uri, stage=stage, error=code, message=f"{code}!", failed_at=T0)
 
 
 def test_commit_marks_done_and_failed_and_counts_dead_letters(store: StateStore) -> None:

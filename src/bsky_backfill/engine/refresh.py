@@ -36,7 +36,7 @@ DELETION_SCHEMA = pa.schema(
         pa.field("cid", pa.string(), nullable=False),
         pa.field("reason", pa.string(), nullable=False),
         pa.field("rev", pa.string()),
-        pa.field("at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("detected_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
 )
 
@@ -115,7 +115,7 @@ def _deletions(did: str, changes: Changes, at: dt.datetime) -> pa.Table:
             "cid": [c for _, c, _ in rows],
             "reason": [r for _, _, r in rows],
             "rev": [changes.rev] * len(rows),
-            "at": [at] * len(rows),
+            "detected_at": [at] * len(rows),
         },
         schema=DELETION_SCHEMA,
     )

@@ -74,13 +74,15 @@ DEAD_LETTER_SCHEMA = pa.schema(
         pa.field("stage", pa.string(), nullable=False),
         pa.field("error", pa.string(), nullable=False),
         pa.field("message", pa.string(), nullable=False),
-        pa.field("at", TIMESTAMP, nullable=False),
+        pa.field("cid", pa.string()),  # a record's block CID, when it could be read
+        pa.field("record", pa.string()),  # the record as atproto JSON, when it decoded
+        pa.field("failed_at", TIMESTAMP, nullable=False),
     ]
 )
 
 
 def dead_letters_table(letters: Iterable[DeadLetter]) -> pa.Table:
-    """Dead letters as one Arrow table in DEAD_LETTER_SCHEMA (`at` normalised to UTC)."""
+    """Dead letters as one Arrow table in DEAD_LETTER_SCHEMA (`failed_at` normalised to UTC)."""
     rows = list(letters)
     return pa.Table.from_pydict(
         {
@@ -89,7 +91,9 @@ def dead_letters_table(letters: Iterable[DeadLetter]) -> pa.Table:
             "stage": [d.stage for d in rows],
             "error": [d.error for d in rows],
             "message": [d.message for d in rows],
-            "at": [d.at for d in rows],
+            "cid": [d.cid for d in rows],
+            "record": [d.record for d in rows],
+            "failed_at": [d.failed_at for d in rows],
         },
         schema=DEAD_LETTER_SCHEMA,
     )
