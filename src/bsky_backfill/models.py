@@ -9,7 +9,7 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class DeadLetter:
     stage: str
     error: str
     message: str
+    _: KW_ONLY
     cid: str | None = None
     record: str | None = None
     failed_at: dt.datetime = field(default_factory=utcnow)
