@@ -32,11 +32,13 @@ def test_three_workers_one_killed(tmp_path: Path) -> None:
             "--commit-seconds", "0.5",
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        workers = []
-        for _ in range(3):
-            pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-            workers.append(subprocess.Popen(args, text=True, env=env, **pipes))  # type: ignore[call-overload]
-            time.sleep(0.3)
+        # Started in the same instant, as an operator's script does: their start-up
+        # recoveries run while the others create their writers (sinks/liveness.py).
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        workers = [
+            subprocess.Popen(args, text=True, env=env, **pipes)  # type: ignore[call-overload]
+            for _ in range(3)
+        ]
         deadline = time.monotonic() + 60
         while net.stats.count(endpoint=GET_REPO) < 25:
             assert time.monotonic() < deadline, "the cluster made no progress"

@@ -12,9 +12,18 @@ lock -- the default on a local filesystem. A writer holds an exclusive
     `flock` on `<dir>/.lock` for its lifetime; the kernel drops it when the
     process dies, however it dies. A directory whose lock recovery can take
     (non-blocking) has no live owner, and recovery keeps holding the lock
-    while it settles the directory. A directory without a `.lock` (a writer
-    that died between mkdir and creating it, or one another recovery is
-    finishing) falls back to the age rule.
+    while it settles the directory. A writer's directory appears under its
+    final name only with its lock already held: it is made as
+    `.new-<writer>-<n>`, the lock file created and flocked inside it, and then
+    renamed into place. So there is no moment at which a live writer's
+    directory lacks a held lock (before this, a recovery that listed a brand-new
+    directory before its `.lock` existed judged it dead by the age rule, and
+    removed the lock file and directory under the writer: its first part file
+    then failed with FileNotFoundError). A directory without a `.lock` (one
+    whose owner released it, or that another recovery is finishing) is judged
+    by the age rule, where an empty directory counts by its own age; staging
+    directories left by a writer that died while creating one are removed
+    once their lock can be taken.
 
 age -- the rule on object stores (pyarrow.fs S3, GCS: no locks), or forced
     with `liveness="age"` (e.g. a filesystem shared by several machines
@@ -48,7 +57,13 @@ from collections.abc import Mapping
 from typing import Literal
 
 from bsky_backfill.errors import BackfillError
-from bsky_backfill.sinks.storage import LOCK_NAME, Storage, writer_dir
+from bsky_backfill.sinks.storage import (
+    LOCK_NAME,
+    STAGING_PREFIX,
+    TMP_DIR,
+    Storage,
+    writer_dir,
+)
 
 log = logging.getLogger("bsky_backfill.sinks")
 
@@ -83,6 +98,7 @@ class WriterDir:
     def __init__(self, storage: Storage, writer: str, rule: Rule, stale_after: float) -> None:
         self.storage = storage
         self.rel = writer_dir(writer)
+        self.writer = writer
         self.marker = f"{self.rel}/{LOCK_NAME}"
         self.rule: Rule = rule
         self.stale_after = stale_after
@@ -97,32 +113,53 @@ class WriterDir:
             self._thread.start()
 
     def _create(self) -> None:
-        # A concurrent recovery may judge the new, still lockless and empty
-        # directory dead and remove it, or take the fresh lock file for a
-        # moment: retry until this writer holds the lock of the file that is
-        # linked at the marker path (the classic lock-file check).
-        for _ in range(100):
-            self.storage.makedirs(self.rel)
-            if not self.storage.local:
-                self.beat()
-                return
-            path = self.storage.abs(self.marker)
+        """Publish this writer's directory with its liveness already proven.
+
+        Object stores have no directories: the marker's first write makes the
+        prefix appear, with a fresh time. Locally the directory is built under a
+        staging name (lock file created and flocked, or the marker written for
+        the age rule) and renamed into place, so recovery never sees it
+        without a held lock or a young marker."""
+        if not self.storage.local:
+            self.beat()
+            return
+        for attempt in range(100):
+            staging = f"{TMP_DIR}/{STAGING_PREFIX}{self.writer}-{attempt}"
+            self.storage.makedirs(staging)
+            fd = self._lock_new(f"{staging}/{LOCK_NAME}")
+            if fd is None:
+                continue  # a recovery is removing this staging dir: take another name
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                os.rename(self.storage.abs(staging), self.storage.abs(self.rel))
+                # The lock file that is now linked at the marker path is ours.
+                if os.fstat(fd).st_ino == os.stat(self.storage.abs(self.marker)).st_ino:
                     self._fd = fd
-                    self.storage.fsync_dir(self.rel)
+                    self.storage.fsync_dir(TMP_DIR)
                     self._beat_ok = time.monotonic()
                     return
-            except OSError:  # BlockingIOError, or the file was unlinked meanwhile
-                pass
+            except OSError:
+                pass  # the staging dir went away (or its lock did): try again
             os.close(fd)
             time.sleep(0.01)
         raise RuntimeError(f"could not create the writer directory {self.rel}")
+
+    def _lock_new(self, rel: str) -> int | None:
+        """Create and flock a lock file; None if a recovery holds it (or removed it)."""
+        path = self.storage.abs(rel)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                if self.rule == "age":
+                    os.utime(path)  # young from its first moment
+                return fd
+        except OSError:  # BlockingIOError, or the file was unlinked meanwhile
+            pass
+        os.close(fd)
+        return None
 
     # -- liveness ----------------------------------------------------------------------
 
@@ -229,7 +266,39 @@ def claim_dead(
                 return None
             return DeadDir(rel, fd)
     cutoff = now - dt.timedelta(seconds=stale_after)
+    times = list(files.values())
+    if not times:
+        if not storage.local:
+            # An object store lists a writer's prefix only once its marker exists:
+            # an empty one is a leftover "directory" object, nobody's.
+            return DeadDir(rel, None)
+        # Nothing inside to date it (a directory being released, or left empty by
+        # a crash): its own age decides. Never "all of nothing is old".
+        times = [storage.dir_mtime(rel)]
     # An unknown time counts as young: when in doubt, the writer is alive.
-    if all(t is not None and t < cutoff for t in files.values()):
+    if all(t is not None and t < cutoff for t in times):
         return DeadDir(rel, None)
     return None
+
+
+def settle_staging(storage: Storage, rel: str, *, stale_after: float, now: dt.datetime) -> bool:
+    """Remove a staging directory (`.new-<writer>-<n>`) whose creator is gone: its
+    lock can be taken, or it has no lock and is older than `stale_after`. True if
+    it was removed."""
+    marker = f"{rel}/{LOCK_NAME}"
+    try:
+        fd: int | None = os.open(storage.abs(marker), os.O_RDWR)
+    except FileNotFoundError:
+        fd = None
+    if fd is None:
+        born = storage.dir_mtime(rel)
+        if born is None or born >= now - dt.timedelta(seconds=stale_after):
+            return False  # being created right now, most likely
+        return storage.remove_dir_if_empty(rel)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False  # its creator holds it: about to be renamed into place
+    dead = DeadDir(rel, fd)
+    return dead.finish(storage)

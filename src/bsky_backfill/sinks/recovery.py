@@ -33,13 +33,14 @@ import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bsky_backfill.sinks.liveness import DeadDir, Rule, claim_dead
+from bsky_backfill.sinks.liveness import DeadDir, Rule, claim_dead, settle_staging
 from bsky_backfill.sinks.storage import (
     TMP_DIR,
     Listing,
     Storage,
     final_path,
     is_writer_id,
+    staging_writer,
     tmp_name,
 )
 from bsky_backfill.state.base import StateStore
@@ -84,6 +85,9 @@ def recover_dataset(
         dead: list[tuple[str, Listing, DeadDir]] = []
         live: list[tuple[str, Listing]] = []
         for name in sorted(top.dirs):
+            if staging_writer(name) and storage.local:
+                settle_staging(storage, f"{TMP_DIR}/{name}", stale_after=stale_after, now=now)
+                continue
             if not is_writer_id(name):
                 continue  # not ours; leave it alone
             rel = f"{TMP_DIR}/{name}"

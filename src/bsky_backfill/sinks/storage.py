@@ -66,6 +66,19 @@ def is_writer_id(name: str) -> bool:
     return _WRITER_ID.fullmatch(name) is not None
 
 
+STAGING_PREFIX = ".new-"
+"""A writer's directory is made under `TMP_DIR/.new-<writer>-<n>` with its lock
+held, then renamed to its final name (see liveness.py): never a writer id."""
+
+
+def staging_writer(name: str) -> bool:
+    """Whether a directory name under TMP_DIR is a writer directory being created."""
+    if not name.startswith(STAGING_PREFIX):
+        return False
+    writer, _, n = name[len(STAGING_PREFIX) :].rpartition("-")
+    return is_writer_id(writer) and n.isdigit()
+
+
 def writer_dir(writer: str) -> str:
     """A writer's own tmp directory (relative to OUT)."""
     if not is_writer_id(writer):
@@ -180,6 +193,15 @@ class Storage:
         """Last modification (the object store's clock for remote files)."""
         t = self.fs.get_file_info(self.abs(rel)).mtime
         return t if isinstance(t, dt.datetime) else None
+
+    def dir_mtime(self, rel: str) -> dt.datetime | None:
+        """A directory's own modification time (local only; None elsewhere or if gone)."""
+        if not self.local:
+            return None
+        try:
+            return dt.datetime.fromtimestamp(os.stat(self.abs(rel)).st_mtime, dt.UTC)
+        except FileNotFoundError:
+            return None
 
     def touch(self, rel: str) -> None:
         """Create `rel` empty, or bring its modification time to now."""
