@@ -67,3 +67,55 @@ def test_helpers_build_the_same_parts_and_survive_a_dead_helper(tmp_path: Path) 
             pool.close()
 
     asyncio.run(main())
+
+
+def test_helper_slots_are_shared_by_the_machine(tmp_path: Path) -> None:
+    """Every process's pool draws on one set of machine-wide slots (flock files), so
+    N `--workers` processes never start N x (N-1) helpers; a dead holder's slots
+    come back (the kernel drops its locks)."""
+    from bsky_backfill.engine.helpers import MachineSlots
+
+    slots = MachineSlots(count=3, directory=str(tmp_path / "slots"))
+    a, b, c = slots.take(2), slots.take(2), slots.take(2)
+    assert (len(a), len(b), len(c)) == (2, 1, 0)
+    slots.give(a)
+    assert len(slots.take(5)) == 2
+    # Another process holding slots, then killed: its slots are free again.
+    script = (
+        "import sys, time; from bsky_backfill.engine.helpers import MachineSlots;"
+        f"held = MachineSlots(3, {str(tmp_path / 'other')!r}).take(3);"
+        "print(len(held), flush=True); time.sleep(60)"
+    )
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "3"
+        other = MachineSlots(count=3, directory=str(tmp_path / "other"))
+        assert other.take(3) == []
+        proc.kill()
+        proc.wait()
+        assert len(other.take(3)) == 3
+    finally:
+        proc.kill()
+
+
+def test_a_pool_without_a_free_slot_builds_nothing_itself(tmp_path: Path) -> None:
+    from bsky_backfill.engine.helpers import MachineSlots
+
+    slots = MachineSlots(count=1, directory=str(tmp_path / "slots"))
+    taken = slots.take(1)
+    car = tmp_path / "repo.car"
+    car.write_bytes(CAR.read_bytes())
+
+    async def main() -> None:
+        pool = HelperPool(2, slots)
+        async with pool.session(str(car)) as helpers:
+            assert helpers == 0  # the caller builds every part in its own process
+        slots.give(taken)
+        async with pool.session(str(car)) as helpers:
+            assert helpers == 1  # as many as the machine allows, not as many as asked
+        pool.close()
+
+    asyncio.run(main())

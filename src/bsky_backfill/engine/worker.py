@@ -142,8 +142,10 @@ class RepoWorker:
             path = await asyncio.to_thread(_on_disk, body)
             helpers = self.helpers
             async with contextlib.AsyncExitStack() as stack:
-                if helpers is not None:
-                    await stack.enter_async_context(helpers.session(path))
+                if helpers is not None and not await stack.enter_async_context(
+                    helpers.session(path)
+                ):
+                    helpers = None  # no machine slot free: every part here
                 mapped = stack.enter_context(map_file(path))
                 big = await self._plan(mapped, task)
                 mapped.madvise(mmap.MADV_DONTNEED)  # indexing and hashing read every page
@@ -174,7 +176,7 @@ class RepoWorker:
             task.did,
             size >> 20,
             len(big.parts),
-            len(big.parts) - got.here if self.helpers else 0,
+            len(big.parts) - got.here if helpers else 0,
             got.rows,
         )
 

@@ -10,6 +10,7 @@ concurrency bound around the two method-specific ones.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from urllib.parse import unquote, urlsplit
 
 from bsky_backfill.errors import BlockedAddress, ResolveError, TerminalError
@@ -74,15 +75,29 @@ class WebResolver:
         return parse_did_document(did, doc)
 
 
+CACHE_ENTRIES = 65_536
+"""Identities kept in memory (~300 bytes each, ~20 MB). The state store keeps every
+answer for good; the cache only spares a second lookup while a DID is in play
+(e.g. a listRepos page resolved, then its repos claimed), so it is an LRU bounded
+whatever the input: a whole-network run resolves ~40M DIDs."""
+
+
 class DidResolver:
-    """Dispatch by DID method, cache answers for the run, bound concurrency."""
+    """Dispatch by DID method, cache recent answers (LRU), bound concurrency."""
 
     def __init__(
-        self, client: XrpcClient, plc_url: str, *, allow_private: bool, concurrency: int = 32
+        self,
+        client: XrpcClient,
+        plc_url: str,
+        *,
+        allow_private: bool,
+        concurrency: int = 32,
+        cache_entries: int = CACHE_ENTRIES,
     ) -> None:
         self._plc = PlcResolver(client, plc_url)
         self._web = WebResolver(client, allow_private)
-        self._cache: dict[str, Identity] = {}
+        self._cache: OrderedDict[str, Identity] = OrderedDict()
+        self._cache_entries = cache_entries
         self._limit = asyncio.Semaphore(concurrency)
         self.lookups = 0
 
@@ -90,6 +105,7 @@ class DidResolver:
         """Identity for `did`; raises ResolveError (terminal) or TransientError."""
         cached = self._cache.get(did)
         if cached is not None:
+            self._cache.move_to_end(did)
             return cached
         async with self._limit:
             self.lookups += 1
@@ -103,7 +119,14 @@ class DidResolver:
             did=did, pds=info.pds, host=host_key(info.pds), signing_key=info.signing_key
         )
         self._cache[did] = identity
+        if len(self._cache) > self._cache_entries:
+            self._cache.popitem(last=False)
         return identity
+
+    @property
+    def cached(self) -> int:
+        """Identities held in memory now (at most `cache_entries`)."""
+        return len(self._cache)
 
 
 __all__ = ["DidResolver", "PlcResolver", "WebResolver", "host_key"]
