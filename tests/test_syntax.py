@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from bsky_backfill import syntax
 from tests.fixture_paths import INTEROP
 
-ROOT = Path(__file__).resolve().parents[1]
 SYNTAX_DIR = INTEROP / "syntax"
 
 CHECKS: dict[str, Callable[[str], bool]] = {

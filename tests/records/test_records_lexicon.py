@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from bsky_backfill.records import lexicon
 from tests.fixture_paths import LEXICONS
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _record_lexicons() -> dict[str, dict[str, object]]:

@@ -12,7 +12,6 @@ import gc
 import json
 import threading
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import libipld
@@ -26,7 +25,6 @@ from bsky_backfill.records.schema import schema_for
 from bsky_backfill.records.transform import extract_repo
 from tests.fixture_paths import FIXTURES
 
-ROOT = Path(__file__).resolve().parents[2]
 BSKY_APP = FIXTURES / "car" / "laravel-bluesky" / "bsky-app.car"
 BSKY_DID = "did:plc:z72i7hdynmk6r22z27h6tvur"
 README_COUNTS = {

@@ -7,7 +7,6 @@ libipld 3.5.0), hard-coded here as data.
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import libipld
@@ -19,8 +18,6 @@ from bsky_backfill.repo.car import read_car
 from bsky_backfill.repo.commit import read_commit
 from bsky_backfill.repo.mst import walk_mst
 from tests.fixture_paths import CARS
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # file -> (records per collection, MST nodes) from the fixtures README.
 EXPECTED: dict[str, dict[str, int]] = {

@@ -7,18 +7,17 @@ developer's machine and fails under CI=true, where a skip would hide a broken pa
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from bsky_backfill.report import build_report, write_html
 from bsky_backfill.report.charts import PALETTE
+from tests.ci import require_in_ci
 from tests.report.conftest import Dataset
 
 CHROMIUM_FLAGS = (
@@ -40,9 +39,7 @@ def chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    if os.environ.get("CI") == "true":
-        pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
-    pytest.skip("chromium is not installed (apt-get install chromium)")
+    require_in_ci("chromium is not installed (apt-get install chromium; .ci/run does)")
 
 
 def run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -16,8 +16,9 @@ import uuid
 from collections.abc import Iterator
 
 import psycopg
-import pytest
 from psycopg import sql
+
+from tests.ci import require_in_ci
 
 PG_URL = os.environ.get("BSKY_BACKFILL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -39,9 +40,7 @@ def require_postgres() -> str:
             f"PostgreSQL not reachable at {PG_URL} ({why}); the PostgreSQL state-store "
             "tests need it (set BSKY_BACKFILL_TEST_PG to point elsewhere)"
         )
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+        require_in_ci(msg)
     return PG_URL
 
 
