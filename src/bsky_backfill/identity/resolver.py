@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import unquote, urlsplit
 
-from bsky_backfill.errors import BlockedAddress, ResolveError, TerminalError
+from bsky_backfill.errors import BlockedAddress, HostUnreachable, ResolveError, TerminalError
 from bsky_backfill.identity.document import DidDocInfo, parse_did_document
 from bsky_backfill.state.base import Identity
 from bsky_backfill.xrpc.client import XrpcClient
@@ -35,6 +35,8 @@ class PlcResolver:
     async def resolve(self, did: str) -> DidDocInfo:
         try:
             doc = await self._client.fetch_json(f"{self._plc}/{did}", trusted=True)
+        except HostUnreachable:
+            raise  # the directory is given up, not the DID (a retryable ResolveFailed)
         except TerminalError as e:
             # 404 (unknown, or tombstoned at @did-plc/server) and 410 (tombstoned at
             # plc.directory) are both terminal for the DID. One code for both: the
@@ -68,7 +70,7 @@ class WebResolver:
         try:
             doc = await self._client.fetch_json(url, trusted=False)
         except TerminalError as e:
-            if isinstance(e, ResolveError):
+            if isinstance(e, ResolveError | HostUnreachable):
                 raise
             raise ResolveError(f"did:web document: {e.message}", code="DidNotFound") from e
         return parse_did_document(did, doc)
@@ -81,10 +83,17 @@ class DidResolver:
         self, client: XrpcClient, plc_url: str, *, allow_private: bool, concurrency: int = 32
     ) -> None:
         self._plc = PlcResolver(client, plc_url)
+        self._plc_url = plc_url
         self._web = WebResolver(client, allow_private)
         self._cache: dict[str, Identity] = {}
         self._limit = asyncio.Semaphore(concurrency)
         self.lookups = 0
+
+    def document_url(self, did: str) -> str:
+        """Where `did`'s document comes from (the engine keys host pauses by it)."""
+        if did.startswith("did:web:"):
+            return self._web.document_url(did)
+        return self._plc_url
 
     async def resolve(self, did: str) -> Identity:
         """Identity for `did`; raises ResolveError (terminal) or TransientError."""

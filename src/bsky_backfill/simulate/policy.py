@@ -85,8 +85,10 @@ class PointsWindow:
                 self.history.append(self.admitted)
             self.start, self.consumed, self.admitted = now, 0, 0
         self.consumed += 1
-        return self.consumed > self.limit, max(self.limit - self.consumed, 0), (
-            self.start + self.window_s - now
+        return (
+            self.consumed > self.limit,
+            max(self.limit - self.consumed, 0),
+            (self.start + self.window_s - now),
         )
 
     def windows(self) -> list[int]:

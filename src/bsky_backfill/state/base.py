@@ -247,6 +247,11 @@ class StateStore(Protocol):
         `retry_later` sets the first failure time when `attempts` grows."""
         ...
 
+    def next_unresolved(self) -> dt.datetime | None:
+        """Earliest next_attempt_at among pending repos with no identity yet (None if
+        there are none): the resolver waits for DIDs backing off instead of ending."""
+        ...
+
     def failed_repos(
         self,
         codes: Sequence[str] | None = None,

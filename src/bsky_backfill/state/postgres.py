@@ -444,6 +444,15 @@ class PostgresStateStore:
             return 0, None
         return int(row[0]), None if row[1] is None else _utc(row[1])
 
+    def next_unresolved(self) -> dt.datetime | None:
+        with self._tx() as cur:
+            cur.execute(
+                """SELECT min(next_attempt_at) FROM repos
+                   WHERE state = 'pending' AND host IS NULL"""
+            )
+            row = cur.fetchone()
+        return None if row is None or row[0] is None else _utc(row[0])
+
     def failed_repos(
         self,
         codes: Sequence[str] | None = None,

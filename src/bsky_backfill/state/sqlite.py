@@ -473,6 +473,15 @@ class SqliteStateStore:
             return 0, None
         return int(row[0]), None if row[1] is None else _from_us(row[1])
 
+    def next_unresolved(self) -> dt.datetime | None:
+        with _mapped():
+            row = self._conn.execute(
+                """SELECT next_attempt_at FROM repos
+                   WHERE state = 'pending' AND host IS NULL
+                   ORDER BY next_attempt_at LIMIT 1"""
+            ).fetchone()
+        return None if row is None else _from_us(row[0])
+
     def failed_repos(
         self,
         codes: Sequence[str] | None = None,
