@@ -472,7 +472,7 @@ def test_failed_repos_page_by_code(store: StateStore) -> None:
 
 
 def test_reopen_failed_supersedes_their_dead_letters_once(store: StateStore) -> None:
-    a, b, c, d = _fail_some(store)
+    a, b, _, d = _fail_some(store)
     at = T0 + dt.timedelta(days=1)
     marker = CommittedFile("_superseded/part-x.parquet", "_superseded", 3)
     wanted = store.failed_repos(exclude=["RepoTakendown"])
@@ -508,6 +508,18 @@ def test_reopen_keeps_a_refresh_a_refresh(store: StateStore) -> None:
     store.set_identities([ident("did:plc:r", "h1")])
     [task] = store.claim("h1", 1, T0)
     assert task.refresh and task.since == "rev1"  # never a whole refetch of landed rows
+
+
+def test_next_unresolved_says_when_a_backing_off_did_is_due(store: StateStore) -> None:
+    assert store.next_unresolved() is None
+    store.enqueue(["did:plc:a", "did:plc:b"])
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    store.retry_later("did:plc:a", 1, later, "ConnectionError")
+    store.retry_later("did:plc:b", 1, later + dt.timedelta(hours=1), "ConnectionError")
+    assert store.next_unresolved() == later
+    assert store.unresolved(10) == []  # due by the wall clock only later
+    store.set_identities([ident("did:plc:a", "h1"), ident("did:plc:b", "h1")])
+    assert store.next_unresolved() is None  # resolved ones are the scheduler's
 
 
 def test_host_pauses_are_set_listed_and_cleared(store: StateStore) -> None:
