@@ -27,7 +27,7 @@ import pytest
 
 from bsky_backfill import Backfill
 from bsky_backfill.engine.cpu import Extractor
-from bsky_backfill.identity.resolver import host_key
+from bsky_backfill.identity.resolver import DidResolver, host_key
 from bsky_backfill.simulate import Scenario, SimNetwork, run_network_in_thread
 from bsky_backfill.sinks.superseded import CURRENT_DEAD_LETTERS
 from tests.conftest import run_cli
@@ -236,6 +236,19 @@ def test_an_unexpected_exception_in_a_worker_is_retried_and_lands(
             return await real(self, data, did, *a, **kw)
 
         monkeypatch.setattr(Extractor, "extract", extract)
+        # ...and a bug in resolving another DID: retried from the store, never a spin
+        other = next(a.did for a in net.accounts if a.status == "active" and a.did != victim)
+        real_resolve = DidResolver.resolve
+        lookups: list[str] = []
+
+        async def resolve(self: DidResolver, did: str) -> Any:
+            if did == other:
+                lookups.append(did)
+                if len(lookups) == 1:
+                    raise AttributeError("injected: a bug in resolving")
+            return await real_resolve(self, did)
+
+        monkeypatch.setattr(DidResolver, "resolve", resolve)
         caplog.set_level(logging.INFO, logger="bsky_backfill")
         summary = Backfill(
             dids=net.dids, out=out, plc_url=net.plc_url, allow_private_hosts=True,
@@ -243,12 +256,16 @@ def test_an_unexpected_exception_in_a_worker_is_retried_and_lands(
         ).run()  # fmt: skip
         truth = net.truth
     assert hits == [victim, victim]
+    assert lookups == [other, other]  # once failed, once resolved: no spin
     assert summary.repos_failed == len(
         {d.did for d in truth.expected_dead_letters() if d.uri is None}
     )
     assert_matches_truth(out, truth.expected_rows(), truth.expected_dead_letters())
-    tracebacks = [r for r in caplog.records if r.exc_info and "injected" in str(r.exc_info[1])]
-    assert len(tracebacks) == 1  # logged with its traceback once, then one line
+    def tracebacks(text: str) -> int:
+        return sum(1 for r in caplog.records if r.exc_info and text in str(r.exc_info[1]))
+
+    assert tracebacks("a bug in this worker") == 1  # with its traceback once, then one line
+    assert tracebacks("a bug in resolving") == 1
     assert any("again" in r.getMessage() and victim in r.getMessage() for r in caplog.records)
     [(attempts,)] = state_rows(out, "SELECT attempts FROM repos WHERE did = ?", victim)
     assert attempts == 2 and state_rows(out, "SELECT state FROM repos WHERE did = ?", victim) == [

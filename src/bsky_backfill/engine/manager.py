@@ -390,7 +390,10 @@ class Backfill:
             except TerminalError as e:
                 self._fail(did, e.stage, e.code, e.message)
             except Exception as e:  # transient, or unexpected: a durable retry, never a spin
-                self._resolve_failed(did, e)
+                try:
+                    self._resolve_failed(did, e)
+                except Exception as fatal:  # the store itself failed: the run cannot go on
+                    self._set_fatal("resolve", fatal)
             finally:
                 in_flight.discard(did)
                 self._wake.set()
