@@ -261,6 +261,7 @@ def test_an_unexpected_exception_in_a_worker_is_retried_and_lands(
         {d.did for d in truth.expected_dead_letters() if d.uri is None}
     )
     assert_matches_truth(out, truth.expected_rows(), truth.expected_dead_letters())
+
     def tracebacks(text: str) -> int:
         return sum(1 for r in caplog.records if r.exc_info and text in str(r.exc_info[1]))
 
