@@ -151,6 +151,8 @@ class Backfill:
         # Unexpected errors already logged with their traceback (one per place).
         self._bugs_seen: set[tuple[str, str]] = set()
         self._lock: RunLock | None = None
+        self._baseline: tuple[int, dict[str, int]] = (0, {})
+        """(done, failed by code) in the store when the work started."""
         self.on_tick: list[Callable[[Backfill], None]] = []
         self.on_commit: list[Callable[[CommitSummary], None]] = []
         self.on_decode: list[Callable[[float], None]] = []
@@ -197,6 +199,10 @@ class Backfill:
             self.store, self.sink = store, sink
             if self.role.leader and settings.retry_failed is not None:
                 reopen_failed(store, sink, settings.retry_failed)
+            # What this run lands or fails is the store's change from here (every
+            # process of the run, `--workers` followers included).
+            before = store.status()
+            self._baseline = (before.done, dict(before.failed_by_code))
             extractor = Extractor()
             # Big repos' parts spread over the cores the user gave: this process and
             # N-1 helper processes (engine/helpers.py).
@@ -779,9 +785,14 @@ class Backfill:
             requests=sum(self.stats.requests.values()),
             bytes=self.stats.bytes,
             stopped=self.stopping,
-            landed_this_run=self.stats.repos_done,
-            failed_this_run=dict(self.stats.failed_codes),
+            landed_this_run=max(0, status.done - self._baseline[0]),
+            failed_this_run=_grown(self._baseline[1], status.failed_by_code),
         )
+
+
+def _grown(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+    """Failed repos per code that this run added."""
+    return {code: n - before.get(code, 0) for code, n in after.items() if n > before.get(code, 0)}
 
 
 def run_sync(settings: RunSettings, source: DidSource | None) -> RunSummary:
