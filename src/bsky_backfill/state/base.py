@@ -187,7 +187,10 @@ class StateStore(Protocol):
     def retry_later(
         self, did: str, attempts: int, next_attempt_at: dt.datetime, error: str
     ) -> None:
-        """Put an in-progress repo back to pending with its attempt count, due time and error."""
+        """Put an in-progress repo back to pending with its attempt count, due time and error.
+        When `attempts` grows, the repo's first failure time is set if it is not (the
+        retry policy's time budget); a put-back with the same count (its host was
+        paused) leaves it."""
         ...
 
     def recover(self) -> int:
