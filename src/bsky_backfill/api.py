@@ -32,7 +32,7 @@ from bsky_backfill.engine.manager import Backfill as _Engine
 from bsky_backfill.engine.manager import RunSummary
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.errors import UsageError
-from bsky_backfill.options import DEFAULTS, settings_from_options
+from bsky_backfill.options import DEFAULTS, RETRY_DEFAULT, settings_from_options
 
 __all__ = ["Backfill", "RunSummary"]
 
@@ -66,6 +66,14 @@ class Backfill:
             opts[key] = value
         if opts["collections"] is not None and not isinstance(opts["collections"], str):
             opts["collections"] = ",".join(opts["collections"])
+        # retry_failed=True: the default codes; a list: those codes (like --retry-failed).
+        retry = opts["retry_failed"]
+        if retry is True:
+            opts["retry_failed"] = RETRY_DEFAULT
+        elif retry is False:
+            opts["retry_failed"] = None
+        elif retry is not None and not isinstance(retry, str):
+            opts["retry_failed"] = ",".join(retry) or RETRY_DEFAULT
         for key in ("did_list", "pds"):
             if isinstance(opts[key], str):
                 opts[key] = (opts[key],)

@@ -3,8 +3,10 @@
 Where it sits: the outermost layer. It validates user input completely before
 anything is written (bad input: exit 2, one line on stderr, no traceback),
 builds a `RunSettings`, and hands over to the engine. Exit codes follow
-../shared/CONTRACT.md: 0 finished, 2 unusable input, 1 unexpected fatal
-error; a run stopped by SIGINT/SIGTERM exits 130/143 after committing.
+../shared/CONTRACT.md: 0 finished, 2 unusable input (also: `--out` held by
+another run, or holding data without its state), 3 repos were attempted and
+none landed, 1 unexpected fatal error; a run stopped by SIGINT/SIGTERM exits
+130/143 after committing.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from bsky_backfill.engine.manager import Backfill, RunSummary
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.errors import UsageError
 from bsky_backfill.observe import setup_logging, start_observers
-from bsky_backfill.options import check_out_writable, settings_from_options
-from bsky_backfill.output import print_status, print_summary
+from bsky_backfill.options import RETRY_DEFAULT, check_out_writable, settings_from_options
+from bsky_backfill.output import nothing_landed_line, print_status, print_summary
 from bsky_backfill.settings_file import merge_options
 from bsky_backfill.state.open import redact
+from bsky_backfill.state.runlock import live_holder
 
 EXIT_USAGE = 2
 EXIT_FATAL = 1
+EXIT_NOTHING_LANDED = 3
 
 
 def _fail_usage(message: str) -> NoReturn:
@@ -131,6 +135,41 @@ def cli(ctx: click.Context, verbose: int) -> None:
     help="First retry delay; doubles per attempt (with jitter).",
 )
 @click.option(
+    "--retry-cap",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    metavar="S",
+    help="Longest delay between two attempts, and longest pause of a failing host.",
+)
+@click.option(
+    "--give-up-after",
+    default="24h",
+    show_default=True,
+    metavar="DURATION",
+    help="A repo (or host) failing transiently is dead-lettered only after this long "
+    "and --max-attempts tries (e.g. 90s, 30m, 24h; 0: tries alone).",
+)
+@click.option(
+    "--unreachable-after",
+    default="10m",
+    show_default=True,
+    metavar="DURATION",
+    help="Give up on the PLC directory, a relay or a --pds host that has not answered "
+    "once in this run after this long (likely a wrong URL).",
+)
+@click.option(
+    "--retry-failed",
+    "retry_failed",
+    is_flag=False,
+    flag_value=RETRY_DEFAULT,
+    default=None,
+    metavar="[CODE,...]",
+    help="First put failed repos back to pending: every code but verdicts about the repo "
+    "(RepoTakendown, VerificationFailed, ...), or the codes named. Their dead letters "
+    "stay as history (_superseded) and are counted once.",
+)
+@click.option(
     "--stream-size",
     default="64MiB",
     show_default=True,
@@ -171,6 +210,9 @@ def run(ctx: click.Context, /, **opts: Any) -> None:
     print_summary(summary, settings.out)
     if summary.stopped:
         sys.exit(130)
+    if summary.nothing_landed:
+        click.echo(f"bsky-backfill: {nothing_landed_line(summary, settings.out)}", err=True)
+        sys.exit(EXIT_NOTHING_LANDED)
 
 
 def _run_engine(
@@ -221,9 +263,17 @@ def status(out: str, queue: str | None, as_json: bool) -> None:
     except UsageError as e:
         _fail_usage(e.message)
     try:
-        print_status(store.status(), as_json=as_json)
+        report = store.status()
     finally:
         store.close()
+    holder = None
+    if queue is None or queue.startswith("sqlite:///"):
+        # One run per dataset: whether it is alive tells in progress from interrupted.
+        holder = live_holder(out)
+        if holder is None:
+            report.interrupted = report.in_progress
+            report.paused_hosts = []  # a dead run's pauses are over
+    print_status(report, as_json=as_json, out=out, queue=queue, holder=holder)
 
 
 @cli.command()

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bsky_backfill.models import RecordFilter
+from bsky_backfill.xrpc.breaker import BreakerPolicy
 from bsky_backfill.xrpc.client import HttpSettings
 from bsky_backfill.xrpc.retry import RetryPolicy
 
@@ -74,6 +75,25 @@ class RunSettings(BaseModel):
     """...or is this many seconds old (whichever comes first)."""
     http: HttpSettings = Field(default_factory=HttpSettings)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    """Transient failures: backoff, and the tries and time a repo gets before it fails."""
+    unreachable_after: float | None = 600.0
+    """Seconds after which an endpoint the operator named (the PLC directory, a relay,
+    --pds hosts) that has not answered once in this run is given up (likely a wrong
+    URL); other hosts get `retry.give_up_after`."""
+    retry_failed: tuple[str, ...] | None = None
+    """`--retry-failed`: put failed repos back to pending at the start. () = every
+    code but the terminal verdicts (xrpc/retry.py); else exactly these codes."""
+
+    @property
+    def breaker_policy(self) -> BreakerPolicy:
+        """Per-host circuit breakers (xrpc/breaker.py): paused as long as repos back off."""
+        r = self.retry
+        return BreakerPolicy(
+            base_seconds=r.base_seconds,
+            cap_seconds=r.cap_seconds,
+            give_up_after=r.give_up_after,
+            unreachable_after=self.unreachable_after,
+        )
 
     @property
     def record_filter(self) -> RecordFilter:

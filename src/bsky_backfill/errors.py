@@ -3,9 +3,12 @@
     BackfillError
     ├── UsageError            bad input from the user: exit 2, one line, nothing written
     ├── TransientError        worth retrying later (5xx, timeouts, resets, truncated bodies, 429)
-    │   └── RateLimited       the host asked us to slow down; carries `retry_at`
+    │   ├── RateLimited       the host asked us to slow down; carries `retry_at`
+    │   └── HostPaused        the host's circuit breaker is open: nothing was sent, not an
+    │                         attempt; carries `retry_at` (xrpc/breaker.py)
     └── TerminalError         retrying will not help: dead-letter the repo with `code`
         ├── ResolveError      the DID cannot be resolved to a PDS (stage resolve)
+        ├── HostUnreachable   a host failed for longer than the run's time budget
         ├── RepoUnavailable   the PDS says the repo is gone/taken down/deactivated (stage fetch)
         ├── BlockedAddress    the PDS endpoint points somewhere we refuse to go (stage fetch)
         └── RepoInvalid       the CAR / commit / MST cannot be read or trusted (stage decode/verify)
@@ -13,6 +16,9 @@
 Library errors (aiohttp, libipld, sqlite3) are mapped into this tree at exactly
 one boundary each (xrpc/, repo/, state/) with `raise ... from e`.
 Every error that dead-letters carries a stable `code` and the `stage` it belongs to.
+Any other exception is a bug or an unmapped library error: the engine treats it
+as transient (code `InternalError`, bounded like every transient error) and logs
+its traceback once (xrpc/retry.py, engine/worker.py).
 """
 
 from __future__ import annotations
@@ -59,6 +65,18 @@ class RateLimited(TransientError):
         self.retry_at = retry_at
 
 
+class HostPaused(TransientError):
+    """The host's circuit breaker holds requests back until `retry_at` (xrpc/breaker.py).
+
+    Nothing was sent, so it is not an attempt: the repo waits for the host."""
+
+    code = "HostPaused"
+
+    def __init__(self, message: str = "", *, retry_at: dt.datetime | None = None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+
+
 class TerminalError(BackfillError):
     """A failure retrying will not fix: dead-letter with `code` at `stage`."""
 
@@ -70,6 +88,19 @@ class ResolveError(TerminalError):
 
     code = "DidNotFound"
     stage = "resolve"
+
+
+class HostUnreachable(TerminalError):
+    """A host kept failing (refused, timed out, 5xx) past the run's time budget; `code`
+    is its last error's (e.g. ConnectionError), so `run --retry-failed` retries it."""
+
+    code = "HostUnreachable"
+    stage = "fetch"
+
+    def __init__(self, message: str = "", *, code: str | None = None, stage: str | None = None):
+        super().__init__(message, code=code)
+        if stage is not None:
+            self.stage = stage
 
 
 class RepoUnavailable(TerminalError):

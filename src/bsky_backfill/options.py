@@ -33,8 +33,45 @@ DEFAULTS: dict[str, Any] = {
     "commit_rows": 200_000, "commit_seconds": 10.0, "connect_timeout": 10.0,
     "read_timeout": 60.0, "max_car_size": "4GiB", "max_attempts": 6, "retry_base": 2.0,
     "log_format": "text", "global_host_rate": None, "stream_size": "64MiB",
+    "retry_cap": 3600.0, "give_up_after": "24h", "unreachable_after": "10m",
+    "retry_failed": None,
 }  # fmt: skip
 """Every `run` option and its default (the CLI's flags share these values)."""
+
+
+RETRY_DEFAULT = "*"
+"""`--retry-failed` given without codes: every code but the terminal verdicts."""
+
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: str | float, flag: str) -> float:
+    """`90`, `90s`, `30m`, `24h`, `2d` -> seconds (>= 0)."""
+    text = str(value).strip().lower()
+    number = text.rstrip("smhd")
+    unit = text[len(number) :]
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in _DURATION_UNITS or not amount >= 0 or amount == float("inf"):
+        raise UsageError(f"{flag} {value!r} is not a duration like 90s, 30m, 24h or 2d")
+    return amount * _DURATION_UNITS[unit]
+
+
+def parse_codes(value: str | None) -> tuple[str, ...] | None:
+    """`--retry-failed`: None (not given), () (no codes: the default set) or codes."""
+    if value is None:
+        return None
+    if value.strip() == RETRY_DEFAULT:
+        return ()
+    codes = tuple(dict.fromkeys(c.strip() for c in value.split(",") if c.strip()))
+    if not codes:
+        return ()
+    for code in codes:
+        if not code.isascii() or not code.replace("_", "").isalnum():
+            raise UsageError(f"--retry-failed: {code!r} is not an error code like Http503")
+    return codes
 
 
 def parse_when(value: str | None, flag: str) -> dt.datetime | None:
@@ -121,11 +158,17 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
         ("--connect-timeout", "connect_timeout"),
         ("--read-timeout", "read_timeout"),
         ("--retry-base", "retry_base"),
+        ("--retry-cap", "retry_cap"),
     ):
         if opts[key] <= 0:
             raise UsageError(f"{flag} must be positive")
     if opts["max_attempts"] < 1:
         raise UsageError("--max-attempts must be at least 1")
+    if not opts["retry_cap"] >= opts["retry_base"]:
+        raise UsageError("--retry-cap must be at least --retry-base")
+    give_up_after = parse_duration(opts["give_up_after"], "--give-up-after")
+    unreachable_after = parse_duration(opts["unreachable_after"], "--unreachable-after")
+    retry_failed = parse_codes(opts["retry_failed"])
     max_car_bytes = parse_size(opts["max_car_size"], "--max-car-size")
     stream_bytes = parse_size(opts["stream_size"], "--stream-size")
     if opts["global_host_rate"] is not None:
@@ -139,10 +182,10 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
         raise UsageError("--rate-limit must be >= 0 (0 = only the server's limits)")
     enumerating = bool(opts["all_from_plc"] or opts["from_relay"] or opts["pds"])
     listed = bool(opts["dids_file"] or opts["did_list"])
-    if not (listed or enumerating or opts["refresh"]):
+    if not (listed or enumerating or opts["refresh"] or retry_failed is not None):
         raise UsageError(
             "name what to backfill: --dids FILE, --did DID, --all-from-plc, "
-            "--from-relay URL or --pds URL (or --refresh an existing --out)"
+            "--from-relay URL or --pds URL (or --refresh or --retry-failed an existing --out)"
         )
     for flag, value in [("--from-relay", opts["from_relay"]), *(("--pds", p) for p in opts["pds"])]:
         if value is not None and not _looks_like_host(value):
@@ -194,6 +237,13 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
             read_timeout=opts["read_timeout"],
             max_car_bytes=max_car_bytes,
         ),
-        retry=RetryPolicy(max_attempts=opts["max_attempts"], base_seconds=opts["retry_base"]),
+        retry=RetryPolicy(
+            max_attempts=opts["max_attempts"],
+            base_seconds=opts["retry_base"],
+            cap_seconds=opts["retry_cap"],
+            give_up_after=give_up_after or None,
+        ),
+        unreachable_after=unreachable_after or None,
+        retry_failed=retry_failed,
     )
     return settings, source

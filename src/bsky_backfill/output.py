@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from rich.console import Console
@@ -14,6 +15,9 @@ from rich.table import Table
 
 from bsky_backfill.engine.manager import RunSummary
 from bsky_backfill.state.base import StatusReport
+from bsky_backfill.state.open import redact
+from bsky_backfill.state.runlock import Holder
+from bsky_backfill.xrpc.retry import retried_by_default
 
 
 def _console() -> Console:
@@ -49,6 +53,31 @@ def print_summary(summary: RunSummary, out: Path | str) -> None:
     console.print(f"dataset: {out}")
 
 
+def _print_failed(
+    console: Console, report: StatusReport, out: Path | str, queue: str | None
+) -> None:
+    """Failed repos by code, and the commands that retry them."""
+    if not report.failed_by_code:
+        return
+    table = Table("error", "repos", "retried by", title="failed repos", title_justify="left")
+    verdicts = []
+    for code, n in report.failed_by_code.items():
+        default = retried_by_default(code)
+        table.add_row(code, f"{n:,}", "--retry-failed" if default else f"--retry-failed {code}")
+        if not default:
+            verdicts.append(code)
+    console.print(table)
+    if len(verdicts) < len(report.failed_by_code):
+        console.print(f"retry them (with the run's flags): {retry_command(out, (), queue)}")
+    if verdicts:
+        console.print(
+            f"verdicts about the repo, retried only by name: {retry_command(out, verdicts, queue)}"
+        )
+    if report.superseded_by_code:
+        n = sum(report.superseded_by_code.values())
+        console.print(f"{n:,} earlier dead letters superseded by --retry-failed (kept as history)")
+
+
 def duckdb_hint(out: Path) -> str:
     """How to query the output (printed by `demo` and the README)."""
     glob = out / "app.bsky.feed.post" / "**" / "*.parquet"
@@ -59,20 +88,72 @@ def duckdb_hint(out: Path) -> str:
     )
 
 
-def status_as_dict(report: StatusReport) -> dict[str, object]:
-    return dataclasses.asdict(report)
+def retry_command(out: Path | str, codes: Iterable[str] = (), queue: str | None = None) -> str:
+    """The command that puts failed repos back (`codes` empty: the retryable ones)."""
+    where = f"--queue {redact(queue)} --out {out}" if queue else f"--out {out}"
+    named = ",".join(codes)
+    return f"bsky-backfill run {where} --retry-failed" + (f" {named}" if named else "")
 
 
-def print_status(report: StatusReport, *, as_json: bool) -> None:
+def nothing_landed_line(summary: RunSummary, out: Path | str) -> str:
+    """Exit status 3's one line: how many failed, the commonest code, the retry command."""
+    failed = summary.failed_this_run
+    code, n = max(failed.items(), key=lambda item: (item[1], item[0]))
+    codes = (code,) if not retried_by_default(code) else ()
+    return (
+        f"nothing landed: {sum(failed.values()):,} repos failed, most with {code} "
+        f"({n:,}); fix the cause (see OUT/_deadletters) and retry them with the run's "
+        f"flags and: {retry_command(out, codes)}"
+    )
+
+
+def status_as_dict(
+    report: StatusReport,
+    *,
+    out: Path | str = "",
+    queue: str | None = None,
+    holder: Holder | None = None,
+) -> dict[str, object]:
+    data = dataclasses.asdict(report)
+    if report.failed_by_code:
+        data["retry_command"] = retry_command(out, (), queue)
+    data["run"] = None if holder is None else dataclasses.asdict(holder)
+    return data
+
+
+def print_status(
+    report: StatusReport,
+    *,
+    as_json: bool,
+    out: Path | str = "",
+    queue: str | None = None,
+    holder: Holder | None = None,
+) -> None:
     if as_json:
-        print(json.dumps(status_as_dict(report), indent=2, sort_keys=True))
+        data = status_as_dict(report, out=out, queue=queue, holder=holder)
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
         return
     console = _console()
+    live = report.in_progress - report.interrupted
     console.print(
         f"repos: {report.total} total, {report.done} done, {report.failed} failed, "
-        f"{report.pending} pending, {report.in_progress} in progress"
+        f"{report.pending} pending, {live} in progress"
+        + (
+            f", {report.interrupted} interrupted (their run is gone; the next run resumes them)"
+            if report.interrupted
+            else ""
+        )
     )
+    if holder is not None:
+        console.print(f"running: {holder.describe()}")
     _print_counts(console, report.records_by_collection, report.dead_letters_by_code)
+    _print_failed(console, report, out, queue)
+    if report.paused_hosts:
+        table = Table("host", "why", "resumes", title="paused hosts", title_justify="left")
+        for pause in report.paused_hosts:
+            when = pause.until.strftime("%Y-%m-%d %H:%M:%S UTC") if pause.until else "-"
+            table.add_row(pause.host, pause.reason, when)
+        console.print(table)
     if report.hosts:
         table = Table("host", "total", "done", "failed", "pending", title="PDS hosts")
         for host in sorted(report.hosts, key=lambda h: -h.total):

@@ -59,6 +59,16 @@ def _to_text(value: Any) -> Any:
 
 
 StrList = Annotated[list[str], BeforeValidator(_split_list)]
+
+
+def _retry_codes(value: Any) -> Any:
+    """`retry_failed = true` (or "true"): the default codes, as `--retry-failed` alone."""
+    if value is True or (isinstance(value, str) and value.strip().lower() in ("true", "1", "*")):
+        return ["*"]
+    return _split_list(value)
+
+
+RetryCodes = Annotated[list[str], BeforeValidator(_retry_codes)]
 Text = Annotated[str, BeforeValidator(_to_text)]
 
 
@@ -101,6 +111,11 @@ class RunFileOptions(BaseModel):
     stream_size: Text | None = None
     max_attempts: int | None = Field(default=None, ge=1)
     retry_base: float | None = Field(default=None, gt=0)
+    retry_cap: float | None = Field(default=None, gt=0)
+    give_up_after: Text | None = None
+    unreachable_after: Text | None = None
+    retry_failed: RetryCodes | None = None
+    """true: every retryable code; a list (or comma-separated string): those codes."""
     log_format: Literal["text", "json"] | None = None
 
     @field_validator("collections")
@@ -202,7 +217,7 @@ def _as_click_value(key: str, value: Any) -> Any:
     """Shape a checked value like click's: tuples for repeatable flags, text for lists."""
     if key in ("did", "pds"):
         return tuple(value)
-    if key == "collections":
+    if key in ("collections", "retry_failed"):
         return ",".join(value)
     return value
 

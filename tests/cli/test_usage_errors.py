@@ -125,3 +125,18 @@ def test_bad_method(out: Path) -> None:
 def test_status_without_state(tmp_path: Path) -> None:
     assert_usage_error(run_cli("status", "--out", str(tmp_path / "none")), "no backfill state")
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (("--give-up-after", "soon"), "--give-up-after"),
+        (("--unreachable-after", "-5m"), "--unreachable-after"),
+        (("--retry-cap", "0.5", "--retry-base", "2"), "--retry-cap"),
+        (("--retry-failed", "Http503,not a code"), "--retry-failed"),
+    ],
+)
+def test_bad_failure_policy_flags(flags: tuple[str, ...], needle: str, out: Path) -> None:
+    result = run_cli("run", "--did", GOOD_DID, "--out", str(out), *flags)
+    assert_usage_error(result, needle)
+    assert not out.exists()

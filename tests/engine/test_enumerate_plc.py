@@ -20,6 +20,7 @@ from bsky_backfill.identity.resolver import host_key
 from bsky_backfill.simulate import Faults, Scenario, SimNetwork
 from bsky_backfill.simulate.plclog import NULLIFIED_ENDPOINT
 from bsky_backfill.state.base import RepoDone
+from bsky_backfill.xrpc.breaker import BreakerBoard, BreakerPolicy
 from bsky_backfill.xrpc.client import XrpcClient
 from bsky_backfill.xrpc.retry import RetryPolicy
 from tests.engine.test_enumerate_units import Collector, EnumStore, collect
@@ -174,12 +175,22 @@ def test_transient_export_errors_are_retried_then_stop_the_source(tmp_path: Path
                 assert sum(n for (_, kind), n in net.stats.faults().items() if kind == "error") > 0
         async with SimNetwork(broken) as net:
             with EnumStore(tmp_path / "broken.sqlite") as store:
+                # 5xx on every page: the directory is down, not a page. Its circuit
+                # breaker pauses it (probing once per pause) and, never having
+                # answered, gives it up after `unreachable_after`: the source stops.
                 retry = RetryPolicy(max_attempts=3, base_seconds=0.01)
                 source = plc(net, allow_private=True, retry=retry)
-                result = await collect(source, store, Collector(store))
+                board = BreakerBoard(
+                    BreakerPolicy(threshold=3, base_seconds=0.01, cap_seconds=0.02,
+                                  unreachable_after=0.3)
+                )  # fmt: skip
+                board.mark_operator(host_key(net.plc_url))
+                result = await collect(source, store, Collector(store), breakers=board)
                 assert not result.complete and result.retryable
                 assert result.error is not None and result.error.startswith("Http5")
-                assert net.stats.count(host="plc", endpoint="export") == 3
+                assert "given up" in result.error
+                # more than the page's 3 tries: host failures are the breaker's to bound
+                assert net.stats.count(host="plc", endpoint="export") > 3
                 assert store.get_cursor(cursor_key(net)) is None
 
     asyncio.run(main())

@@ -18,6 +18,7 @@ from bsky_backfill.engine.enumerate.listrepos import classify
 from bsky_backfill.engine.enumerate.plc import identity_from_operation, settle_page
 from bsky_backfill.state.base import Identity
 from bsky_backfill.state.sqlite import SqliteStateStore
+from bsky_backfill.xrpc.breaker import BreakerBoard
 from bsky_backfill.xrpc.client import HttpSettings, XrpcClient
 
 # -- helpers shared by the enumeration tests ---------------------------------------------
@@ -101,9 +102,10 @@ async def collect(
     on_page: Collector,
     *,
     allow_private: bool = True,
+    breakers: BreakerBoard | None = None,
 ) -> SourceResult:
     """Run one source on a fresh client; `on_page.victim` is the task running it."""
-    async with XrpcClient(HttpSettings(), allow_private=allow_private) as client:
+    async with XrpcClient(HttpSettings(), allow_private=allow_private, breakers=breakers) as client:
         task = asyncio.create_task(run_source(make(client), store, on_page))
         on_page.victim = task
         return await task

@@ -100,7 +100,10 @@ def test_private_pds_is_refused_without_a_single_request(tmp_path: Path) -> None
         pds_requests = sum(net.stats.count(host=h.name) for h in net.hosts)
         web_requests = sum(net.stats.count(host=f"web{i}") for i in range(scenario.did_web))
         truth = net.truth
-    assert result.returncode == 0, result.stderr
+    # Nothing landed: exit 3, naming the commonest code and the command that retries.
+    assert result.returncode == 3, result.stderr
+    assert "most with BlockedPrivateAddress" in result.stderr
+    assert "--retry-failed" in result.stderr and "Traceback" not in result.stderr
     assert pds_requests == 0
     assert web_requests == 0
     letters = read_rows(out, "_deadletters")

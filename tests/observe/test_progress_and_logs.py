@@ -185,3 +185,20 @@ def test_text_logs_are_human_and_setup_replaces_its_handler() -> None:
     assert lines[1].endswith("INFO bsky_backfill.progress: progress: shown at the default level")
     with pytest.raises(ValueError):
         setup_logging("info", "yaml")  # type: ignore[arg-type]
+
+
+def test_a_host_paused_by_its_breaker_shows_why_and_when_it_resumes() -> None:
+    from bsky_backfill.errors import TransientError
+    from bsky_backfill.xrpc.breaker import Breaker, BreakerPolicy
+
+    down, fine = HostSlot("pds.down.example", 10.0, 4), HostSlot("pds.fine.example", 10.0, 4)
+    breaker = Breaker("pds.down.example", BreakerPolicy(threshold=2, base_seconds=60, jitter=0))
+    down.breaker = breaker
+    for _ in range(2):
+        breaker.failure(TransientError("refused", code="ConnectionError"))
+    v = hosts_view([down, fine], top=4)
+    assert v.paused == 1 and [h.host for h in v.paused_hosts] == ["pds.down.example"]
+    why = v.paused_hosts[0].paused
+    resume = time.strftime("%H:%M:%S", time.gmtime(breaker.resume_at))
+    assert why.startswith("unreachable (ConnectionError, 2 failures in a row)")
+    assert f"resumes {resume} UTC" in why

@@ -164,3 +164,63 @@ def test_host_quirks_hidden_budget_notfound_legacy_doc_cid_order() -> None:
         assert verify_signature(key, libipld.encode_dag_cbor(commit), sig)
 
     on_network(scenario, body)
+
+
+def test_reference_limiter_reports_the_tightest_and_floors_its_reset() -> None:
+    """`@atproto/xrpc-server`: a global limiter and a getRepo one, both charged."""
+    scenario = Scenario(
+        seed=23, accounts=6, hosts=1, mean_records=5, did_web=0,
+        rate_limit=RateLimit(limit=6, window_s=60, get_repo_limit=4, reference=True),
+    )  # fmt: skip
+
+    async def body(net: SimNetwork, s: aiohttp.ClientSession) -> None:
+        acct = active(net)[0]
+        repo_url = xrpc(net, acct, "com.atproto.sync.getRepo")
+        status_url = xrpc(net, acct, "com.atproto.sync.getRepoStatus")
+        seen = []
+        for url in (repo_url, repo_url, status_url, status_url, status_url):
+            status, _, resp = await get(s, url, did=acct.did)
+            assert status == 200
+            reset = int(resp.headers["RateLimit-Reset"])
+            assert reset <= time.time() + 60  # floored: never later than the window's end
+            seen.append((resp.headers["RateLimit-Policy"], resp.headers["RateLimit-Remaining"]))
+        # getRepo's limiter is tighter at first (4 vs 6), then the global one is
+        assert seen == [("4;w=60", "3"), ("4;w=60", "2"), ("6;w=60", "3"),
+                        ("6;w=60", "2"), ("6;w=60", "1")]  # fmt: skip
+        await get(s, status_url, did=acct.did)
+        status, err, resp = await get(s, repo_url, did=acct.did)  # the global one is out
+        assert (status, err["error"]) == (429, "RateLimitExceeded")
+        assert resp.headers["RateLimit-Policy"] == "6;w=60"
+        policy = net.hosts[0].policy
+        assert policy.windows("global") == [6] and policy.windows() == [2]
+
+    on_network(scenario, body)
+
+
+def test_a_host_that_is_down_drops_connections_until_it_is_back() -> None:
+    scenario = Scenario(seed=23, accounts=6, hosts=1, mean_records=3, did_web=0)
+
+    async def body(net: SimNetwork, s: aiohttp.ClientSession) -> None:
+        acct = active(net)[0]
+        url = xrpc(net, acct, "com.atproto.sync.getRepoStatus")
+        policy = net.hosts[0].policy
+        policy.down = True
+        for _ in range(2):
+            with pytest.raises(aiohttp.ClientError):
+                await get(s, url, did=acct.did)
+        dropped = net.stats.count(host="pds0", status=0)
+        assert dropped >= 2  # (aiohttp may retry an idempotent request once by itself)
+        policy.down = False
+        policy.drop_next = 2
+        failed = 0
+        for _ in range(3):
+            try:
+                assert (await get(s, url, did=acct.did))[0] == 200
+                break
+            except aiohttp.ClientError:
+                failed += 1
+        assert 1 <= failed <= 2 and policy.drop_next == 0
+        assert net.stats.count(host="pds0", status=0) == dropped + 2
+        assert net.stats.faults() == {("pds0", "outage"): dropped + 2}
+
+    on_network(scenario, body)

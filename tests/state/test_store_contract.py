@@ -19,6 +19,8 @@ import pytest
 from bsky_backfill.models import DeadLetter
 from bsky_backfill.state.base import (
     CommittedFile,
+    FailedRepo,
+    HostPause,
     Identity,
     RepoDone,
     RepoFailed,
@@ -399,3 +401,136 @@ def test_host_map_streams_every_resolved_repo_in_batches(store: StateStore) -> N
     assert pairs == {(d, "h1") for d in dids(5, "a")} | {(d, "h2") for d in dids(3, "b")}
     # The store stays usable after (and while nothing else holds) the stream.
     assert sum(h.total for h in store.status().hosts if h.host) == 8
+
+
+# -- long runs: failure times, --retry-failed, host pauses (issue 12) ------------------------
+
+
+def test_first_failure_time_starts_with_a_counted_failure_only(store: StateStore) -> None:
+    resolved(store, {"h1": ["did:plc:a"]})
+    [task] = store.claim("h1", 1, T0)
+    assert task.failing_since is None and store.failure_of("did:plc:a") == (0, None)
+    # put back without spending an attempt (a paused host): no failure time yet
+    store.retry_later("did:plc:a", 0, T0, "HostPaused: down")
+    assert store.failure_of("did:plc:a") == (0, None)
+    store.claim("h1", 1, T0)
+    before = dt.datetime.now(dt.UTC)
+    store.retry_later("did:plc:a", 1, T0, "Http503: busy")
+    attempts, since = store.failure_of("did:plc:a")
+    assert attempts == 1 and since is not None
+    assert before - dt.timedelta(seconds=1) <= since <= dt.datetime.now(dt.UTC)
+    [task] = store.claim("h1", 1, T0)
+    assert task.failing_since == since and task.attempts == 1
+    store.retry_later("did:plc:a", 2, T0, "Http503: busy")  # later failures keep it
+    assert store.failure_of("did:plc:a") == (2, since)
+    store.claim("h1", 1, T0)
+    store.commit([], [RepoDone("did:plc:a", "r1", 0)], [], [])
+    assert store.failure_of("did:plc:a")[1] is None  # landed: the budget is spent no more
+    assert store.failure_of("did:plc:nobody") == (0, None)
+    # resolution failures of a DID not yet resolved count the same way
+    store.enqueue(["did:plc:u"])
+    store.retry_later("did:plc:u", 1, T0, "ConnectionError: refused")
+    assert store.failure_of("did:plc:u")[1] is not None
+
+
+def _fail_some(store: StateStore) -> list[str]:
+    """Four failed repos (two retryable codes, one verdict, one resolve failure)."""
+    resolved(store, {"h1": dids(4)})
+    a, b, c, d = (t.did for t in sorted(store.claim("h1", 4, T0), key=lambda t: t.did))
+    store.commit(
+        [],
+        [],
+        [
+            RepoFailed(a, "BlockedPrivateAddress", "private", "fetch"),
+            RepoFailed(b, "BlockedPrivateAddress", "private", "fetch"),
+            RepoFailed(c, "RepoTakendown", "gone", "fetch"),
+            RepoFailed(d, "ResolveFailed", "PLC down", "resolve"),
+        ],
+        [
+            letter(a, "BlockedPrivateAddress"),
+            letter(b, "BlockedPrivateAddress"),
+            letter(c, "RepoTakendown"),
+            letter(d, "ResolveFailed", stage="resolve"),
+            letter(a, "InvalidRecord", f"at://{a}/app.bsky.feed.post/1", "validate"),
+        ],
+    )
+    return [a, b, c, d]
+
+
+def test_failed_repos_page_by_code(store: StateStore) -> None:
+    a, b, c, d = _fail_some(store)
+    st = store.status()
+    assert st.failed_by_code == {"BlockedPrivateAddress": 2, "RepoTakendown": 1, "ResolveFailed": 1}
+    every = store.failed_repos()
+    assert [r.did for r in every] == [a, b, c, d]
+    assert every[3] == FailedRepo(d, "ResolveFailed", "resolve")
+    assert [r.did for r in store.failed_repos(["RepoTakendown"])] == [c]
+    assert [r.did for r in store.failed_repos(exclude=["RepoTakendown"])] == [a, b, d]
+    first = store.failed_repos(limit=2)
+    assert [r.did for r in first] == [a, b]
+    assert [r.did for r in store.failed_repos(after=first[-1].did)] == [c, d]
+
+
+def test_reopen_failed_supersedes_their_dead_letters_once(store: StateStore) -> None:
+    a, b, _, d = _fail_some(store)
+    at = T0 + dt.timedelta(days=1)
+    marker = CommittedFile("_superseded/part-x.parquet", "_superseded", 3)
+    wanted = store.failed_repos(exclude=["RepoTakendown"])
+    assert store.reopen_failed(wanted, at, marker) == 3
+    assert store.reopen_failed(wanted, at) == 0  # no longer failed: nothing twice
+    st = store.status()
+    assert st.failed_by_code == {"RepoTakendown": 1}
+    # each repo's latest verdict counted once: the reopened ones' letters are history
+    assert st.dead_letters_by_code == {"RepoTakendown": 1, "InvalidRecord": 1}
+    assert st.superseded_by_code == {"BlockedPrivateAddress": 2, "ResolveFailed": 1}
+    assert marker in store.committed_files()
+    assert (st.pending, st.failed) == (3, 1)
+    # back as new: resolved again (identity forgotten), attempts and failure time reset
+    assert sorted(store.unresolved(10)) == [a, b, d]
+    assert store.failure_of(a) == (0, None)
+    # failing again counts again, once
+    store.set_identities([ident(a, "h1")])
+    store.claim("h1", 1, T0)
+    store.commit([], [], [RepoFailed(a, "Http503", "down", "fetch")], [letter(a, "Http503")])
+    st = store.status()
+    assert st.dead_letters_by_code == {"RepoTakendown": 1, "InvalidRecord": 1, "Http503": 1}
+    assert st.failed_by_code == {"RepoTakendown": 1, "Http503": 1}
+
+
+def test_reopen_keeps_a_refresh_a_refresh(store: StateStore) -> None:
+    resolved(store, {"h1": ["did:plc:r"]})
+    store.claim("h1", 1, T0)
+    store.commit([], [RepoDone("did:plc:r", "rev1", 5)], [], [])
+    store.mark_refresh()
+    store.claim("h1", 1, T0)
+    store.commit([], [], [RepoFailed("did:plc:r", "Timeout", "slow", "fetch")], [])
+    assert store.reopen_failed(store.failed_repos(), T0) == 1
+    store.set_identities([ident("did:plc:r", "h1")])
+    [task] = store.claim("h1", 1, T0)
+    assert task.refresh and task.since == "rev1"  # never a whole refetch of landed rows
+
+
+def test_next_unresolved_says_when_a_backing_off_did_is_due(store: StateStore) -> None:
+    assert store.next_unresolved() is None
+    store.enqueue(["did:plc:a", "did:plc:b"])
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    store.retry_later("did:plc:a", 1, later, "ConnectionError")
+    store.retry_later("did:plc:b", 1, later + dt.timedelta(hours=1), "ConnectionError")
+    assert store.next_unresolved() == later
+    assert store.unresolved(10) == []  # due by the wall clock only later
+    store.set_identities([ident("did:plc:a", "h1"), ident("did:plc:b", "h1")])
+    assert store.next_unresolved() is None  # resolved ones are the scheduler's
+
+
+def test_host_pauses_are_set_listed_and_cleared(store: StateStore) -> None:
+    until = T0 + dt.timedelta(minutes=5)
+    store.set_host_pauses(
+        [HostPause("pds.a", until, "unreachable (ConnectionError)"),
+         HostPause("plc.directory", None, "given up: ConnectionError")]
+    )  # fmt: skip
+    got = {p.host: p for p in store.host_pauses()}
+    assert got["pds.a"] == HostPause("pds.a", until, "unreachable (ConnectionError)")
+    assert got["plc.directory"].until is None
+    assert {p.host for p in store.status().paused_hosts} == {"pds.a", "plc.directory"}
+    store.set_host_pauses([HostPause("pds.a", None, "")])
+    assert [p.host for p in store.host_pauses()] == ["plc.directory"]

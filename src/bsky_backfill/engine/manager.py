@@ -14,6 +14,14 @@ into the store; the resolver gives unresolved repos an identity; the
 scheduler claims due repos per host while that host's slot has room, so a
 slow or throttled host only ever holds its own capacity. A periodic
 committer makes the open batch durable every few seconds.
+
+Long runs: a run holds its `--out` (state/runlock.py) and refuses a dataset
+whose state is gone. Resolution and fetching share one durable retry policy
+(xrpc/retry.py: retry times and failure times in the store), and every host
+(PDS, PLC directory, relay, did:web site) has a circuit breaker
+(xrpc/breaker.py): the scheduler and the resolver hand out no work for a
+paused host but its one probe, and its repos wait without spending attempts.
+`--retry-failed` reopens failed repos first (engine/retry_failed.py).
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ import json
 import logging
 import os
 import random
+import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 
 from bsky_backfill.config import RunSettings
@@ -39,23 +49,33 @@ from bsky_backfill.engine.enumerate import (
     run_source,
 )
 from bsky_backfill.engine.helpers import HelperPool
+from bsky_backfill.engine.retry_failed import reopen_failed
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.engine.stats import RunStats
 from bsky_backfill.engine.worker import RepoWorker
 from bsky_backfill.engine.workers import Role, join_followers, spawn_followers, stop_followers
-from bsky_backfill.errors import TerminalError, TransientError, UsageError
-from bsky_backfill.identity.resolver import DidResolver
+from bsky_backfill.errors import HostUnreachable, TerminalError, TransientError, UsageError
+from bsky_backfill.identity.resolver import DidResolver, host_key
 from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
 from bsky_backfill.sinks import BatchRefused
 from bsky_backfill.sinks.parquet import CommitSummary, DatasetWriter, SinkConfig
-from bsky_backfill.state.base import Identity, RepoDone, RepoFailed, RepoState, StateStore
+from bsky_backfill.state.base import (
+    HostPause,
+    Identity,
+    RepoDone,
+    RepoFailed,
+    RepoState,
+    StateStore,
+)
 from bsky_backfill.state.errors import LeaseLostError
-from bsky_backfill.state.open import open_store
+from bsky_backfill.state.open import open_store, store_exists
+from bsky_backfill.state.runlock import RunLock, check_state_present
+from bsky_backfill.xrpc.breaker import Breaker, BreakerBoard, BreakerState, is_host_failure
 from bsky_backfill.xrpc.client import XrpcClient
 from bsky_backfill.xrpc.retry import error_summary, next_attempt
 from bsky_backfill.xrpc.shared import SharedHostBudget
 from bsky_backfill.xrpc.slot import HostSlot
-from bsky_backfill.xrpc.ssrf import check_endpoint
+from bsky_backfill.xrpc.ssrf import check_endpoint, host_to_base_url
 
 log = logging.getLogger("bsky_backfill")
 
@@ -77,6 +97,15 @@ class RunSummary:
     requests: int
     bytes: int
     stopped: bool
+    landed_this_run: int = 0
+    """Repos that landed during this run (done)."""
+    failed_this_run: dict[str, int] = field(default_factory=dict)
+    """Repos dead-lettered whole during this run, by code."""
+
+    @property
+    def nothing_landed(self) -> bool:
+        """Repos were attempted and none landed (exit status 3)."""
+        return not self.stopped and self.landed_this_run == 0 and bool(self.failed_this_run)
 
     @property
     def records_total(self) -> int:
@@ -113,6 +142,17 @@ class Backfill:
         # batch: their fetch must start again from the store's cursor.
         self._poisoned: set[str] = set()
         self._rand = random.Random()
+        # Every host's circuit breaker (the client consults them on each request).
+        self.breakers = BreakerBoard(settings.breaker_policy)
+        self.breakers.listeners.append(self._on_breaker)
+        # Pause changes not yet in the store (for `status`), and hosts recorded there.
+        self._pause_changes: dict[str, HostPause] = {}
+        self._pauses_recorded: set[str] = set()
+        # Unexpected errors already logged with their traceback (one per place).
+        self._bugs_seen: set[tuple[str, str]] = set()
+        self._lock: RunLock | None = None
+        self._baseline: tuple[int, dict[str, int]] = (0, {})
+        """(done, failed by code) in the store when the work started."""
         self.on_tick: list[Callable[[Backfill], None]] = []
         self.on_commit: list[Callable[[CommitSummary], None]] = []
         self.on_decode: list[Callable[[float], None]] = []
@@ -130,7 +170,13 @@ class Backfill:
     # -- the run ----------------------------------------------------------------------
     async def run(self) -> RunSummary:
         settings = self.settings
-        store = open_store(settings.queue, settings.state_path)
+        if self.role.leader:
+            self._guard_dataset()
+        try:
+            store = open_store(settings.queue, settings.state_path)
+        except BaseException:
+            self._release_lock()
+            raise
         try:
             if self.role.leader:
                 self._check_settings(store)
@@ -151,13 +197,23 @@ class Backfill:
             # Safe in every process at any time: only dead writers' leftovers go.
             self._recover_sink(sink)
             self.store, self.sink = store, sink
+            if self.role.leader and settings.retry_failed is not None:
+                reopen_failed(store, sink, settings.retry_failed)
+            # What this run lands or fails is the store's change from here (every
+            # process of the run, `--workers` followers included).
+            before = store.status()
+            self._baseline = (before.done, dict(before.failed_by_code))
             extractor = Extractor()
             # Big repos' parts spread over the cores the user gave: this process and
             # N-1 helper processes (engine/helpers.py).
             helpers = HelperPool(settings.workers - 1) if settings.workers > 1 else None
             try:
+                for host in self._operator_hosts():
+                    self.breakers.mark_operator(host)
                 async with XrpcClient(
-                    settings.http, allow_private=settings.allow_private_hosts
+                    settings.http,
+                    allow_private=settings.allow_private_hosts,
+                    breakers=self.breakers,
                 ) as client:
                     client.listeners.append(self.stats.on_response)
                     self.client = client
@@ -195,9 +251,36 @@ class Backfill:
                     log.debug("closing the dataset writer: %s", e)
             if self._fatal is not None:
                 raise self._fatal
+            self._clear_pauses()
             return self._summary(store)
         finally:
             store.close()
+            self._release_lock()
+
+    def _guard_dataset(self) -> None:
+        """Before anything is written: refuse an `--out` holding data but no state, and
+        hold the `--out` for this run (SQLite queue: one run per dataset)."""
+        settings = self.settings
+        if settings.remote_out:
+            return
+        check_state_present(settings.out, store_exists(settings.queue, settings.state_path))
+        if settings.queue is None or settings.queue.startswith("sqlite:///"):
+            self._lock = RunLock.acquire(settings.out)
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _operator_hosts(self) -> list[str]:
+        """The endpoints the operator named: a shorter budget while they never answered."""
+        s = self.settings
+        hosts = [host_key(s.plc_url)]
+        for url in (s.from_relay, *s.pds):
+            if url:
+                with contextlib.suppress(Exception):  # checked as input already
+                    hosts.append(host_key(host_to_base_url(url.strip(), s.allow_private_hosts)))
+        return hosts
 
     def _check_settings(self, store: StateStore) -> None:
         """A dataset holds one filter; resuming with another would mix two datasets."""
@@ -301,14 +384,22 @@ class Backfill:
         resolved: list[Identity] = []
         tasks: set[asyncio.Task[None]] = set()
         limit = self.settings.resolve_concurrency * 4
+        plc = self.breakers.get(host_key(self.settings.plc_url))
 
         async def resolve_one(did: str) -> None:
             try:
-                identity = await self._resolve_with_retry(did)
+                identity = await self.resolver.resolve(did)
                 await check_endpoint(identity.pds, self.settings.allow_private_hosts)
                 resolved.append(identity)
+            except HostUnreachable as e:  # the directory (or did:web host) was given up
+                self._fail(did, "resolve", "ResolveFailed", e.message)
             except TerminalError as e:
                 self._fail(did, e.stage, e.code, e.message)
+            except Exception as e:  # transient, or unexpected: a durable retry, never a spin
+                try:
+                    self._resolve_failed(did, e)
+                except Exception as fatal:  # the store itself failed: the run cannot go on
+                    self._set_fatal("resolve", fatal)
             finally:
                 in_flight.discard(did)
                 self._wake.set()
@@ -319,6 +410,11 @@ class Backfill:
                 self.store.set_identities(batch)
                 self._wake.set()
             room = limit - len(in_flight)
+            # A paused PLC directory gets no lookups but its one probe (its DIDs wait
+            # in the store, due when the pause ends; did:web ones wait with them).
+            allowed = plc.claimable(len(in_flight))
+            if allowed is not None:
+                room = min(room, allowed)
             exclude = [*in_flight, *self._failed_uncommitted]
             batch_dids = self.store.unresolved(room, exclude=exclude) if room > 0 else []
             for did in batch_dids:
@@ -327,7 +423,15 @@ class Backfill:
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if not batch_dids and not in_flight and self._source_done:
-                break
+                due = self.store.next_unresolved()
+                if due is None:
+                    break
+                # DIDs backing off (or waiting for the directory): sleep until due.
+                wait = (due - utcnow()).total_seconds()
+                if plc.state is BreakerState.OPEN:
+                    wait = max(wait, plc.resume_at - time.time())
+                await asyncio.sleep(min(1.0, max(0.05, wait)))
+                continue
             await asyncio.sleep(0.05 if in_flight else 0.2)
         if resolved:
             self.store.set_identities(resolved)
@@ -338,24 +442,79 @@ class Backfill:
             self.store.set_meta(INTAKE, "done")
         self._wake.set()
 
+    def _resolve_failed(self, did: str, error: Exception) -> None:
+        """A DID's resolution failed transiently (or unexpectedly): the same durable
+        retry as a fetch. Its directory's pause costs it no attempt; both budgets
+        spent, it is dead-lettered `ResolveFailed`."""
+        if not isinstance(error, TransientError):
+            self.log_unexpected(error, did, "resolve")
+        breaker = self._identity_breaker(did)
+        attempts, since = self.store.failure_of(did)
+        now = utcnow()
+        summary = error_summary(error)
+        if breaker is not None and breaker.holds(error):
+            self.store.retry_later(did, attempts, max(now, breaker.resume_time()), summary)
+            return
+        if (
+            breaker is not None
+            and breaker.state is BreakerState.GIVEN_UP
+            and is_host_failure(error)
+        ):
+            self._fail(
+                did, "resolve", "ResolveFailed", f"{breaker.host}: {breaker.reason}: {summary}"
+            )
+            return
+        policy = self.settings.retry
+        when = next_attempt(policy, error, attempts + 1, now, self._rand.random(), since or now)
+        if when is None:
+            log.info("giving up resolving %s after %d attempts: %s", did, attempts + 1, summary)
+            self._fail(did, "resolve", "ResolveFailed", summary)
+            return
+        self.store.retry_later(did, attempts + 1, when, summary)
+
+    def _identity_breaker(self, did: str) -> Breaker | None:
+        """The breaker of the host a DID's document comes from (PLC, or its did:web host)."""
+        if did.startswith("did:plc:"):
+            return self.breakers.get(host_key(self.settings.plc_url))
+        try:
+            return self.breakers.get(host_key(self.resolver.document_url(did)))
+        except Exception:  # not a did:web we could ask: no host to hold
+            return None
+
+    def log_unexpected(self, error: BaseException, did: str, where: str) -> None:
+        """An exception outside the error tree (a bug, an unmapped library error): its
+        traceback is logged once per place it comes from; then one line each time.
+        The caller retries it like a transient error."""
+        frames = traceback.extract_tb(error.__traceback__)
+        place = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        key = (type(error).__name__, place)
+        extra = {"did": did, "host": where}
+        if key in self._bugs_seen:
+            log.warning(
+                "unexpected %s on %s (%s) again: %s; retrying",
+                type(error).__name__,
+                did,
+                where,
+                error,
+                extra=extra,
+            )
+            return
+        self._bugs_seen.add(key)
+        log.error(
+            "unexpected error on %s (%s); retried like a transient error "
+            "(this traceback is logged once)",
+            did,
+            where,
+            exc_info=error,
+            extra=extra,
+        )
+
     async def _watch_intake(self) -> None:
         """Followers: the leader's source and resolver are done when the store says so."""
         while self.store.get_meta(INTAKE) != "done":
             await asyncio.sleep(0.5)
         self._source_done = self._resolver_done = True
         self._wake.set()
-
-    async def _resolve_with_retry(self, did: str) -> Identity:
-        attempt = 1
-        while True:
-            try:
-                return await self.resolver.resolve(did)
-            except TransientError as e:
-                when = next_attempt(self.settings.retry, e, attempt, utcnow(), self._rand.random())
-                if when is None or attempt >= 3:
-                    raise TerminalError(error_summary(e), code="ResolveFailed") from e
-                await asyncio.sleep(min(10.0, (when - utcnow()).total_seconds()))
-                attempt += 1
 
     # -- stage 3: per-host scheduling -------------------------------------------------------
     def slot(self, host: str) -> HostSlot:
@@ -368,13 +527,46 @@ class Backfill:
             slot = self.slots[host] = HostSlot(
                 host, self.settings.rate_limit, self.settings.host_concurrency, shared
             )
+            slot.breaker = self.breakers.get(host)
         return slot
+
+    def _on_breaker(self, breaker: Breaker) -> None:
+        """A host was paused, resumed or given up: note it for `status` (written by the
+        scheduler) and make it visible in the live view."""
+        until = breaker.resume_time() if breaker.state is BreakerState.OPEN else None
+        self._pause_changes[breaker.host] = HostPause(breaker.host, until, breaker.reason)
+        if breaker.paused():
+            self.slot(breaker.host)  # the PLC directory or a relay has no slot otherwise
+
+    def _flush_pauses(self) -> None:
+        if not self._pause_changes:
+            return
+        changes = list(self._pause_changes.values())
+        self._pause_changes.clear()
+        self.store.set_host_pauses(changes)
+        for pause in changes:
+            if pause.reason:
+                self._pauses_recorded.add(pause.host)
+            else:
+                self._pauses_recorded.discard(pause.host)
+
+    def _clear_pauses(self) -> None:
+        """At the end of a run its pauses are over (the next run learns afresh)."""
+        self._pause_changes.clear()
+        if self._pauses_recorded:
+            with contextlib.suppress(Exception):
+                self.store.set_host_pauses(
+                    [HostPause(h, None, "") for h in sorted(self._pauses_recorded)]
+                )
+            self._pauses_recorded.clear()
 
     async def _schedule_loop(self) -> None:
         while not self.stopping:
             now = utcnow()
             claimed = 0
+            held: list[Breaker] = []
             active_hosts = sum(1 for s in self.slots.values() if s.active)
+            self._flush_pauses()
             for host in self.store.pending_hosts(now):
                 if not self.role.owns(host):
                     continue
@@ -382,6 +574,12 @@ class Backfill:
                 if not slot.active and active_hosts >= self.settings.max_active_hosts:
                     continue
                 room = slot.concurrency - slot.active
+                # A paused host gets nothing but, once its pause is over, one probe.
+                allowed = self.breakers.get(host).claimable(slot.active)
+                if allowed is not None:
+                    room = min(room, allowed)
+                    if allowed == 0:
+                        held.append(self.breakers.get(host))
                 if room <= 0:
                     continue
                 tasks = self.store.claim(host, room, now)
@@ -410,7 +608,10 @@ class Backfill:
                         return
                     await self._wait(1.0)
                     continue
-                await self._wait(min(5.0, max(0.05, (due - utcnow()).total_seconds())))
+                wait = (due - utcnow()).total_seconds()
+                if wait <= 0 and held:  # due, but their hosts are paused: until one resumes
+                    wait = min(b.resume_at for b in held) - time.time()
+                await self._wait(min(5.0, max(0.05, wait)))
                 continue
             await self._wait(0.5)
 
@@ -507,12 +708,13 @@ class Backfill:
 
     def _fail(self, did: str, stage: str, code: str, message: str) -> None:
         """Dead-letter a whole repo (lands with the next commit)."""
-        failed = RepoFailed(did=did, code=code, message=message)
+        failed = RepoFailed(did=did, code=code, message=message, stage=stage)
         letter = DeadLetter(did=did, uri=None, stage=stage, error=code, message=message)
         if not self._sink_call("add_failed", lambda: self.sink.add_failed(failed, letter)):
             return
         self._failed_uncommitted.add(did)
         self.stats.repos_failed += 1
+        self.stats.failed_codes[code] += 1
         self.stats.dead_letters[code] += 1
         self._maybe_commit()
 
@@ -583,7 +785,14 @@ class Backfill:
             requests=sum(self.stats.requests.values()),
             bytes=self.stats.bytes,
             stopped=self.stopping,
+            landed_this_run=max(0, status.done - self._baseline[0]),
+            failed_this_run=_grown(self._baseline[1], status.failed_by_code),
         )
+
+
+def _grown(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+    """Failed repos per code that this run added."""
+    return {code: n - before.get(code, 0) for code, n in after.items() if n > before.get(code, 0)}
 
 
 def run_sync(settings: RunSettings, source: DidSource | None) -> RunSummary:

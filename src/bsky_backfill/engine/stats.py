@@ -17,6 +17,10 @@ class RunStats:
     repos_done: int = 0
     repos_failed: int = 0
     repos_retried: int = 0
+    repos_held: int = 0
+    """Put back without spending an attempt: their host was paused."""
+    failed_codes: Counter[str] = field(default_factory=Counter)
+    """Repos dead-lettered whole during this run, by code (exit status 3's message)."""
     records: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
     requests: Counter[tuple[str, str, int | None]] = field(default_factory=Counter)

@@ -3,9 +3,14 @@
 Where it sits: the scheduler (manager.py) claims a repo for a host and runs
 `RepoWorker.process` in that host's slot. The repo ends in exactly one of:
   - added to the sink's open batch (done at the next commit);
-  - back to pending with a retry time (transient error, attempts left);
-  - dead-lettered whole (terminal error, or transient with no attempts left).
-A 429 is not an attempt: the host is paused and the same repo waits for it.
+  - back to pending with a retry time (a transient error, or any exception we
+    did not map: a bug is not the repo's fault), unless both of its budgets
+    (tries and time, xrpc/retry.py) are spent;
+  - back to pending without spending an attempt, due when its host's pause
+    ends (the host's circuit breaker is open: xrpc/breaker.py);
+  - dead-lettered whole (terminal error, a host given up for this run, or a
+    transient one with its budgets spent).
+A 429 is not an attempt either: the host is paused and the same repo waits for it.
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ from bsky_backfill.records.stream import BigRepo, BuiltPart, PartPlan, extract_p
 from bsky_backfill.repo.lazy import map_file
 from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
 from bsky_backfill.state.base import RepoDone, RepoTask
+from bsky_backfill.xrpc.breaker import Breaker, BreakerState, is_host_failure
 from bsky_backfill.xrpc.client import Body, XrpcClient
-from bsky_backfill.xrpc.retry import error_summary, next_attempt
+from bsky_backfill.xrpc.retry import error_code, error_summary, next_attempt
 from bsky_backfill.xrpc.slot import HostSlot, through_rate_limits
 
 if TYPE_CHECKING:
@@ -114,14 +120,9 @@ class RepoWorker:
             run.fail_repo(task.did, e)
         except TransientError as e:
             self._retry_or_fail(slot, task, e)
-        except Exception as e:  # a bug or an unmapped library error: never stall the run
-            log.exception(
-                "unexpected error on %s (%s)",
-                task.did,
-                slot.host,
-                extra={"host": slot.host, "did": task.did},
-            )
-            run.fail_repo(task.did, RepoInvalid(f"{type(e).__name__}: {e}", code="InternalError"))
+        except Exception as e:  # a bug or an unmapped library error: retried, bounded
+            self.run.log_unexpected(e, task.did, slot.host)
+            self._retry_or_fail(slot, task, e)
         finally:
             slot.active -= 1
             run.wake()
@@ -294,18 +295,55 @@ class RepoWorker:
             return body.read()
         return await asyncio.to_thread(body.read)  # spooled: read back off the loop
 
-    def _retry_or_fail(self, slot: HostSlot, task: RepoTask, error: TransientError) -> None:
-        attempt = task.attempts + 1
-        when = next_attempt(self.run.settings.retry, error, attempt, utcnow(), self._rand.random())
-        if when is None:
-            log.info("giving up on %s after %d attempts: %s", task.did, attempt, error)
-            slot.failed += 1
-            final = TerminalError(error.message, code=error.code)
-            final.stage = error.stage
-            self.run.fail_repo(task.did, final)
+    def _retry_or_fail(self, slot: HostSlot, task: RepoTask, error: Exception) -> None:
+        """A retryable failure (transient, or unknown): back to pending with a retry
+        time, or, both budgets spent, dead-lettered. A failure of a paused host is no
+        attempt: the repo waits for the host's pause to end."""
+        run = self.run
+        breaker = self._breaker(slot)
+        now = utcnow()
+        if breaker.holds(error):
+            # Not an attempt and no failure time: the host is down, not the repo.
+            run.stats.repos_held += 1
+            resume = max(now, breaker.resume_time())
+            run.store.retry_later(task.did, task.attempts, resume, error_summary(error))
             return
-        self.run.stats.repos_retried += 1
-        self.run.store.retry_later(task.did, attempt, when, error_summary(error))
+        if breaker.state is BreakerState.GIVEN_UP and is_host_failure(error):
+            slot.failed += 1
+            run.fail_repo(task.did, _final(error, f"{breaker.host}: {breaker.reason}"))
+            return
+        attempt = task.attempts + 1
+        since = task.failing_since or now
+        rand = self._rand.random()
+        when = next_attempt(run.settings.retry, error, attempt, now, rand, since)
+        if when is None:
+            log.info(
+                "giving up on %s after %d attempts over %s: %s",
+                task.did,
+                attempt,
+                now - since,
+                error_summary(error),
+                extra={"host": slot.host, "did": task.did},
+            )
+            slot.failed += 1
+            run.fail_repo(task.did, _final(error))
+            return
+        run.stats.repos_retried += 1
+        run.store.retry_later(task.did, attempt, when, error_summary(error))
+
+    def _breaker(self, slot: HostSlot) -> Breaker:
+        return self.client.breakers.get(slot.host)
+
+
+def _final(error: Exception, why: str = "") -> TerminalError:
+    """The dead letter's error for a retryable failure whose budget is spent: its own
+    code and stage (a bug: `InternalError`, stage `internal`)."""
+    message = (
+        error.message if isinstance(error, TransientError) else f"{type(error).__name__}: {error}"
+    )
+    final = TerminalError(f"{why}: {message}" if why else message, code=error_code(error))
+    final.stage = error.stage if isinstance(error, TransientError) else "internal"
+    return final
 
 
 # A big repo's own writer: committed once, after its last part; smaller row

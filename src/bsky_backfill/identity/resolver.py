@@ -13,7 +13,7 @@ import asyncio
 from collections import OrderedDict
 from urllib.parse import unquote, urlsplit
 
-from bsky_backfill.errors import BlockedAddress, ResolveError, TerminalError
+from bsky_backfill.errors import BlockedAddress, HostUnreachable, ResolveError, TerminalError
 from bsky_backfill.identity.document import DidDocInfo, parse_did_document
 from bsky_backfill.state.base import Identity
 from bsky_backfill.xrpc.client import XrpcClient
@@ -36,6 +36,8 @@ class PlcResolver:
     async def resolve(self, did: str) -> DidDocInfo:
         try:
             doc = await self._client.fetch_json(f"{self._plc}/{did}", trusted=True)
+        except HostUnreachable:
+            raise  # the directory is given up, not the DID (a retryable ResolveFailed)
         except TerminalError as e:
             # 404 (unknown, or tombstoned at @did-plc/server) and 410 (tombstoned at
             # plc.directory) are both terminal for the DID. One code for both: the
@@ -69,7 +71,7 @@ class WebResolver:
         try:
             doc = await self._client.fetch_json(url, trusted=False)
         except TerminalError as e:
-            if isinstance(e, ResolveError):
+            if isinstance(e, ResolveError | HostUnreachable):
                 raise
             raise ResolveError(f"did:web document: {e.message}", code="DidNotFound") from e
         return parse_did_document(did, doc)
@@ -95,11 +97,18 @@ class DidResolver:
         cache_entries: int = CACHE_ENTRIES,
     ) -> None:
         self._plc = PlcResolver(client, plc_url)
+        self._plc_url = plc_url
         self._web = WebResolver(client, allow_private)
         self._cache: OrderedDict[str, Identity] = OrderedDict()
         self._cache_entries = cache_entries
         self._limit = asyncio.Semaphore(concurrency)
         self.lookups = 0
+
+    def document_url(self, did: str) -> str:
+        """Where `did`'s document comes from (the engine keys host pauses by it)."""
+        if did.startswith("did:web:"):
+            return self._web.document_url(did)
+        return self._plc_url
 
     async def resolve(self, did: str) -> Identity:
         """Identity for `did`; raises ResolveError (terminal) or TransientError."""

@@ -153,7 +153,7 @@ class RunMetrics:
         )
         self.hosts_paused = Gauge(
             f"{PREFIX}_hosts_paused",
-            "PDS hosts paused now (rate limited or out of budget).",
+            "Hosts paused now (down: circuit breaker open; rate limited; out of budget).",
             registry=r,
         )
         self.uncommitted = Gauge(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bsky_backfill.state.base import RepoState
+from bsky_backfill.xrpc.breaker import BreakerState
 from bsky_backfill.xrpc.slot import HostSlot
 
 if TYPE_CHECKING:
@@ -101,8 +102,16 @@ def _host_view(slot: HostSlot, paused: str) -> HostView:
 
 
 def pause_of(slot: HostSlot, wall: float) -> str:
-    """Why the host sends nothing now ('' when it may): a 429 pause reaching into the
-    future, or a server budget used up until its window resets."""
+    """Why the host sends nothing now ('' when it may): its circuit breaker (down:
+    when it resumes; given up), a 429 pause reaching into the future, or a server
+    budget used up until its window resets."""
+    breaker = slot.breaker
+    if breaker is not None and breaker.state is BreakerState.GIVEN_UP:
+        return breaker.reason
+    if breaker is not None and breaker.state is BreakerState.OPEN:
+        resume = time.strftime("%H:%M:%S", time.gmtime(breaker.resume_at))
+        left = max(0.0, breaker.resume_at - wall)
+        return f"{breaker.reason}, resumes {resume} UTC (in {left:.0f}s)"
     out_of_budget = any(
         b.server_remaining is not None
         and b.server_remaining < 1
@@ -117,6 +126,14 @@ def pause_of(slot: HostSlot, wall: float) -> str:
     return ""
 
 
+def _held_until(slot: HostSlot) -> float:
+    breaker = slot.breaker
+    if breaker is not None and breaker.state is BreakerState.GIVEN_UP:
+        return float("inf")
+    held = breaker.resume_at if breaker is not None and breaker.paused() else 0.0
+    return max(slot.paused_until, held)
+
+
 def hosts_view(slots: Iterable[HostSlot], top: int) -> HostsView:
     """Sum up the host slots and pick the busiest and the paused ones."""
     wall = time.time()
@@ -126,7 +143,7 @@ def hosts_view(slots: Iterable[HostSlot], top: int) -> HostsView:
     busiest = heapq.nlargest(
         top, (s for s in slots if s.active or s.requests), key=lambda s: (s.active, s.requests)
     )
-    longest = heapq.nlargest(top, paused, key=lambda s: (s.paused_until, s.active))
+    longest = heapq.nlargest(top, paused, key=lambda s: (_held_until(s), s.active))
     return HostsView(
         in_flight=sum(s.active for s in slots),
         active=sum(1 for s in slots if s.active),

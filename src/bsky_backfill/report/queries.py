@@ -32,6 +32,7 @@ from bsky_backfill.report.model import (
 from bsky_backfill.state.base import HostStatus, StateStore
 
 DEAD_LETTERS = "_deadletters"
+SUPERSEDED = "_superseded"
 STATE_FILE = Path("_state") / "state.sqlite"
 _HOST_MAP_BATCH = 65_536
 _HOST_MAP_SCHEMA = pa.schema([("did", pa.string()), ("host", pa.string())])
@@ -94,13 +95,22 @@ def collection_counts(
 
 
 def dead_letter_counts(con: duckdb.DuckDBPyConnection, out: Path) -> list[DeadLetterCount]:
-    """Dead letters per stage and error code, most frequent first."""
+    """Dead letters per stage and error code, most frequent first: those that stand
+    (a repo put back by `run --retry-failed` counts its latest verdict once; the rule
+    is sinks/superseded.py's)."""
     if not _has_parquet(out / DEAD_LETTERS):
         return []
+    params = [parquet_glob(out, DEAD_LETTERS)]
+    standing = ""
+    if _has_parquet(out / SUPERSEDED):
+        standing = """WHERE uri IS NOT NULL OR NOT EXISTS (
+            SELECT 1 FROM read_parquet(?) s
+            WHERE s.did = d.did AND d.failed_at <= s.superseded_at)"""
+        params.append(parquet_glob(out, SUPERSEDED))
     rows = con.execute(
-        f"""SELECT stage, error, count(*) AS n FROM {_READ}
+        f"""SELECT stage, error, count(*) AS n FROM {_READ} d {standing}
             GROUP BY stage, error ORDER BY n DESC, stage, error""",
-        [parquet_glob(out, DEAD_LETTERS)],
+        params,
     ).fetchall()
     return [DeadLetterCount(str(s), str(e), int(n)) for s, e, n in rows]
 

@@ -73,6 +73,7 @@ class SimNetwork:
         accounts = self._content.accounts
 
         plc_policy = self._policy("plc", None, sc.plc_faults)
+        plc_policy.drop_next = sc.plc_down_requests
         self.plc = PlcDirectory(
             accounts,
             host_urls,

@@ -1,10 +1,13 @@
 """Per-host behaviour every simulated server shares: rate limits, faults, bookkeeping.
 
 Where this sits: each simulated site (PLC, did:web, PDS) wraps its routes in
-`policy_middleware`, which records the request in `RequestStats`, enforces the
-host's `RateLimit` (fixed windows, RateLimit-* headers on every response, 429
-when exhausted), then may inject a `Faults` failure before the route runs.
-Routes that stream (getRepo) read `request[FAULT]` to cut their body short.
+`policy_middleware`, which records the request in `RequestStats`, drops it if
+the host is down (`HostPolicy.down`, `drop_next`: the connection closes with
+no answer), enforces the host's `RateLimit` (fixed windows, RateLimit-*
+headers on every response, 429 when exhausted; or, with `reference`, the
+combined limiters of `@atproto/xrpc-server`), then may inject a `Faults`
+failure before the route runs. Routes that stream (getRepo) read
+`request[FAULT]` to cut their body short.
 """
 
 from __future__ import annotations
@@ -60,6 +63,38 @@ class FixedWindow:
         return allowed, self.limit - self.used, math.ceil(self.start + self.window_s)
 
 
+class PointsWindow:
+    """One limiter as `rate-limiter-flexible` keeps it for `@atproto/xrpc-server`: a
+    fixed window opened by its first request; every request consumes a point, a
+    rejected one too; it is exceeded once more points than `limit` were consumed."""
+
+    def __init__(self, name: str, limit: int, window_s: float) -> None:
+        self.name = name
+        self.limit = limit
+        self.window_s = window_s
+        self.start = 0.0
+        self.consumed = 0
+        self.admitted = 0
+        self.history: list[int] = []
+        """Requests admitted in each window that has closed."""
+
+    def consume(self, now: float) -> tuple[bool, int, float]:
+        """(exceeded, remaining points, seconds before the window ends)."""
+        if self.consumed == 0 or now >= self.start + self.window_s:
+            if self.consumed:
+                self.history.append(self.admitted)
+            self.start, self.consumed, self.admitted = now, 0, 0
+        self.consumed += 1
+        return (
+            self.consumed > self.limit,
+            max(self.limit - self.consumed, 0),
+            (self.start + self.window_s - now),
+        )
+
+    def windows(self) -> list[int]:
+        return [*self.history, self.admitted]
+
+
 @dataclass(frozen=True, slots=True)
 class _Verdict:
     allowed: bool
@@ -93,18 +128,69 @@ class HostPolicy:
             else None
         )
         self._attempts: Counter[str] = Counter()
+        # Reference mode: the global limiter, then the per-route ones.
+        self.limiters: dict[str, PointsWindow] = {}
+        if rate_limit is not None and rate_limit.reference:
+            self.limiters["global"] = PointsWindow("global", rate_limit.limit, rate_limit.window_s)
+            if rate_limit.get_repo_limit is not None:
+                self.limiters[GET_REPO] = PointsWindow(
+                    GET_REPO, rate_limit.get_repo_limit, rate_limit.window_s
+                )
+            for route, (limit, window_s) in rate_limit.routes.items():
+                self.limiters[route] = PointsWindow(route, limit, window_s)
+        self.down = False
+        """Set (from any thread) to drop every request: the host is down."""
+        self.drop_next = 0
+        """Drop this many requests, then serve (an outage counted in requests)."""
+
+    def take_outage(self) -> bool:
+        """Whether this request meets the host down (counts `drop_next` off)."""
+        if self.down:
+            return True
+        if self.drop_next > 0:
+            self.drop_next -= 1
+            return True
+        return False
 
     def windows(self, endpoint: str = GET_REPO) -> list[int]:
         """Admitted requests per window of the bucket `endpoint` draws from, the
-        window still open last."""
+        window still open last. In reference mode `endpoint` may also be "global"."""
+        if self.limiters:
+            limiter = self.limiters.get(endpoint) or self.limiters["global"]
+            return limiter.windows()
         bucket = self._get_repo if endpoint == GET_REPO and self._get_repo else self._general
         if bucket is None:
             return []
         return [*bucket.history, bucket.used]
 
+    def _admit_reference(self, endpoint: str) -> _Verdict:
+        """`consumeMany` of `@atproto/xrpc-server`: every applicable limiter consumes a
+        point; the headers describe the first exceeded one, else the one with the
+        fewest points left; the reset is floored to the second."""
+        now = time.time()
+        applicable = [self.limiters["global"]]
+        if endpoint in self.limiters:
+            applicable.append(self.limiters[endpoint])
+        results = [(lim, *lim.consume(now)) for lim in applicable]
+        exceeded = [r for r in results if r[1]]
+        tightest = exceeded[0] if exceeded else min(results, key=lambda r: r[2])
+        limiter, _, remaining, before_next = tightest
+        if not exceeded:
+            for lim in applicable:
+                lim.admitted += 1
+        headers = {
+            "RateLimit-Limit": str(limiter.limit),
+            "RateLimit-Remaining": str(remaining),
+            "RateLimit-Reset": str(math.floor(now + before_next)),
+            "RateLimit-Policy": f"{limiter.limit};w={limiter.window_s:g}",
+        }
+        return _Verdict(not exceeded, headers)
+
     def admit(self, endpoint: str) -> _Verdict:
         """Charge the request to its bucket and say whether it may proceed."""
         rl = self.rate_limit
+        if self.limiters:
+            return self._admit_reference(endpoint)
         if rl is None or self._general is None:
             return _Verdict(True, {})
         bucket = self._get_repo if endpoint == GET_REPO and self._get_repo else self._general
@@ -192,6 +278,14 @@ def policy_middleware(
                 stats.record_unexpected(host, request.method, request.path_qs)
                 status = 404
                 return json_error(404, "NotFound", f"no route for {request.path}")
+            if policy.take_outage():
+                # Down: close the connection without an answer (the client sees
+                # a reset, as from a host whose process is gone).
+                status = 0
+                stats.record_fault(host, "outage")
+                if request.transport is not None:
+                    request.transport.abort()
+                return web.Response(status=503)  # never reaches the client
             verdict = policy.admit(endpoint)
             request[RATELIMIT_HEADERS] = verdict.headers
             if not verdict.allowed:

@@ -74,6 +74,15 @@ class RateLimit:
     """Answer 429 as bare HTML with no RateLimit-* headers (seen on some production hosts)."""
     headers: bool = True
     """Send RateLimit-* headers on non-429 responses."""
+    reference: bool = False
+    """Limit the way the reference PDS does (`@atproto/xrpc-server`): a global per-IP
+    limiter (`limit` per `window_s`) that every request charges, plus per-route ones
+    (getRepo's `get_repo_limit` per `window_s`, and `routes`) that the route's requests
+    charge too, rejected ones included; each answer describes the tightest limiter (an
+    exhausted one, else the one with fewest left) and floors its reset:
+    `RateLimit-Reset = floor((now_ms + msBeforeNext) / 1000)`."""
+    routes: Mapping[str, tuple[int, float]] = field(default_factory=dict)
+    """Reference mode: more per-route limiters, endpoint -> (requests, window seconds)."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,9 @@ class Scenario:
     """Failures injected by every PDS host."""
     plc_faults: Faults | None = None
     """Failures injected by the PLC directory."""
+    plc_down_requests: int = 0
+    """The PLC directory drops its first this many requests (the connection closes
+    without an answer, as when it is down); then it serves."""
     not_found_error: Literal["RepoNotFound", "NotFound"] = "RepoNotFound"
     """getRepo's error for a repo the host does not hold (some production hosts: NotFound)."""
     plc_tombstone_status: Literal[404, 410] = 410
@@ -210,6 +222,7 @@ class Scenario:
                 "rate_limit",
                 "faults",
                 "plc_faults",
+                "plc_down_requests",
                 "plc_tombstone_status",
                 "plc_export_seq",
                 "plc_legacy_create",

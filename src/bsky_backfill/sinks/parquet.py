@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from bsky_backfill.models import DeadLetter, RepoExtract
 from bsky_backfill.sinks.batch import (
@@ -328,6 +329,31 @@ class DatasetWriter:
             rows_by_collection=rows,
             seconds=time.monotonic() - t0,
         )
+
+    def commit_file(
+        self, collection: str, table: pa.Table, record: Callable[[CommittedFile], None]
+    ) -> CommittedFile:
+        """One table as one file, committed on its own (outside the open batch) by the
+        same protocol as `commit`: tmp file fsynced, then `record(file)`, the store
+        transaction that must list it among the committed files (as
+        `StateStore.reopen_failed` does), then the rename. For the ledger's own
+        tables (`_superseded`). If `record` raises, the tmp file is left to recovery,
+        which asks the store whether it counts."""
+        self._usable()
+        check_collection(collection)
+        final = f"{collection}/part-{self._id}-{next(self._seq):06d}.parquet"
+        tmp = self._tmp(final)
+        with self._storage.fs.open_output_stream(self._storage.abs(tmp)) as out:
+            pq.write_table(table, out, compression="zstd")
+        self._storage.fsync_file(tmp)
+        self._storage.fsync_dir(self._dir.rel)
+        self._dir.check_alive()
+        committed = CommittedFile(final, collection, table.num_rows)
+        record(committed)
+        self._ensure_dir(collection)
+        self._storage.move_committed(tmp, final)
+        self._storage.fsync_dir(collection)
+        return committed
 
     def discard_batch(self) -> DiscardedBatch:
         """After `commit()` raised a failure that *certainly* recorded nothing (the

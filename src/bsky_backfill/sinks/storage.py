@@ -9,6 +9,7 @@ once a PUT returns).
 Layout (relative to OUT):
     <collection>/part-<writer>-<seq>.parquet   committed data, what readers glob
     _deadletters/part-<writer>-<seq>.parquet   committed dead letters
+    _superseded/part-<writer>-<seq>.parquet    dead letters made history by --retry-failed
     _state/tmp/<writer>/.lock                  the writer's liveness marker (liveness.py)
     _state/tmp/<writer>/<quoted final>.tmp     files of that writer's open batch: beside
                                                the run's other state, matched by no
@@ -37,6 +38,8 @@ TMP_DIR = "_state/tmp"
 DEAD_LETTERS = "_deadletters"
 DELETIONS = "_deletions"
 """Records a refresh found deleted or replaced (see engine/refresh.py)."""
+SUPERSEDED = "_superseded"
+"""Whole-repo dead letters that `run --retry-failed` made history (sinks/superseded.py)."""
 LOCK_NAME = ".lock"
 """A writer's liveness marker inside its tmp dir (see liveness.py)."""
 _TMP_SUFFIX = ".tmp"
@@ -49,7 +52,7 @@ _WRITER_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{12}")
 
 def check_collection(name: str) -> None:
     """Refuse a collection name that is not a safe, NSID-shaped directory name."""
-    if name == DELETIONS:
+    if name in (DELETIONS, SUPERSEDED):
         return
     if len(name) > 317 or not _NSID.fullmatch(name):
         raise ValueError(f"unsafe collection name for the dataset: {name!r}")

@@ -54,6 +54,9 @@ class RepoTask:
     """Fetch only what changed since `since` and compare with what landed before."""
     since: str | None = None
     """The commit rev that landed last time (refresh only; None: compare the whole repo)."""
+    failing_since: dt.datetime | None = None
+    """When this repo first failed transiently since it last landed or was reopened
+    (None: it has not): the retry policy's time budget counts from here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,27 @@ class RepoFailed:
     did: str
     code: str
     message: str
+    stage: str = ""
+    """The dead letter's stage (kept so `run --retry-failed` can un-count it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRepo:
+    """A repo in the failed state: its code and stage (`run --retry-failed`)."""
+
+    did: str
+    code: str
+    stage: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostPause:
+    """A host whose circuit breaker holds its work back (`status`, the live view)."""
+
+    host: str
+    until: dt.datetime | None
+    """When the next probe may go (None: the pause is over, or given up: see reason)."""
+    reason: str
 
 
 @dataclass(slots=True)
@@ -103,7 +127,17 @@ class StatusReport:
     in_progress: int = 0
     records_by_collection: dict[str, int] = field(default_factory=dict)
     dead_letters_by_code: dict[str, int] = field(default_factory=dict)
+    """Dead letters that stand: whole-repo ones superseded by `--retry-failed` are not here."""
     hosts: list[HostStatus] = field(default_factory=list)
+    interrupted: int = 0
+    """In progress under a run that is gone (PostgreSQL: an expired lease; SQLite:
+    the `status` command sets it when no live run holds OUT's lock)."""
+    failed_by_code: dict[str, int] = field(default_factory=dict)
+    """Repos in the failed state, by their latest error code."""
+    superseded_by_code: dict[str, int] = field(default_factory=dict)
+    """Whole-repo dead letters kept as history: their repos were put back by
+    `--retry-failed` (each repo's latest verdict is counted once, above)."""
+    paused_hosts: list[HostPause] = field(default_factory=list)
 
 
 class StateStore(Protocol):
@@ -153,7 +187,10 @@ class StateStore(Protocol):
     def retry_later(
         self, did: str, attempts: int, next_attempt_at: dt.datetime, error: str
     ) -> None:
-        """Put an in-progress repo back to pending with its attempt count, due time and error."""
+        """Put an in-progress repo back to pending with its attempt count, due time and error.
+        When `attempts` grows, the repo's first failure time is set if it is not (the
+        retry policy's time budget); a put-back with the same count (its host was
+        paused) leaves it."""
         ...
 
     def recover(self) -> int:
@@ -203,6 +240,53 @@ class StateStore(Protocol):
 
     def get_meta(self, key: str) -> str | None:
         """A small key/value table for run settings and schema version."""
+        ...
+
+    # -- long runs: failures, supersession, host pauses (issue 12) ---------------------
+
+    def failure_of(self, did: str) -> tuple[int, dt.datetime | None]:
+        """(attempts, first transient failure) of a repo; (0, None) if unknown. The
+        resolver's durable retries read it (claimed repos carry it in `RepoTask`).
+        `retry_later` sets the first failure time when `attempts` grows."""
+        ...
+
+    def next_unresolved(self) -> dt.datetime | None:
+        """Earliest next_attempt_at among pending repos with no identity yet (None if
+        there are none): the resolver waits for DIDs backing off instead of ending."""
+        ...
+
+    def failed_repos(
+        self,
+        codes: Sequence[str] | None = None,
+        *,
+        exclude: Sequence[str] = (),
+        after: str = "",
+        limit: int = 10_000,
+    ) -> list[FailedRepo]:
+        """Failed repos with a code in `codes` (None: any) and not in `exclude`, DIDs
+        greater than `after`, in DID order (page with the last DID)."""
+        ...
+
+    def reopen_failed(
+        self,
+        repos: Sequence[FailedRepo],
+        at: dt.datetime,
+        file: CommittedFile | None = None,
+    ) -> int:
+        """`run --retry-failed`, one transaction: each still-failed repo of `repos` goes
+        back to pending as new (attempts 0, identity forgotten so it is resolved again;
+        a refresh stays a refresh), its failure is recorded as superseded at `at` and
+        taken out of the dead-letter counts, and `file` (the dataset's `_superseded`
+        rows naming them) is recorded as committed. Returns how many were reopened."""
+        ...
+
+    def set_host_pauses(self, pauses: Sequence[HostPause]) -> None:
+        """Record paused hosts; a pause whose host is no longer held back (`until`
+        None and no reason) is removed."""
+        ...
+
+    def host_pauses(self) -> list[HostPause]:
+        """Hosts recorded as paused (the live run's view, as of its last change)."""
         ...
 
     def set_meta(self, key: str, value: str) -> None: ...

@@ -54,6 +54,8 @@ from bsky_backfill.state import postgres_ledger as ledger
 from bsky_backfill.state import postgres_upkeep as upkeep
 from bsky_backfill.state.base import (
     CommittedFile,
+    FailedRepo,
+    HostPause,
     Identity,
     RepoDone,
     RepoFailed,
@@ -291,7 +293,8 @@ class PostgresStateStore:
                    UPDATE repos AS r SET state = 'in_progress', updated_at = now(),
                      lease_owner = %(me)s, lease_expires_at = clock_timestamp() + %(lease)s
                    FROM picked WHERE r.did = picked.did
-                   RETURNING r.did, r.pds, r.host, r.signing_key, r.attempts, r.refresh, r.rev""",
+                   RETURNING r.did, r.pds, r.host, r.signing_key, r.attempts, r.refresh, r.rev,
+                     r.first_failed_at""",
                 {"host": host, "now": now, "limit": limit, "me": self.owner, "lease": self.lease},
             )
             rows = cur.fetchall()
@@ -304,6 +307,7 @@ class PostgresStateStore:
                 attempts=r[4],
                 refresh=bool(r[5]),
                 since=r[6] if r[5] else None,
+                failing_since=None if r[7] is None else _utc(r[7]),
             )
             for r in rows
         ]
@@ -337,15 +341,26 @@ class PostgresStateStore:
         with self._tx() as cur:
             # Never reopens a finished repo, nor one another worker now holds
             # (this worker's lease expired and the repo was re-claimed).
+            # A failure that counts (attempts grows) starts the time budget if it
+            # has not started; a put-back that does not count (a paused host) leaves it.
             cur.execute(
-                """UPDATE repos SET state = 'pending', attempts = %(attempts)s,
-                     next_attempt_at = %(due)s, error_code = NULL, last_error = %(error)s,
+                """UPDATE repos SET state = 'pending', next_attempt_at = %(due)s,
+                     first_failed_at = CASE WHEN %(attempts)s > attempts
+                       THEN coalesce(first_failed_at, %(now)s) ELSE first_failed_at END,
+                     attempts = %(attempts)s, error_code = NULL, last_error = %(error)s,
                      updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
                    WHERE did = %(did)s AND (
                      (state = 'in_progress' AND lease_owner = %(me)s)
                      OR (state = 'pending' AND (lease_owner IS NULL OR lease_owner = %(me)s
                                                 OR lease_expires_at < clock_timestamp())))""",
-                {"attempts": attempts, "due": due, "error": error, "did": did, "me": self.owner},
+                {
+                    "attempts": attempts,
+                    "due": due,
+                    "error": error,
+                    "did": did,
+                    "me": self.owner,
+                    "now": dt.datetime.now(dt.UTC),
+                },
             )
 
     def recover(self) -> int:
@@ -418,6 +433,79 @@ class PostgresStateStore:
                         yield [(str(d), str(h)) for d, h in rows]
             except psycopg.Error as e:
                 raise StateStoreError(f"state store {self.schema}: {one_line(e)}") from e
+
+    # -- long runs: failures, supersession, host pauses ---------------------------------
+
+    def failure_of(self, did: str) -> tuple[int, dt.datetime | None]:
+        with self._tx() as cur:
+            cur.execute("SELECT attempts, first_failed_at FROM repos WHERE did = %s", (did,))
+            row = cur.fetchone()
+        if row is None:
+            return 0, None
+        return int(row[0]), None if row[1] is None else _utc(row[1])
+
+    def next_unresolved(self) -> dt.datetime | None:
+        with self._tx() as cur:
+            cur.execute(
+                """SELECT min(next_attempt_at) FROM repos
+                   WHERE state = 'pending' AND host IS NULL"""
+            )
+            row = cur.fetchone()
+        return None if row is None or row[0] is None else _utc(row[0])
+
+    def failed_repos(
+        self,
+        codes: Sequence[str] | None = None,
+        *,
+        exclude: Sequence[str] = (),
+        after: str = "",
+        limit: int = 10_000,
+    ) -> list[FailedRepo]:
+        with self._tx() as cur:
+            cur.execute(
+                """SELECT did, coalesce(error_code, ''), coalesce(error_stage, '') FROM repos
+                   WHERE state = 'failed' AND did > %(after)s
+                     AND (%(any)s OR coalesce(error_code, '') = ANY(%(codes)s::text[]))
+                     AND coalesce(error_code, '') <> ALL(%(exclude)s::text[])
+                   ORDER BY did LIMIT %(limit)s""",
+                {
+                    "after": after,
+                    "any": codes is None,
+                    "codes": list(codes or ()),
+                    "exclude": list(exclude),
+                    "limit": limit,
+                },
+            )
+            rows = cur.fetchall()
+        return [FailedRepo(did=d, code=c, stage=s) for d, c, s in rows]
+
+    def reopen_failed(
+        self,
+        repos: Sequence[FailedRepo],
+        at: dt.datetime,
+        file: CommittedFile | None = None,
+    ) -> int:
+        with self._tx() as cur:
+            cur.execute("SET LOCAL synchronous_commit = on")  # a file may be renamed after
+            return ledger.reopen(cur, self.owner, repos, _aware(at), file)
+
+    def set_host_pauses(self, pauses: Sequence[HostPause]) -> None:
+        keep = sorted((p for p in pauses if p.reason), key=lambda p: p.host)
+        drop = sorted(p.host for p in pauses if not p.reason)
+        with self._tx() as cur:
+            if keep:
+                cur.executemany(
+                    """INSERT INTO host_pauses(host, until, reason) VALUES (%s, %s, %s)
+                       ON CONFLICT (host) DO UPDATE SET until = excluded.until,
+                         reason = excluded.reason, updated_at = now()""",
+                    [(p.host, p.until, p.reason) for p in keep],
+                )
+            if drop:
+                cur.execute("DELETE FROM host_pauses WHERE host = ANY(%s)", (drop,))
+
+    def host_pauses(self) -> list[HostPause]:
+        with self._tx() as cur:
+            return ledger.pauses(cur)
 
     # -- small tables ------------------------------------------------------------
 

@@ -8,11 +8,14 @@ lease fence has locked the batch's repos); `report` builds `status()`.
 from __future__ import annotations
 
 import collections
+import datetime as dt
 from collections.abc import Sequence
 
 from bsky_backfill.models import DeadLetter
 from bsky_backfill.state.base import (
     CommittedFile,
+    FailedRepo,
+    HostPause,
     HostStatus,
     RepoDone,
     RepoFailed,
@@ -49,17 +52,22 @@ def record(
                ON CONFLICT (did) DO UPDATE SET state = 'done', refresh = false,
                  rev = coalesce(excluded.rev, repos.rev),
                  records = excluded.records, error_code = NULL, last_error = NULL,
+                 error_stage = NULL, first_failed_at = NULL,
                  lease_owner = NULL, lease_expires_at = NULL, updated_at = now()""",
             [(d.did, d.rev, d.records) for d in sorted(done, key=lambda d: d.did)],
         )
     if failed:
         cur.executemany(
-            """INSERT INTO repos(did, state, error_code, last_error)
-               VALUES (%s, 'failed', %s, %s)
+            """INSERT INTO repos(did, state, error_code, error_stage, last_error)
+               VALUES (%s, 'failed', %s, %s, %s)
                ON CONFLICT (did) DO UPDATE SET state = 'failed',
-                 error_code = excluded.error_code, last_error = excluded.last_error,
+                 error_code = excluded.error_code, error_stage = excluded.error_stage,
+                 last_error = excluded.last_error,
                  lease_owner = NULL, lease_expires_at = NULL, updated_at = now()""",
-            [(f.did, f.code, f.message) for f in sorted(failed, key=lambda f: f.did)],
+            [
+                (f.did, f.code, f.stage or None, f.message)
+                for f in sorted(failed, key=lambda f: f.did)
+            ],
         )
     letters = sorted(collections.Counter((d.stage, d.error) for d in dead_letters).items())
     if letters:
@@ -111,6 +119,20 @@ def report(cur: Cursor) -> StatusReport:
             else:  # pending or in_progress: not finished yet
                 h.pending += n
     total = {s: t for s, (_, t) in counts.items()}
+    cur.execute(
+        """SELECT count(*) FROM repos
+           WHERE state = 'in_progress' AND lease_expires_at < clock_timestamp()"""
+    )
+    row = cur.fetchone()
+    interrupted = int(row[0]) if row else 0
+    cur.execute(
+        """SELECT coalesce(error_code, '?'), count(*) FROM repos WHERE state = 'failed'
+           GROUP BY 1 ORDER BY count(*) DESC, 1"""
+    )
+    failed_by_code = {str(k): int(v) for k, v in cur.fetchall()}
+    cur.execute("SELECT code, count(*) FROM superseded GROUP BY code ORDER BY count(*) DESC, code")
+    superseded = {str(k): int(v) for k, v in cur.fetchall()}
+    paused = pauses(cur)
     return StatusReport(
         total=sum(total.values()),
         done=total[RepoState.DONE],
@@ -118,6 +140,73 @@ def report(cur: Cursor) -> StatusReport:
         pending=total[RepoState.PENDING],
         in_progress=total[RepoState.IN_PROGRESS],
         records_by_collection={k: int(v) for k, v in by_collection},
-        dead_letters_by_code={k: int(v) for k, v in by_code},
+        dead_letters_by_code={k: int(v) for k, v in by_code if v},
         hosts=sorted(hosts.values(), key=lambda h: (-h.total, h.host)),
+        interrupted=min(interrupted, total[RepoState.IN_PROGRESS]),
+        failed_by_code=failed_by_code,
+        superseded_by_code=superseded,
+        paused_hosts=paused,
     )
+
+
+def pauses(cur: Cursor) -> list[HostPause]:
+    """The host_pauses table as `HostPause`s."""
+    cur.execute("SELECT host, until, reason FROM host_pauses ORDER BY host")
+    return [
+        HostPause(host=h, until=None if u is None else u.astimezone(dt.UTC), reason=r)
+        for h, u, r in cur.fetchall()
+    ]
+
+
+def reopen(
+    cur: Cursor,
+    owner: str,
+    repos: Sequence[FailedRepo],
+    at: dt.datetime,
+    file: CommittedFile | None,
+) -> int:
+    """`reopen_failed`'s body: one transaction (see `StateStore.reopen_failed`)."""
+    if file is not None:
+        cur.execute(
+            """INSERT INTO files(path, collection, rows, committed_by)
+               VALUES (%s, %s, %s, %s)""",
+            (file.path, file.collection, file.rows, owner),
+        )
+    wanted = sorted(repos, key=lambda r: r.did)
+    if not wanted:
+        return 0
+    # As new, but a refresh stays a refresh: its rows from before are in the
+    # dataset, and only what changed since `rev` may land.
+    cur.execute(
+        """UPDATE repos SET state = 'pending', attempts = 0,
+             next_attempt_at = '1970-01-01 00:00:00+00', first_failed_at = NULL,
+             pds = NULL, host = NULL, signing_key = NULL, error_code = NULL,
+             error_stage = NULL, last_error = NULL, lease_owner = NULL,
+             lease_expires_at = NULL, updated_at = now()
+           WHERE did = ANY(%s::text[]) AND state = 'failed'
+           RETURNING did""",
+        ([r.did for r in wanted],),
+    )
+    back = {row[0] for row in cur.fetchall()}
+    reopened = [r for r in wanted if r.did in back]
+    counts = collections.Counter((r.stage, r.code) for r in reopened)
+    for (stage, code), n in sorted(counts.items()):
+        if not stage:  # failed before stages were kept: the likeliest one
+            cur.execute(
+                """SELECT stage FROM dead_letter_counts WHERE code = %s AND count > 0
+                   ORDER BY count DESC LIMIT 1""",
+                (code,),
+            )
+            row = cur.fetchone()
+            stage = str(row[0]) if row else ""
+        cur.execute(
+            """UPDATE dead_letter_counts SET count = greatest(count - %s, 0)
+               WHERE stage = %s AND code = %s""",
+            (n, stage, code),
+        )
+    if reopened:
+        cur.executemany(
+            "INSERT INTO superseded(did, stage, code, superseded_at) VALUES (%s, %s, %s, %s)",
+            [(r.did, r.stage, r.code, at) for r in reopened],
+        )
+    return len(reopened)

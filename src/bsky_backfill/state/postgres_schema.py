@@ -140,5 +140,29 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             used INTEGER NOT NULL
         )""",
     ),
+    (
+        # Long runs (issue 12). When a repo first failed transiently since it last
+        # landed (NULL: it has not): the retry policy's time budget counts from here.
+        "ALTER TABLE repos ADD COLUMN first_failed_at TIMESTAMPTZ",
+        # The stage of a failed repo's dead letter, so --retry-failed can un-count it.
+        "ALTER TABLE repos ADD COLUMN error_stage TEXT",
+        # `status` lists failed repos by code; --retry-failed pages them by code.
+        "CREATE INDEX repos_failed ON repos(error_code, did) WHERE state = 'failed'",
+        # Failures put back by --retry-failed: history, no longer counted.
+        """CREATE TABLE superseded (
+            did TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            code TEXT NOT NULL,
+            superseded_at TIMESTAMPTZ NOT NULL
+        )""",
+        "CREATE INDEX superseded_did ON superseded(did)",
+        # Hosts whose circuit breaker holds them back, for `status`.
+        """CREATE TABLE host_pauses (
+            host TEXT PRIMARY KEY,
+            until TIMESTAMPTZ,
+            reason TEXT NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -31,6 +31,8 @@ from pathlib import Path
 from bsky_backfill.models import DeadLetter
 from bsky_backfill.state.base import (
     CommittedFile,
+    FailedRepo,
+    HostPause,
     HostStatus,
     Identity,
     RepoDone,
@@ -62,6 +64,10 @@ def _from_us(us: int) -> dt.datetime:
 
 def _now_us() -> int:
     return _to_us(dt.datetime.now(dt.UTC))
+
+
+def _pause(host: str, until: int | None, reason: str) -> HostPause:
+    return HostPause(host=host, until=None if until is None else _from_us(until), reason=reason)
 
 
 @contextlib.contextmanager
@@ -274,13 +280,15 @@ class SqliteStateStore:
                      SELECT did FROM repos
                      WHERE state = 'pending' AND host = ? AND next_attempt_at <= ?
                      ORDER BY next_attempt_at LIMIT ?)
-                   RETURNING did, pds, host, signing_key, attempts, refresh, rev""",
+                   RETURNING did, pds, host, signing_key, attempts, refresh, rev,
+                     first_failed_at""",
                 (now_us, host, now_us, limit),
             ).fetchall()
         return [
             RepoTask(
                 did=r[0], pds=r[1], host=r[2], signing_key=r[3], attempts=r[4],
                 refresh=bool(r[5]), since=r[6] if r[5] else None,
+                failing_since=None if r[7] is None else _from_us(r[7]),
             )
             for r in rows
         ]  # fmt: skip
@@ -309,11 +317,16 @@ class SqliteStateStore:
         due = _to_us(next_attempt_at)
         with self._write() as c:
             # Guarded by state: a late retry must never reopen a finished repo.
+            # A failure that counts (attempts grows) starts the time budget if it
+            # has not started; a put-back that does not count (a paused host) leaves it.
+            now = _now_us()
             c.execute(
-                """UPDATE repos SET state = 'pending', attempts = ?, next_attempt_at = ?,
-                     error_code = NULL, last_error = ?, updated_at = ?
+                """UPDATE repos SET state = 'pending', next_attempt_at = ?,
+                     first_failed_at = CASE WHEN ? > attempts
+                       THEN coalesce(first_failed_at, ?) ELSE first_failed_at END,
+                     attempts = ?, error_code = NULL, last_error = ?, updated_at = ?
                    WHERE did = ? AND state IN ('pending', 'in_progress')""",
-                (attempts, due, error, _now_us(), did),
+                (due, attempts, now, attempts, error, now, did),
             )
 
     def recover(self) -> int:
@@ -352,16 +365,17 @@ class SqliteStateStore:
                    ON CONFLICT(did) DO UPDATE SET state = 'done', refresh = 0,
                      rev = coalesce(excluded.rev, repos.rev),
                      records = excluded.records, error_code = NULL, last_error = NULL,
+                     error_stage = NULL, first_failed_at = NULL,
                      updated_at = excluded.updated_at""",
                 [(d.did, d.rev, d.records, now) for d in done],
             )
             c.executemany(
-                """INSERT INTO repos(did, state, error_code, last_error, updated_at)
-                   VALUES (?, 'failed', ?, ?, ?)
+                """INSERT INTO repos(did, state, error_code, error_stage, last_error, updated_at)
+                   VALUES (?, 'failed', ?, ?, ?, ?)
                    ON CONFLICT(did) DO UPDATE SET state = 'failed',
-                     error_code = excluded.error_code, last_error = excluded.last_error,
-                     updated_at = excluded.updated_at""",
-                [(f.did, f.code, f.message, now) for f in failed],
+                     error_code = excluded.error_code, error_stage = excluded.error_stage,
+                     last_error = excluded.last_error, updated_at = excluded.updated_at""",
+                [(f.did, f.code, f.stage or None, f.message, now) for f in failed],
             )
             c.executemany(
                 """INSERT INTO dead_letter_counts(stage, code, count) VALUES (?, ?, ?)
@@ -412,6 +426,16 @@ class SqliteStateStore:
                        GROUP BY code ORDER BY sum(count) DESC, code"""
                 ).fetchall()
                 by_host = c.execute("SELECT host, state, n FROM host_counts WHERE n > 0").fetchall()
+                failed_by_code = c.execute(
+                    """SELECT error_code, count(*) FROM repos INDEXED BY repos_failed
+                       WHERE state = 'failed' GROUP BY error_code
+                       ORDER BY count(*) DESC, error_code"""
+                ).fetchall()
+                superseded = c.execute(
+                    """SELECT code, count(*) FROM superseded GROUP BY code
+                       ORDER BY count(*) DESC, code"""
+                ).fetchall()
+                pauses = c.execute("SELECT host, until, reason FROM host_pauses").fetchall()
             finally:
                 c.rollback()
         hosts: dict[str, HostStatus] = {}
@@ -431,9 +455,127 @@ class SqliteStateStore:
             pending=counts.get(RepoState.PENDING, 0),
             in_progress=counts.get(RepoState.IN_PROGRESS, 0),
             records_by_collection={k: int(v) for k, v in by_collection},
-            dead_letters_by_code={k: int(v) for k, v in by_code},
+            dead_letters_by_code={k: int(v) for k, v in by_code if v},
             hosts=sorted(hosts.values(), key=lambda h: (-h.total, h.host)),
+            failed_by_code={str(k or "?"): int(v) for k, v in failed_by_code},
+            superseded_by_code={k: int(v) for k, v in superseded},
+            paused_hosts=[_pause(*row) for row in pauses],
         )
+
+    # -- long runs: failures, supersession, host pauses ---------------------------------
+
+    def failure_of(self, did: str) -> tuple[int, dt.datetime | None]:
+        with _mapped():
+            row = self._conn.execute(
+                "SELECT attempts, first_failed_at FROM repos WHERE did = ?", (did,)
+            ).fetchone()
+        if row is None:
+            return 0, None
+        return int(row[0]), None if row[1] is None else _from_us(row[1])
+
+    def next_unresolved(self) -> dt.datetime | None:
+        with _mapped():
+            row = self._conn.execute(
+                """SELECT next_attempt_at FROM repos
+                   WHERE state = 'pending' AND host IS NULL
+                   ORDER BY next_attempt_at LIMIT 1"""
+            ).fetchone()
+        return None if row is None else _from_us(row[0])
+
+    def failed_repos(
+        self,
+        codes: Sequence[str] | None = None,
+        *,
+        exclude: Sequence[str] = (),
+        after: str = "",
+        limit: int = 10_000,
+    ) -> list[FailedRepo]:
+        where = ["state = 'failed'", "did > ?"]
+        args: list[object] = [after]
+        if codes is not None:
+            where.append(f"coalesce(error_code, '') IN ({','.join('?' * len(codes))})")
+            args.extend(codes)
+        if exclude:
+            where.append(f"coalesce(error_code, '') NOT IN ({','.join('?' * len(exclude))})")
+            args.extend(exclude)
+        with _mapped():
+            rows = self._conn.execute(
+                f"""SELECT did, coalesce(error_code, ''), coalesce(error_stage, '')
+                    FROM repos WHERE {" AND ".join(where)} ORDER BY did LIMIT ?""",
+                (*args, limit),
+            ).fetchall()
+        return [FailedRepo(did=d, code=c, stage=s) for d, c, s in rows]
+
+    def reopen_failed(
+        self,
+        repos: Sequence[FailedRepo],
+        at: dt.datetime,
+        file: CommittedFile | None = None,
+    ) -> int:
+        at_us = _to_us(at)
+        reopened: list[FailedRepo] = []
+        with self._write(durable=True) as c:
+            if file is not None:
+                c.execute(
+                    """INSERT INTO files(path, collection, rows, committed_at)
+                       VALUES (?, ?, ?, ?)""",
+                    (file.path, file.collection, file.rows, at_us),
+                )
+            for r in repos:
+                # As new, but a refresh stays a refresh: its rows from before are
+                # in the dataset, and only what changed since `rev` may land.
+                cur = c.execute(
+                    """UPDATE repos SET state = 'pending', attempts = 0, next_attempt_at = 0,
+                         first_failed_at = NULL, pds = NULL, host = NULL, signing_key = NULL,
+                         error_code = NULL, error_stage = NULL, last_error = NULL,
+                         updated_at = ?
+                       WHERE did = ? AND state = 'failed'""",
+                    (at_us, r.did),
+                )
+                if cur.rowcount:
+                    reopened.append(r)
+            for (stage, code), n in collections.Counter(
+                (r.stage, r.code) for r in reopened
+            ).items():
+                if not stage:  # failed before stages were kept: the likeliest one
+                    row = c.execute(
+                        """SELECT stage FROM dead_letter_counts WHERE code = ? AND count > 0
+                           ORDER BY count DESC LIMIT 1""",
+                        (code,),
+                    ).fetchone()
+                    stage = row[0] if row else ""
+                c.execute(
+                    """UPDATE dead_letter_counts SET count = max(count - ?, 0)
+                       WHERE stage = ? AND code = ?""",
+                    (n, stage, code),
+                )
+            c.executemany(
+                "INSERT INTO superseded(did, stage, code, superseded_at) VALUES (?, ?, ?, ?)",
+                [(r.did, r.stage, r.code, at_us) for r in reopened],
+            )
+        return len(reopened)
+
+    def set_host_pauses(self, pauses: Sequence[HostPause]) -> None:
+        now = _now_us()
+        with self._write() as c:
+            c.executemany(
+                """INSERT OR REPLACE INTO host_pauses(host, until, reason, updated_at)
+                   VALUES (?, ?, ?, ?)""",
+                [
+                    (p.host, None if p.until is None else _to_us(p.until), p.reason, now)
+                    for p in pauses
+                    if p.reason
+                ],
+            )
+            c.executemany(
+                "DELETE FROM host_pauses WHERE host = ?",
+                [(p.host,) for p in pauses if not p.reason],
+            )
+
+    def host_pauses(self) -> list[HostPause]:
+        with _mapped():
+            rows = self._conn.execute("SELECT host, until, reason FROM host_pauses").fetchall()
+        return [_pause(*row) for row in rows]
 
     # -- small tables ------------------------------------------------------------
 

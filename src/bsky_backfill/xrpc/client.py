@@ -12,6 +12,9 @@ mapped into the error tree of errors.py:
     400 {"error": RepoX}     -> RepoUnavailable(code=RepoX)   (terminal)
     other 4xx                -> TerminalError(code=HttpNNN)
     refused address          -> BlockedAddress
+It is also where each host's circuit breaker (xrpc/breaker.py) hears how the
+host answered, and where a paused host's requests are held back (HostPaused)
+before anything is sent.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from bsky_backfill.errors import (
     TerminalError,
     TransientError,
 )
-from bsky_backfill.xrpc.ratelimit import retry_after_seconds
+from bsky_backfill.xrpc.breaker import BreakerBoard, Outcome
+from bsky_backfill.xrpc.ratelimit import reset_at, retry_after_seconds
 from bsky_backfill.xrpc.slot import GET_REPO, HostSlot
 from bsky_backfill.xrpc.ssrf import BlockedAddressOSError, GuardedResolver
 
@@ -74,9 +78,17 @@ class HttpSettings:
 class XrpcClient:
     """Two aiohttp sessions: a trusted one (PLC) and a guarded one (untrusted hosts)."""
 
-    def __init__(self, settings: HttpSettings, *, allow_private: bool) -> None:
+    def __init__(
+        self,
+        settings: HttpSettings,
+        *,
+        allow_private: bool,
+        breakers: BreakerBoard | None = None,
+    ) -> None:
         self.settings = settings
         self.allow_private = allow_private
+        self.breakers = breakers or BreakerBoard()
+        """Every host's circuit breaker (by `host[:port]`): consulted before each request."""
         self.listeners: list[ResponseListener] = []
         self._trusted: aiohttp.ClientSession | None = None
         self._untrusted: aiohttp.ClientSession | None = None
@@ -128,20 +140,30 @@ class XrpcClient:
         session = self._trusted if trusted else self._untrusted
         assert session is not None, "use `async with XrpcClient(...)`"
         host = urlsplit(url).hostname or ""
+        outcome = Outcome(self.breakers.get(urlsplit(url).netloc))
         status: int | None = None
         body = b""
         try:
             async with session.get(url, allow_redirects=False) as resp:
                 status = resp.status
+                if status >= 500 or status == 408:
+                    outcome.answered(status, _status_error(status, resp.headers, b""))
+                else:
+                    outcome.answered(status)
                 body = await self._read_limited(resp, limit)
                 if status != 200:
                     raise _status_error(status, resp.headers, body)
                 return body
         except aiohttp.ClientError as e:
-            raise _client_error(e, url) from e
+            error = _client_error(e, url)
+            outcome.failed(error)
+            raise error from e
         except TimeoutError as e:
-            raise TransientError(f"{url}: timed out", code="Timeout") from e
+            error = TransientError(f"{url}: timed out", code="Timeout")
+            outcome.failed(error)
+            raise error from e
         finally:
+            outcome.close()
             self._emit(host, label, status, len(body))
 
     async def xrpc_json(
@@ -180,17 +202,25 @@ class XrpcClient:
         session = self._untrusted
         assert session is not None, "use `async with XrpcClient(...)`"
         url = f"{base}/xrpc/{endpoint}"
-        await slot.bucket(endpoint).acquire()
-        if slot.shared is not None:
-            await slot.shared.acquire()
+        # Before the rate budget: a paused host's requests take no tokens.
+        outcome = Outcome(self.breakers.get(urlsplit(base).netloc))
         status: int | None = None
         size = 0
+        sent = False
         try:
+            await slot.bucket(endpoint).acquire()
+            sent = True
+            if slot.shared is not None:
+                await slot.shared.acquire()
             async with session.get(url, params=dict(params), allow_redirects=False) as resp:
                 status = resp.status
                 # The server counted this request when it answered: feed the budget
                 # now, not after a long body, so pacing never waits on downloads.
                 slot.observe(endpoint, status, dict(resp.headers))
+                if status >= 500 or status == 408:
+                    outcome.answered(status, _status_error(status, resp.headers, b""))
+                else:
+                    outcome.answered(status)
                 if status != 200:
                     error_body = await self._read_limited(resp, 1 << 20)
                     raise _status_error(status, resp.headers, error_body)
@@ -198,14 +228,20 @@ class XrpcClient:
                 size = body.size
                 return body
         except aiohttp.ClientError as e:
-            raise _client_error(e, url) from e
+            error = _client_error(e, url)
+            outcome.failed(error)
+            raise error from e
         except TimeoutError as e:
-            raise TransientError(f"{endpoint}: timed out", code="Timeout") from e
+            error = TransientError(f"{endpoint}: timed out", code="Timeout")
+            outcome.failed(error)
+            raise error from e
         finally:
-            if status is None:
-                slot.observe(endpoint, None, None)
-            slot.bytes += size
-            self._emit(slot.host, endpoint, status, size)
+            outcome.close()
+            if sent:  # held back by the breaker: nothing went out, nothing to count
+                if status is None:
+                    slot.observe(endpoint, None, None)
+                slot.bytes += size
+                self._emit(slot.host, endpoint, status, size)
 
     async def _read_body(self, resp: aiohttp.ClientResponse, limit: int, *, spool: bool) -> Body:
         """Stream a success body: size limit, time budget, spill to disk past a threshold."""
@@ -302,10 +338,11 @@ def _status_error(status: int, headers: Mapping[str, str], body: bytes) -> Backf
         wait = retry_after_seconds(headers, time.time())
         reset = headers.get("RateLimit-Reset")
         retry_at = None
+        now = time.time()
         if wait is not None:
-            retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=wait)
-        elif reset and reset.strip().isdigit():
-            retry_at = dt.datetime.fromtimestamp(int(reset.strip()), dt.UTC)
+            retry_at = dt.datetime.fromtimestamp(now + wait, dt.UTC)
+        elif reset and (when := reset_at(reset, now)) is not None:
+            retry_at = dt.datetime.fromtimestamp(when, dt.UTC)
         return RateLimited(f"HTTP 429 {error or ''}".strip(), retry_at=retry_at)
     if status >= 500 or status == 408:
         return TransientError(

@@ -14,6 +14,14 @@ Written by hand because no maintained asyncio limiter reads the IETF
      remainder evenly over the window would lose up to a second per window to
      the header's whole-second rounding; our own `--rate-limit` already keeps
      the pace polite.)
+     A whole-second reset names the *end* of that second: the reference PDS
+     (`@atproto/xrpc-server`) sends `floor((now_ms + msBeforeNext) / 1000)`,
+     so its window really ends up to a second after the second it names.
+     It also runs several limiters at once (a global per-IP one, per-route
+     ones) and each answer describes the tightest; which one that is changes
+     as they drain and reset. So a bucket keeps every policy it has been told
+     about (`Quota`, keyed by limit and window) and sends only while all of
+     them, each counted down by what we sent since, have room.
   3. 429 feedback: pause this bucket until `Retry-After` / `RateLimit-Reset`,
      or, for a bare 429 without headers, an exponential backoff with jitter.
 """
@@ -21,10 +29,12 @@ Written by hand because no maintained asyncio limiter reads the IETF
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import random
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 
 def _header_float(headers: Mapping[str, str], name: str) -> float | None:
@@ -35,6 +45,39 @@ def _header_float(headers: Mapping[str, str], name: str) -> float | None:
         return float(value.split(",")[0].strip())
     except ValueError:
         return None
+
+
+def reset_at(value: str, now: float) -> float | None:
+    """A `RateLimit-Reset` header as the unix time by which the window has surely
+    reset. Unix seconds as the reference PDS sends them: a whole number names the
+    end of that second (it floors; see the module docstring). Small values are
+    seconds from now, as the IETF draft has them (servers round those up)."""
+    try:
+        reset = float(value.split(",")[0].strip())
+    except ValueError:
+        return None
+    if reset != reset or reset in (float("inf"), float("-inf")):
+        return None
+    if reset < RateBucket.DELTA_RESET_MAX:
+        return now + reset
+    return reset + 1.0 if reset.is_integer() else reset
+
+
+def _policy_windows(headers: Mapping[str, str]) -> dict[int, float]:
+    """`RateLimit-Policy: 3000;w=300, 100;w=60` -> {3000: 300.0, 100: 60.0}."""
+    out: dict[int, float] = {}
+    for item in headers.get("RateLimit-Policy", "").split(","):
+        parts = [p.strip() for p in item.split(";")]
+        try:
+            quota = int(parts[0])
+        except ValueError:
+            continue
+        for param in parts[1:]:
+            name, _, value = param.partition("=")
+            if name.strip() == "w":
+                with contextlib.suppress(ValueError):
+                    out[quota] = float(value.strip())
+    return out
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
@@ -52,12 +95,23 @@ def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+@dataclass(slots=True)
+class Quota:
+    """One published policy as last heard: requests left (minus what we sent since)
+    until `reset` (unix seconds, when the window has surely reset)."""
+
+    limit: int | None
+    window: float | None
+    remaining: float
+    reset: float
+
+
 class RateBucket:
     """Pacing state for one (host, endpoint class). Single event loop; not thread-safe."""
 
     # A published reset more than this far away is treated as a relative delta
     # (some servers send seconds-until-reset instead of a unix time).
-    _DELTA_RESET_MAX = 10 * 365 * 86400.0
+    DELTA_RESET_MAX = 10 * 365 * 86400.0
 
     def __init__(
         self, rate: float | None, *, backoff_base: float = 1.0, backoff_cap: float = 120.0
@@ -67,10 +121,10 @@ class RateBucket:
         self._last = time.monotonic()
         self._lock = asyncio.Lock()
         self.in_flight = 0
-        # Server budget as of the last response, minus what we sent since.
+        # Server budgets as of the last responses, minus what we sent since: one per
+        # policy the server has described (its limiters report the tightest in turn).
+        self.quotas: dict[tuple[int | None, float | None], Quota] = {}
         self.server_limit: int | None = None
-        self.server_remaining: float | None = None
-        self.server_reset: float | None = None  # unix seconds
         self.paused_until = 0.0  # unix seconds
         self._answered = False  # has the host answered since we last lost track of its budget?
         self.pause_reason = ""
@@ -79,6 +133,42 @@ class RateBucket:
         self._backoff_cap = backoff_cap
         self.requests = 0
         self.throttled = 0
+
+    # -- the binding quota (progress display, tests) ----------------------------------
+    def _binding(self) -> Quota | None:
+        quotas = self.quotas.values()
+        return min(quotas, key=lambda q: (q.remaining, -q.reset)) if quotas else None
+
+    @property
+    def server_remaining(self) -> float | None:
+        """Requests left in the tightest known policy (None: no budget known)."""
+        q = self._binding()
+        return None if q is None else q.remaining
+
+    @server_remaining.setter
+    def server_remaining(self, value: float | None) -> None:
+        self._set_manual(remaining=value)
+
+    @property
+    def server_reset(self) -> float | None:
+        """When the tightest known policy's window has surely reset (unix seconds)."""
+        q = self._binding()
+        return None if q is None else q.reset
+
+    @server_reset.setter
+    def server_reset(self, value: float | None) -> None:
+        self._set_manual(reset=value)
+
+    def _set_manual(self, *, remaining: float | None = None, reset: float | None = None) -> None:
+        """Set a budget by hand (tests, tools): one policy of unknown shape."""
+        if remaining is None and reset is None:
+            self.quotas.clear()
+            return
+        q = self.quotas.setdefault((None, None), Quota(None, None, float("inf"), float("inf")))
+        if remaining is not None:
+            q.remaining = remaining
+        if reset is not None:
+            q.reset = reset
 
     # -- before a request ------------------------------------------------------
     async def acquire(self) -> None:
@@ -93,8 +183,10 @@ class RateBucket:
             self.requests += 1
             if self.rate is not None:
                 self._tokens -= 1.0
-            if self.server_remaining is not None:
-                self.server_remaining -= 1
+            # Every limiter of the server counts every request (xrpc-server consumes
+            # a point of each), so every known policy has one less left.
+            for q in self.quotas.values():
+                q.remaining -= 1
 
     def _delay(self, now: float) -> float:
         """Seconds until the next request may go (0 = now)."""
@@ -113,19 +205,22 @@ class RateBucket:
             self._last = mono
             if self._tokens < 1.0:
                 wait = (1.0 - self._tokens) / self.rate
-        if self.server_reset is not None and self.server_remaining is not None:
-            if now >= self.server_reset:
-                # The window rolled over: the next response tells us the new budget.
+        for key, q in list(self.quotas.items()):
+            if now >= q.reset:
+                # This window rolled over: the next response tells us the new budget.
                 # Until the requests still out have answered, send nothing (their
                 # answers may belong to the new window and correct our view).
                 if self.in_flight > 0:
                     return max(wait, 0.05)
-                self.server_remaining = None
-                self.server_reset = None
+                del self.quotas[key]
                 self._answered = False
-            elif self.server_remaining < 1:
+                if not self.quotas:
+                    return max(wait, 0.0)
+            elif q.remaining < 1:
                 self.pause_reason = "server budget used up until its window resets"
-                return max(wait, self.server_reset - now + 0.05)
+                wait = max(wait, q.reset - now + 0.01)
+        if not self._answered and self.in_flight > 0:
+            return max(wait, 0.05)
         return wait
 
     # -- after a response ------------------------------------------------------
@@ -140,8 +235,9 @@ class RateBucket:
             self.throttled += 1
             self._consecutive_429 += 1
             wait = retry_after_seconds(headers or {}, now)
-            if wait is None and self.server_reset is not None and self.server_reset > now:
-                wait = self.server_reset - now
+            reset = self.server_reset
+            if wait is None and reset is not None and reset > now:
+                wait = reset - now
             if wait is None:
                 base = self._backoff_base * 2 ** (self._consecutive_429 - 1)
                 wait = min(self._backoff_cap, base) * random.uniform(0.5, 1.5)
@@ -151,23 +247,30 @@ class RateBucket:
 
     def _read_budget(self, headers: Mapping[str, str], now: float) -> None:
         remaining = _header_float(headers, "RateLimit-Remaining")
-        reset = _header_float(headers, "RateLimit-Reset")
+        reset_value = headers.get("RateLimit-Reset")
         limit = _header_float(headers, "RateLimit-Limit")
-        if remaining is None or reset is None:
+        if remaining is None or reset_value is None:
             return
-        if reset < self._DELTA_RESET_MAX:
-            reset = now + reset
-        if limit is not None:
-            self.server_limit = int(limit)
+        reset = reset_at(reset_value, now)
+        if reset is None:
+            return
+        quota = int(limit) if limit is not None else None
+        if quota is not None:
+            self.server_limit = quota
+        windows = _policy_windows(headers)
+        window = windows.get(quota) if quota is not None else None
+        if window is None and len(windows) == 1:
+            window = next(iter(windows.values()))
         # Requests still in flight were sent after this answer was counted: they
         # will consume budget the header does not show yet.
         estimate = remaining - self.in_flight
-        same_window = self.server_reset is not None and abs(reset - self.server_reset) < 1.5
-        if same_window and self.server_remaining is not None:
+        key = (quota, window)
+        known = self.quotas.get(key)
+        if known is not None and known.reset > now and abs(reset - known.reset) < 1.5:
             # Answers can arrive out of order: within one window, trust the lowest.
-            estimate = min(estimate, self.server_remaining)
-        self.server_remaining = estimate
-        self.server_reset = reset
+            # (A known window already over is surely not this answer's.)
+            estimate = min(estimate, known.remaining)
+        self.quotas[key] = Quota(quota, window, estimate, reset)
 
     def pause(self, until: float, reason: str) -> None:
         """Send nothing on this bucket before `until` (unix seconds)."""

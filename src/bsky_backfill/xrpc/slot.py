@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from bsky_backfill.errors import RateLimited
+from bsky_backfill.xrpc.breaker import Breaker
 from bsky_backfill.xrpc.ratelimit import RateBucket
 from bsky_backfill.xrpc.shared import SharedHostBudget
 
@@ -66,6 +67,8 @@ class HostSlot:
         self.rate = rate
         self.concurrency = concurrency
         self.buckets: dict[str, RateBucket] = {}
+        self.breaker: Breaker | None = None
+        """The host's circuit breaker (xrpc/breaker.py), set by the engine."""
         self.active = 0  # repos being worked on for this host right now
         self.done = 0
         self.failed = 0

@@ -26,9 +26,16 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from bsky_backfill.errors import RateLimited, TerminalError, TransientError
+from bsky_backfill.errors import (
+    HostPaused,
+    HostUnreachable,
+    RateLimited,
+    TerminalError,
+    TransientError,
+)
 from bsky_backfill.models import DeadLetter, utcnow
 from bsky_backfill.state.base import Identity, RepoFailed
+from bsky_backfill.xrpc.breaker import is_host_failure
 from bsky_backfill.xrpc.retry import RetryPolicy, error_summary, next_attempt
 from bsky_backfill.xrpc.slot import MAX_RATE_LIMIT_WAITS, HostSlot
 
@@ -172,20 +179,35 @@ async def with_retries(
     """Run one page request, retrying transient errors with the pure retry policy.
 
     A 429 is not an attempt (the host slot pauses itself; for the PLC directory,
-    which has no slot, the wait follows the error's `retry_at`). Raises the last
-    error once the policy gives up; terminal errors are raised at once.
+    which has no slot, the wait follows the error's `retry_at`), nor is a request
+    held back by a paused host (`HostPaused`), nor a host failure (refused, timed
+    out, 5xx): the host's circuit breaker bounds those, and raises HostUnreachable
+    once it gives the host up. Raises the last error once the policy gives up;
+    terminal errors are raised at once.
     """
     attempt = 1
     waits = 0
     while True:
         try:
             return await call()
+        except HostPaused as e:
+            # The host's circuit breaker holds it (xrpc/breaker.py): not an attempt;
+            # wait for its pause to end (a host given up raises HostUnreachable).
+            when = e.retry_at
         except RateLimited as e:
             waits += 1
             if waits > MAX_RATE_LIMIT_WAITS:
                 raise
             when = next_attempt(policy, e, 1, utcnow(), rand.random())
         except TransientError as e:
+            if is_host_failure(e):
+                # The host is down, not this page: its breaker counts these, pauses
+                # the host and, past its time budget, gives it up (HostUnreachable).
+                when = next_attempt(policy, e, 1, utcnow(), rand.random())
+                log.info("%s: %s; retrying when the host is back", what, error_summary(e))
+                if when is not None:
+                    await asyncio.sleep(max(0.0, (when - utcnow()).total_seconds()))
+                continue
             when = next_attempt(policy, e, attempt, utcnow(), rand.random())
             if when is None:
                 raise
@@ -193,6 +215,12 @@ async def with_retries(
             attempt += 1
         if when is not None:
             await asyncio.sleep(max(0.0, (when - utcnow()).total_seconds()))
+
+
+def retryable(error: BaseException) -> bool:
+    """Whether a later run may get further than a source that stopped on `error`: a
+    transient error, or a host given up for this run (it may answer in the next)."""
+    return isinstance(error, TransientError | HostUnreachable)
 
 
 async def run_source(
@@ -211,7 +239,7 @@ async def run_source(
         return SourceResult(
             source=source.name,
             error=error_summary(e),
-            retryable=isinstance(e, TransientError),
+            retryable=retryable(e),
         )
     if result.error:
         log.warning("enumeration %s stopped: %s", source.name, result.error)

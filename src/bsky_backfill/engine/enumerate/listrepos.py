@@ -36,6 +36,7 @@ from bsky_backfill.engine.enumerate.base import (
     RepoRejected,
     SlotPool,
     SourceResult,
+    retryable,
     with_retries,
 )
 from bsky_backfill.errors import TerminalError, TransientError
@@ -150,7 +151,7 @@ class ListReposSource:
             result.complete = True
         except (TransientError, TerminalError) as e:
             result.error = error_summary(e)
-            result.retryable = isinstance(e, TransientError)
+            result.retryable = retryable(e)
         return result
 
     async def _store(self, store: EnumerationStore, repos: list[Any], cursor: str | None) -> Page:

@@ -44,6 +44,7 @@ from bsky_backfill.engine.enumerate.base import (
     Page,
     RepoRejected,
     SourceResult,
+    retryable,
     with_retries,
 )
 from bsky_backfill.errors import BackfillError, TerminalError, TransientError
@@ -215,7 +216,7 @@ class PlcExportSource:
                 cursor = settled.cursor
         except (TransientError, TerminalError) as e:
             result.error = error_summary(e)
-            result.retryable = isinstance(e, TransientError)
+            result.retryable = retryable(e)
             return result
 
     async def _store(self, store: EnumerationStore, settled: ExportPage) -> Page:

@@ -30,6 +30,7 @@ from bsky_backfill.engine.enumerate.base import (
     OnPage,
     SlotPool,
     SourceResult,
+    retryable,
     with_retries,
 )
 from bsky_backfill.engine.enumerate.listrepos import ListReposSource, Resolve, SlotFor
@@ -134,7 +135,7 @@ class RelaySource:
                     )
                 except (TransientError, TerminalError) as e:
                     result.error = error_summary(e)
-                    result.retryable = isinstance(e, TransientError)
+                    result.retryable = retryable(e)
                     break
                 hosts = data.get("hosts") if isinstance(data, dict) else None
                 if not isinstance(hosts, list):
