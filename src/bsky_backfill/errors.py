@@ -13,11 +13,15 @@
 Library errors (aiohttp, libipld, sqlite3) are mapped into this tree at exactly
 one boundary each (xrpc/, repo/, state/) with `raise ... from e`.
 Every error that dead-letters carries a stable `code` and the `stage` it belongs to.
+Messages often quote what a server said: they are made safe on the way in
+(control characters escaped, at most a few KB; see safetext.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+
+from bsky_backfill.safetext import clean
 
 
 class BackfillError(Exception):
@@ -26,10 +30,14 @@ class BackfillError(Exception):
     code: str = "Error"
     stage: str = "run"
 
-    def __init__(self, message: str = "", *, code: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str = "", *, code: str | None = None, stage: str | None = None
+    ) -> None:
+        super().__init__(clean(message))
         if code is not None:
             self.code = code
+        if stage is not None:
+            self.stage = stage
 
     @property
     def message(self) -> str:
@@ -93,6 +101,4 @@ class RepoInvalid(TerminalError):
     stage = "decode"
 
     def __init__(self, message: str = "", *, code: str | None = None, stage: str | None = None):
-        super().__init__(message, code=code)
-        if stage is not None:
-            self.stage = stage
+        super().__init__(message, code=code, stage=stage)

@@ -55,7 +55,8 @@ from bsky_backfill.xrpc.client import XrpcClient
 from bsky_backfill.xrpc.retry import error_summary, next_attempt
 from bsky_backfill.xrpc.shared import SharedHostBudget
 from bsky_backfill.xrpc.slot import HostSlot
-from bsky_backfill.xrpc.ssrf import check_endpoint
+from bsky_backfill.xrpc.spool import SpoolDir, spool_root
+from bsky_backfill.xrpc.ssrf import host_to_base_url
 
 log = logging.getLogger("bsky_backfill")
 
@@ -155,9 +156,13 @@ class Backfill:
             # Big repos' parts spread over the cores the user gave: this process and
             # N-1 helper processes (engine/helpers.py).
             helpers = HelperPool(settings.workers - 1) if settings.workers > 1 else None
+            spool = SpoolDir.open(spool_root(settings.out, settings.state_path.parent))
             try:
                 async with XrpcClient(
-                    settings.http, allow_private=settings.allow_private_hosts
+                    settings.http,
+                    allow_private=settings.allow_private_hosts,
+                    trusted=operator_hosts(settings),
+                    spool_file=spool.new_file,
                 ) as client:
                     client.listeners.append(self.stats.on_response)
                     self.client = client
@@ -182,6 +187,7 @@ class Backfill:
                             self._recover_sink(sink)
             finally:
                 extractor.close()
+                spool.close()
                 if helpers is not None:
                     helpers.close()
                 if self._fatal is None:
@@ -305,7 +311,7 @@ class Backfill:
         async def resolve_one(did: str) -> None:
             try:
                 identity = await self._resolve_with_retry(did)
-                await check_endpoint(identity.pds, self.settings.allow_private_hosts)
+                await self.client.guard.check(identity.pds)
                 resolved.append(identity)
             except TerminalError as e:
                 self._fail(did, e.stage, e.code, e.message)
@@ -584,6 +590,15 @@ class Backfill:
             bytes=self.stats.bytes,
             stopped=self.stopping,
         )
+
+
+def operator_hosts(settings: RunSettings) -> list[str]:
+    """The base URLs the operator named (`--plc-url`, `--from-relay`, `--pds`): trusted
+    by the address guard (xrpc/ssrf.py), as the operator chose them."""
+    private = settings.allow_private_hosts
+    named = [settings.from_relay] if settings.from_relay else []
+    named += settings.pds
+    return [settings.plc_url, *(host_to_base_url(h.strip(), private) for h in named)]
 
 
 def run_sync(settings: RunSettings, source: DidSource | None) -> RunSummary:

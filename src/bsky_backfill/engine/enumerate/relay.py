@@ -28,6 +28,7 @@ from bsky_backfill.engine.enumerate.base import (
     PAGE_RETRY,
     EnumerationStore,
     OnPage,
+    PageGuard,
     SlotPool,
     SourceResult,
     with_retries,
@@ -110,6 +111,8 @@ class RelaySource:
                     result.hosts[host.source] = host
                     for name in ("pages", "offered", "new", "dropped", "rejected"):
                         setattr(result, name, getattr(result, name) + getattr(host, name))
+                    if host.error:
+                        log.warning("%s: %s", host.source, host.error)
                     if host.error and host.retryable:
                         held = True
                 if cursor is not None and not held:
@@ -117,6 +120,8 @@ class RelaySource:
 
         cursor = store.get_cursor(self.name)
         seen: set[str] = set()
+        pages = PageGuard(f"{self.base} {LIST_HOSTS}")
+        pages.start(cursor)
         try:
             slot = self.slot_for(host_key(self.base))
             while True:
@@ -145,6 +150,12 @@ class RelaySource:
                     break
                 nxt = data.get("cursor")
                 nxt = nxt if isinstance(nxt, str) and nxt and nxt != cursor else None
+                if nxt is not None:
+                    try:
+                        pages.advance(nxt)  # a cycle or an endless host list stops here
+                    except TerminalError as e:
+                        result.error = error_summary(e)
+                        nxt = None
                 page_tasks = []
                 for entry in hosts:
                     source = self._source_for(entry, seen)
@@ -155,7 +166,7 @@ class RelaySource:
                 waiting.append((nxt, page_tasks))
                 advance()
                 if nxt is None:
-                    result.complete = True
+                    result.complete = result.error is None
                     break
                 cursor = nxt
             while waiting:
@@ -174,7 +185,7 @@ class RelaySource:
             return None
         hostname = entry.get("hostname")
         if not isinstance(hostname, str) or not hostname.strip() or "/" in hostname.strip():
-            log.warning("%s: ignoring host entry %r", self.base, entry)
+            log.warning("%s: ignoring host entry %.200r", self.base, entry)
             return None
         if entry.get("status") in _SKIPPED_HOST_STATES:
             log.info("%s: skipping %s (%s)", self.base, hostname, entry.get("status"))
