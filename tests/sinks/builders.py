@@ -55,7 +55,9 @@ def shape(did: str) -> dict[str, int]:
 def extract(did: str, bad_records: int = 0) -> tuple[RepoExtract, RepoDone]:
     tables = {c: rows_table(did, c, n) for c, n in shape(did).items() if n}
     dead = [
-        DeadLetter(did, f"at://{did}/{POST}/bad{i}", "validate", "InvalidRecord", "no text", T0)
+        DeadLetter(
+            did, f"at://{did}/{POST}/bad{i}", "validate", "InvalidRecord", "no text", failed_at=T0
+        )
         for i in range(bad_records)
     ]
     ex = RepoExtract(did=did, rev="rev1", tables=tables, dead_letters=dead)

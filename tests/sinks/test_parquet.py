@@ -115,7 +115,7 @@ def test_schema_change_starts_a_new_file(out: Path, store: SqliteStateStore) -> 
 def test_dead_letters_are_written(out: Path, store: SqliteStateStore) -> None:
     w = writer(out, store)
     w.add(*extract("did:plc:a", bad_records=2))
-    gone = DeadLetter("did:plc:b", None, "fetch", "RepoTakendown", "taken down", T0)
+    gone = DeadLetter("did:plc:b", None, "fetch", "RepoTakendown", "taken down", failed_at=T0)
     w.add_failed(RepoFailed("did:plc:b", "RepoTakendown", "taken down"), gone)
     w.commit()
     rows = read(out, "_deadletters", "did, uri, stage, error, message, failed_at")
