@@ -101,9 +101,11 @@ async def collect(
     on_page: Collector,
     *,
     allow_private: bool = True,
+    trusted: Sequence[str] = (),
 ) -> SourceResult:
-    """Run one source on a fresh client; `on_page.victim` is the task running it."""
-    async with XrpcClient(HttpSettings(), allow_private=allow_private) as client:
+    """Run one source on a fresh client; `on_page.victim` is the task running it.
+    `trusted`: the URLs the operator named (the engine trusts them)."""
+    async with XrpcClient(HttpSettings(), allow_private=allow_private, trusted=trusted) as client:
         task = asyncio.create_task(run_source(make(client), store, on_page))
         on_page.victim = task
         return await task

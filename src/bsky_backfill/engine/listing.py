@@ -303,7 +303,7 @@ class ListFetcher:
             records = page.get("records") if isinstance(page, dict) else None
             if not isinstance(records, list):
                 raise TransientError("listRecords answered without records", code="BadResponse")
-            fresh = 0
+            fresh = repeats = 0
             for item in records:
                 uri = item.get("uri") if isinstance(item, dict) else None
                 cid = item.get("cid") if isinstance(item, dict) else None
@@ -314,6 +314,7 @@ class ListFetcher:
                     )  # fmt: skip
                     continue
                 if not seen.add(uri[len(prefix) :]):
+                    repeats += 1
                     continue  # delivered before in this fetch: a record lands once
                 fresh += 1
                 columns.add(collection, uri[len(prefix) :], cid, item.get("value"))
@@ -324,6 +325,13 @@ class ListFetcher:
                 return
             if since is not None and page_older_than(records, since):
                 return
+            if repeats == len(records):
+                # Nothing new on a page that goes on: the host is serving what it has
+                # served before (fresh cursors over the same records), not a listing.
+                raise TerminalError(
+                    f"{task.did} {LIST_RECORDS} {collection}: a page repeats only records "
+                    "already delivered", code="CursorCycle", stage="fetch",
+                )  # fmt: skip
             pages.advance(next_cursor)  # a cycle or an endless listing: dead-lettered
             cursor = next_cursor
             if run.unflushed >= self.flush_records:

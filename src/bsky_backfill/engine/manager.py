@@ -359,7 +359,9 @@ class Backfill:
             except TransientError as e:
                 when = next_attempt(self.settings.retry, e, attempt, utcnow(), self._rand.random())
                 if when is None or attempt >= 3:
-                    raise TerminalError(error_summary(e), code="ResolveFailed") from e
+                    raise TerminalError(
+                        error_summary(e), code="ResolveFailed", stage="resolve"
+                    ) from e
                 await asyncio.sleep(min(10.0, (when - utcnow()).total_seconds()))
                 attempt += 1
 
