@@ -27,19 +27,27 @@ _UNSAFE = re.compile(
 )
 
 
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
 def clean(text: str, limit: int = MAX_MESSAGE) -> str:
-    """`text` with every unsafe character escaped (`\\x1b`, `\\n`, `\\u202e`) and cut to
-    about `limit` characters (a note says how many were left out)."""
-    if len(text) > limit:
-        text = f"{text[:limit]}... ({len(text) - limit} more characters)"
-    if _UNSAFE.search(text) is None:
+    """`text` with every unsafe character escaped (`\\x1b`, `\\n`, `\\u202e`) and at most
+    `limit` characters long, escapes included, plus a note of the whole length when cut."""
+    if len(text) <= limit and _UNSAFE.search(text) is None:
         return text
-    return _UNSAFE.sub(_escape, text)
+    escaped = _UNSAFE.sub(_escape, text[:limit])
+    if len(text) <= limit and len(escaped) <= limit:
+        return escaped
+    return f"{escaped[:limit]}... ({len(text)} characters in all)"
 
 
 def is_clean(text: str) -> bool:

@@ -79,6 +79,7 @@ class HostLabels:
         self.threshold = threshold
         self._offsets: dict[tuple[str, ...], int] = {}  # (host, *rest) -> count left in other
         self._own: set[str] = set()
+        self._folded: set[tuple[str, ...]] = set()  # series shown inside `other` so far
         self._lock = threading.Lock()
 
     def promote(self, totals: dict[str, int]) -> None:
@@ -100,8 +101,8 @@ class HostLabels:
         for key, n in counts.items():
             host, rest = key[0], key[1:]
             if host in self._own:
-                if host in new_host:
-                    self._offsets.setdefault(key, n)  # what it had when it got its series
+                if host in new_host and key in self._folded:
+                    self._offsets.setdefault(key, n)  # what `other` already showed of it
                 before = self._offsets.get(key, 0)
                 out[key] = out.get(key, 0) + n - before
                 if before:
@@ -110,6 +111,7 @@ class HostLabels:
             else:
                 other = (OTHER, *rest)
                 out[other] = out.get(other, 0) + n
+                self._folded.add(key)
         return out
 
     def relabel(self, counts: dict[tuple[str, ...], int]) -> dict[tuple[str, ...], int]:

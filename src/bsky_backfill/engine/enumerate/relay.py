@@ -187,8 +187,9 @@ class RelaySource:
         if not isinstance(hostname, str) or not hostname.strip() or "/" in hostname.strip():
             log.warning("%s: ignoring host entry %.200r", self.base, entry)
             return None
-        if entry.get("status") in _SKIPPED_HOST_STATES:
-            log.info("%s: skipping %s (%s)", self.base, hostname, entry.get("status"))
+        status = entry.get("status")
+        if isinstance(status, str) and status in _SKIPPED_HOST_STATES:
+            log.info("%s: skipping %s (%s)", self.base, hostname, status)
             return None
         try:
             source = self.host_source(hostname)
