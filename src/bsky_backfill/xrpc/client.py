@@ -231,7 +231,7 @@ class XrpcClient:
         limits = BodyLimits(self.settings.error_body_bytes, max_ratio=self._ratio(), truncate=True)
         try:
             return await read_body(resp, limits, deadline)
-        except (TerminalError, TransientError):
+        except (TerminalError, TransientError, aiohttp.ClientPayloadError):
             return Body(size=0, data=b"")
 
     async def _xrpc_get(

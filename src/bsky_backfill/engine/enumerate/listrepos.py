@@ -3,7 +3,8 @@
 Where it sits: an enumeration source (see base.py). It pages
 `com.atproto.sync.listRepos?limit=1000&cursor=...` on the host, through the
 host's `HostSlot` (the same rate budget its getRepo calls draw from), with a
-durable cursor per host.
+durable cursor per host. A cursor that comes back, or a listing past
+`MAX_PAGES`, ends the listing (`PageGuard`): a host cannot page forever.
 
 * Active repos are enqueued *unresolved*: the DID document, not the listing,
   is the authority for where a repo lives, so the engine resolves them.

@@ -6,8 +6,9 @@ hosts at once. The relay's own listRepos is never used: it is known to miss
 about a third of the accounts the hosts themselves list.
 
 Hostnames from a relay are untrusted input: each becomes a base URL with
-`host_to_base_url` and passes the SSRF guard (`check_endpoint`, with the
-run's `allow_private`) before any request is sent to it.
+`host_to_base_url` and passes the run's address policy (`client.guard`,
+xrpc/ssrf.py) before any request is sent to it; the host-list cursor must not
+come back and the list is capped (`PageGuard`), so a relay cannot page forever.
 
 Durability: every host keeps its own listRepos cursor. The relay's host-list
 cursor moves past a page of hosts only once every host on it has been listed
