@@ -376,7 +376,9 @@ def _vm_hwm_kib(pid: int) -> int:
     return 0
 
 
-def assert_contained(work: Workdir, allowed: set[str] = frozenset({"out"})) -> None:  # type: ignore[assignment]
+def assert_contained(
+    work: Workdir, allowed: frozenset[str] | set[str] = frozenset({"out"})
+) -> None:
     """Nothing written outside `--out`: the working directory holds only `out`, the
     child's TMPDIR and HOME are as empty as they started."""
     assert {p.name for p in work.cwd.iterdir()} <= allowed, sorted(work.cwd.iterdir())
