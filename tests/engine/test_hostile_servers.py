@@ -346,7 +346,7 @@ def test_trickling_bodies_are_cut_off(tmp_path: Path) -> None:
         env.plc.docs[car] = pds_doc(car, pds.url)
         env.plc.docs[error] = pds_doc(error, pds.url)
         args = env.args(
-            "--dids", env.dids([doc, car, error]), "--read-timeout", "1", "--max-attempts", "2",
+            "--dids", env.dids([doc, car, error]), "--read-timeout", "2", "--max-attempts", "3",
             "--retry-base", "0.05", pds=(pds.url,),
         )  # fmt: skip
         run = run_child(env.work, args)
