@@ -109,7 +109,8 @@ def cli(ctx: click.Context, verbose: int) -> None:
     default=60.0,
     show_default=True,
     metavar="S",
-    help="Abandon a request after this long without a byte (retried).",
+    help="Abandon a request after this long without a byte, or when its answer is not "
+    "complete within twice this plus 1 s per 50 kB received (retried).",
 )
 @click.option(
     "--max-car-size",
@@ -175,6 +176,14 @@ def cli(ctx: click.Context, verbose: int) -> None:
     show_default=True,
     metavar="SIZE",
     help="Repos at least this big are extracted in parts (bounded memory).",
+)
+@click.option(
+    "--max-retry-after",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    metavar="S",
+    help="Longest pause a host's Retry-After / RateLimit-Reset can impose (longer ones are cut).",
 )
 @click.option(
     "--global-host-rate",

@@ -19,11 +19,15 @@ Every error that dead-letters carries a stable `code` and the `stage` it belongs
 Any other exception is a bug or an unmapped library error: the engine treats it
 as transient (code `InternalError`, bounded like every transient error) and logs
 its traceback once (xrpc/retry.py, engine/worker.py).
+Messages often quote what a server said: they are made safe on the way in
+(control characters escaped, at most a few KB; see safetext.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+
+from bsky_backfill.safetext import clean
 
 
 class BackfillError(Exception):
@@ -32,10 +36,14 @@ class BackfillError(Exception):
     code: str = "Error"
     stage: str = "run"
 
-    def __init__(self, message: str = "", *, code: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str = "", *, code: str | None = None, stage: str | None = None
+    ) -> None:
+        super().__init__(clean(message))
         if code is not None:
             self.code = code
+        if stage is not None:
+            self.stage = stage
 
     @property
     def message(self) -> str:
@@ -124,6 +132,4 @@ class RepoInvalid(TerminalError):
     stage = "decode"
 
     def __init__(self, message: str = "", *, code: str | None = None, stage: str | None = None):
-        super().__init__(message, code=code)
-        if stage is not None:
-            self.stage = stage
+        super().__init__(message, code=code, stage=stage)

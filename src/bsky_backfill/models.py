@@ -12,6 +12,8 @@ import datetime as dt
 from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING
 
+from bsky_backfill.safetext import clean, is_clean
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -40,7 +42,8 @@ class DeadLetter:
     `stage` is where it failed (resolve, fetch, decode, verify, validate, ...);
     `error` is a stable code (RepoTakendown, InvalidRecord, ...); `message` says why.
     For a record whose block could be read, `cid` and `record` (atproto JSON) keep
-    the record itself, so an analyst can inspect or recover it.
+    the record itself, so an analyst can inspect or recover it. The message and
+    uri often quote a server: they are kept safe to print (safetext.py).
     """
 
     did: str
@@ -52,6 +55,12 @@ class DeadLetter:
     cid: str | None = None
     record: str | None = None
     failed_at: dt.datetime = field(default_factory=utcnow)
+
+    def __post_init__(self) -> None:
+        if len(self.message) > 4096 or not is_clean(self.message):
+            object.__setattr__(self, "message", clean(self.message))
+        if self.uri is not None and (len(self.uri) > 4096 or not is_clean(self.uri)):
+            object.__setattr__(self, "uri", clean(self.uri))
 
 
 @dataclass(slots=True)

@@ -9,20 +9,21 @@ anything is written: a bad value raises `UsageError` with one line naming it
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.sources import DidSource
-from bsky_backfill.errors import UsageError
+from bsky_backfill.errors import BackfillError, UsageError
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.syntax import is_valid_nsid, parse_datetime
-from bsky_backfill.xrpc.client import HttpSettings
+from bsky_backfill.xrpc.client import SPOOL_BYTES, HttpSettings
 from bsky_backfill.xrpc.retry import RetryPolicy
+from bsky_backfill.xrpc.ssrf import parse_endpoint
 
 DEFAULTS: dict[str, Any] = {
     "dids_file": None, "did_list": (), "all_from_plc": False, "from_relay": None, "pds": (),
@@ -35,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "log_format": "text", "global_host_rate": None, "stream_size": "64MiB",
     "retry_cap": 3600.0, "give_up_after": "24h", "unreachable_after": "10m",
     "retry_failed": None,
+    "max_retry_after": 3600.0,
 }  # fmt: skip
 """Every `run` option and its default (the CLI's flags share these values)."""
 
@@ -83,11 +85,13 @@ def parse_when(value: str | None, flag: str) -> dt.datetime | None:
         return strict
     try:
         parsed = dt.datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.UTC)
+        return parsed.astimezone(dt.UTC)
     except ValueError:
         raise UsageError(f"{flag} {value!r} is not an ISO 8601 date or datetime") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.astimezone(dt.UTC)
+    except OverflowError:  # year 1 east of UTC, year 9999 west of it
+        raise UsageError(f"{flag} {value!r} is out of range once taken to UTC") from None
 
 
 def parse_collections(value: str | None) -> frozenset[str]:
@@ -108,18 +112,44 @@ _SIZE_UNITS = {
 }  # fmt: skip
 
 
+MAX_SIZE = 2**50
+"""The largest size a flag takes (1 PiB): beyond it a number is a typo."""
+
+
 def parse_size(value: str, flag: str) -> int:
-    """`500MB`, `4GiB`, `123456` -> bytes."""
-    text = value.strip().lower().replace(" ", "")
+    """`500MB`, `4GiB`, `123456` -> bytes (a whole number, at least 1, at most 1 PiB)."""
+    text = str(value).strip().lower().replace(" ", "")
     number = text.rstrip("kmgtib")
     unit = text[len(number) :]
     try:
         amount = float(number)
     except ValueError:
         raise UsageError(f"{flag} {value!r} is not a size like 500MB or 4GiB") from None
-    if unit not in _SIZE_UNITS or amount <= 0:
+    if unit not in _SIZE_UNITS or not math.isfinite(amount) or amount <= 0:
         raise UsageError(f"{flag} {value!r} is not a size like 500MB or 4GiB")
-    return int(amount * _SIZE_UNITS[unit])
+    size = amount * _SIZE_UNITS[unit]
+    if size < 1 or size > MAX_SIZE:
+        raise UsageError(f"{flag} {value!r} must be between 1 byte and 1PiB")
+    return int(size)
+
+
+MAX_SECONDS = 1e6
+"""The longest duration a flag takes (~11 days)."""
+
+
+def _check_number(
+    opts: dict[str, Any], key: str, flag: str, *, low: float, high: float, low_ok: bool = False
+) -> None:
+    """A finite number in range: `low < value <= high` (`low <= value` with `low_ok`)."""
+    value = opts[key]
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(f"{flag} {value!r} is not a number")
+    above = value >= low if low_ok else value > low
+    if not math.isfinite(value) or not above or value > high:
+        side = ">=" if low_ok else ">"
+        raise UsageError(f"{flag} {value!r} must be a number {side} {low:g} and <= {high:g}")
 
 
 def check_out_writable(out: Path) -> None:
@@ -142,26 +172,29 @@ def check_out_writable(out: Path) -> None:
 
 
 def _looks_like_host(value: str) -> bool:
-    """`host[:port]` or an http(s) URL with a host."""
+    """`host[:port]` or an http(s) URL with a usable host and port."""
     url = value if "://" in value else f"https://{value}"
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in value
+    try:
+        parse_endpoint(url)
+    except BackfillError:
+        return False
+    return " " not in value
 
 
 def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource | None]:
     for flag, key in (("--host-concurrency", "host_concurrency"), ("--commit-rows", "commit_rows")):
         if opts[key] < 1:
             raise UsageError(f"{flag} must be at least 1")
-    if opts["commit_seconds"] <= 0:
-        raise UsageError("--commit-seconds must be positive")
     for flag, key in (
+        ("--commit-seconds", "commit_seconds"),
         ("--connect-timeout", "connect_timeout"),
         ("--read-timeout", "read_timeout"),
         ("--retry-base", "retry_base"),
         ("--retry-cap", "retry_cap"),
+        ("--max-retry-after", "max_retry_after"),
     ):
-        if opts[key] <= 0:
-            raise UsageError(f"{flag} must be positive")
+        _check_number(opts, key, flag, low=0, high=MAX_SECONDS)
+    _check_number(opts, "rate_limit", "--rate-limit", low=0, high=1e6, low_ok=True)
     if opts["max_attempts"] < 1:
         raise UsageError("--max-attempts must be at least 1")
     if not opts["retry_cap"] >= opts["retry_base"]:
@@ -176,10 +209,8 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
             raise UsageError("--global-host-rate must be at least 1")
         if not str(opts["queue"] or "").startswith(("postgresql://", "postgres://")):
             raise UsageError("--global-host-rate needs a PostgreSQL --queue (it is shared there)")
-    if opts["workers"] < 1:
-        raise UsageError("--workers must be at least 1")
-    if opts["rate_limit"] is not None and opts["rate_limit"] < 0:
-        raise UsageError("--rate-limit must be >= 0 (0 = only the server's limits)")
+    if not 1 <= opts["workers"] <= 1024:
+        raise UsageError("--workers must be between 1 and 1024")
     enumerating = bool(opts["all_from_plc"] or opts["from_relay"] or opts["pds"])
     listed = bool(opts["dids_file"] or opts["did_list"])
     if not (listed or enumerating or opts["refresh"] or retry_failed is not None):
@@ -195,8 +226,9 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
     if since and until and since >= until:
         raise UsageError("--since must be earlier than --until")
     collections = parse_collections(opts["collections"])
-    if not opts["plc_url"].startswith(("http://", "https://")):
-        raise UsageError(f"--plc-url {opts['plc_url']!r} must be an http(s) URL")
+    plc_url = opts["plc_url"]
+    if not plc_url.startswith(("http://", "https://")) or not _looks_like_host(plc_url):
+        raise UsageError(f"--plc-url {plc_url!r} must be an http(s) URL with a host")
     source = DidSource.from_args(list(opts["did_list"]), opts["dids_file"]) if listed else None
     out = opts["out"]
     if "://" in out:
@@ -235,7 +267,12 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
         http=HttpSettings(
             connect_timeout=opts["connect_timeout"],
             read_timeout=opts["read_timeout"],
+            # Every answer must be complete within twice the read timeout, plus a
+            # second per 50 kB received (a trickle cannot hold a slot for ever).
+            body_seconds=2 * opts["read_timeout"],
             max_car_bytes=max_car_bytes,
+            max_retry_after=opts["max_retry_after"],
+            spool_bytes=min(stream_bytes, SPOOL_BYTES),
         ),
         retry=RetryPolicy(
             max_attempts=opts["max_attempts"],

@@ -11,9 +11,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from bsky_backfill.engine.manager import RunSummary
+from bsky_backfill.safetext import printable
 from bsky_backfill.state.base import StatusReport
 from bsky_backfill.state.open import redact
 from bsky_backfill.state.runlock import Holder
@@ -34,7 +37,7 @@ def _print_counts(console: Console, records: dict[str, int], letters: dict[str, 
             continue
         table = Table(key, value, title=title, title_justify="left")
         for name, count in sorted(counts.items()):
-            table.add_row(name, f"{count:,}")
+            table.add_row(Text(printable(name)), f"{count:,}")
         console.print(table)
 
 
@@ -50,7 +53,7 @@ def print_summary(summary: RunSummary, out: Path | str) -> None:
         f"{summary.requests:,} requests, {summary.bytes / 1e6:,.1f} MB"
     )
     _print_counts(console, summary.records, summary.dead_letters)
-    console.print(f"dataset: {out}")
+    console.print(f"dataset: {escape(str(out))}")
 
 
 def _print_failed(
@@ -158,6 +161,10 @@ def print_status(
         table = Table("host", "total", "done", "failed", "pending", title="PDS hosts")
         for host in sorted(report.hosts, key=lambda h: -h.total):
             table.add_row(
-                host.host, str(host.total), str(host.done), str(host.failed), str(host.pending)
+                Text(printable(host.host)),
+                str(host.total),
+                str(host.done),
+                str(host.failed),
+                str(host.pending),
             )
         console.print(table)

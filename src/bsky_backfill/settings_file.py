@@ -94,7 +94,7 @@ class RunFileOptions(BaseModel):
     queue: str | None = None
     plc_url: str | None = None
     method: Literal["car", "list"] | None = None
-    rate_limit: float | None = Field(default=None, ge=0)
+    rate_limit: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     allow_private_hosts: bool | None = None
     no_verify: bool | None = None
     progress: bool | None = None
@@ -104,18 +104,19 @@ class RunFileOptions(BaseModel):
     host_concurrency: int | None = Field(default=None, ge=1)
     global_host_rate: int | None = Field(default=None, ge=1)
     commit_rows: int | None = Field(default=None, ge=1)
-    commit_seconds: float | None = Field(default=None, gt=0)
-    connect_timeout: float | None = Field(default=None, gt=0)
-    read_timeout: float | None = Field(default=None, gt=0)
+    commit_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    connect_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    read_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     max_car_size: Text | None = None
     stream_size: Text | None = None
     max_attempts: int | None = Field(default=None, ge=1)
-    retry_base: float | None = Field(default=None, gt=0)
-    retry_cap: float | None = Field(default=None, gt=0)
+    retry_base: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    retry_cap: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     give_up_after: Text | None = None
     unreachable_after: Text | None = None
     retry_failed: RetryCodes | None = None
     """true: every retryable code; a list (or comma-separated string): those codes."""
+    max_retry_after: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     log_format: Literal["text", "json"] | None = None
 
     @field_validator("collections")
@@ -190,6 +191,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"{where}: cannot read ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{where}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{where}: not UTF-8 text ({e.reason})") from None
     values = _validate(raw, where, lambda key: key)
     for key in _PATH_KEYS:
         value = values.get(key)

@@ -103,9 +103,14 @@ async def collect(
     *,
     allow_private: bool = True,
     breakers: BreakerBoard | None = None,
+    trusted: Sequence[str] = (),
 ) -> SourceResult:
-    """Run one source on a fresh client; `on_page.victim` is the task running it."""
-    async with XrpcClient(HttpSettings(), allow_private=allow_private, breakers=breakers) as client:
+    """Run one source on a fresh client; `on_page.victim` is the task running it.
+    `trusted`: the URLs the operator named (the engine trusts them)."""
+    settings = HttpSettings()
+    async with XrpcClient(
+        settings, allow_private=allow_private, breakers=breakers, trusted=trusted
+    ) as client:
         task = asyncio.create_task(run_source(make(client), store, on_page))
         on_page.victim = task
         return await task

@@ -72,3 +72,30 @@ def test_empty_parts_render_notes_not_charts(tmp_path: Path) -> None:
     assert "no state store" in html
     assert page.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["p.html"]  # no temporary file left
+
+
+def test_hostile_names_on_the_terminal_are_text_not_markup() -> None:
+    """Rich markup and escape sequences in a host name or code print as themselves."""
+    import io
+
+    from rich.console import Console
+
+    from bsky_backfill.report.model import CollectionCount, DeadLetterCount, HostCount, Report
+    from bsky_backfill.report.render import print_report
+
+    evil = "[link=https://evil.example]x[/link][blink]\x1b]0;t\x07\x1b[31m"
+    report = Report(
+        out="out[bold]",
+        collections=[CollectionCount("app.bsky.feed.post", 1, 0, "2024-01", "2024-01")],
+        hosts=[HostCount(evil, 1, 1, 0, 0, 1)],
+        dead_letters=[DeadLetterCount("fetch", evil, 1)],
+        has_state=True,
+    )
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=400, highlight=False)
+    print_report(report, as_json=False, console=console)
+    shown = buffer.getvalue()
+    assert "[link=https://evil.example]x[/link][blink]" in shown  # printed, not obeyed
+    assert "out[bold]" in shown
+    assert "\x1b]0;" not in shown and "\x1b]8;" not in shown and "\x07" not in shown
+    assert "\\x1b[31m" in shown

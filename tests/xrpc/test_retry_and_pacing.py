@@ -189,3 +189,29 @@ def test_a_429_pauses_the_whole_host() -> None:
     slot.observe("com.atproto.sync.getRepo", 429, {"Retry-After": "30"})
     assert all(b.paused_until > time.time() + 25 for b in slot.buckets.values())
     assert bucket_name("com.atproto.sync.getRepo") != bucket_name("com.atproto.repo.listRecords")
+
+
+def test_rate_limit_headers_are_bounded_before_anyone_acts_on_them() -> None:
+    from bsky_backfill.xrpc.ratelimit import RateBucket, bounded_rate_headers
+
+    now = 1_700_000_000.0
+    headers = {
+        "Retry-After": "1000000000000", "RateLimit-Reset": "1000000000000",
+        "RateLimit-Remaining": "nan", "RateLimit-Limit": "1e400", "Content-Type": "x",
+    }  # fmt: skip
+    bounded = bounded_rate_headers(headers, now, cap=3600)
+    assert bounded["Retry-After"] == "3600"
+    assert float(bounded["RateLimit-Reset"]) == now + 3600
+    assert "RateLimit-Remaining" not in bounded and "RateLimit-Limit" not in bounded
+    assert bounded["Content-Type"] == "x"
+    year = bounded_rate_headers({"Retry-After": "31536000"}, now, cap=60)
+    assert year["Retry-After"] == "60"
+    date = bounded_rate_headers({"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"}, now, cap=60)
+    assert date["Retry-After"] == "60"
+    bucket = RateBucket(10.0)
+    bucket.in_flight = 1
+    bucket.observe(429, bounded)  # no OverflowError, a pause of at most the cap
+    assert (
+        bucket.paused_until <= now + 3600 + 1
+        or bucket.paused_until <= __import__("time").time() + 3601
+    )

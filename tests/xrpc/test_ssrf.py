@@ -118,3 +118,55 @@ def test_scheme_rule_for_bare_hosts() -> None:
     assert host_to_base_url("127.0.0.1:8080", allow_private=True) == "http://127.0.0.1:8080"
     assert host_to_base_url("localhost:8080", allow_private=False) == "https://localhost:8080"
     assert host_to_base_url("http://x.example/", allow_private=False) == "http://x.example"
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("http://🯱🯲🯷.🯰.🯰.🯱:8080/admin", "BlockedPrivateAddress"),
+        ("http://１２７．０．０．１/", "BlockedPrivateAddress"),
+        ("http://127。0。0。1/", "BlockedPrivateAddress"),
+        ("https://ⓛⓞⓒⓐⓛⓗⓞⓢⓣ/", "BlockedPrivateAddress"),
+        ("http://８．８．８．８/", "InvalidEndpoint"),  # an address in disguise, even a public one
+        ("http://[::1", "InvalidEndpoint"),
+        ("https://pds.example.com:99999", "InvalidEndpoint"),
+        ("https://pds.example.com:0", "InvalidEndpoint"),
+        ("http://exa%41mple.com", "InvalidEndpoint"),
+        ("http://a b.com", "InvalidEndpoint"),
+        ("http://127.0.0.1./", "BlockedPrivateAddress"),
+    ],
+)
+def test_the_host_is_read_as_the_http_client_reads_it(url: str, code: str) -> None:
+    async def no_dns(host: str, port: int) -> list[str]:
+        return []
+
+    with pytest.raises(BlockedAddress) as err:
+        asyncio.run(check_endpoint(url, allow_private=False, lookup=no_dns))
+    assert err.value.code == code
+
+
+def test_a_name_in_another_script_is_fine_when_it_is_a_public_name() -> None:
+    async def public(host: str, port: int) -> list[str]:
+        assert host == "xn--bcher-kva.example"
+        return ["93.184.216.34"]
+
+    asyncio.run(check_endpoint("https://Bücher.example/", allow_private=False, lookup=public))
+
+
+def test_look_alikes_are_refused_even_with_allow_private() -> None:
+    with pytest.raises(BlockedAddress):
+        asyncio.run(check_endpoint("http://🯱🯲🯷.🯰.🯰.🯱/", allow_private=True))
+
+
+def test_operator_named_origins_are_allowed() -> None:
+    asyncio.run(
+        check_endpoint(
+            "http://127.0.0.1:2583/", allow_private=False, trusted=["http://127.0.0.1:2583"]
+        )
+    )
+    with pytest.raises(BlockedAddress):  # another port of the same host is not the operator's
+        asyncio.run(
+            check_endpoint(
+                "http://127.0.0.1:2584", allow_private=False, trusted=["http://127.0.0.1:2583"]
+            )
+        )

@@ -16,18 +16,28 @@ Early stop: listRecords pages come newest first by rkey; rkeys are TIDs that
 carry their creation time. With `--since`, paging a collection stops after a
 page whose records are all older than `since` (by TID time and by createdAt:
 a back-dated record with a new TID keeps the paging going).
+
+A host decides what its pages hold, so nothing it sends may make a record
+land twice: every record key of a collection is remembered for the fetch
+(`SeenKeys`) and a key that comes again is dropped; a cursor that comes back
+(A -> B -> A) or a listing past `MAX_PAGES` ends the fetch with a dead letter
+(enumerate/base.py `PageGuard`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
-from collections.abc import Callable
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bsky_backfill.engine.enumerate.base import PageGuard
 from bsky_backfill.engine.enumerate.listrepos import INACTIVE_CODES
-from bsky_backfill.errors import RepoUnavailable, TransientError
+from bsky_backfill.errors import RepoUnavailable, TerminalError, TransientError
 from bsky_backfill.models import RecordFilter, RepoExtract
 from bsky_backfill.records.columns import RecordColumns
 from bsky_backfill.state.base import RepoTask
@@ -39,24 +49,69 @@ DESCRIBE_REPO = "com.atproto.repo.describeRepo"
 LIST_RECORDS = "com.atproto.repo.listRecords"
 GET_REPO_STATUS = "com.atproto.sync.getRepoStatus"
 PAGE_SIZE = 100
+MAX_PAGES = 100_000
+"""listRecords pages of one collection at most (10M records)."""
 
 _TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
 _TID_VALUE = {c: i for i, c in enumerate(_TID_ALPHABET)}
 
 
-def tid_time(rkey: str) -> dt.datetime | None:
-    """The creation time inside a TID record key (None when the rkey is not a TID)."""
+def tid_value(rkey: str) -> int | None:
+    """A TID record key as its 64-bit number (None when the rkey is not a TID)."""
     if not is_valid_tid(rkey):
         return None
     n = 0
     for ch in rkey:
         n = (n << 5) | _TID_VALUE[ch]
-    return dt.datetime.fromtimestamp((n >> 10) / 1e6, dt.UTC)
+    return n
+
+
+def tid_time(rkey: str) -> dt.datetime | None:
+    """The creation time inside a TID record key (None when the rkey is not a TID)."""
+    n = tid_value(rkey)
+    return None if n is None else dt.datetime.fromtimestamp((n >> 10) / 1e6, dt.UTC)
+
+
+class SeenKeys:
+    """The record keys one collection's listing has delivered: exact, and ~8 bytes a
+    key while the host keeps the protocol's order.
+
+    listRecords gives keys newest first, i.e. TIDs descending: each such key is
+    below every key seen so far, so it cannot be a repeat, and appending it keeps
+    an array of (2^64 - 1 - TID) sorted for binary search. A key out of that
+    order, or not a TID, is looked up in the array and a set (kept for those
+    only). Written by hand: a set of a million key strings costs ~90 MB."""
+
+    def __init__(self) -> None:
+        self._ordered = array("Q")
+        self._other: set[str] = set()
+
+    def add(self, rkey: str) -> bool:
+        """True when `rkey` is new (and now remembered), False for a repeat."""
+        n = tid_value(rkey)
+        if n is not None:
+            key = 0xFFFF_FFFF_FFFF_FFFF - n
+            ordered = self._ordered
+            if not ordered or key > ordered[-1]:
+                ordered.append(key)  # below every TID seen: new, and the array stays sorted
+                return True
+            i = bisect_left(ordered, key)
+            if i < len(ordered) and ordered[i] == key:
+                return False
+        if rkey in self._other:
+            return False
+        self._other.add(rkey)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._ordered) + len(self._other)
 
 
 def page_older_than(records: list[dict[str, Any]], since: dt.datetime) -> bool:
     """True when every record of a (non-empty) page was created before `since`."""
     for item in records:
+        if not isinstance(item, dict):
+            return False
         uri = item.get("uri")
         rkey = uri.rsplit("/", 1)[-1] if isinstance(uri, str) else ""
         when = tid_time(rkey)
@@ -108,6 +163,8 @@ class _RepoRun:
     did: str
     columns: RecordColumns
     state: _Progress
+    keys: dict[str, SeenKeys] = field(default_factory=dict)
+    """Record keys delivered so far, per collection (duplicates are dropped)."""
     seen: int = 0
     unflushed: int = 0
     flushed: bool = False
@@ -129,17 +186,22 @@ class ListFetcher:
         filt: RecordFilter,
         *,
         load_progress: Callable[[str], str | None] = lambda key: None,
+        load_landed: Callable[[str], Iterable[str]] | None = None,
         emit_partial: PartialSink | None = None,
         flush_records: int = 5000,
     ) -> None:
         self.client = client
         self.filter = filt
         self.load_progress = load_progress
+        # did -> "collection/rkey" keys already in the dataset (a resumed repo's pages)
+        self.load_landed = load_landed
         self.emit_partial = emit_partial
         self.flush_records = flush_records
         # Progress handed to the sink but maybe not committed yet: a retry in this
-        # process must resume from here, not from the store's older value.
+        # process must resume from here, not from the store's older value; and the
+        # keys those pages delivered, so that no retry lands one of them again.
         self.progress: dict[str, str] = {}
+        self._keys: dict[str, dict[str, SeenKeys]] = {}
 
     async def _json(
         self, slot: HostSlot, task: RepoTask, endpoint: str, params: dict[str, str | int]
@@ -164,21 +226,45 @@ class ListFetcher:
         key = progress_key(did)
         saved = self.progress.get(did) or self.load_progress(key)
         state = _Progress.parse(saved)
-        run = _RepoRun(did, RecordColumns(did, self.filter), state)
-        for collection in sorted(c for c in present if c in self.filter.collections):
-            if collection in state.done:
-                continue
-            await self._collection(slot, task, collection, run)
-            state.done.add(collection)
-            state.collection, state.cursor = None, None
+        keys = self._keys.get(did)
+        if keys is None:
+            keys = await self._landed_keys(did) if saved is not None else {}
+        run = _RepoRun(did, RecordColumns(did, self.filter), state, keys)
+        wanted = {c for c in present if isinstance(c, str) and c in self.filter.collections}
+        try:
+            for collection in sorted(wanted):
+                if collection in state.done:
+                    continue
+                await self._collection(slot, task, collection, run)
+                state.done.add(collection)
+                state.collection, state.cursor = None, None
+        except TerminalError:
+            self.forget(did)  # the repo is dead-lettered: nothing to resume
+            raise
         tables, dead_letters = run.columns.finish()
-        self.progress.pop(did, None)
+        self.forget(did)
         extract = RepoExtract(did=did, rev=None, tables=tables, dead_letters=dead_letters,
                               records_seen=run.seen)  # fmt: skip
         cleanup: list[tuple[str, str | None]] = []
         if saved is not None or run.flushed:
             cleanup.append((key, None))
         return extract, cleanup
+
+    def forget(self, did: str) -> None:
+        """Drop what this process holds for a repo's resumption."""
+        self.progress.pop(did, None)
+        self._keys.pop(did, None)
+
+    async def _landed_keys(self, did: str) -> dict[str, SeenKeys]:
+        """A resumed repo: the keys its committed pages landed (read from the dataset)."""
+        keys: dict[str, SeenKeys] = {}
+        load = self.load_landed
+        if load is None:
+            return keys
+        for key in await asyncio.to_thread(lambda: list(load(did))):
+            collection, _, rkey = key.partition("/")
+            keys.setdefault(collection, SeenKeys()).add(rkey)
+        return keys
 
     def _flush(self, run: _RepoRun) -> None:
         """Hand the rows so far to the sink with the progress they complete."""
@@ -189,6 +275,7 @@ class ListFetcher:
         part = RepoExtract(did=run.did, rev=None, tables=tables, dead_letters=dead_letters)
         self.emit_partial(part, progress_key(run.did), value)
         self.progress[run.did] = value
+        self._keys[run.did] = run.keys
         run.columns = RecordColumns(run.did, self.filter)
         run.unflushed = 0
         run.flushed = True
@@ -199,6 +286,9 @@ class ListFetcher:
         since = self.filter.since
         prefix = f"at://{task.did}/{collection}/"
         cursor = run.state.cursor if run.state.collection == collection else None
+        pages = PageGuard(f"{task.did} {LIST_RECORDS} {collection}", MAX_PAGES)
+        pages.start(cursor)
+        seen = run.keys.setdefault(collection, SeenKeys())
         while True:
             columns = run.columns
             params: dict[str, str | int] = {
@@ -213,22 +303,36 @@ class ListFetcher:
             records = page.get("records") if isinstance(page, dict) else None
             if not isinstance(records, list):
                 raise TransientError("listRecords answered without records", code="BadResponse")
+            fresh = repeats = 0
             for item in records:
-                uri, cid = item.get("uri"), item.get("cid")
+                uri = item.get("uri") if isinstance(item, dict) else None
+                cid = item.get("cid") if isinstance(item, dict) else None
                 if not (isinstance(uri, str) and uri.startswith(prefix) and isinstance(cid, str)):
                     columns.reject(
                         uri if isinstance(uri, str) else None, "fetch", "InvalidListEntry",
                         f"listRecords entry without a uri under {prefix} or a cid",
                     )  # fmt: skip
                     continue
+                if not seen.add(uri[len(prefix) :]):
+                    repeats += 1
+                    continue  # delivered before in this fetch: a record lands once
+                fresh += 1
                 columns.add(collection, uri[len(prefix) :], cid, item.get("value"))
-            run.seen += len(records)
-            run.unflushed += len(records)
+            run.seen += fresh
+            run.unflushed += fresh
             next_cursor = page.get("cursor")
             if not records or not isinstance(next_cursor, str) or next_cursor == cursor:
                 return
             if since is not None and page_older_than(records, since):
                 return
+            if repeats == len(records):
+                # Nothing new on a page that goes on: the host is serving what it has
+                # served before (fresh cursors over the same records), not a listing.
+                raise TerminalError(
+                    f"{task.did} {LIST_RECORDS} {collection}: a page repeats only records "
+                    "already delivered", code="CursorCycle", stage="fetch",
+                )  # fmt: skip
+            pages.advance(next_cursor)  # a cycle or an endless listing: dead-lettered
             cursor = next_cursor
             if run.unflushed >= self.flush_records:
                 run.state.collection, run.state.cursor = collection, cursor

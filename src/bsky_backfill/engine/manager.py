@@ -75,7 +75,8 @@ from bsky_backfill.xrpc.client import XrpcClient
 from bsky_backfill.xrpc.retry import error_summary, next_attempt
 from bsky_backfill.xrpc.shared import SharedHostBudget
 from bsky_backfill.xrpc.slot import HostSlot
-from bsky_backfill.xrpc.ssrf import check_endpoint, host_to_base_url
+from bsky_backfill.xrpc.spool import SpoolDir, spool_root
+from bsky_backfill.xrpc.ssrf import host_to_base_url
 
 log = logging.getLogger("bsky_backfill")
 
@@ -207,6 +208,7 @@ class Backfill:
             # Big repos' parts spread over the cores the user gave: this process and
             # N-1 helper processes (engine/helpers.py).
             helpers = HelperPool(settings.workers - 1) if settings.workers > 1 else None
+            spool = SpoolDir.open(spool_root(settings.out, settings.state_path.parent))
             try:
                 for host in self._operator_hosts():
                     self.breakers.mark_operator(host)
@@ -214,6 +216,8 @@ class Backfill:
                     settings.http,
                     allow_private=settings.allow_private_hosts,
                     breakers=self.breakers,
+                    trusted=operator_hosts(settings),
+                    spool_file=spool.new_file,
                 ) as client:
                     client.listeners.append(self.stats.on_response)
                     self.client = client
@@ -238,6 +242,7 @@ class Backfill:
                             self._recover_sink(sink)
             finally:
                 extractor.close()
+                spool.close()
                 if helpers is not None:
                     helpers.close()
                 if self._fatal is None:
@@ -274,13 +279,7 @@ class Backfill:
 
     def _operator_hosts(self) -> list[str]:
         """The endpoints the operator named: a shorter budget while they never answered."""
-        s = self.settings
-        hosts = [host_key(s.plc_url)]
-        for url in (s.from_relay, *s.pds):
-            if url:
-                with contextlib.suppress(Exception):  # checked as input already
-                    hosts.append(host_key(host_to_base_url(url.strip(), s.allow_private_hosts)))
-        return hosts
+        return [host_key(url) for url in operator_hosts(self.settings)]
 
     def _check_settings(self, store: StateStore) -> None:
         """A dataset holds one filter; resuming with another would mix two datasets."""
@@ -389,7 +388,7 @@ class Backfill:
         async def resolve_one(did: str) -> None:
             try:
                 identity = await self.resolver.resolve(did)
-                await check_endpoint(identity.pds, self.settings.allow_private_hosts)
+                await self.client.guard.check(identity.pds)
                 resolved.append(identity)
             except HostUnreachable as e:  # the directory (or did:web host) was given up
                 self._fail(did, "resolve", "ResolveFailed", e.message)
@@ -793,6 +792,15 @@ class Backfill:
 def _grown(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
     """Failed repos per code that this run added."""
     return {code: n - before.get(code, 0) for code, n in after.items() if n > before.get(code, 0)}
+
+
+def operator_hosts(settings: RunSettings) -> list[str]:
+    """The base URLs the operator named (`--plc-url`, `--from-relay`, `--pds`): trusted
+    by the address guard (xrpc/ssrf.py), as the operator chose them."""
+    private = settings.allow_private_hosts
+    named = [settings.from_relay] if settings.from_relay else []
+    named += settings.pds
+    return [settings.plc_url, *(host_to_base_url(h.strip(), private) for h in named)]
 
 
 def run_sync(settings: RunSettings, source: DidSource | None) -> RunSummary:

@@ -25,7 +25,7 @@ import pyarrow as pa
 from bsky_backfill.models import RecordFilter, RepoExtract, utcnow
 from bsky_backfill.records.columns import RecordColumns
 from bsky_backfill.repo.diff import Changes, compare
-from bsky_backfill.sinks.storage import DELETIONS
+from bsky_backfill.sinks.storage import DELETIONS, table_dir
 
 DELETION_SCHEMA = pa.schema(
     [
@@ -50,9 +50,9 @@ class LandedIndex:
 
     def for_did(self, did: str) -> dict[str, str]:
         globs = [
-            str(self.out / c / "**" / "*.parquet")
+            str(self.out / table_dir(c) / "**" / "*.parquet")
             for c in sorted(self.collections)
-            if any((self.out / c).glob("**/*.parquet"))
+            if any((self.out / table_dir(c)).glob("**/*.parquet"))
         ]
         if not globs:
             return {}

@@ -22,7 +22,6 @@ import logging
 import mmap
 import os
 import random
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -39,8 +38,9 @@ from bsky_backfill.records.stream import BigRepo, BuiltPart, PartPlan, extract_p
 from bsky_backfill.repo.lazy import map_file
 from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
 from bsky_backfill.state.base import RepoDone, RepoTask
+from bsky_backfill.xrpc.body import Body
 from bsky_backfill.xrpc.breaker import Breaker, BreakerState, is_host_failure
-from bsky_backfill.xrpc.client import Body, XrpcClient
+from bsky_backfill.xrpc.client import XrpcClient
 from bsky_backfill.xrpc.retry import error_code, error_summary, next_attempt
 from bsky_backfill.xrpc.slot import HostSlot, through_rate_limits
 
@@ -72,6 +72,7 @@ class RepoWorker:
                 client,
                 self.filter,
                 load_progress=run.store.get_cursor,
+                load_landed=lambda did: self.landed.for_did(did).keys(),
                 emit_partial=self._partial,
             )
         self._rand = random.Random()
@@ -140,7 +141,7 @@ class RepoWorker:
         try:
             # Read through a mapping of the spooled file, not into memory: each
             # part's pages are dropped from this process once it is written.
-            path = await asyncio.to_thread(_on_disk, body)
+            path = await asyncio.to_thread(_on_disk, body, self.client)
             helpers = self.helpers
             async with contextlib.AsyncExitStack() as stack:
                 if helpers is not None and not await stack.enter_async_context(
@@ -266,7 +267,7 @@ class RepoWorker:
     def forget_progress(self, did: str) -> None:
         """Drop list-mode progress held in memory (its pages were refused)."""
         if self.lister is not None:
-            self.lister.progress.pop(did, None)
+            self.lister.forget(did)
 
     def _partial(self, part: RepoExtract, key: str, value: str) -> None:
         """List mode: a big repo's finished pages go to the open batch with their cursor."""
@@ -360,13 +361,14 @@ class _Parts:
     """Parts extracted in this process (the others in helpers)."""
 
 
-def _on_disk(body: Body) -> str:
-    """The body's spooled file (written out if the body was in memory), to be mapped
-    here and read by helper processes; the caller removes it."""
+def _on_disk(body: Body, client: XrpcClient) -> str:
+    """The body's spooled file (written out if the body was in memory, in the run's
+    spool directory), to be mapped here and read by helper processes; the caller
+    removes it."""
     if body.path is not None:
         path, body.path = body.path, None
         return path
-    with tempfile.NamedTemporaryFile(prefix="bsky-backfill-", suffix=".car", delete=False) as fh:
+    with client.spool_file() as fh:
         fh.write(body.read())
     body.discard()
     return fh.name

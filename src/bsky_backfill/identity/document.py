@@ -54,7 +54,7 @@ def _compress_point(point: bytes) -> bytes:
 def signing_key_from_method(method: dict[str, Any]) -> str | None:
     """One verificationMethod entry -> `did:key:z...`, or None when unusable."""
     multibase = method.get("publicKeyMultibase")
-    if not isinstance(multibase, str) or not multibase.startswith("z"):
+    if not isinstance(multibase, str) or not multibase.startswith("z") or len(multibase) > 256:
         return None
     kind = method.get("type")
     if kind == "Multikey":
@@ -69,20 +69,39 @@ def signing_key_from_method(method: dict[str, Any]) -> str | None:
     return "did:key:" + libipld.encode_multibase("z", prefix + _compress_point(bytes(raw)))
 
 
+def _entries(doc: dict[str, Any], name: str) -> list[Any]:
+    """A list-valued field; anything else (a number, a map, true) counts as absent."""
+    value = doc.get(name)
+    return value if isinstance(value, list) else []
+
+
 def parse_did_document(did: str, doc: object) -> DidDocInfo:
     """Validate a DID document for `did` and pull out endpoint and key.
 
     Raises ResolveError (terminal, stage resolve) when the document is not for
-    this DID or has no usable `#atproto_pds` service.
+    this DID or has no usable `#atproto_pds` service, and nothing else: a
+    document is a stranger's JSON, and any shape of it maps to a code here.
     """
+    try:
+        return _parse(did, doc)
+    except ResolveError:
+        raise
+    except Exception as e:  # a shape nobody foresaw: still the document's fault
+        raise ResolveError(
+            f"DID document cannot be read ({type(e).__name__}: {e})", code="InvalidDidDocument"
+        ) from e
+
+
+def _parse(did: str, doc: object) -> DidDocInfo:
     if not isinstance(doc, dict):
         raise ResolveError("DID document is not a JSON object", code="InvalidDidDocument")
     if doc.get("id") != did:
         raise ResolveError(
-            f"DID document id {doc.get('id')!r} does not match {did}", code="InvalidDidDocument"
+            f"DID document id {doc.get('id')!r:.200} does not match {did}",
+            code="InvalidDidDocument",
         )
     pds: str | None = None
-    for service in doc.get("service") or []:
+    for service in _entries(doc, "service"):
         if not isinstance(service, dict):
             continue
         if _fragment_matches(service.get("id"), did, "atproto_pds"):
@@ -92,13 +111,15 @@ def parse_did_document(did: str, doc: object) -> DidDocInfo:
             break
     if pds is None:
         raise ResolveError("DID document has no #atproto_pds service", code="NoPdsEndpoint")
+    if len(pds) > 2048:
+        raise ResolveError("the #atproto_pds endpoint is too long", code="InvalidEndpoint")
     key: str | None = None
-    for method in doc.get("verificationMethod") or []:
+    for method in _entries(doc, "verificationMethod"):
         if isinstance(method, dict) and _fragment_matches(method.get("id"), did, "atproto"):
             key = signing_key_from_method(method)
             break
     handle = None
-    for aka in doc.get("alsoKnownAs") or []:
+    for aka in _entries(doc, "alsoKnownAs"):
         if isinstance(aka, str) and aka.startswith("at://"):
             handle = aka[5:]
             break

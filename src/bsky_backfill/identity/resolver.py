@@ -17,13 +17,32 @@ from bsky_backfill.errors import BlockedAddress, HostUnreachable, ResolveError, 
 from bsky_backfill.identity.document import DidDocInfo, parse_did_document
 from bsky_backfill.state.base import Identity
 from bsky_backfill.xrpc.client import XrpcClient
-from bsky_backfill.xrpc.ssrf import check_endpoint, host_to_base_url
+from bsky_backfill.xrpc.ssrf import host_to_base_url, parse_endpoint
+
+#: Codes of a directory's or host's answer that say the document itself is bad.
+_BAD_DOCUMENT = {"InvalidJson", "BodyTooLarge", "CompressionBomb", "InvalidEncoding"}
 
 
 def host_key(pds: str) -> str:
     """The key that groups repos into host slots: lower-cased `host[:port]` of the endpoint."""
-    parts = urlsplit(pds)
-    return (parts.netloc or pds).lower()
+    try:
+        parts = urlsplit(pds)
+    except ValueError:  # not a URL (an unclosed bracket): refused before it is contacted
+        return pds.lower()[:255]
+    return (parts.netloc or pds).lower()[:255]
+
+
+def _document_error(source: str, error: TerminalError) -> ResolveError:
+    """A terminal answer to a document fetch -> the resolve-stage dead letter it means."""
+    if error.code in ("Http404", "Gone", "RepoNotFound"):
+        # 404 (unknown, or tombstoned at @did-plc/server) and 410 (tombstoned at
+        # plc.directory) are both terminal for the DID. One code for both: the
+        # same DID must get the same code whichever PLC server answers.
+        state = "tombstoned" if error.code == "Gone" else "not found"
+        return ResolveError(f"{source}: {state} ({error.message})", code="DidNotFound")
+    if error.code in _BAD_DOCUMENT:
+        return ResolveError(f"{source}: {error.message}", code="InvalidDidDocument")
+    return ResolveError(f"{source}: {error.message}", code=error.code)
 
 
 class PlcResolver:
@@ -36,14 +55,12 @@ class PlcResolver:
     async def resolve(self, did: str) -> DidDocInfo:
         try:
             doc = await self._client.fetch_json(f"{self._plc}/{did}", trusted=True)
-        except HostUnreachable:
-            raise  # the directory is given up, not the DID (a retryable ResolveFailed)
+        except (ResolveError, HostUnreachable):
+            # HostUnreachable: the directory is given up, not the DID (a retryable
+            # ResolveFailed).
+            raise
         except TerminalError as e:
-            # 404 (unknown, or tombstoned at @did-plc/server) and 410 (tombstoned at
-            # plc.directory) are both terminal for the DID. One code for both: the
-            # same DID must get the same code whichever PLC server answers.
-            state = "tombstoned" if e.code == "Gone" else "not found"
-            raise ResolveError(f"PLC directory: {state} ({e.message})", code="DidNotFound") from e
+            raise _document_error("PLC directory", e) from e
         return parse_did_document(did, doc)
 
 
@@ -65,15 +82,14 @@ class WebResolver:
     async def resolve(self, did: str) -> DidDocInfo:
         url = self.document_url(did)
         try:
-            await check_endpoint(url, self._allow_private)
+            await self._client.guard.check(url)
+            doc = await self._client.fetch_json(url, trusted=False)
+        except (ResolveError, HostUnreachable):
+            raise
         except BlockedAddress as e:
             raise ResolveError(f"did:web document: {e.message}", code=e.code) from e
-        try:
-            doc = await self._client.fetch_json(url, trusted=False)
         except TerminalError as e:
-            if isinstance(e, ResolveError | HostUnreachable):
-                raise
-            raise ResolveError(f"did:web document: {e.message}", code="DidNotFound") from e
+            raise _document_error("did:web document", e) from e
         return parse_did_document(did, doc)
 
 
@@ -85,7 +101,12 @@ whatever the input: a whole-network run resolves ~40M DIDs."""
 
 
 class DidResolver:
-    """Dispatch by DID method, cache recent answers (LRU), bound concurrency."""
+    """Dispatch by DID method, cache recent answers (LRU), bound concurrency.
+
+    The boundary of identity resolution: whatever a directory, a did:web host
+    or a document says, `resolve` raises only ResolveError / BlockedAddress /
+    TerminalError (with a stable code) or TransientError. (An exception of
+    another type would be a bug here, not the document's fault.)"""
 
     def __init__(
         self,
@@ -118,12 +139,8 @@ class DidResolver:
             return cached
         async with self._limit:
             self.lookups += 1
-            if did.startswith("did:plc:"):
-                info = await self._plc.resolve(did)
-            elif did.startswith("did:web:"):
-                info = await self._web.resolve(did)
-            else:
-                raise ResolveError(f"unsupported DID method: {did}", code="UnsupportedDid")
+            info = await self._lookup(did)
+            parse_endpoint(info.pds)  # a stranger's URL: usable, or a dead letter now
         identity = Identity(
             did=did, pds=info.pds, host=host_key(info.pds), signing_key=info.signing_key
         )
@@ -136,6 +153,13 @@ class DidResolver:
     def cached(self) -> int:
         """Identities held in memory now (at most `cache_entries`)."""
         return len(self._cache)
+
+    async def _lookup(self, did: str) -> DidDocInfo:
+        if did.startswith("did:plc:"):
+            return await self._plc.resolve(did)
+        if did.startswith("did:web:"):
+            return await self._web.resolve(did)
+        raise ResolveError(f"unsupported DID method: {did[:100]}", code="UnsupportedDid")
 
 
 __all__ = ["DidResolver", "PlcResolver", "WebResolver", "host_key"]

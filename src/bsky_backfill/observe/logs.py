@@ -24,10 +24,14 @@ from typing import Any, Literal, TextIO
 
 import orjson
 
+from bsky_backfill.safetext import clean
+
 LogFormat = Literal["text", "json"]
 CONTEXT_FIELDS = ("host", "did", "code", "stage", "endpoint", "status", "attempt")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 PROGRESS_LOGGER = "bsky_backfill.progress"
+MAX_LOGGED = 16_384
+"""Characters of one log message at most (server text in messages is already cut to 4 KB)."""
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,7 +44,7 @@ class JsonFormatter(logging.Formatter):
             ),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": record.getMessage()[:MAX_LOGGED],
         }
         for name in CONTEXT_FIELDS:
             value = record.__dict__.get(name)
@@ -54,23 +58,35 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """`time LEVEL logger: message`, then ` [host=... did=...]` for context not in the message."""
+    """`time LEVEL logger: message`, then ` [host=... did=...]` for context not in the message.
+
+    One event is one line: what servers wrote (error messages, host names) has its
+    control characters escaped (safetext.py), so a `\n` cannot forge a line and an
+    escape sequence cannot reach the terminal. A traceback keeps its own lines,
+    each of them cleaned."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        message = record.getMessage()
+        message = clean(record.getMessage(), MAX_LOGGED)
+        record.message = message
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        text = self.formatMessage(record)
         context = [
-            f"{name}={value}"
+            f"{name}={clean(str(value), 300)}"
             for name in CONTEXT_FIELDS
             if (value := record.__dict__.get(name)) is not None and str(value) not in message
         ]
-        if not context:
-            return text
-        head, sep, tail = text.partition("\n")  # keep a traceback below the context
-        return f"{head} [{' '.join(context)}]{sep}{tail}"
+        if context:
+            text = f"{text} [{' '.join(context)}]"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for extra in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if extra:
+                text += "\n" + "\n".join(clean(line, MAX_LOGGED) for line in extra.splitlines())
+        return text
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -24,6 +24,7 @@ own thread-safe metrics; nothing it touches needs the event loop.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -50,28 +51,117 @@ COMMIT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 DECODE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0)
 
 
+OTHER = "other"
+"""The host label of every host that has no series of its own."""
+MAX_HOST_LABELS = 50
+"""Hosts with a series of their own, at most (series are what a Prometheus server pays for)."""
+HOST_LABEL_THRESHOLD = 100
+"""Requests a host must have had before it gets a series of its own..."""
+SMALL_RUN_HOSTS = 10
+"""...unless the run has talked to at most this many hosts (then every host has one)."""
+# Endpoints and statuses come from our own calls and the HTTP status line, but a
+# status is a stranger's number: keep the labels to what HTTP defines.
+_STATUS_LABELS = frozenset(str(n) for n in range(100, 600))
+
+
+class HostLabels:
+    """Bounded, monotonic `host` labels for counters (a run talks to thousands of hosts,
+    and anyone can run one).
+
+    A host gets a series of its own once it has had `threshold` requests (at
+    once in a run that talked to at most SMALL_RUN_HOSTS hosts), while fewer
+    than `limit` hosts have one; every other host counts under `other`.
+    Counters must never go down, so a host's requests from before it got its
+    own series stay in `other` (its series starts at what it had then)."""
+
+    def __init__(self, limit: int = MAX_HOST_LABELS, threshold: int = HOST_LABEL_THRESHOLD) -> None:
+        self.limit = limit
+        self.threshold = threshold
+        self._offsets: dict[tuple[str, ...], int] = {}  # (host, *rest) -> count left in other
+        self._own: set[str] = set()
+        self._folded: set[tuple[str, ...]] = set()  # series shown inside `other` so far
+        self._lock = threading.Lock()
+
+    def promote(self, totals: dict[str, int]) -> None:
+        """Give hosts past the threshold a series of their own, busiest first, while room lasts."""
+        if len(self._own) >= self.limit:
+            return
+        small = len(totals) <= SMALL_RUN_HOSTS
+        ready = [
+            h for h, n in totals.items() if (small or n >= self.threshold) and h not in self._own
+        ]
+        for host in sorted(ready, key=lambda h: (-totals[h], h))[: self.limit - len(self._own)]:
+            self._own.add(host)
+
+    def split(
+        self, counts: dict[tuple[str, ...], int], new_host: set[str]
+    ) -> dict[tuple[str, ...], int]:
+        """Counts by (host, *rest) -> counts by (label, *rest), `other` folded in."""
+        out: dict[tuple[str, ...], int] = {}
+        for key, n in counts.items():
+            host, rest = key[0], key[1:]
+            if host in self._own:
+                if host in new_host and key in self._folded:
+                    self._offsets.setdefault(key, n)  # what `other` already showed of it
+                before = self._offsets.get(key, 0)
+                out[key] = out.get(key, 0) + n - before
+                if before:
+                    other = (OTHER, *rest)
+                    out[other] = out.get(other, 0) + before
+            else:
+                other = (OTHER, *rest)
+                out[other] = out.get(other, 0) + n
+                self._folded.add(key)
+        return out
+
+    def relabel(self, counts: dict[tuple[str, ...], int]) -> dict[tuple[str, ...], int]:
+        """Promote what is due, then fold: the series to expose for `counts`."""
+        totals: dict[str, int] = {}
+        for key, n in counts.items():
+            totals[key[0]] = totals.get(key[0], 0) + n
+        with self._lock:  # two scrapes at once (the server is threaded)
+            before = set(self._own)
+            self.promote(totals)
+            return self.split(counts, self._own - before)
+
+
 class _StatsCollector(Collector):
     """Reads `RunStats` at scrape time (on the server's thread)."""
 
     def __init__(self, stats: RunStats) -> None:
         self._stats = stats
+        self._hosts = HostLabels()
+        self._throttled_hosts = HostLabels()
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
         requests = dict(stats.requests)  # one C-level copy: safe against the loop's updates
         by_request = CounterMetricFamily(
             f"{PREFIX}_requests",
-            "HTTP requests answered, by host, XRPC endpoint (or path) and status "
-            "('error': no response: connection failure or timeout).",
+            "HTTP requests answered, by host (the busiest hosts; the rest as 'other'), "
+            "XRPC endpoint (or path) and status ('error': no response: connection failure "
+            "or timeout).",
             labels=("host", "endpoint", "status"),
         )
-        throttled: dict[str, int] = {}
+        counts: dict[tuple[str, ...], int] = {}
+        throttled: dict[tuple[str, ...], int] = {}
         for (host, endpoint, status), n in requests.items():
-            by_request.add_metric((host, endpoint, "error" if status is None else str(status)), n)
+            label = "error" if status is None else str(status)
+            if label != "error" and label not in _STATUS_LABELS:
+                label = "invalid"
+            key = (host, endpoint, label)
+            counts[key] = counts.get(key, 0) + n
             if status == 429:
-                throttled[host] = throttled.get(host, 0) + n
+                throttled[(host,)] = throttled.get((host,), 0) + n
+        for labels, n in self._hosts.relabel(counts).items():
+            by_request.add_metric(labels, n)
         yield by_request
-        yield _labeled("rate_limited", "429 answers, by host.", "host", throttled.items())
+        yield _labeled(
+            "rate_limited",
+            "429 answers, by host (the busiest hosts; the rest as 'other').",
+            "host",
+            [(k[0], n) for k, n in self._throttled_hosts.relabel(throttled).items()],
+        )
         yield _counter("received_bytes", "Response bytes received.", stats.bytes)
         yield _counter(
             "repo_retries",

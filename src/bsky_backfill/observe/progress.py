@@ -28,6 +28,7 @@ from rich.live import Live
 from rich.text import Text
 
 from bsky_backfill.observe.snapshot import HostsView, HostView, RunSampler, RunSnapshot
+from bsky_backfill.safetext import printable
 
 if TYPE_CHECKING:
     from bsky_backfill.engine.manager import Backfill
@@ -162,7 +163,7 @@ def render(
 def _host_row(view: HostView) -> tuple[str, ...]:
     state = f"paused: {view.paused}" if view.paused else "working" if view.active else "idle"
     return (
-        view.host,
+        printable(view.host, 60),
         f"{view.active:,}",
         f"{view.done:,}",
         f"{view.failed:,}",

@@ -46,6 +46,7 @@ import orjson
 import pyarrow as pa
 
 from bsky_backfill.models import DeadLetter, RecordFilter
+from bsky_backfill.records.datamodel import has_float as _has_float
 from bsky_backfill.records.json import RecordEncodeError, encode_default
 from bsky_backfill.records.lexicon import CREATED_AT_REQUIRED, window_applies
 from bsky_backfill.records.schema import TIMESTAMP, schema_for
@@ -186,6 +187,7 @@ class RecordColumns:
         json_buffer, json_ends = self._json, self._json_ends
         current = self._current
         invalid = self._invalid
+        has_float = _has_float
         for collection, rkey, cid, record in items:
             cols = get_cols(collection)
             if cols is None:
@@ -209,6 +211,9 @@ class RecordColumns:
                     continue
                 created = None
             elif cols.windowed and not self._in_window(when):
+                continue
+            if has_float(record):
+                invalid(collection, rkey, "record holds a float (the data model has none)")
                 continue
             try:
                 js = _dumps(record, default=encode_default, option=_SORT_KEYS)

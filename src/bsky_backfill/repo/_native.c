@@ -281,7 +281,38 @@ static PyObject *off_layer(PyObject *self, PyObject *args) {
     return PyLong_FromLong(-1);
 }
 
+PyDoc_STRVAR(has_float_doc,
+"has_float(value) -> bool\n\n"
+"Whether a decoded record holds a float anywhere in its maps and lists (the\n"
+"atproto data model has none). Descends at most 256 levels, as the Python twin\n"
+"(records/datamodel.py) does; deeper values are refused as JSON anyway.");
+
+static int walk_float(PyObject *obj, int depth) {
+    if (PyFloat_CheckExact(obj)) return 1;
+    if (depth >= 256) return 0;
+    if (PyDict_CheckExact(obj)) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(obj, &pos, &key, &value)) {
+            if (walk_float(value, depth + 1)) return 1;
+        }
+        return 0;
+    }
+    if (PyList_CheckExact(obj)) {
+        Py_ssize_t n = PyList_GET_SIZE(obj);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (walk_float(PyList_GET_ITEM(obj, i), depth + 1)) return 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *has_float(PyObject *self, PyObject *value) {
+    return PyBool_FromLong(walk_float(value, 0));
+}
+
 static PyMethodDef methods[] = {
+    {"has_float", has_float, METH_O, has_float_doc},
     {"mismatched", mismatched, METH_VARARGS, mismatched_doc},
     {"frame_index", frame_index, METH_VARARGS, frame_index_doc},
     {"off_layer", off_layer, METH_VARARGS, off_layer_doc},
@@ -290,7 +321,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "bsky_backfill.repo._native",
-    "Verification's per-block loops in C (see repo/native.py).", -1, methods,
+    "Verification's per-block loops in C, and the records' float check (see repo/native.py).",
+    -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }

@@ -11,23 +11,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["NATIVE", "frame_index", "mismatched", "off_layer"]
+__all__ = ["NATIVE", "frame_index", "has_float", "mismatched", "off_layer"]
 
 FrameIndex = Callable[[bytes], "tuple[bytes, dict[bytes, int]] | None"]
 Mismatched = Callable[[bytes, "set[bytes] | None"], "set[bytes] | None"]
 OffLayer = Callable[[list[bytes], int], int]
+HasFloat = Callable[[object], bool]
 
 frame_index: FrameIndex | None
 mismatched: Mismatched | None
 off_layer: OffLayer | None
+has_float: HasFloat | None
+"""Not verification's: the records' data-model check (records/datamodel.py), per record."""
 
 try:
     from bsky_backfill.repo import _native  # type: ignore[attr-defined]
 except ImportError:  # not built (no compiler or OpenSSL headers): Python loops
-    frame_index = mismatched = off_layer = None
+    frame_index = mismatched = off_layer = has_float = None
     NATIVE = False
 else:
     frame_index = _native.frame_index
     mismatched = _native.mismatched
     off_layer = _native.off_layer
+    has_float = _native.has_float
     NATIVE = True

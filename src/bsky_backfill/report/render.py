@@ -9,12 +9,21 @@ from __future__ import annotations
 import json
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from bsky_backfill.report.model import Report
+from bsky_backfill.safetext import printable
 
 TOP_HOSTS = 20
 """Hosts shown in the terminal table and on the page (JSON has all of them)."""
+
+
+def cell(value: str) -> Text:
+    """A table cell of text that came from outside (host names, NSIDs, codes): never read
+    as rich markup (`[link=...]`), control characters escaped."""
+    return Text(printable(value))
 
 
 def report_json(report: Report) -> str:
@@ -33,7 +42,7 @@ def _collections_table(report: Report) -> Table:
     )
     for c in report.collections:
         table.add_row(
-            c.collection,
+            cell(c.collection),
             f"{c.records:,}",
             f"{c.no_created_at:,}",
             c.first_month or "-",
@@ -55,7 +64,10 @@ def _months_table(report: Report) -> Table:
     names = [c.collection for c in report.collections]
     counts = {(m.collection, m.month): m.records for m in report.months}
     table = Table(
-        "month", *short_names(names), "total", title="records per month (UTC, by created_at)"
+        "month",
+        *(escape(printable(n)) for n in short_names(names)),
+        "total",
+        title="records per month (UTC, by created_at)",
     )
     table.title_justify = "left"
     for month in sorted({m.month for m in report.months}):
@@ -82,7 +94,7 @@ def _hosts_table(report: Report) -> Table:
     )
     for h in shown:
         table.add_row(
-            h.host,
+            cell(h.host),
             f"{h.records:,}",
             f"{h.repos:,}",
             f"{h.done:,}",
@@ -95,7 +107,7 @@ def _hosts_table(report: Report) -> Table:
 def _dead_letters_table(report: Report) -> Table:
     table = Table("stage", "error", "count", title="dead letters", title_justify="left")
     for d in report.dead_letters:
-        table.add_row(d.stage, d.code, f"{d.count:,}")
+        table.add_row(cell(d.stage), cell(d.code), f"{d.count:,}")
     table.add_row("total", "", f"{report.dead_letters_total:,}", style="bold")
     return table
 
@@ -107,7 +119,7 @@ def print_report(report: Report, *, as_json: bool, console: Console | None = Non
         return
     console = console or Console(highlight=False, soft_wrap=True)
     console.print(
-        f"[bold]{report.out}[/bold]: {report.records_total:,} records in "
+        f"[bold]{escape(printable(str(report.out)))}[/bold]: {report.records_total:,} records in "
         f"{len(report.collections)} collections, {report.dead_letters_total:,} dead letters"
     )
     if report.collections:

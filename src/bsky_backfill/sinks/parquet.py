@@ -68,6 +68,7 @@ from bsky_backfill.sinks.storage import (
     Storage,
     check_collection,
     new_writer_id,
+    table_dir,
     tmp_path,
 )
 from bsky_backfill.state.base import CommittedFile, RepoDone, RepoFailed, StateStore
@@ -167,7 +168,7 @@ class DatasetWriter:
         b = self._batch
         with self._guard():
             for f in files:
-                final = f"{f.collection}/part-{self._id}-{next(self._seq):06d}.parquet"
+                final = f"{table_dir(f.collection)}/part-{self._id}-{next(self._seq):06d}.parquet"
                 tmp = self._tmp(final)
                 with self._storage.fs.open_output_stream(self._storage.abs(tmp)) as out:
                     out.write(f.data)
@@ -258,7 +259,7 @@ class DatasetWriter:
                 self._close_part(part)
                 part = None
             if part is None:
-                final = f"{collection}/part-{self._id}-{next(self._seq):06d}.parquet"
+                final = f"{table_dir(collection)}/part-{self._id}-{next(self._seq):06d}.parquet"
                 part = Part(self._storage, collection, final, self._tmp(final), table.schema, cfg)
                 b.open[collection] = part
             piece = table.slice(offset, cfg.max_file_rows - part.rows)

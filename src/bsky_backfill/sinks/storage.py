@@ -8,6 +8,8 @@ once a PUT returns).
 
 Layout (relative to OUT):
     <collection>/part-<writer>-<seq>.parquet   committed data, what readers glob
+                                               (`table_dir`: an NSID too long for a file
+                                               name is cut, with a hash: `<prefix>~<hash>`)
     _deadletters/part-<writer>-<seq>.parquet   committed dead letters
     _superseded/part-<writer>-<seq>.parquet    dead letters made history by --retry-failed
     _state/tmp/<writer>/.lock                  the writer's liveness marker (liveness.py)
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import os
 import posixpath
 import re
@@ -56,6 +59,22 @@ def check_collection(name: str) -> None:
         return
     if len(name) > 317 or not _NSID.fullmatch(name):
         raise ValueError(f"unsafe collection name for the dataset: {name!r}")
+
+
+TABLE_DIR_MAX = 200
+"""Characters of a table directory name at most: an NSID may have 317, a file name 255
+bytes, and a tmp file's name is its final path quoted (plus ~55 characters)."""
+
+
+def table_dir(collection: str) -> str:
+    """The directory (relative to OUT) of a collection's table: its NSID, or for an NSID
+    too long to be a file name, its first characters and a hash of the whole
+    (`~` never occurs in an NSID, so the two forms cannot meet). The `collection`
+    column keeps the full name either way."""
+    if len(collection) <= TABLE_DIR_MAX:
+        return collection
+    digest = hashlib.sha256(collection.encode()).hexdigest()[:16]
+    return f"{collection[: TABLE_DIR_MAX - 17]}~{digest}"
 
 
 def new_writer_id() -> str:

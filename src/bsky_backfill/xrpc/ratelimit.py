@@ -31,10 +31,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import math
 import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+MAX_WAIT_SECONDS = 3600.0
+"""The longest pause a host's headers can impose by default; a host that asks for
+more (a year, 10^12 seconds) is asked again after this (then the failure policy
+decides)."""
+# A published budget beyond this is not a number any server means.
+_MAX_BUDGET = 1e9
 
 
 def _header_float(headers: Mapping[str, str], name: str) -> float | None:
@@ -42,9 +50,10 @@ def _header_float(headers: Mapping[str, str], name: str) -> float | None:
     if value is None:
         return None
     try:
-        return float(value.split(",")[0].strip())
+        number = float(value.split(",")[0].strip())
     except ValueError:
         return None
+    return number if math.isfinite(number) else None
 
 
 def reset_at(value: str, now: float) -> float | None:
@@ -80,19 +89,51 @@ def _policy_windows(headers: Mapping[str, str]) -> dict[int, float]:
     return out
 
 
-def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds to wait from a 429/503 `Retry-After` (delta seconds or HTTP date)."""
+def retry_after_seconds(
+    headers: Mapping[str, str], now: float, cap: float = MAX_WAIT_SECONDS
+) -> float | None:
+    """Seconds to wait from a 429/503 `Retry-After` (delta seconds or HTTP date),
+    at most `cap`."""
     value = headers.get("Retry-After")
     if not value:
         return None
     value = value.strip()
     if value.isdigit():
-        return float(value)
+        return min(cap, float(value[:20]))
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        wait = when.timestamp() - now
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, when.timestamp() - now)
+    return min(cap, max(0.0, wait))
+
+
+def bounded_rate_headers(
+    headers: Mapping[str, str], now: float, cap: float = MAX_WAIT_SECONDS
+) -> dict[str, str]:
+    """A response's headers with the rate-limit ones made sane, for everything after the
+    client: `Retry-After` as whole seconds within [0, cap], `RateLimit-Reset` as a unix
+    time within [now, now + cap], `RateLimit-Remaining`/`-Limit` finite and >= 0; a
+    value that cannot be read is dropped. So no header can pause a host for longer
+    than `cap` or overflow a date."""
+    out = {k: v for k, v in headers.items() if k.lower() not in _RATE_HEADERS}
+    wait = retry_after_seconds(headers, now, cap)
+    if wait is not None:
+        out["Retry-After"] = str(math.ceil(wait))
+    reset = _header_float(headers, "RateLimit-Reset")
+    if reset is not None and reset >= 0:
+        at = now + reset if reset < RateBucket.DELTA_RESET_MAX else reset
+        out["RateLimit-Reset"] = f"{min(max(at, now), now + cap):.3f}"
+    for name in ("RateLimit-Remaining", "RateLimit-Limit"):
+        number = _header_float(headers, name)
+        if number is not None and number >= 0:
+            out[name] = str(int(min(number, _MAX_BUDGET)))
+    return out
+
+
+_RATE_HEADERS = frozenset(
+    {"retry-after", "ratelimit-reset", "ratelimit-remaining", "ratelimit-limit"}
+)
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ returns, because the cursor saved next will not deliver them again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -45,6 +46,10 @@ T = TypeVar("T")
 
 #: Retries of one page: a few, quickly; a source that still fails stops (not the run).
 PAGE_RETRY = RetryPolicy(max_attempts=4, base_seconds=1.0, cap_seconds=30.0)
+#: Pages of one listing at most (100M repos of listRepos, 100M hosts of listHosts).
+MAX_PAGES = 100_000
+#: A cursor longer than this is not one (it would be stored and sent back).
+MAX_CURSOR = 4096
 #: 429s one page may wait out before the source gives up on its host.
 #: Stage of the dead letters enumeration writes (repos a listing says are inactive).
 STAGE = "enumerate"
@@ -171,6 +176,52 @@ class SlotPool:
         if slot is None:
             slot = self.slots[host] = HostSlot(host, self.rate, self.concurrency)
         return slot
+
+
+class PageGuard:
+    """One listing's defence against a host that pages forever.
+
+    Cursors are opaque, so nothing says they must grow; but a cursor seen
+    before means the listing runs in a circle (A -> B -> A), and no listing
+    is longer than `max_pages`. Both end the listing with a TerminalError
+    (`CursorCycle`, `TooManyPages`, stage fetch). Cursors are kept as 16-byte
+    digests, so a long listing costs little memory."""
+
+    def __init__(self, what: str, max_pages: int = MAX_PAGES) -> None:
+        self.what = what
+        self.max_pages = max_pages
+        self.pages = 0
+        self._seen: set[bytes] = set()
+
+    def start(self, cursor: str | None) -> None:
+        """The cursor a listing starts from (a resumed one counts as seen)."""
+        if cursor is not None:
+            self._seen.add(_digest(cursor))
+
+    def advance(self, cursor: str) -> None:
+        """A page handed on `cursor`: raise unless the listing may go on with it."""
+        self.pages += 1
+        if len(cursor) > MAX_CURSOR:
+            raise TerminalError(
+                f"{self.what}: a cursor of {len(cursor)} characters", code="InvalidCursor",
+                stage="fetch",
+            )  # fmt: skip
+        digest = _digest(cursor)
+        if digest in self._seen:
+            raise TerminalError(
+                f"{self.what}: the cursor {cursor[:64]!r} came back after "
+                f"{self.pages} pages (a cycle)", code="CursorCycle", stage="fetch",
+            )  # fmt: skip
+        if self.pages >= self.max_pages:
+            raise TerminalError(
+                f"{self.what}: more than {self.max_pages} pages", code="TooManyPages",
+                stage="fetch",
+            )  # fmt: skip
+        self._seen.add(digest)
+
+
+def _digest(cursor: str) -> bytes:
+    return hashlib.blake2b(cursor.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 async def with_retries(

@@ -3,7 +3,8 @@
 Where it sits: an enumeration source (see base.py). It pages
 `com.atproto.sync.listRepos?limit=1000&cursor=...` on the host, through the
 host's `HostSlot` (the same rate budget its getRepo calls draw from), with a
-durable cursor per host.
+durable cursor per host. A cursor that comes back, or a listing past
+`MAX_PAGES`, ends the listing (`PageGuard`): a host cannot page forever.
 
 * Active repos are enqueued *unresolved*: the DID document, not the listing,
   is the authority for where a repo lives, so the engine resolves them.
@@ -33,6 +34,7 @@ from bsky_backfill.engine.enumerate.base import (
     EnumerationStore,
     OnPage,
     Page,
+    PageGuard,
     RepoRejected,
     SlotPool,
     SourceResult,
@@ -46,7 +48,7 @@ from bsky_backfill.syntax import is_supported_did
 from bsky_backfill.xrpc.client import XrpcClient
 from bsky_backfill.xrpc.retry import RetryPolicy, error_summary
 from bsky_backfill.xrpc.slot import HostSlot
-from bsky_backfill.xrpc.ssrf import check_endpoint, host_to_base_url
+from bsky_backfill.xrpc.ssrf import host_to_base_url
 
 log = logging.getLogger("bsky_backfill.enumerate")
 
@@ -118,9 +120,11 @@ class ListReposSource:
     async def run(self, store: EnumerationStore, on_page: OnPage) -> SourceResult:
         result = SourceResult(source=self.name)
         cursor = store.get_cursor(self.name)
+        pages = PageGuard(f"{self.base} {LIST_REPOS}")
+        pages.start(cursor)
         try:
             if not self.trusted:
-                await check_endpoint(self.base, self.allow_private)
+                await self.client.guard.check(self.base)
             slot = self.slot_for(self.host)
             while True:
                 params: dict[str, str | int] = {"limit": self.limit}
@@ -144,8 +148,7 @@ class ListReposSource:
                 await on_page(page)
                 if nxt is None:
                     break  # the last page: nothing to resume from beyond the saved cursor
-                if nxt == cursor:
-                    raise TerminalError(f"{self.base}: the listRepos cursor does not advance")
+                pages.advance(nxt)  # a cycle or an endless listing stops here
                 store.set_cursor(self.name, nxt)
                 cursor = nxt
             result.complete = True

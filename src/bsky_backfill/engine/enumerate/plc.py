@@ -23,6 +23,13 @@ is settled on its own, against what the store already holds:
 
 A repo a worker already claimed keeps the identity it was claimed with (see
 the package docstring for what that means for accounts that moved).
+
+The export is read as a stranger's data even though the operator chose the
+directory: a DID must have the syntax an input DID must have (a
+`did:plc:../../etc/passwd` is skipped), an endpoint goes through the run's
+address policy like any other, and the cursor must move forward on every page
+(`seq` up, or `createdAt` later) within at most `max_pages` pages, so that a
+directory cannot keep a run listing forever.
 """
 
 from __future__ import annotations
@@ -50,14 +57,17 @@ from bsky_backfill.engine.enumerate.base import (
 from bsky_backfill.errors import BackfillError, TerminalError, TransientError
 from bsky_backfill.identity.resolver import host_key
 from bsky_backfill.state.base import Identity
+from bsky_backfill.syntax import is_supported_did, parse_datetime
 from bsky_backfill.xrpc.client import XrpcClient
 from bsky_backfill.xrpc.retry import RetryPolicy, error_summary
-from bsky_backfill.xrpc.ssrf import check_endpoint
+from bsky_backfill.xrpc.ssrf import no_lookup
 
 log = logging.getLogger("bsky_backfill.enumerate")
 
 #: An export page is ~1000 operations of < 2 KB each; anything far beyond is not an export.
 _MAX_PAGE_BYTES = 64 * 1024 * 1024
+#: Pages of one export run at most: ~1B operations, far beyond the real directory.
+MAX_PAGES = 1_000_000
 
 
 @dataclass
@@ -76,12 +86,14 @@ class ExportPage:
 
 def _endpoint(value: object) -> str | None:
     if isinstance(value, str) and value.strip():
-        return value.strip().rstrip("/")
+        return value.strip().rstrip("/")[:2048]  # longer is refused by the endpoint check
     return None
 
 
 def _did_key(value: object) -> str | None:
-    return value if isinstance(value, str) and value.startswith("did:key:") else None
+    if isinstance(value, str) and value.startswith("did:key:") and len(value) <= 256:
+        return value
+    return None
 
 
 def identity_from_operation(did: str, op: Mapping[str, Any]) -> Identity | None:
@@ -105,11 +117,24 @@ def identity_from_operation(did: str, op: Mapping[str, Any]) -> Identity | None:
         key = _did_key(op.get("signingKey"))
     if pds is None:
         return None
-    try:
-        host = host_key(pds)
-    except ValueError:  # not a URL at all; the endpoint check refuses it
-        host = pds.lower()
-    return Identity(did=did, pds=pds, host=host, signing_key=key)
+    return Identity(did=did, pds=pds, host=host_key(pds), signing_key=key)
+
+
+def _is_plc_did(did: str) -> bool:
+    """The syntax an input did:plc must have (syntax.py), for DIDs the export names."""
+    return did.startswith("did:plc:") and is_supported_did(did)
+
+
+def cursor_advances(before: str | None, after: str) -> bool:
+    """Whether an export cursor moved forward: `seq` numbers up, `createdAt` later."""
+    if before is None:
+        return True
+    if before.isdigit() and after.isdigit():
+        return int(after) > int(before)
+    old, new = parse_datetime(before), parse_datetime(after)
+    if old is not None and new is not None:
+        return new > old
+    return after > before
 
 
 def export_cursor(entry: Mapping[str, Any]) -> str | None:
@@ -138,7 +163,7 @@ def settle_page(lines: Iterable[bytes]) -> ExportPage:
             continue
         page.cursor = export_cursor(entry) or page.cursor
         did, op = entry.get("did"), entry.get("operation")
-        if not (isinstance(did, str) and did.startswith("did:plc:") and isinstance(op, dict)):
+        if not (isinstance(did, str) and _is_plc_did(did) and isinstance(op, dict)):
             page.skipped += 1
             continue
         if entry.get("nullified") is True:
@@ -151,14 +176,6 @@ def settle_page(lines: Iterable[bytes]) -> ExportPage:
         else:
             page.endpoints_to_check[did] = identity
     return page
-
-
-async def _no_lookup(host: str, port: int) -> list[str]:
-    # Only the static checks (scheme, localhost, IP literals) run here: a DNS
-    # lookup per DID would cost millions of queries. Hostnames are checked on
-    # every connection by the client's GuardedResolver, which also catches
-    # DNS rebinding; aiohttp skips that resolver for IP literals, hence this.
-    return []
 
 
 async def fetch_bytes(client: XrpcClient, url: str) -> bytes:
@@ -177,8 +194,10 @@ class PlcExportSource:
         allow_private: bool = False,
         count: int = 1000,
         retry: RetryPolicy = PAGE_RETRY,
+        max_pages: int = MAX_PAGES,
     ) -> None:
         self.client = client
+        self.max_pages = max_pages
         self.plc_url = plc_url.rstrip("/")
         self.allow_private = allow_private
         self.count = count
@@ -207,8 +226,16 @@ class PlcExportSource:
                 if settled.cursor is None:
                     result.complete = True  # an empty page: the export is exhausted
                     return result
-                if settled.cursor == cursor:
-                    raise TerminalError(f"{url}: the export cursor does not advance")
+                if not cursor_advances(cursor, settled.cursor):
+                    raise TerminalError(
+                        f"{url}: the export cursor does not move forward "
+                        f"({cursor!r:.64} -> {settled.cursor!r:.64})",
+                        code="CursorCycle",
+                    )
+                if result.pages >= self.max_pages:
+                    raise TerminalError(
+                        f"{url}: more than {self.max_pages} export pages", code="TooManyPages"
+                    )
                 page = await self._store(store, settled)
                 result.add(page)
                 await on_page(page)
@@ -248,11 +275,13 @@ class PlcExportSource:
         )
 
     async def _refusal(self, pds: str) -> str | None:
-        """Why the endpoint must not be contacted, or None."""
+        """Why the endpoint must not be contacted, or None.
+
+        Only the static checks run here (syntax, normalisation, literals,
+        localhost): a DNS lookup per DID would cost millions of queries. The
+        client's connect-time guard sees every address these hosts resolve to."""
         try:
-            await check_endpoint(pds, self.allow_private, lookup=_no_lookup)
+            await self.client.guard.check(pds, lookup=no_lookup)
         except BackfillError as e:
             return e.message
-        except ValueError as e:  # urlsplit: e.g. an unclosed IPv6 bracket
-            return f"endpoint {pds!r} is not a URL ({e})"
         return None

@@ -6,8 +6,9 @@ hosts at once. The relay's own listRepos is never used: it is known to miss
 about a third of the accounts the hosts themselves list.
 
 Hostnames from a relay are untrusted input: each becomes a base URL with
-`host_to_base_url` and passes the SSRF guard (`check_endpoint`, with the
-run's `allow_private`) before any request is sent to it.
+`host_to_base_url` and passes the run's address policy (`client.guard`,
+xrpc/ssrf.py) before any request is sent to it; the host-list cursor must not
+come back and the list is capped (`PageGuard`), so a relay cannot page forever.
 
 Durability: every host keeps its own listRepos cursor. The relay's host-list
 cursor moves past a page of hosts only once every host on it has been listed
@@ -28,6 +29,7 @@ from bsky_backfill.engine.enumerate.base import (
     PAGE_RETRY,
     EnumerationStore,
     OnPage,
+    PageGuard,
     SlotPool,
     SourceResult,
     retryable,
@@ -111,6 +113,8 @@ class RelaySource:
                     result.hosts[host.source] = host
                     for name in ("pages", "offered", "new", "dropped", "rejected"):
                         setattr(result, name, getattr(result, name) + getattr(host, name))
+                    if host.error:
+                        log.warning("%s: %s", host.source, host.error)
                     if host.error and host.retryable:
                         held = True
                 if cursor is not None and not held:
@@ -118,6 +122,8 @@ class RelaySource:
 
         cursor = store.get_cursor(self.name)
         seen: set[str] = set()
+        pages = PageGuard(f"{self.base} {LIST_HOSTS}")
+        pages.start(cursor)
         try:
             slot = self.slot_for(host_key(self.base))
             while True:
@@ -146,6 +152,12 @@ class RelaySource:
                     break
                 nxt = data.get("cursor")
                 nxt = nxt if isinstance(nxt, str) and nxt and nxt != cursor else None
+                if nxt is not None:
+                    try:
+                        pages.advance(nxt)  # a cycle or an endless host list stops here
+                    except TerminalError as e:
+                        result.error = error_summary(e)
+                        nxt = None
                 page_tasks = []
                 for entry in hosts:
                     source = self._source_for(entry, seen)
@@ -156,7 +168,7 @@ class RelaySource:
                 waiting.append((nxt, page_tasks))
                 advance()
                 if nxt is None:
-                    result.complete = True
+                    result.complete = result.error is None
                     break
                 cursor = nxt
             while waiting:
@@ -175,10 +187,11 @@ class RelaySource:
             return None
         hostname = entry.get("hostname")
         if not isinstance(hostname, str) or not hostname.strip() or "/" in hostname.strip():
-            log.warning("%s: ignoring host entry %r", self.base, entry)
+            log.warning("%s: ignoring host entry %.200r", self.base, entry)
             return None
-        if entry.get("status") in _SKIPPED_HOST_STATES:
-            log.info("%s: skipping %s (%s)", self.base, hostname, entry.get("status"))
+        status = entry.get("status")
+        if isinstance(status, str) and status in _SKIPPED_HOST_STATES:
+            log.info("%s: skipping %s (%s)", self.base, hostname, status)
             return None
         try:
             source = self.host_source(hostname)
