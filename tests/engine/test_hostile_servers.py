@@ -347,7 +347,7 @@ def test_trickling_bodies_are_cut_off(tmp_path: Path) -> None:
         env.plc.docs[error] = pds_doc(error, pds.url)
         args = env.args(
             "--dids", env.dids([doc, car, error]), "--read-timeout", "2", "--max-attempts", "3",
-            "--retry-base", "0.05", pds=(pds.url,),
+            "--retry-base", "0.05", "--give-up-after", "1s", pds=(pds.url,),
         )  # fmt: skip
         run = run_child(env.work, args)
         finish(env, run)
@@ -378,6 +378,7 @@ def test_huge_retry_after_is_capped(tmp_path: Path) -> None:
             env.plc.docs[did] = pds_doc(did, pds.url)
         args = env.args(
             "--dids", env.dids([huge, year]), "--max-retry-after", "0.2", "--max-attempts", "1",
+            "--give-up-after", "1s",
             pds=(pds.url,),
         )  # fmt: skip
         run = run_child(env.work, args)

@@ -5,9 +5,12 @@ enqueues DIDs, stores identities, claims repos per PDS host and, through
 `sinks.parquet.DatasetWriter.commit`, records committed files together with the
 repos they complete in one transaction.
 
-Concurrency: one connection, used by one thread at a time (the engine's
-asyncio thread; every call is one short transaction). The connection may be
-handed to another thread, but calls must not overlap. Other processes may open
+Concurrency: one connection, shared by the engine's asyncio thread and the
+threads it hands work to (a big repo's commit runs on the extraction thread
+while the loop goes on claiming); every call is one short transaction and holds
+the store's lock for its length, so calls from two threads never overlap on the
+connection (sqlite3 reports overlapping use as odd errors such as "not an
+error"). Other processes may open
 the same file (status command, workers): WAL lets readers run beside the
 writer, `busy_timeout` makes writers queue up instead of failing.
 
@@ -25,6 +28,7 @@ import datetime as dt
 import itertools
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -88,7 +92,8 @@ class SqliteStateStore:
             raise StateStoreError(f"SQLite >= 3.35 required, found {sqlite3.sqlite_version}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _mapped():
+        self._lock = threading.RLock()
+        with self._locked():
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so every
             # transaction is exactly as long as one method.
             self._conn = sqlite3.connect(
@@ -102,6 +107,12 @@ class SqliteStateStore:
                 raise
 
     # -- setup ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the connection for one call (see the module docstring), mapping errors."""
+        with self._lock, _mapped():
+            yield
 
     def _configure(self, busy_timeout_s: float) -> None:
         c = self._conn
@@ -154,7 +165,7 @@ class SqliteStateStore:
     def _write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
         """One short write transaction; `durable` fsyncs the WAL before returning."""
         c = self._conn
-        with _mapped():
+        with self._locked():
             if durable:
                 c.execute("PRAGMA synchronous = FULL")
             try:
@@ -219,7 +230,7 @@ class SqliteStateStore:
         # right now) is filtered in Python: over-fetching by its length is
         # cheaper than binding thousands of parameters.
         skip = set(exclude)
-        with _mapped():
+        with self._locked():
             rows = self._conn.execute(
                 """SELECT did FROM repos
                    WHERE state = 'pending' AND host IS NULL AND next_attempt_at <= ?
@@ -241,7 +252,7 @@ class SqliteStateStore:
         # due = pending (from host_counts) - not yet due. Counting the due ones
         # directly would scan every pending repo on each scheduler tick; the not
         # yet due ones are only the few backing off, found through repos_due.
-        with _mapped():
+        with self._locked():
             rows = self._conn.execute(
                 """SELECT h.host, h.n - coalesce(f.n, 0) FROM host_counts AS h
                    LEFT JOIN (
@@ -258,7 +269,7 @@ class SqliteStateStore:
         # resolution backoff knows when to wake. Two index lookups, no scan.
         # ORDER BY ... LIMIT 1 rather than min(): the index order answers it at
         # once, where min() over `host IS NULL` may walk every unresolved entry.
-        with _mapped():
+        with self._locked():
             found = [
                 row[0]
                 for cond in ("host IS NOT NULL", "host IS NULL")
@@ -392,24 +403,34 @@ class SqliteStateStore:
             )
 
     def committed_files(self) -> list[CommittedFile]:
-        with _mapped():
+        with self._locked():
             rows = self._conn.execute("SELECT path, collection, rows FROM files").fetchall()
         return [CommittedFile(path=p, collection=c, rows=n) for p, c, n in rows]
 
     def counts(self) -> dict[RepoState, int]:
-        with _mapped():
+        with self._locked():
             rows = self._conn.execute("SELECT state, n FROM repo_counts").fetchall()
         return {RepoState(s): n for s, n in rows}
 
     def host_map(self, batch: int = 100_000) -> Iterator[list[tuple[str, str]]]:
-        with _mapped():
-            cursor = self._conn.execute("SELECT did, host FROM repos WHERE host IS NOT NULL")
-            while rows := cursor.fetchmany(batch):
-                yield rows
+        # The lock is taken per batch, never across a yield: the consumer may
+        # wait on another thread that needs the store meanwhile.
+        last = ""
+        while True:
+            with self._locked():
+                rows = self._conn.execute(
+                    "SELECT did, host FROM repos WHERE host IS NOT NULL AND did > ?"
+                    " ORDER BY did LIMIT ?",
+                    (last, batch),
+                ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield rows
 
     def status(self) -> StatusReport:
         c = self._conn
-        with _mapped():
+        with self._locked():
             # One read transaction: all numbers come from the same snapshot.
             c.execute("BEGIN")
             try:
@@ -465,7 +486,7 @@ class SqliteStateStore:
     # -- long runs: failures, supersession, host pauses ---------------------------------
 
     def failure_of(self, did: str) -> tuple[int, dt.datetime | None]:
-        with _mapped():
+        with self._locked():
             row = self._conn.execute(
                 "SELECT attempts, first_failed_at FROM repos WHERE did = ?", (did,)
             ).fetchone()
@@ -474,7 +495,7 @@ class SqliteStateStore:
         return int(row[0]), None if row[1] is None else _from_us(row[1])
 
     def next_unresolved(self) -> dt.datetime | None:
-        with _mapped():
+        with self._locked():
             row = self._conn.execute(
                 """SELECT next_attempt_at FROM repos
                    WHERE state = 'pending' AND host IS NULL
@@ -498,7 +519,7 @@ class SqliteStateStore:
         if exclude:
             where.append(f"coalesce(error_code, '') NOT IN ({','.join('?' * len(exclude))})")
             args.extend(exclude)
-        with _mapped():
+        with self._locked():
             rows = self._conn.execute(
                 f"""SELECT did, coalesce(error_code, ''), coalesce(error_stage, '')
                     FROM repos WHERE {" AND ".join(where)} ORDER BY did LIMIT ?""",
@@ -573,14 +594,14 @@ class SqliteStateStore:
             )
 
     def host_pauses(self) -> list[HostPause]:
-        with _mapped():
+        with self._locked():
             rows = self._conn.execute("SELECT host, until, reason FROM host_pauses").fetchall()
         return [_pause(*row) for row in rows]
 
     # -- small tables ------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
-        with _mapped():
+        with self._locked():
             row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
@@ -590,7 +611,7 @@ class SqliteStateStore:
 
     def get_cursor(self, source: str) -> str | None:
         """Where an enumeration source (PLC export, relay) left off; beyond the Protocol."""
-        with _mapped():
+        with self._locked():
             row = self._conn.execute(
                 "SELECT cursor FROM cursors WHERE source = ?", (source,)
             ).fetchone()
@@ -605,7 +626,7 @@ class SqliteStateStore:
             )
 
     def close(self) -> None:
-        with _mapped():
+        with self._locked():
             with contextlib.suppress(sqlite3.Error):
                 # Cheap on close, keeps planner statistics fresh for the next run.
                 self._conn.execute("PRAGMA optimize")

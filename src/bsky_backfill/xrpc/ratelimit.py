@@ -122,8 +122,15 @@ def bounded_rate_headers(
         out["Retry-After"] = str(math.ceil(wait))
     reset = _header_float(headers, "RateLimit-Reset")
     if reset is not None and reset >= 0:
-        at = now + reset if reset < RateBucket.DELTA_RESET_MAX else reset
-        out["RateLimit-Reset"] = f"{min(max(at, now), now + cap):.3f}"
+        if reset < RateBucket.DELTA_RESET_MAX:
+            out["RateLimit-Reset"] = f"{now + min(reset, cap):.3f}"
+        elif reset.is_integer():
+            # Whole unix seconds stay whole: the reference PDS floors its reset, so
+            # the second it names ends the window (reset_at), even when that second
+            # has begun already.
+            out["RateLimit-Reset"] = str(int(min(max(reset, math.floor(now)), now + cap)))
+        else:
+            out["RateLimit-Reset"] = f"{min(max(reset, now), now + cap):.3f}"
     for name in ("RateLimit-Remaining", "RateLimit-Limit"):
         number = _header_float(headers, name)
         if number is not None and number >= 0:
