@@ -23,6 +23,19 @@ class StateStoreError(BackfillError):
     stage = "state"
 
 
+class StateStoreUnavailable(StateStoreError):
+    """The store could not be reached for one call, and that call certainly changed
+    nothing (the connection dropped before COMMIT was sent, the server was restarting,
+    a serialization failure rolled it back).
+
+    Raised inside a store only: its calls retry these, reconnecting, for up to the
+    store's outage budget, so a database restart costs the run a pause. Escapes as
+    a plain `StateStoreError` once the budget is spent.
+    """
+
+    code = "StateStoreUnavailable"
+
+
 class LeaseLostError(StateStoreError):
     """A commit held repos this worker no longer owns; nothing of it was applied.
 
