@@ -223,7 +223,7 @@ static PyObject *frame_index(PyObject *self, PyObject *args) {
     if (pos < 0) goto fallback;
     {
         Py_ssize_t hstart = 0;
-        unsigned long long hlen;
+        unsigned long long hlen = 0;
         read_varint(buf, len, &hstart, &hlen);
         header = PyBytes_FromStringAndSize((const char *)buf + hstart, (Py_ssize_t)hlen);
         if (header == NULL) goto fail;
