@@ -878,9 +878,4 @@ def operator_hosts(settings: RunSettings) -> list[str]:
     return [settings.plc_url, *(host_to_base_url(h.strip(), private) for h in named)]
 
 
-def run_sync(settings: RunSettings, source: DidSource | None) -> RunSummary:
-    """Run a backfill to completion from synchronous code (tests, the Python API)."""
-    return asyncio.run(Backfill(settings, source).run())
-
-
-__all__ = ["Backfill", "RunSummary", "run_sync"]
+__all__ = ["Backfill", "RunSummary"]
