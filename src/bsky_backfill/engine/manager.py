@@ -57,10 +57,15 @@ from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.engine.stats import RunStats
 from bsky_backfill.engine.worker import RepoWorker
 from bsky_backfill.engine.workers import Role, join_followers, spawn_followers, stop_followers
-from bsky_backfill.errors import HostUnreachable, TerminalError, TransientError, UsageError
+from bsky_backfill.errors import (
+    CommitRefused,
+    HostUnreachable,
+    TerminalError,
+    TransientError,
+    UsageError,
+)
 from bsky_backfill.identity.resolver import DidResolver, host_key
 from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
-from bsky_backfill.sinks import BatchRefused
 from bsky_backfill.sinks.parquet import CommitSummary, DatasetWriter, DiscardedBatch, SinkConfig
 from bsky_backfill.state.base import (
     HostPause,
@@ -70,7 +75,6 @@ from bsky_backfill.state.base import (
     RepoState,
     StateStore,
 )
-from bsky_backfill.state.errors import LeaseLostError
 from bsky_backfill.state.open import open_store, store_exists
 from bsky_backfill.state.runlock import RunLock, check_state_present
 from bsky_backfill.xrpc.breaker import Breaker, BreakerBoard, BreakerState, is_host_failure
@@ -804,7 +808,7 @@ class Backfill:
         failed, self._failed_in_batch = self._failed_in_batch, []
         try:
             return _Committed(failed, summary=sink.commit())
-        except (LeaseLostError, BatchRefused) as e:
+        except CommitRefused as e:  # LeaseLostError, BatchRefused: nothing recorded
             try:
                 return _Committed(failed, refused=e, discarded=sink.discard_batch())
             except Exception as discard_error:
