@@ -97,6 +97,7 @@ class RunFileOptions(BaseModel):
     rate_limit: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     allow_private_hosts: bool | None = None
     no_verify: bool | None = None
+    no_validate: bool | None = None
     progress: bool | None = None
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     workers: int | None = Field(default=None, ge=1)

@@ -26,6 +26,10 @@ Rules (the `createdAt` window is [since, until)):
 
 * `$type` must equal the collection and the record key must be valid, else
   dead letter (stage validate, InvalidRecord).
+* Collections with a bundled lexicon (`records.validate`): the record must be
+  valid under it (unless `RecordFilter.validate` is off, `--no-validate`),
+  else dead letter with the path and rule in the message.
+* Every validate-stage dead letter keeps the record's `cid` and its JSON.
 * Collections whose Lexicon requires createdAt: a missing or invalid createdAt
   is a dead letter; the window applies.
 * Known collections with optional/no createdAt (`app.bsky.actor.profile`,
@@ -47,9 +51,10 @@ import pyarrow as pa
 
 from bsky_backfill.models import DeadLetter, RecordFilter
 from bsky_backfill.records.datamodel import has_float as _has_float
-from bsky_backfill.records.json import RecordEncodeError, encode_default
+from bsky_backfill.records.json import RecordEncodeError, encode_default, to_json
 from bsky_backfill.records.lexicon import CREATED_AT_REQUIRED, window_applies
 from bsky_backfill.records.schema import TIMESTAMP, schema_for
+from bsky_backfill.records.validate import Validator, validator_for
 from bsky_backfill.syntax import RECORD_KEY_RE, datetime_micros, datetime_value
 
 __all__ = ["RecordColumns"]
@@ -121,15 +126,25 @@ _EXTRACTORS: dict[str, _Extractor] = {
 class _Collection:
     """One collection of one repo: its rules and its typed-column lists."""
 
-    __slots__ = ("extract", "extras", "name", "prefix", "required", "schema", "windowed")
+    __slots__ = (
+        "extract",
+        "extras",
+        "name",
+        "prefix",
+        "required",
+        "schema",
+        "validator",
+        "windowed",
+    )
 
-    def __init__(self, did: str, name: str, window_on: bool) -> None:
+    def __init__(self, did: str, name: str, window_on: bool, validate: bool) -> None:
         self.name = name
         self.prefix = f"at://{did}/{name}/"
         self.schema = schema_for(name)
         self.required = name in CREATED_AT_REQUIRED
         self.windowed = window_on and window_applies(name)
         self.extract = _EXTRACTORS.get(name)
+        self.validator: Validator | None = validator_for(name) if validate else None
         self.extras: tuple[list[Any], ...] = tuple([] for _ in range(len(self.schema) - _N_COMMON))
 
 
@@ -139,6 +154,7 @@ class RecordColumns:
     def __init__(self, did: str, filt: RecordFilter) -> None:
         self.did = did
         self.wanted = filt.collections
+        self._validate = filt.validate
         self._since = _aware(filt.since)
         self._until = _aware(filt.until)
         self._since_us = None if self._since is None else _micros(self._since)
@@ -164,9 +180,20 @@ class RecordColumns:
         """Record a dead letter for this repo (uri None: the whole repo)."""
         self.dead_letters.append(DeadLetter(self.did, uri, stage, error, message))
 
-    def _invalid(self, collection: str, rkey: str, message: str) -> None:
+    def _invalid(
+        self, collection: str, rkey: str, message: str, cid: str | None = None, record: Any = None
+    ) -> None:
+        """A validate-stage dead letter, keeping the record (when it can be written as JSON)."""
         uri = f"at://{self.did}/{collection}/{rkey}"
-        self.dead_letters.append(DeadLetter(self.did, uri, "validate", "InvalidRecord", message))
+        text = None
+        if record is not None:
+            try:
+                text = to_json(record)
+            except (RecordEncodeError, TypeError):
+                text = None
+        self.dead_letters.append(
+            DeadLetter(self.did, uri, "validate", "InvalidRecord", message, cid=cid, record=text)
+        )
 
     def add(self, collection: str, rkey: str, cid: str, record: Any) -> None:
         """Validate one record of a wanted collection; keep it if it is in the window."""
@@ -191,29 +218,38 @@ class RecordColumns:
         for collection, rkey, cid, record in items:
             cols = get_cols(collection)
             if cols is None:
-                cols = self._cols[collection] = _Collection(self.did, collection, self._window_on)
+                cols = self._cols[collection] = _Collection(
+                    self.did, collection, self._window_on, self._validate
+                )
             if record.__class__ is not dict:
                 invalid(collection, rkey, f"record is a {type(record).__name__}, not a map")
                 continue
             rtype = record.get("$type")
             if rtype != collection:
-                invalid(collection, rkey, f"$type is {rtype!r:.100}, expected the collection")
+                message = f"$type is {rtype!r:.100}, expected the collection"
+                invalid(collection, rkey, message, cid, record)
                 continue
             if _rkey_ok(rkey) is None:
-                invalid(collection, rkey, "record key is not valid")
+                invalid(collection, rkey, "record key is not valid", cid, record)
                 continue
             created = record.get("createdAt")
             when = datetime_value(created) if created.__class__ is str else None
             if when is None:
                 if cols.required:
                     what = "missing" if created is None else f"not valid: {created!r:.64}"
-                    invalid(collection, rkey, f"createdAt is {what}")
+                    invalid(collection, rkey, f"createdAt is {what}", cid, record)
                     continue
                 created = None
-            elif cols.windowed and not self._in_window(when):
+            if cols.validator is not None:
+                problem = cols.validator(record)
+                if problem is not None:
+                    invalid(collection, rkey, problem, cid, record)
+                    continue
+            if when is not None and cols.windowed and not self._in_window(when):
                 continue
             if has_float(record):
-                invalid(collection, rkey, "record holds a float (the data model has none)")
+                message = "record holds a float (the data model has none)"
+                invalid(collection, rkey, message, cid, record)
                 continue
             try:
                 js = _dumps(record, default=encode_default, option=_SORT_KEYS)
