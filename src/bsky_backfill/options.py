@@ -19,8 +19,9 @@ from typing import Any
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.errors import BackfillError, UsageError
+from bsky_backfill.records.collections import expand_collections
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
-from bsky_backfill.syntax import is_valid_nsid, parse_datetime
+from bsky_backfill.syntax import parse_datetime
 from bsky_backfill.xrpc.client import SPOOL_BYTES, HttpSettings
 from bsky_backfill.xrpc.retry import RetryPolicy
 from bsky_backfill.xrpc.ssrf import parse_endpoint
@@ -96,15 +97,13 @@ def parse_when(value: str | None, flag: str) -> dt.datetime | None:
 
 
 def parse_collections(value: str | None) -> frozenset[str]:
+    """`--collections`: exact NSIDs and patterns (`app.bsky.feed.*`) -> exact names."""
     if value is None:
         return frozenset(DEFAULT_COLLECTIONS)
     names = [part.strip() for part in value.split(",") if part.strip()]
     if not names:
         raise UsageError("--collections is empty")
-    for name in names:
-        if not is_valid_nsid(name):
-            raise UsageError(f"--collections: {name!r} is not a valid NSID")
-    return frozenset(names)
+    return expand_collections(names)
 
 
 _SIZE_UNITS = {
