@@ -75,8 +75,19 @@ _rkey_ok = RECORD_KEY_RE.fullmatch
 # helper: a call per field is measurable at this rate.
 
 
+_EMBED_RECORD = "app.bsky.embed.record"
+_EMBED_MEDIA = "app.bsky.embed.recordWithMedia"
+_EMBED_IMAGES = "app.bsky.embed.images"
+_EMBED_EXTERNAL = "app.bsky.embed.external"
+_MENTION = "app.bsky.richtext.facet#mention"
+_LINK = "app.bsky.richtext.facet#link"
+_TAG = "app.bsky.richtext.facet#tag"
+_NONE: tuple[str, ...] = ()  # shared: most posts have no mentions, links or tags
+
+
 def _extract_post(rec: dict[str, Any], cols: tuple[list[Any], ...]) -> None:
-    text, langs, root_uri, parent_uri = cols
+    (text, langs, root_uri, parent_uri, embed_type, quote_uri, quote_cid,
+     external_uri, image_count, mentions, links, tags) = cols  # fmt: skip
     value = rec.get("text")
     text.append(value if value.__class__ is str else None)
     value = rec.get("langs")
@@ -93,6 +104,88 @@ def _extract_post(rec: dict[str, Any], cols: tuple[list[Any], ...]) -> None:
     else:
         root_uri.append(None)
         parent_uri.append(None)
+    _extract_embed(rec.get("embed"), embed_type, quote_uri, quote_cid, external_uri, image_count)
+    # Facet features in order (mentions, links, tags), then the post's own `tags`.
+    found_m: list[str] | tuple[str, ...] = _NONE
+    found_l: list[str] | tuple[str, ...] = _NONE
+    found_t: list[str] | tuple[str, ...] = _NONE
+    facets = rec.get("facets")
+    if facets.__class__ is list:
+        found_m, found_l, found_t = [], [], []
+        for facet in facets:
+            features = facet.get("features") if facet.__class__ is dict else None
+            if features.__class__ is not list:
+                continue
+            for feature in features:
+                if feature.__class__ is not dict:
+                    continue
+                kind = feature.get("$type")
+                if kind == _MENTION:
+                    value = feature.get("did")
+                    if value.__class__ is str:
+                        found_m.append(value)
+                elif kind == _LINK:
+                    value = feature.get("uri")
+                    if value.__class__ is str:
+                        found_l.append(value)
+                elif kind == _TAG:
+                    value = feature.get("tag")
+                    if value.__class__ is str:
+                        found_t.append(value)
+    extra = rec.get("tags")
+    if extra.__class__ is list:
+        found_t = [*found_t, *(t for t in extra if t.__class__ is str)]
+    mentions.append(found_m)
+    links.append(found_l)
+    tags.append(found_t)
+
+
+def _extract_embed(
+    embed: Any,
+    embed_type: list[Any],
+    quote_uri: list[Any],
+    quote_cid: list[Any],
+    external_uri: list[Any],
+    image_count: list[Any],
+) -> None:
+    """embed -> its `$type`, the quoted record's strongRef (record, or the record of
+    recordWithMedia), the external link's uri and the image count (images, or the
+    media of recordWithMedia)."""
+    kind = embed.get("$type") if embed.__class__ is dict else None
+    if kind.__class__ is not str:
+        embed_type.append(None)
+        quote_uri.append(None)
+        quote_cid.append(None)
+        external_uri.append(None)
+        image_count.append(None)
+        return
+    embed_type.append(kind)
+    media = embed
+    quoted = None
+    if kind == _EMBED_RECORD:
+        quoted = embed.get("record")
+    elif kind == _EMBED_MEDIA:
+        inner = embed.get("record")
+        quoted = inner.get("record") if inner.__class__ is dict else None
+        media = embed.get("media")
+        if media.__class__ is not dict:
+            media = {}
+    if quoted.__class__ is dict:
+        value = quoted.get("uri")
+        quote_uri.append(value if value.__class__ is str else None)
+        value = quoted.get("cid")
+        quote_cid.append(value if value.__class__ is str else None)
+    else:
+        quote_uri.append(None)
+        quote_cid.append(None)
+    media_kind = media.get("$type")
+    value = None
+    if media_kind == _EMBED_EXTERNAL:
+        external = media.get("external")
+        value = external.get("uri") if external.__class__ is dict else None
+    external_uri.append(value if value.__class__ is str else None)
+    images = media.get("images") if media_kind == _EMBED_IMAGES else None
+    image_count.append(len(images) if images.__class__ is list else None)
 
 
 def _extract_subject_ref(rec: dict[str, Any], cols: tuple[list[Any], ...]) -> None:
@@ -113,6 +206,18 @@ def _extract_subject_did(rec: dict[str, Any], cols: tuple[list[Any], ...]) -> No
     cols[0].append(value if value.__class__ is str else None)
 
 
+def _extract_listitem(rec: dict[str, Any], cols: tuple[list[Any], ...]) -> None:
+    value = rec.get("subject")
+    cols[0].append(value if value.__class__ is str else None)
+    value = rec.get("list")
+    cols[1].append(value if value.__class__ is str else None)
+
+
+def _extract_post_uri(rec: dict[str, Any], cols: tuple[list[Any], ...]) -> None:
+    value = rec.get("post")
+    cols[0].append(value if value.__class__ is str else None)
+
+
 _Extractor = Callable[[dict[str, Any], tuple[list[Any], ...]], None]
 _EXTRACTORS: dict[str, _Extractor] = {
     "app.bsky.feed.post": _extract_post,
@@ -120,6 +225,9 @@ _EXTRACTORS: dict[str, _Extractor] = {
     "app.bsky.feed.repost": _extract_subject_ref,
     "app.bsky.graph.follow": _extract_subject_did,
     "app.bsky.graph.block": _extract_subject_did,
+    "app.bsky.graph.listitem": _extract_listitem,
+    "app.bsky.feed.threadgate": _extract_post_uri,
+    "app.bsky.feed.postgate": _extract_post_uri,
 }
 
 
@@ -364,7 +472,7 @@ def _build_extra(values: list[Any], typ: pa.DataType) -> pa.Array:
         # Only list columns hold unchecked elements (langs); a list holding
         # anything but strings becomes null rather than failing the repo.
         clean = [
-            v if v.__class__ is list and all(x.__class__ is str for x in v) else None
+            v if v.__class__ in (list, tuple) and all(x.__class__ is str for x in v) else None
             for v in values
         ]
         return pa.array(clean, typ)
