@@ -252,7 +252,10 @@ class _Collection:
         self.required = name in CREATED_AT_REQUIRED
         self.windowed = window_on and window_applies(name)
         self.extract = _EXTRACTORS.get(name)
-        self.validator: Validator | None = validator_for(name) if validate else None
+        # createdAt is parsed below anyway; the validator leaves its syntax to us.
+        self.validator: Validator | None = (
+            validator_for(name, trust_created_at=True) if validate else None
+        )
         self.extras: tuple[list[Any], ...] = tuple([] for _ in range(len(self.schema) - _N_COMMON))
 
 
@@ -346,6 +349,11 @@ class RecordColumns:
                 if cols.required:
                     what = "missing" if created is None else f"not valid: {created!r:.64}"
                     invalid(collection, rkey, f"createdAt is {what}", cid, record)
+                    continue
+                if created.__class__ is str and cols.validator is not None:
+                    # Optional in the lexicon, but not in a wrong format.
+                    message = f"createdAt: {created!r:.100} is not a valid datetime"
+                    invalid(collection, rkey, message, cid, record)
                     continue
                 created = None
             if cols.validator is not None:

@@ -52,11 +52,13 @@ from typing import Any
 import libipld
 
 from bsky_backfill import syntax
+from bsky_backfill.records.validate_codegen import FastCheck, generate
 
 __all__ = [
     "LEXICON_VERSION",
     "Invalid",
     "Validator",
+    "compile_pairs",
     "compile_records",
     "grapheme_count",
     "known_record_types",
@@ -148,12 +150,15 @@ def _extends(ch: str) -> bool:
 def grapheme_count(s: str) -> int:
     """Extended grapheme clusters in `s`, for the cases that matter in posts.
 
-    No standard-library segmenter exists; this joins combining marks, variation
-    selectors, skin tones, tags, ZWJ sequences and regional-indicator pairs,
-    which may count a rare script's cluster as two (never fewer than the true
-    count would allow a too-long text by much). It only runs when a string has
-    more code points than the limit allows graphemes, which is rare.
+    No standard-library segmenter exists; this joins CR LF, combining marks,
+    variation selectors, skin tones, tags, ZWJ sequences and regional-indicator
+    pairs. For a few scripts (Hangul jamo sequences, Indic conjuncts under
+    Unicode 15.1) it counts more clusters than a full segmenter, so a text at
+    the very limit in such a script may be refused. It only runs when a string
+    has more code points than the limit allows graphemes, which is rare.
     """
+    if s.isascii():  # one grapheme per character, except CR LF
+        return len(s) - s.count("\r\n")
     count = 0
     joined = False
     ri_open = False
@@ -170,7 +175,7 @@ def grapheme_count(s: str) -> int:
         else:
             ri_open = False
         count += 1
-    return count
+    return count - s.count("\r\n")
 
 
 # --- the compiler --------------------------------------------------------------
@@ -180,9 +185,10 @@ class _Compiler:
     """Turns lexicon definitions into checks, once; refs are resolved lazily
     through a cell so recursive definitions compile."""
 
-    def __init__(self, docs: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, docs: dict[str, dict[str, Any]], *, trust_created_at: bool = False) -> None:
         self.docs = docs
         self.compiled: dict[str, Check] = {}
+        self.trust_created_at = trust_created_at
 
     def lookup(self, ref: str, nsid: str) -> tuple[str, dict[str, Any]] | None:
         """`#name`, `nsid#name` or `nsid` (its main) -> (full name, definition)."""
@@ -202,43 +208,71 @@ class _Compiler:
         cell: list[Check] = []
         # Placeholder first: a definition that refers to itself finds it.
         self.compiled[full] = lambda value: cell[0](value)
-        check = self.compile(definition, full.partition("#")[0] or nsid)
+        check = self.compile(definition, full.partition("#")[0] or nsid, label=full)
         cell.append(check)
         self.compiled[full] = check
         return check
 
-    def compile(self, d: dict[str, Any], nsid: str) -> Check:
+    def compile(self, d: dict[str, Any], nsid: str, label: str | None = None) -> Check:
         kind = d.get("type")
+        if kind == "object":
+            return self._c_object(d, nsid, label)
+        if kind == "record":
+            return self._c_object(d["record"], nsid, label, record=True)
         method = getattr(self, f"_c_{str(kind).replace('-', '_')}", None)
         if method is None:
             raise ValueError(f"{nsid}: lexicon type {kind!r} cannot describe record data")
         check: Check = method(d, nsid)
         return check
 
-    def _c_record(self, d: dict[str, Any], nsid: str) -> Check:
-        return self.compile(d["record"], nsid)
+    def _c_object(
+        self, d: dict[str, Any], nsid: str, label: str | None, *, record: bool = False
+    ) -> Check:
+        """An object: its properties by name, with a fast path for the common leaves.
 
-    def _c_object(self, d: dict[str, Any], nsid: str) -> Check:
+        The loop runs over the value's keys (records hold fewer keys than their
+        schema lists), and a leaf that needs only a type test (a string with no
+        limits, optionally a format; an integer or boolean without bounds) is
+        checked inline; anything else, or a leaf that fails, calls its check
+        (which also writes the message).
+        """
         props = d.get("properties", {})
-        required = frozenset(d.get("required", ()))
+        required = tuple(d.get("required", ()))
         nullable = frozenset(d.get("nullable", ()))
-        fields = tuple(
-            (name, self.compile(p, nsid), name in required, name in nullable)
-            for name, p in props.items()
-        )
-        missing = _MISSING
+        specs: dict[str, tuple[int, Any, Check]] = {}
+        for name, p in props.items():
+            kind, fast = _fast_kind(p)
+            if record and name == "createdAt" and self.trust_created_at and kind == _FMT:
+                # The caller parses createdAt anyway (records/columns.py): not twice.
+                kind, fast = _STR, None
+            specs[name] = (kind, fast, self.compile(p, nsid))
+        get_spec = specs.get
+        expected = "an object" if label is None else label
 
         def check_object(value: Any) -> Invalid | None:
             if value.__class__ is not dict:
-                return Invalid(f"expected an object, got {_kind(value)}")
-            get = value.get
-            for name, sub, req, null_ok in fields:
-                v = get(name, missing)
-                if v is missing:
-                    if req:
-                        return Invalid("required property missing").at(name)
+                return Invalid(f"expected {expected}, got {_kind(value)}")
+            for name in required:
+                if name not in value:
+                    return Invalid("required property missing").at(name)
+            for name, v in value.items():
+                spec = get_spec(name)
+                if spec is None:
+                    continue  # open objects: unknown properties are allowed
+                kind, fast, sub = spec
+                cls = v.__class__
+                if kind == _FMT:
+                    if cls is str and fast(v):
+                        continue
+                elif kind == _STR:
+                    if cls is str:
+                        continue
+                elif kind == _INT:
+                    if cls is int:
+                        continue
+                elif kind == _BOOL and cls is bool:
                     continue
-                if v is None and null_ok:
+                if v is None and name in nullable:
                     continue
                 err = sub(v)
                 if err is not None:
@@ -254,16 +288,8 @@ class _Compiler:
         full, definition = target
         if definition.get("type") == "token":
             raise ValueError(f"{nsid}: ref {full!r} is a token, not data")
-        inner = self.ref(full, definition, nsid)
-        if definition.get("type") != "object":
-            return inner
-
-        def check_ref(value: Any) -> Invalid | None:
-            if value.__class__ is not dict:
-                return Invalid(f"expected {full}, got {_kind(value)}")
-            return inner(value)
-
-        return check_ref
+        # An object definition's check names it in its "expected ..." message.
+        return self.ref(full, definition, nsid)
 
     def _c_union(self, d: dict[str, Any], nsid: str) -> Check:
         members: dict[str, Check] = {}
@@ -448,6 +474,23 @@ class _Compiler:
         return _check_unknown
 
 
+_OTHER, _STR, _FMT, _INT, _BOOL = range(5)
+_LIMITS = ("maxLength", "minLength", "maxGraphemes", "minGraphemes", "enum", "const")
+
+
+def _fast_kind(d: dict[str, Any]) -> tuple[int, Any]:
+    """Whether a definition is a leaf its parent can check inline, and how."""
+    kind = d.get("type")
+    if kind == "string" and not any(k in d for k in _LIMITS):
+        fmt = d.get("format")
+        return (_STR, None) if fmt is None else (_FMT, _FORMATS.get(fmt))
+    if kind == "integer" and not any(k in d for k in ("minimum", "maximum", "enum", "const")):
+        return _INT, None
+    if kind == "boolean" and "const" not in d:
+        return _BOOL, None
+    return _OTHER, None
+
+
 def _check_plain_string(value: Any) -> Invalid | None:
     if value.__class__ is not str:
         return Invalid(f"expected a string, got {_kind(value)}")
@@ -539,34 +582,61 @@ def known_record_types() -> frozenset[str]:
     )
 
 
-def compile_records(docs: dict[str, dict[str, Any]]) -> dict[str, Validator]:
+def compile_records(
+    docs: dict[str, dict[str, Any]], *, trust_created_at: bool = False
+) -> dict[str, Validator]:
     """Validators for every record type in `docs` (NSID -> lexicon document).
 
-    The bundled set goes through `validator_for`; this entry serves tests
-    that drive the compiler with other documents (the interop catalog).
+    `trust_created_at`: the record's own `createdAt` (a datetime in the
+    lexicon) is checked only for being a string; its datetime syntax is left to
+    the caller, which parses it anyway (records/columns.py does). The bundled
+    set goes through `validator_for`; this entry also serves tests that drive
+    the compiler with other documents (the interop catalog).
     """
-    compiler = _Compiler(docs)
-    out: dict[str, Validator] = {}
-    for nsid, doc in docs.items():
-        main = doc["defs"].get("main")
-        if main is not None and main.get("type") == "record":
-            out[nsid] = _as_validator(compiler.ref(nsid, main, nsid))
-    return out
+    pairs = compile_pairs(docs, trust_created_at=trust_created_at)
+    return {nsid: _as_validator(fast, explain) for nsid, (fast, explain) in pairs.items()}
 
 
-def _as_validator(check: Check) -> Validator:
+def compile_pairs(
+    docs: dict[str, dict[str, Any]], *, trust_created_at: bool = False
+) -> dict[str, tuple[FastCheck, Check]]:
+    """NSID -> (generated valid/invalid check, explaining closure) per record type."""
+    compiler = _Compiler(docs, trust_created_at=trust_created_at)
+    fast = generate(
+        docs,
+        compiler.lookup,
+        compiler.compile,
+        _FORMATS,
+        grapheme_count,
+        _is_link,
+        trust_created_at=trust_created_at,
+    )
+    return {
+        nsid: (check, compiler.ref(nsid, docs[nsid]["defs"]["main"], nsid))
+        for nsid, check in fast.items()
+    }
+
+
+def _as_validator(fast: FastCheck, explain: Check) -> Validator:
+    """The generated check answers; the closures explain a failure (the two agree)."""
+
     def validate(record: dict[str, Any]) -> str | None:
-        err = check(record)
+        if fast(record):
+            return None
+        err = explain(record)
         return None if err is None else str(err)
 
     return validate
 
 
 @functools.cache
-def _bundled() -> dict[str, Validator]:
-    return compile_records(load_lexicons())
+def _bundled(trust_created_at: bool) -> dict[str, Validator]:
+    return compile_records(load_lexicons(), trust_created_at=trust_created_at)
 
 
-def validator_for(collection: str) -> Validator | None:
-    """The compiled validator of a collection's record lexicon (None: no bundled lexicon)."""
-    return _bundled().get(collection)
+def validator_for(collection: str, *, trust_created_at: bool = False) -> Validator | None:
+    """The compiled validator of a collection's record lexicon (None: no bundled lexicon).
+
+    `trust_created_at`: see `compile_records` (the hot path passes True).
+    """
+    return _bundled(trust_created_at).get(collection)
