@@ -24,7 +24,7 @@ from typing import Any
 from bsky_backfill.models import RecordFilter
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS, KNOWN_COLLECTIONS
 from bsky_backfill.records.transform import extract_repo
-from bsky_backfill.records.validate import validator_for
+from bsky_backfill.records.validate import record_checks
 from bsky_backfill.repo.car import read_car
 from bsky_backfill.repo.commit import read_commit
 from bsky_backfill.repo.mst import walk_mst
@@ -50,10 +50,10 @@ def _records(repos: list[tuple[bytes, str]]) -> list[tuple[Any, dict[str, Any]]]
     for data, _did in repos:
         car = read_car(data)
         for key, cid in walk_mst(car.blocks, read_commit(car).data):
-            validate = validator_for(key.partition("/")[0])
+            checks = record_checks(key.partition("/")[0], trust_created_at=True)
             record = car.blocks.get(cid)
-            if validate is not None and record.__class__ is dict:
-                out.append((validate, record))
+            if checks is not None and record.__class__ is dict:
+                out.append((checks[0], record))  # what the hot path calls
     return out
 
 
@@ -80,7 +80,7 @@ def measure(label: str, repos: list[tuple[bytes, str]], rounds: int, repeat: int
         f"--no-validate {per[False]:.2f} us, validate {per[True]:.2f} us "
         f"(ratio {per[True] / per[False]:.3f}, +{(per[True] / per[False] - 1) * 100:.1f} %); "
         f"validators alone {alone_us:.2f} us per record "
-        f"({alone_us / per[True] * 100:.1f} % of the validated extraction)"
+        f"({alone_us / per[False] * 100:.1f} % of the unvalidated extraction's CPU)"
     )
 
 
@@ -98,7 +98,7 @@ def main() -> None:
             for acct in net.accounts
             if acct.repo is not None and acct.status == "active"
         ]
-    measure(f"simulator ({len(repos)} repos)", repos, args.rounds, 1)
+    measure(f"simulator ({len(repos)} repos)", repos, args.rounds, 3)
 
 
 if __name__ == "__main__":

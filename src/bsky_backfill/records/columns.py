@@ -54,7 +54,8 @@ from bsky_backfill.records.datamodel import has_float as _has_float
 from bsky_backfill.records.json import RecordEncodeError, encode_default, to_json
 from bsky_backfill.records.lexicon import CREATED_AT_REQUIRED, window_applies
 from bsky_backfill.records.schema import TIMESTAMP, schema_for
-from bsky_backfill.records.validate import Validator, validator_for
+from bsky_backfill.records.validate import Validator, record_checks
+from bsky_backfill.records.validate_codegen import FastCheck
 from bsky_backfill.syntax import RECORD_KEY_RE, datetime_micros, datetime_value
 
 __all__ = ["RecordColumns"]
@@ -235,6 +236,7 @@ class _Collection:
     """One collection of one repo: its rules and its typed-column lists."""
 
     __slots__ = (
+        "explain",
         "extract",
         "extras",
         "name",
@@ -253,9 +255,9 @@ class _Collection:
         self.windowed = window_on and window_applies(name)
         self.extract = _EXTRACTORS.get(name)
         # createdAt is parsed below anyway; the validator leaves its syntax to us.
-        self.validator: Validator | None = (
-            validator_for(name, trust_created_at=True) if validate else None
-        )
+        checks = record_checks(name, trust_created_at=True) if validate else None
+        self.validator: FastCheck | None = None if checks is None else checks[0]
+        self.explain: Validator | None = None if checks is None else checks[1]
         self.extras: tuple[list[Any], ...] = tuple([] for _ in range(len(self.schema) - _N_COMMON))
 
 
@@ -356,8 +358,8 @@ class RecordColumns:
                     invalid(collection, rkey, message, cid, record)
                     continue
                 created = None
-            if cols.validator is not None:
-                problem = cols.validator(record)
+            if cols.validator is not None and not cols.validator(record):
+                problem = cols.explain(record)  # type: ignore[misc]
                 if problem is not None:
                     invalid(collection, rkey, problem, cid, record)
                     continue

@@ -1,21 +1,23 @@
-"""Lexicon validation of records: the bundled lexicon JSON compiled into closures.
+"""Lexicon validation of records: the bundled lexicon JSON compiled once per process.
 
 Where it sits in the flow: `records.columns.RecordColumns` calls
-`validator_for(collection)` once per collection of a repo and the returned
-function once per record, after the `$type`/record-key/createdAt checks and
+`record_checks(collection)` once per collection of a repo and the returned
+check once per record, after the `$type`/record-key/createdAt checks and
 before the time window (an invalid record is dead-lettered wherever it falls).
 A failure is a dead letter (stage `validate`, code `InvalidRecord`) whose
 message names the path and the rule, e.g.
 `subject: expected com.atproto.repo.strongRef, got string`.
 
 The schemas are the published lexicons bundled under `records/lexicons/`
-(upstream commit in `lexicons/VERSION`). Each definition is compiled **once
-per process** into a Python closure with its limits, required keys and
-precompiled format checks bound in, so a record costs a few dict lookups and
-calls: no schema document is walked per record. Why our own code rather than a
-package (checked on PyPI): `lexrpc` validates lexicons but interprets the
-schema documents on every call and expects JSON-shaped values, while the CAR
-path hands us libipld values (links and byte strings as Python `bytes`);
+(upstream commit in `lexicons/VERSION`). They are compiled **once per
+process**, twice: into one generated function per record type
+(`records.validate_codegen`, the per-record fast path: valid or not) and into
+the closure tree here (`_Compiler`), which runs only for an invalid record to
+name the path and the rule; tests hold the two equal. Cost per record:
+README "Validation" and `bench/validation_cost.py`. Why our own code rather
+than a package (checked on PyPI): `lexrpc` validates lexicons but interprets
+the schema documents on every call and expects JSON-shaped values, while the
+CAR path hands us libipld values (links and byte strings as Python `bytes`);
 JSON-schema engines (`jsonschema`, `fastjsonschema`, `jsonschema-rs`) have no
 `$type`-dispatched unions, grapheme limits, CID links or blobs, and would need
 the record converted to JSON first. The `atproto` SDK validates through one
@@ -63,6 +65,7 @@ __all__ = [
     "grapheme_count",
     "known_record_types",
     "load_lexicons",
+    "record_checks",
     "validator_for",
 ]
 
@@ -632,6 +635,28 @@ def _as_validator(fast: FastCheck, explain: Check) -> Validator:
 @functools.cache
 def _bundled(trust_created_at: bool) -> dict[str, Validator]:
     return compile_records(load_lexicons(), trust_created_at=trust_created_at)
+
+
+@functools.cache
+def _bundled_pairs(trust_created_at: bool) -> dict[str, tuple[FastCheck, Validator]]:
+    pairs = compile_pairs(load_lexicons(), trust_created_at=trust_created_at)
+    return {nsid: (fast, _explainer(explain)) for nsid, (fast, explain) in pairs.items()}
+
+
+def _explainer(explain: Check) -> Validator:
+    def why(record: dict[str, Any]) -> str | None:
+        err = explain(record)
+        return None if err is None else str(err)
+
+    return why
+
+
+def record_checks(
+    collection: str, *, trust_created_at: bool = False
+) -> tuple[FastCheck, Validator] | None:
+    """The hot path's form of `validator_for`: (is it valid?, why not?) as two
+    functions, so a valid record costs one call; None without a bundled lexicon."""
+    return _bundled_pairs(trust_created_at).get(collection)
 
 
 def validator_for(collection: str, *, trust_created_at: bool = False) -> Validator | None:

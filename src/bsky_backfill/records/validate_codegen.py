@@ -32,20 +32,31 @@ FastCheck = Callable[[dict[str, Any]], bool]
 _MEMO_LIMIT = 65_536
 """Valid values remembered per format (the set is emptied when it is full)."""
 
-# Always valid when it matches (did:plc, NSID of plain lowercase segments and a
-# letters-only name, alphanumeric record key); anything else gets the full check.
-_AT_URI_COMMON = re.compile(
-    r"at://did:plc:[a-z2-7]{24}(?:/(?:[a-z]{1,40}\.){2,6}[a-zA-Z]{1,60}(?:/[a-zA-Z0-9]{1,80})?)?"
-)
+# Shapes that are always valid when they match (a subset of each format), so
+# the common value costs one precompiled regex: did:plc DIDs; AT-URIs of a
+# did:plc, an NSID of plain lowercase segments and a letters-only name, an
+# alphanumeric record key; base32 CIDv1 strings. Anything else gets the full
+# check. Values of these formats are mostly unique (subjects, links), so they
+# are not memoised.
+_COMMON: dict[str, re.Pattern[str]] = {
+    "did": re.compile(r"did:plc:[a-z2-7]{24}"),
+    "at-uri": re.compile(
+        r"at://did:plc:[a-z2-7]{24}"
+        r"(?:/(?:[a-z]{1,40}\.){2,6}[a-zA-Z]{1,60}(?:/[a-zA-Z0-9]{1,80})?)?"
+    ),
+    "cid": re.compile(r"b[a-z2-7]{7,255}"),
+}
+# Formats whose values repeat within and across repos (langs, handles, NSIDs):
+# a value that passed once is a set lookup afterwards.
+_MEMOISED = frozenset({"language", "handle", "nsid", "at-identifier", "record-key", "tid"})
 
 
-def _memo(valid: Callable[[str], bool], fast: re.Pattern[str] | None) -> tuple[set[str], Any]:
+def _memo(valid: Callable[[str], bool]) -> tuple[set[str], Any]:
     """(remembered valid values, a check that remembers what passes)."""
     seen: set[str] = set()
-    common = None if fast is None else fast.fullmatch
 
     def check(value: str) -> bool:
-        if (common is not None and common(value) is not None) or valid(value):
+        if valid(value):
             if len(seen) >= _MEMO_LIMIT:
                 seen.clear()
             seen.add(value)
@@ -86,7 +97,7 @@ class _Generator:
         self.blocks: list[list[str]] = []
         self.functions: dict[str, str] = {}  # definition name -> generated function
         self.counter = 0
-        self.formats: dict[str, tuple[str, str]] = {}
+        self.formats: dict[str, tuple[str, str]] = {}  # format -> (pre-test, check)
 
     def fresh(self, prefix: str) -> str:
         self.counter += 1
@@ -97,14 +108,24 @@ class _Generator:
         self.names[name] = value
         return name
 
-    def format_check(self, fmt: str) -> tuple[str, str]:
+    def format_test(self, fmt: str, v: str) -> str:
+        """An expression that is true when `v` (a str) is NOT valid in `fmt`."""
         known = self.formats.get(fmt)
         if known is None:
             valid = self.valid_formats[fmt]
-            seen, check = _memo(valid, _AT_URI_COMMON if fmt == "at-uri" else None)
-            known = (self.const(seen, "S"), self.const(check, "F"))
+            if fmt in _MEMOISED:
+                seen, check = _memo(valid)
+                known = ("{v} not in " + self.const(seen, "S"), self.const(check, "F"))
+            elif fmt in _COMMON:
+                common = self.const(_COMMON[fmt].fullmatch, "R")
+                known = (common + "({v}) is None", self.const(valid, "F"))
+            else:
+                known = ("", self.const(valid, "F"))
             self.formats[fmt] = known
-        return known
+        first, check = known
+        if not first:
+            return f"not {check}({v})"
+        return f"{first.format(v=v)} and not {check}({v})"
 
     # -- definitions -> lines ---------------------------------------------------
 
@@ -294,8 +315,7 @@ class _Generator:
                 out.append(f"{pad}if {count}({v}) < {least}: return False")
         fmt = d.get("format")
         if fmt is not None:
-            seen, check = self.format_check(fmt)
-            out.append(f"{pad}if {v} not in {seen} and not {check}({v}): return False")
+            out.append(f"{pad}if {self.format_test(fmt, v)}: return False")
         if "enum" in d:
             out.append(f"{pad}if {v} not in {self.const(frozenset(d['enum']), 'E')}: return False")
         if "const" in d:
