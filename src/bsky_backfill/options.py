@@ -21,8 +21,9 @@ from pydantic import ByteSize, TypeAdapter, ValidationError
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.errors import BackfillError, UsageError
+from bsky_backfill.records.collections import expand_collections
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
-from bsky_backfill.syntax import is_valid_nsid, parse_datetime
+from bsky_backfill.syntax import parse_datetime
 from bsky_backfill.xrpc.client import SPOOL_BYTES, HttpSettings
 from bsky_backfill.xrpc.retry import RetryPolicy
 from bsky_backfill.xrpc.ssrf import parse_endpoint
@@ -31,7 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "dids_file": None, "did_list": (), "all_from_plc": False, "from_relay": None, "pds": (),
     "collections": None, "since": None, "until": None, "out": "bsky-data", "queue": None,
     "plc_url": "https://plc.directory", "method": "car", "rate_limit": 10.0,
-    "allow_private_hosts": False, "no_verify": False, "progress": False, "metrics_port": None,
+    "allow_private_hosts": False, "no_verify": False, "no_validate": False, "progress": False,
+    "metrics_port": None,
     "workers": 1, "refresh": False, "config_file": None, "host_concurrency": 4,
     "commit_rows": 200_000, "commit_seconds": 10.0, "connect_timeout": 10.0,
     "read_timeout": 60.0, "max_car_size": "4GiB", "max_attempts": 6, "retry_base": 2.0,
@@ -97,15 +99,13 @@ def parse_when(value: str | None, flag: str) -> dt.datetime | None:
 
 
 def parse_collections(value: str | None) -> frozenset[str]:
+    """`--collections`: exact NSIDs and patterns (`app.bsky.feed.*`) -> exact names."""
     if value is None:
         return frozenset(DEFAULT_COLLECTIONS)
     names = [part.strip() for part in value.split(",") if part.strip()]
     if not names:
         raise UsageError("--collections is empty")
-    for name in names:
-        if not is_valid_nsid(name):
-            raise UsageError(f"--collections: {name!r} is not a valid NSID")
-    return frozenset(names)
+    return expand_collections(names)
 
 
 # pydantic parses sizes ("500MB", "4GiB", "1.5 gb", decimal and binary units);
@@ -248,6 +248,7 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
         rate_limit=opts["rate_limit"] or None,
         allow_private_hosts=opts["allow_private_hosts"],
         verify=not opts["no_verify"],
+        validate_records=not opts["no_validate"],
         progress=progress,
         host_concurrency=opts["host_concurrency"],
         global_host_rate=opts["global_host_rate"],

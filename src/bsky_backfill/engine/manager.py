@@ -66,6 +66,8 @@ from bsky_backfill.errors import (
 )
 from bsky_backfill.identity.resolver import DidResolver, host_key
 from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
+from bsky_backfill.records.collections import collection_warnings, empty_collection_lines
+from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.sinks.parquet import CommitSummary, DatasetWriter, DiscardedBatch, SinkConfig
 from bsky_backfill.state.base import (
     HostPause,
@@ -109,6 +111,8 @@ class RunSummary:
     """Repos that landed during this run (done)."""
     failed_this_run: dict[str, int] = field(default_factory=dict)
     """Repos dead-lettered whole during this run, by code."""
+    empty_collections: list[str] = field(default_factory=list)
+    """Lines naming the wanted collections that hold no record (records/collections.py)."""
 
     @property
     def nothing_landed(self) -> bool:
@@ -195,6 +199,9 @@ class Backfill:
             raise
         try:
             if self.role.leader:
+                # A typo in --collections lands nothing of it: say so before any work.
+                for line in collection_warnings(settings.collections):
+                    log.warning("%s", line)
                 self._check_settings(store)
                 recovered = store.recover()
                 if recovered:
@@ -853,6 +860,12 @@ class Backfill:
             stopped=self.stopping,
             landed_this_run=max(0, status.done - self._baseline[0]),
             failed_this_run=_grown(self._baseline[1], status.failed_by_code),
+            empty_collections=empty_collection_lines(
+                self.settings.collections,
+                status.records_by_collection,
+                counts.get(RepoState.DONE, 0),
+                default=self.settings.collections == DEFAULT_COLLECTIONS,
+            ),
         )
 
 
