@@ -59,6 +59,7 @@ from bsky_backfill.identity.resolver import DidResolver, host_key
 from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
 from bsky_backfill.sinks import BatchRefused
 from bsky_backfill.sinks.parquet import CommitSummary, DatasetWriter, SinkConfig
+from bsky_backfill.sinks.provenance import file_metadata
 from bsky_backfill.state.base import (
     HostPause,
     Identity,
@@ -151,6 +152,10 @@ class Backfill:
         self._pauses_recorded: set[str] = set()
         # Unexpected errors already logged with their traceback (one per place).
         self._bugs_seen: set[tuple[str, str]] = set()
+        # Every file this run writes says which version and filters made it.
+        self.file_metadata = file_metadata(
+            sorted(settings.collections), settings.since, settings.until, settings.method
+        )
         self._lock: RunLock | None = None
         self._baseline: tuple[int, dict[str, int]] = (0, {})
         """(done, failed by code) in the store when the work started."""
@@ -192,7 +197,9 @@ class Backfill:
                 settings.out,
                 store,
                 SinkConfig(
-                    commit_rows=settings.commit_rows, commit_seconds=settings.commit_seconds
+                    commit_rows=settings.commit_rows,
+                    commit_seconds=settings.commit_seconds,
+                    file_metadata=self.file_metadata,
                 ),
             )
             # Safe in every process at any time: only dead writers' leftovers go.

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bsky_backfill.models import DeadLetter, RepoExtract
+from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
 from bsky_backfill.sinks.batch import (
     Batch,
     CommitSummary,
@@ -58,9 +58,11 @@ from bsky_backfill.sinks.batch import (
     EncodedFile,
     Part,
     SinkConfig,
+    is_record_table,
 )
 from bsky_backfill.sinks.deadletters import dead_letter_table
 from bsky_backfill.sinks.liveness import WriterDir, pick_rule
+from bsky_backfill.sinks.provenance import stamp, with_file_metadata
 from bsky_backfill.sinks.recovery import RecoveryReport, recover_dataset
 from bsky_backfill.sinks.storage import (
     DEAD_LETTERS,
@@ -183,8 +185,11 @@ class DatasetWriter:
         for collection in extract.tables:
             check_collection(collection)  # before writing anything: a refusal leaves no trace
         self._start(extract.did, partial=partial)
+        fetched_at = extract.fetched_at or utcnow()
         with self._guard():
             for collection, table in extract.tables.items():
+                if is_record_table(collection):
+                    table = stamp(table, extract.rev, fetched_at)
                 self._append(collection, table)
             if extract.dead_letters:
                 self._append(DEAD_LETTERS, dead_letter_table(extract.dead_letters))
@@ -344,8 +349,9 @@ class DatasetWriter:
         check_collection(collection)
         final = f"{collection}/part-{self._id}-{next(self._seq):06d}.parquet"
         tmp = self._tmp(final)
+        meta = with_file_metadata(table.schema, dict(self._cfg.file_metadata)).metadata
         with self._storage.fs.open_output_stream(self._storage.abs(tmp)) as out:
-            pq.write_table(table, out, compression="zstd")
+            pq.write_table(table.replace_schema_metadata(meta), out, compression="zstd")
         self._storage.fsync_file(tmp)
         self._storage.fsync_dir(self._dir.rel)
         self._dir.check_alive()
