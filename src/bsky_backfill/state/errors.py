@@ -35,3 +35,15 @@ class LeaseLostError(StateStoreError):
     def __init__(self, message: str, dids: Sequence[str]) -> None:
         super().__init__(message)
         self.dids = tuple(dids)
+
+
+class FilesChangedError(StateStoreError):
+    """A compaction's swap named files that are no longer committed (another
+    compaction replaced them first); nothing of it was applied. The caller
+    deletes its new files and may start again from the current set."""
+
+    code = "FilesChanged"
+
+    def __init__(self, message: str, paths: Sequence[str]) -> None:
+        super().__init__(message)
+        self.paths = tuple(paths)
