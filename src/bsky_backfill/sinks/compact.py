@@ -264,7 +264,7 @@ class _Output:
         self.dated = "created_at" in src.schema.names
         raw_per_row = max(1, src.raw_bytes // max(1, src.rows))
         stored_per_row = max(1, src.stored_bytes // max(1, src.rows))
-        self.group_rows = max(1024, cfg.row_group_bytes // raw_per_row)
+        self.group_rows = max(64, cfg.row_group_bytes // raw_per_row)
         groups = max(1, cfg.file_bytes // stored_per_row // self.group_rows)
         self.file_rows = groups * self.group_rows
         names = src.schema.names
