@@ -6,13 +6,18 @@ so a whole-network dataset is ~1M files of a few MB, each covering every DID
 and every month: a reader can skip nothing. Compaction reads the files a run
 wrote (`part-*.parquet`) of one table, sorts their rows by month of
 `created_at`, then `did`, then `rkey` (`uri` where a table has no `rkey`), and
-writes one file sequence per month, `compact-<YYYY-MM>-<writer>-<n>.parquet`
-(`none` for rows without `created_at`; tables without it have no month),
-with row groups of about `row_group_bytes`, statistics and page indexes on:
+writes them as files of about `file_bytes`, `compact-<writer>-<n>.parquet`,
+with row groups of about `row_group_bytes` that never span two months (rows
+without `created_at` come last), statistics and page indexes on:
 
-- a per-DID query prunes by the row groups' `did` min/max (a month file is
-  sorted by DID: each row group holds a narrow DID range);
-- a per-month query prunes by `created_at` min/max (a file holds one month).
+- a per-month query prunes by the row groups' `created_at` min/max (a row
+  group holds one month);
+- a per-DID query prunes by their `did` min/max (within a month, rows are
+  sorted by DID: each row group holds a narrow DID range), reading about one
+  row group per month of the DID's activity.
+
+Month files would serve the same pruning, but at study scale they make more
+files than they replace (one per table and month); row groups carry it.
 
 Rows are never changed, dropped or merged: the same rows before and after,
 `_deletions` still subtracts the same `(uri, cid)` pairs, and refresh's
@@ -261,7 +266,6 @@ class _Output:
         self.writer = writer
         self.collection = collection
         self.schema = with_file_metadata(src.schema, meta)
-        self.dated = "created_at" in src.schema.names
         raw_per_row = max(1, src.raw_bytes // max(1, src.rows))
         stored_per_row = max(1, src.stored_bytes // max(1, src.rows))
         self.group_rows = max(64, cfg.row_group_bytes // raw_per_row)
@@ -293,8 +297,10 @@ class _Output:
             start = stop
 
     def _month_of(self, month: str | None) -> None:
-        if self._pq is not None and month != self._month:
-            self._close()
+        # A month never shares a row group with another: its rows' created_at
+        # min/max then let a per-month query skip every other row group.
+        if month != self._month:
+            self._flush()
         self._month = month
 
     def _append(self, piece: pa.Table) -> None:
@@ -313,10 +319,7 @@ class _Output:
                 self._close()
 
     def _open(self) -> None:
-        stem = COMPACT_PREFIX.rstrip("-")
-        if self.dated:
-            stem = f"{stem}-{self._month or 'none'}"
-        final, tmp = self.writer.new_path(self.collection, stem)
+        final, tmp = self.writer.new_path(self.collection, COMPACT_PREFIX.rstrip("-"))
         storage = self.writer.storage
         self._final = final
         self._pq = pq.ParquetWriter(
