@@ -338,6 +338,10 @@ def report(out: str, html_file: str | None, as_json: bool, queue: str | None) ->
               help="Target row group size (uncompressed).")  # fmt: skip
 @click.option("--file-size", default="512MiB", show_default=True,
               help="Target file size on storage.")  # fmt: skip
+@click.option("--sort", "order", type=click.Choice(["month", "did"]), default="month",
+              show_default=True,
+              help="month: by month of created_at, then DID (per-month and per-DID queries "
+                   "skip data); did: by DID only (per-DID queries skip the most).")  # fmt: skip
 def compact(
     out: str,
     queue: str | None,
@@ -345,6 +349,7 @@ def compact(
     memory_limit: str,
     row_group_size: str,
     file_size: str,
+    order: str,
 ) -> None:
     """Rewrite the tables' committed files as large files sorted by month, DID, rkey.
 
@@ -358,6 +363,7 @@ def compact(
             row_group_bytes=parse_size(row_group_size, "--row-group-size"),
             file_bytes=parse_size(file_size, "--file-size"),
             memory_limit=_memory_limit(memory_limit),
+            order=order,
         )
         wanted = [c.strip() for c in collections.split(",") if c.strip()] if collections else None
         remote = "://" in out

@@ -84,6 +84,10 @@ class CompactConfig:
     """A table with fewer run-written files than this is left alone."""
     batch_rows: int = 65_536
     """Rows per record batch fetched from the sort."""
+    order: str = "month"
+    """"month": by month of created_at, then did, rkey (per-month and per-DID
+    queries both prune); "did": by did, rkey only (per-DID queries prune best,
+    per-month queries not at all)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +233,7 @@ def _sorted_batches(
         filesystem=storage.fs,
     )  # fmt: skip
     month = "NULL"
-    if "created_at" in src.schema.names:
+    if cfg.order == "month" and "created_at" in src.schema.names:
         # From the epoch, not the session's time zone (the month of the UTC time).
         month = "strftime(make_timestamp(epoch_us(created_at)), '%Y-%m')"
     order = ", ".join([f"{_MONTH} NULLS LAST", *_sort_keys(src.schema)])
