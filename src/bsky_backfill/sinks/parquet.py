@@ -371,7 +371,8 @@ class DatasetWriter:
     def new_path(self, collection: str, stem: str) -> tuple[str, str]:
         """(final, tmp) relative paths of a new file of `collection` that this writer
         writes outside its batch: `<table dir>/<stem>-<writer>-<seq>.parquet`."""
-        check_collection(collection)
+        if collection != DEAD_LETTERS:  # (a repo's records can never name it)
+            check_collection(collection)
         final = f"{table_dir(collection)}/{stem}-{self._id}-{next(self._seq):06d}.parquet"
         return final, self._tmp(final)
 

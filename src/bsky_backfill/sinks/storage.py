@@ -55,7 +55,7 @@ _WRITER_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{12}")
 
 def check_collection(name: str) -> None:
     """Refuse a collection name that is not a safe, NSID-shaped directory name."""
-    if name in (DEAD_LETTERS, DELETIONS, SUPERSEDED):
+    if name in (DELETIONS, SUPERSEDED):
         return
     if len(name) > 317 or not _NSID.fullmatch(name):
         raise ValueError(f"unsafe collection name for the dataset: {name!r}")
