@@ -228,10 +228,7 @@ def _sorted_batches(
 ) -> Iterator[pa.RecordBatch]:
     """The table's rows in output order, as record batches carrying the month key."""
     storage = writer.storage
-    dataset = ds.dataset(
-        [storage.abs(p) for p in src.paths], schema=src.schema, format="parquet",
-        filesystem=storage.fs,
-    )  # fmt: skip
+    paths = [storage.abs(p) for p in src.paths]
     month = "NULL"
     if cfg.order == "month" and "created_at" in src.schema.names:
         # From the epoch, not the session's time zone (the month of the UTC time).
@@ -243,12 +240,23 @@ def _sorted_batches(
                 "memory_limit": cfg.memory_limit,
                 "threads": cfg.threads,
                 "temp_directory": spill,
+                "preserve_insertion_order": False,
             }
         )
         try:
-            con.register("src", dataset)
-            query = f"SELECT *, {month} AS {_MONTH} FROM src ORDER BY {order}"
-            reader = con.sql(query).to_arrow_reader(cfg.batch_rows)
+            if storage.local:
+                # DuckDB's own reader: streamed, and inside its memory limit.
+                source = "read_parquet($paths, union_by_name=true)"
+                params: dict[str, object] = {"paths": paths}
+            else:
+                # Object stores through the dataset's own filesystem (credentials,
+                # endpoint), which DuckDB scans as an Arrow dataset.
+                fs = storage.fs
+                dataset = ds.dataset(paths, schema=src.schema, format="parquet", filesystem=fs)
+                con.register("src", dataset)
+                source, params = "src", {}
+            query = f"SELECT *, {month} AS {_MONTH} FROM {source} ORDER BY {order}"
+            reader = con.sql(query, params=params).to_arrow_reader(cfg.batch_rows)
             if reader is None:
                 raise RuntimeError("DuckDB returned no result for the sort")
             yield from reader
@@ -289,8 +297,8 @@ class _Output:
 
     def add(self, batch: pa.RecordBatch) -> None:
         months = batch.column(_MONTH)
-        table = pa.Table.from_batches([batch]).drop_columns([_MONTH])
-        table = table.cast(self.schema.remove_metadata())
+        plain = self.schema.remove_metadata()
+        table = pa.Table.from_batches([batch]).select(plain.names).cast(plain)
         # The batch is sorted by month: one slice per run of equal months.
         start = 0
         while start < batch.num_rows:
