@@ -152,3 +152,21 @@ def test_compact_beside_a_running_run(tmp_path: Path) -> None:
         truth = net.truth
     assert compactions >= 2 and swapped >= 1  # it really ran while the run landed
     assert_matches_truth(out, truth.expected_rows(), truth.expected_dead_letters())
+
+
+def test_compact_refuses_bad_input_with_one_line(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        ("--out", str(tmp_path / "missing")),
+        ("--out", str(empty)),  # a directory without a backfill's state
+        ("--out", str(empty), "--row-group-size", "lots"),
+        ("--out", "s3://bucket/prefix"),  # remote without --queue
+        ("--out", str(empty), "--sort", "random"),
+    ]
+    for args in cases:
+        result = run_cli("compact", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("bsky-backfill: error:"), result.stderr
+    assert list(empty.iterdir()) == []  # nothing written
