@@ -218,6 +218,7 @@ def _queries(out: Path, dids: list[str]) -> dict[str, Any]:
     in_list = ", ".join(f"'{d}'" for d in dids)
     return {
         "a_posts_of_100_dids": _bytes_read(out, f"{scan} WHERE did IN ({in_list})", [posts]),
+        "a1_posts_of_1_did": _bytes_read(out, f"{scan} WHERE did = '{dids[0]}'", [posts]),
         "a_ref_full_scan_posts": _bytes_read(out, scan, [posts]),
         "b_one_month_of_likes": _bytes_read(out, f"{scan} WHERE {month}", [likes]),
         "b_ref_full_scan_likes": _bytes_read(out, scan, [likes]),

@@ -160,7 +160,6 @@ def _file_metadata(store: StateStore) -> tuple[tuple[str, str], ...]:
 class _Inputs:
     paths: list[str]
     rows: int
-    raw_bytes: int  # uncompressed, from the footers
     stored_bytes: int
     schema: pa.Schema
 
@@ -170,7 +169,7 @@ def _inputs(writer: DatasetWriter, files: list[CommittedFile]) -> _Inputs:
     picked = [f for f in files if posixpath.basename(f.path).startswith(RUN_PREFIX)]
     paths: list[str] = []
     schemas: list[pa.Schema] = []
-    rows = raw = stored = 0
+    rows = stored = 0
     for f in sorted(picked, key=lambda f: f.path):
         try:
             with storage.fs.open_input_file(storage.abs(f.path)) as fh:
@@ -181,9 +180,8 @@ def _inputs(writer: DatasetWriter, files: list[CommittedFile]) -> _Inputs:
         paths.append(f.path)
         schemas.append(md.schema.to_arrow_schema().remove_metadata())
         rows += md.num_rows
-        raw += sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
     schema = pa.unify_schemas(schemas) if schemas else pa.schema([])
-    return _Inputs(paths, rows, raw, stored, schema)
+    return _Inputs(paths, rows, stored, schema)
 
 
 def _compact_table(
@@ -278,11 +276,11 @@ class _Output:
         self.writer = writer
         self.collection = collection
         self.schema = with_file_metadata(src.schema, meta)
-        raw_per_row = max(1, src.raw_bytes // max(1, src.rows))
-        stored_per_row = max(1, src.stored_bytes // max(1, src.rows))
-        self.group_rows = max(64, cfg.row_group_bytes // raw_per_row)
-        groups = max(1, cfg.file_bytes // stored_per_row // self.group_rows)
-        self.file_rows = groups * self.group_rows
+        self.cfg = cfg
+        self.stored_per_row = max(1, src.stored_bytes // max(1, src.rows))
+        # Sized from the first batch (Arrow's bytes per row): the footers' sizes
+        # count encoded pages, several times smaller than the rows in memory.
+        self.group_rows = self.file_rows = 0
         names = src.schema.names
         self.sorting = [pq.SortingColumn(names.index(k)) for k in _sort_keys(src.schema)]
         self.files: list[CommittedFile] = []
@@ -295,10 +293,19 @@ class _Output:
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
 
+    def _size(self, table: pa.Table) -> None:
+        cfg = self.cfg
+        per_row = max(1, table.nbytes // max(1, table.num_rows))
+        self.group_rows = max(64, cfg.row_group_bytes // per_row)
+        groups = max(1, cfg.file_bytes // self.stored_per_row // self.group_rows)
+        self.file_rows = groups * self.group_rows
+
     def add(self, batch: pa.RecordBatch) -> None:
         months = batch.column(_MONTH)
         plain = self.schema.remove_metadata()
         table = pa.Table.from_batches([batch]).select(plain.names).cast(plain)
+        if not self.group_rows:
+            self._size(table)
         # The batch is sorted by month: one slice per run of equal months.
         start = 0
         while start < batch.num_rows:
