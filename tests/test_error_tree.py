@@ -70,7 +70,16 @@ def test_codes_and_stages_are_set_on_the_classes() -> None:
         cls = getattr(errors, name)
         if isinstance(cls, type) and issubclass(cls, BackfillError):
             assert cls.code and cls.code[0].isupper(), cls
-            assert cls.stage in {"run", "state", "fetch", "resolve", "decode", "commit", "sink"}
+            assert cls.stage in {
+                "run",
+                "state",
+                "fetch",
+                "resolve",
+                "decode",
+                "commit",
+                "sink",
+                "compact",
+            }
 
 
 # Internal signals outside the tree, each caught and mapped into it at one boundary:

@@ -14,7 +14,8 @@
     │   └── CommitRefused     a commit refused for certain, nothing of it recorded: its
     │       │                 files are discarded and its repos go back to the queue
     │       ├── LeaseLostError   another worker owns one of its repos (PostgreSQL fencing)
-    │       └── BatchRefused  the writer's own liveness lapsed (sinks/liveness.py)
+    │       ├── BatchRefused  the writer's own liveness lapsed (sinks/liveness.py)
+    │       └── FilesChangedError   a compaction's swap named files no longer committed
     └── TerminalError         retrying will not help: dead-letter the repo with `code`
         ├── ResolveError      the DID cannot be resolved to a PDS (stage resolve)
         ├── HostUnreachable   a host failed for longer than the run's time budget
@@ -153,6 +154,19 @@ class BatchRefused(CommitRefused):
 
     code = "BatchRefused"
     stage = "sink"
+
+
+class FilesChangedError(CommitRefused):
+    """A compaction's swap named files that are no longer committed (another
+    compaction replaced them first); nothing of it was applied. The caller
+    deletes its new files and may start again from the current set."""
+
+    code = "FilesChanged"
+    stage = "compact"
+
+    def __init__(self, message: str, paths: Sequence[str]) -> None:
+        super().__init__(message)
+        self.paths = tuple(paths)
 
 
 class TerminalError(BackfillError):

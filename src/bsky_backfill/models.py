@@ -81,6 +81,9 @@ class RepoExtract:
     tables: dict[str, pa.Table]
     dead_letters: list[DeadLetter]
     records_seen: int = 0
+    fetched_at: dt.datetime | None = None
+    """When the repo (or this part of its listing) was fetched; the rows' `fetched_at`
+    (sinks/provenance.py). None: the sink stamps the time it adds them."""
 
     @property
     def row_count(self) -> int:

@@ -4,6 +4,7 @@ helper that dies costs a retry, not the run."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 from pathlib import Path
@@ -18,12 +19,14 @@ from bsky_backfill.models import RecordFilter
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.records.stream import extract_part, plan_parts
 from bsky_backfill.sinks.batch import SinkConfig
+from bsky_backfill.sinks.provenance import stamp
 from tests.fixture_paths import FIXTURES
 
 DID = "did:plc:z72i7hdynmk6r22z27h6tvur"
 CAR = FIXTURES / "car/laravel-bluesky/bsky-app.car"
 FILTER = RecordFilter(frozenset(DEFAULT_COLLECTIONS))
 SINK = SinkConfig()
+AT = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 
 def test_helpers_build_the_same_parts_and_survive_a_dead_helper(tmp_path: Path) -> None:
@@ -40,14 +43,15 @@ def test_helpers_build_the_same_parts_and_survive_a_dead_helper(tmp_path: Path) 
         car = str(path)
         try:
             async with pool.session(car):
-                jobs = (pool.extract(car, p, FILTER, SINK) for p in plans)
+                jobs = (pool.extract(car, p, FILTER, SINK, AT) for p in plans)
                 there = await asyncio.gather(*jobs)
             assert pool._pool is None  # the last session out stops the helpers
             assert sum(p.records_seen for p in there) == 604
             for a, b in zip(here, there, strict=True):
                 assert a.records_seen == b.records_seen
                 assert a.dead_letters == b.dead_letters
-                assert {c: t.to_pylist() for c, t in a.tables.items()} == {
+                # the helper stamps the rows' provenance (sinks/provenance.py)
+                assert {c: stamp(t, big.rev, AT).to_pylist() for c, t in a.tables.items()} == {
                     f.collection: pq.read_table(pa.BufferReader(f.data)).to_pylist()
                     for f in b.files
                 }

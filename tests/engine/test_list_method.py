@@ -28,11 +28,17 @@ def backfill(net: object, tmp_path: Path, name: str, *extra: str) -> Path:
     return out
 
 
+# Provenance differs by design: when each was fetched, and list mode names no rev.
+PROVENANCE = ("rev", "fetched_at")
+
+
 def rows_by_uri(out: Path) -> dict[str, dict[str, object]]:
+    """Every row by uri, without its provenance columns (present in every row)."""
     rows: dict[str, dict[str, object]] = {}
     for collection in collections_in(out):
         for row in read_rows(out, collection):
-            rows[str(row["uri"])] = row
+            assert all(name in row for name in PROVENANCE)
+            rows[str(row["uri"])] = {k: v for k, v in row.items() if k not in PROVENANCE}
     return rows
 
 

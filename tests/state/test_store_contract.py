@@ -27,7 +27,7 @@ from bsky_backfill.state.base import (
     RepoState,
     StateStore,
 )
-from bsky_backfill.state.errors import StateStoreError
+from bsky_backfill.state.errors import FilesChangedError, StateStoreError
 from bsky_backfill.state.postgres import PostgresStateStore
 from bsky_backfill.state.sqlite import SqliteStateStore
 from tests.state.pg import fresh_schema_url
@@ -534,3 +534,24 @@ def test_host_pauses_are_set_listed_and_cleared(store: StateStore) -> None:
     assert {p.host for p in store.status().paused_hosts} == {"pds.a", "plc.directory"}
     store.set_host_pauses([HostPause("pds.a", None, "")])
     assert [p.host for p in store.host_pauses()] == ["plc.directory"]
+
+
+def test_replace_files_swaps_in_one_transaction(backend: Factory) -> None:
+    store = backend()
+    post = "app.bsky.feed.post"
+    old = [CommittedFile(f"{post}/part-a-{i}.parquet", post, 10) for i in range(3)]
+    store.commit(old, [RepoDone("did:plc:a", "r1", 30)], [], [])
+    before = store.status().records_by_collection[post]
+    new = [CommittedFile(f"{post}/compact-2024-01-w-0.parquet", post, 30)]
+    store.replace_files([f.path for f in old], new)
+    assert {f.path for f in store.committed_files()} == {new[0].path}
+    assert sorted(store.retired_files()) == sorted(f.path for f in old)
+    assert store.status().records_by_collection[post] == before  # same rows, fewer files
+    # a second swap of the same (now retired) files applies nothing
+    again = [CommittedFile(f"{post}/compact-2024-01-x-0.parquet", post, 30)]
+    with pytest.raises(FilesChangedError) as err:
+        store.replace_files([old[0].path, new[0].path], again)
+    assert err.value.paths == (old[0].path,)
+    assert {f.path for f in backend().committed_files()} == {new[0].path}
+    store.forget_retired([old[0].path, old[1].path])
+    assert store.retired_files() == [old[2].path]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import fcntl
 import logging
 import multiprocessing
@@ -155,14 +156,19 @@ class HelperPool:
         self.size = 0
 
     async def extract(
-        self, path: str, plan: PartPlan, filt: RecordFilter, sink: SinkConfig
+        self,
+        path: str,
+        plan: PartPlan,
+        filt: RecordFilter,
+        sink: SinkConfig,
+        fetched_at: dt.datetime | None = None,
     ) -> BuiltPart:
         """One part as Parquet files, built in a helper (raises what the extraction raises)."""
         pool = self._executor()
         if pool is None:
             raise TransientError("no helper slot is free", code="HelperDied")
         try:
-            job = pool.submit(extract_part_file, path, plan, filt, sink)
+            job = pool.submit(extract_part_file, path, plan, filt, sink, fetched_at)
             return await asyncio.wrap_future(job)
         except BrokenProcessPool as e:
             # A helper died (killed, out of memory): the part is lost, the repo

@@ -38,7 +38,7 @@ from typing import Any
 from bsky_backfill.engine.enumerate.base import PageGuard
 from bsky_backfill.engine.enumerate.listrepos import INACTIVE_CODES
 from bsky_backfill.errors import RepoUnavailable, TerminalError, TransientError
-from bsky_backfill.models import RecordFilter, RepoExtract
+from bsky_backfill.models import RecordFilter, RepoExtract, utcnow
 from bsky_backfill.records.columns import RecordColumns
 from bsky_backfill.state.base import RepoTask
 from bsky_backfill.syntax import is_valid_tid, parse_datetime
@@ -168,6 +168,8 @@ class _RepoRun:
     seen: int = 0
     unflushed: int = 0
     flushed: bool = False
+    fetched_at: dt.datetime | None = None
+    """When the pages not yet handed over began to be fetched (their rows' `fetched_at`)."""
 
 
 class ListFetcher:
@@ -229,7 +231,7 @@ class ListFetcher:
         keys = self._keys.get(did)
         if keys is None:
             keys = await self._landed_keys(did) if saved is not None else {}
-        run = _RepoRun(did, RecordColumns(did, self.filter), state, keys)
+        run = _RepoRun(did, RecordColumns(did, self.filter), state, keys, fetched_at=utcnow())
         wanted = {c for c in present if isinstance(c, str) and c in self.filter.collections}
         try:
             for collection in sorted(wanted):
@@ -244,7 +246,7 @@ class ListFetcher:
         tables, dead_letters = run.columns.finish()
         self.forget(did)
         extract = RepoExtract(did=did, rev=None, tables=tables, dead_letters=dead_letters,
-                              records_seen=run.seen)  # fmt: skip
+                              records_seen=run.seen, fetched_at=run.fetched_at)  # fmt: skip
         cleanup: list[tuple[str, str | None]] = []
         if saved is not None or run.flushed:
             cleanup.append((key, None))
@@ -272,11 +274,15 @@ class ListFetcher:
             return
         tables, dead_letters = run.columns.finish()
         value = run.state.dump()
-        part = RepoExtract(did=run.did, rev=None, tables=tables, dead_letters=dead_letters)
+        part = RepoExtract(
+            did=run.did, rev=None, tables=tables, dead_letters=dead_letters,
+            fetched_at=run.fetched_at,
+        )  # fmt: skip
         self.emit_partial(part, progress_key(run.did), value)
         self.progress[run.did] = value
         self._keys[run.did] = run.keys
         run.columns = RecordColumns(run.did, self.filter)
+        run.fetched_at = utcnow()  # the next part's pages are fetched from now on
         run.unflushed = 0
         run.flushed = True
 

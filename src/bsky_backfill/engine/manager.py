@@ -69,6 +69,7 @@ from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
 from bsky_backfill.records.collections import collection_warnings, empty_collection_lines
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.sinks.parquet import CommitSummary, DatasetWriter, DiscardedBatch, SinkConfig
+from bsky_backfill.sinks.provenance import file_metadata
 from bsky_backfill.state.base import (
     HostPause,
     Identity,
@@ -167,6 +168,10 @@ class Backfill:
         self._pauses_recorded: set[str] = set()
         # Unexpected errors already logged with their traceback (one per place).
         self._bugs_seen: set[tuple[str, str]] = set()
+        # Every file this run writes says which version and filters made it.
+        self.file_metadata = file_metadata(
+            sorted(settings.collections), settings.since, settings.until, settings.method
+        )
         self._lock: RunLock | None = None
         self._baseline: tuple[int, dict[str, int]] = (0, {})
         """(done, failed by code) in the store when the work started."""
@@ -214,7 +219,9 @@ class Backfill:
                 settings.out,
                 store,
                 SinkConfig(
-                    commit_rows=settings.commit_rows, commit_seconds=settings.commit_seconds
+                    commit_rows=settings.commit_rows,
+                    commit_seconds=settings.commit_seconds,
+                    file_metadata=self.file_metadata,
                 ),
                 step_hook=self.sink_step_hook,
             )

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime as dt
 import functools
 import logging
 import mmap
@@ -76,11 +78,14 @@ class RepoWorker:
                 emit_partial=self._partial,
             )
         self._rand = random.Random()
+        # Big repos' own writers: the run's file metadata, big-repo batching.
+        self.big_sink = dataclasses.replace(_BIG_SINK, file_metadata=run.file_metadata)
 
     async def process(self, slot: HostSlot, task: RepoTask) -> None:
         run = self.run
         try:
             cursors: list[tuple[str, str | None]] = []
+            fetched_at = utcnow()  # the rows' `fetched_at` (sinks/provenance.py)
             if task.refresh:
                 extract = await self._refresh(slot, task)
             elif self.lister is not None:
@@ -88,7 +93,7 @@ class RepoWorker:
             else:
                 body = await self._fetch_body(slot, task)
                 if body.size and body.size >= run.settings.stream_bytes:
-                    await self._land_big(slot, task, body)
+                    await self._land_big(slot, task, body, fetched_at)
                     return
                 data = await self._read(body)
                 started = time.perf_counter()
@@ -102,6 +107,8 @@ class RepoWorker:
                 del data
                 for hook in run.on_decode:
                     hook(time.perf_counter() - started)
+            if extract.fetched_at is None:
+                extract = dataclasses.replace(extract, fetched_at=fetched_at)
             done = RepoDone(did=task.did, rev=extract.rev, records=extract.row_count)
             if not run.land(extract, done, cursors):
                 return
@@ -128,15 +135,17 @@ class RepoWorker:
             slot.active -= 1
             run.wake()
 
-    async def _land_big(self, slot: HostSlot, task: RepoTask, body: Body) -> None:
+    async def _land_big(
+        self, slot: HostSlot, task: RepoTask, body: Body, fetched_at: dt.datetime
+    ) -> None:
         """A big repo: cut into parts (records/stream.py), each extracted into a
         writer of its own, committed alone once every part is written (and
         verified), so memory stays bounded and the repo still lands whole or not
         at all. With helper processes the parts are built on every core."""
         run = self.run
         size = body.size
-        writer = DatasetWriter(run.settings.out, run.store, _BIG_SINK)
-        got = _Parts()
+        writer = DatasetWriter(run.settings.out, run.store, self.big_sink)
+        got = _Parts(fetched_at=fetched_at)
         path: str | None = None
         try:
             # Read through a mapping of the spooled file, not into memory: each
@@ -209,6 +218,7 @@ class RepoWorker:
 
         def work() -> RepoExtract:
             part = extract_part(data, big.index, plan, filt)
+            part = dataclasses.replace(part, fetched_at=got.fetched_at)
             writer.add_partial(part, [])
             # The pages this part read stay in the page cache, not in our RSS.
             data.madvise(mmap.MADV_DONTNEED)
@@ -231,13 +241,13 @@ class RepoWorker:
         this process takes one itself whenever the helpers have enough queued: N
         processes' worth of cores on one repo. At most two parts per helper are
         in flight (bounded memory)."""
-        filt, sink = self.filter, _BIG_SINK
+        filt, sink = self.filter, self.big_sink
         todo = deque(big.parts)
         flight: set[asyncio.Future[BuiltPart]] = set()
         try:
             while todo or flight:
                 while todo and len(flight) < 2 * helpers.size:
-                    job = helpers.extract(path, todo.popleft(), filt, sink)
+                    job = helpers.extract(path, todo.popleft(), filt, sink, got.fetched_at)
                     flight.add(asyncio.ensure_future(job))
                 if todo:  # the helpers are busy: one part here, from the other end
                     await self._part_here(big, todo.pop(), mapped, writer, got)
@@ -359,6 +369,8 @@ class _Parts:
     rows: int = 0
     here: int = 0
     """Parts extracted in this process (the others in helpers)."""
+    fetched_at: dt.datetime | None = None
+    """When the repo was fetched: every part's rows carry it."""
 
 
 def _on_disk(body: Body, client: XrpcClient) -> str:

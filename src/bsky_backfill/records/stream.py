@@ -24,6 +24,7 @@ a repo that fails verification anywhere lands nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 import mmap
 import os
 from collections.abc import Iterable, Iterator
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bsky_backfill.errors import RepoInvalid
-from bsky_backfill.models import DeadLetter, RecordFilter, RepoExtract
+from bsky_backfill.models import DeadLetter, RecordFilter, RepoExtract, utcnow
 from bsky_backfill.records.columns import RecordColumns
 from bsky_backfill.records.transform import _wanted_records
 from bsky_backfill.repo import native
@@ -208,15 +209,22 @@ class BuiltPart:
         return {f.collection: f.rows for f in self.files}
 
 
-def extract_part_file(path: str, plan: PartPlan, filt: RecordFilter, sink: SinkConfig) -> BuiltPart:
-    """`extract_part` on a CAR in a file, encoded as Parquet (a helper process's side).
+def extract_part_file(
+    path: str,
+    plan: PartPlan,
+    filt: RecordFilter,
+    sink: SinkConfig,
+    fetched_at: dt.datetime | None = None,
+) -> BuiltPart:
+    """`extract_part` on a CAR in a file, encoded as Parquet (a helper process's side);
+    rows stamped with the part's rev and `fetched_at` (sinks/provenance.py).
 
     The file is mapped for this part only: the pages read are dropped with the
     mapping, so a helper's memory is the block index and one part's rows.
     """
     with map_file(path) as mm:
         part = extract_part(mm, _index_of(path, mm), plan, filt)
-    files = encode_tables(part.tables, sink)
+    files = encode_tables(part.tables, sink, (plan.rev, fetched_at or utcnow()))
     return BuiltPart(part.records_seen, files, part.dead_letters)
 
 

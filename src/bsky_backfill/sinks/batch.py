@@ -7,6 +7,7 @@ Where it sits: used by `sinks.parquet` (which re-exports `SinkConfig` and
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ import pyarrow.parquet as pq
 
 from bsky_backfill.models import DeadLetter
 from bsky_backfill.sinks.liveness import Liveness
+from bsky_backfill.sinks.provenance import stamp, with_file_metadata
 from bsky_backfill.state.base import CommittedFile, RepoDone, RepoFailed
 
 if TYPE_CHECKING:
@@ -41,6 +43,9 @@ class SinkConfig:
     """How recovery tells a dead writer from a live one (sinks/liveness.py): "lock"
     (flock; the "auto" choice on a local filesystem) or "age" (the "auto" choice on
     object stores; also for a filesystem shared by machines whose flock is unreliable)."""
+    file_metadata: tuple[tuple[str, str], ...] = ()
+    """Key-value metadata written into every file (sinks/provenance.py: tool version,
+    the run's filters)."""
     stale_after: float = 3600.0
     """Age rule: a writer whose every tmp file (heartbeat included) is older than this
     many seconds is dead. Live writers rewrite their heartbeat every quarter of it."""
@@ -77,7 +82,7 @@ class Part:
         self.schema = schema
         self.writer = pq.ParquetWriter(
             storage.abs(tmp),
-            schema,
+            with_file_metadata(schema, dict(cfg.file_metadata)),
             filesystem=storage.fs,
             compression=cfg.compression,
             compression_level=cfg.compression_level,
@@ -116,8 +121,13 @@ class EncodedFile:
     rows: int
 
 
-def encode_tables(tables: dict[str, pa.Table], cfg: SinkConfig) -> list[EncodedFile]:
-    """One Parquet file per table, encoded as the writer would write it.
+def encode_tables(
+    tables: dict[str, pa.Table],
+    cfg: SinkConfig,
+    provenance: tuple[str | None, dt.datetime] | None = None,
+) -> list[EncodedFile]:
+    """One Parquet file per table, encoded as the writer would write it (record
+    tables stamped with `provenance`, (rev, fetched_at), when given).
 
     Where it sits: big repos' parts built in helper processes (engine/helpers.py)
     come back as these, so the Parquet encoding (zstd over the JSON column,
@@ -126,7 +136,11 @@ def encode_tables(tables: dict[str, pa.Table], cfg: SinkConfig) -> list[EncodedF
     as files of its open batch (`DatasetWriter.add_encoded`).
     """
     out = []
+    meta = dict(cfg.file_metadata)
     for collection, table in tables.items():
+        if provenance is not None and is_record_table(collection):
+            table = stamp(table, *provenance)
+        table = table.replace_schema_metadata(with_file_metadata(table.schema, meta).metadata)
         sink = pa.BufferOutputStream()
         pq.write_table(
             table,
@@ -137,6 +151,11 @@ def encode_tables(tables: dict[str, pa.Table], cfg: SinkConfig) -> list[EncodedF
         )
         out.append(EncodedFile(collection, sink.getvalue().to_pybytes(), table.num_rows))
     return out
+
+
+def is_record_table(collection: str) -> bool:
+    """A collection's table (not `_deletions` or another of the dataset's own)."""
+    return not collection.startswith("_")
 
 
 @dataclass(slots=True)

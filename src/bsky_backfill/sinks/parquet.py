@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bsky_backfill.models import DeadLetter, RepoExtract
+from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
 from bsky_backfill.sinks.batch import (
     Batch,
     CommitSummary,
@@ -58,9 +58,11 @@ from bsky_backfill.sinks.batch import (
     EncodedFile,
     Part,
     SinkConfig,
+    is_record_table,
 )
 from bsky_backfill.sinks.deadletters import dead_letter_table
 from bsky_backfill.sinks.liveness import WriterDir, pick_rule
+from bsky_backfill.sinks.provenance import stamp, with_file_metadata
 from bsky_backfill.sinks.recovery import RecoveryReport, recover_dataset
 from bsky_backfill.sinks.storage import (
     DEAD_LETTERS,
@@ -183,8 +185,11 @@ class DatasetWriter:
         for collection in extract.tables:
             check_collection(collection)  # before writing anything: a refusal leaves no trace
         self._start(extract.did, partial=partial)
+        fetched_at = extract.fetched_at or utcnow()
         with self._guard():
             for collection, table in extract.tables.items():
+                if is_record_table(collection):
+                    table = stamp(table, extract.rev, fetched_at)
                 self._append(collection, table)
             if extract.dead_letters:
                 self._append(DEAD_LETTERS, dead_letter_table(extract.dead_letters))
@@ -344,8 +349,9 @@ class DatasetWriter:
         check_collection(collection)
         final = f"{collection}/part-{self._id}-{next(self._seq):06d}.parquet"
         tmp = self._tmp(final)
+        meta = with_file_metadata(table.schema, dict(self._cfg.file_metadata)).metadata
         with self._storage.fs.open_output_stream(self._storage.abs(tmp)) as out:
-            pq.write_table(table, out, compression="zstd")
+            pq.write_table(table.replace_schema_metadata(meta), out, compression="zstd")
         self._storage.fsync_file(tmp)
         self._storage.fsync_dir(self._dir.rel)
         self._dir.check_alive()
@@ -355,6 +361,60 @@ class DatasetWriter:
         self._storage.move_committed(tmp, final)
         self._storage.fsync_dir(collection)
         return committed
+
+    # -- compaction's files (sinks/compact.py) ------------------------------------------
+
+    @property
+    def storage(self) -> Storage:
+        return self._storage
+
+    def new_path(self, collection: str, stem: str) -> tuple[str, str]:
+        """(final, tmp) relative paths of a new file of `collection` that this writer
+        writes outside its batch: `<table dir>/<stem>-<writer>-<seq>.parquet`."""
+        if collection != DEAD_LETTERS:  # (a repo's records can never name it)
+            check_collection(collection)
+        final = f"{table_dir(collection)}/{stem}-{self._id}-{next(self._seq):06d}.parquet"
+        return final, self._tmp(final)
+
+    def tmp_of(self, final: str) -> str:
+        """This writer's tmp path (relative) of a final path."""
+        return self._tmp(final)
+
+    def swap(self, old: Sequence[str], new: Sequence[CommittedFile]) -> None:
+        """Compaction's commit, the protocol of `commit` with a swap for a batch: the
+        tmp files of `new` (written and fsynced by the caller) become the committed
+        files in place of `old` in ONE store transaction (`replace_files`), then are
+        renamed into place, and only then are the `old` files deleted. A crash at
+        any step leaves, after `recover()`, the old set (before the transaction) or
+        the new one (after it), never both and never neither. Steps for
+        `step_hook`: "written", "stored", "renamed:<i>", "deleted:<i>", "compacted".
+        """
+        self._usable()
+        self._storage.fsync_dir(self._dir.rel)  # the tmp names, before the store names them
+        self._step("written")
+        self._dir.check_alive()
+        self._store.replace_files(old, new)  # FilesChangedError: nothing applied
+        self._step("stored")
+        for i, f in enumerate(new):
+            self._ensure_dir(posixpath.dirname(f.path))
+            self._storage.move_committed(self._tmp(f.path), f.path)
+            self._step(f"renamed:{i}")
+        for d in {posixpath.dirname(f.path) for f in new} | {self._dir.rel}:
+            self._storage.fsync_dir(d)
+        for i, path in enumerate(old):
+            with contextlib.suppress(FileNotFoundError):  # a recovery was quicker
+                self._storage.delete(path)
+            self._step(f"deleted:{i}")
+        for d in {posixpath.dirname(p) for p in old}:
+            self._storage.fsync_dir(d)
+        self._store.forget_retired(old)
+        self._step("compacted")
+
+    def discard_files(self, finals: Sequence[str]) -> None:
+        """Delete this writer's tmp files of `finals` (a compaction that gave up)."""
+        for final in finals:
+            with contextlib.suppress(FileNotFoundError):
+                self._storage.delete(self._tmp(final))
 
     def discard_batch(self) -> DiscardedBatch:
         """After `commit()` raised a failure that *certainly* recorded nothing (the

@@ -15,6 +15,8 @@ store is the truth about what is committed:
 - not recorded, writer dead -> delete: its batch never committed, its repos
   are still pending/in_progress in the store and will be fetched again.
 - not recorded, writer alive -> keep: it is that writer's open batch.
+- a committed file that a compaction retired (sinks/compact.py) and that still
+  exists -> delete, after the renames above put its replacements in place.
 
 Order matters: a writer is first found dead (and, with the lock rule, its lock
 taken and held), and only then is the store asked what is committed. A dead
@@ -65,6 +67,8 @@ class RecoveryReport:
     """Tmp directories of dead writers (crashed, or closed with a batch open) settled."""
     live_writers: int = 0
     """Other writers' tmp directories found alive (this writer's own not counted)."""
+    retired: int = 0
+    """Files a compaction replaced that were still there (it was interrupted): deleted."""
 
 
 def recover_dataset(
@@ -102,7 +106,10 @@ def recover_dataset(
             else:
                 held.callback(found.release)  # dead owners' locks: held until settled
                 dead.append((rel, listing, found))
-        # Only now, with every dead owner established, is the store asked.
+        # Only now, with every dead owner established, is the store asked. Retired
+        # files first: a swap seen there has its new files in the committed set
+        # read next, so they are in place (renamed below) before the old go.
+        retired = store.retired_files()
         committed = {f.path for f in store.committed_files()}
         s = _Settler(storage, committed)
         s.settle(TMP_DIR, top.files, dead=True)  # the flat layout of earlier versions
@@ -118,6 +125,7 @@ def recover_dataset(
                 storage.fsync_dir(d_rel)
         for _, _, d in dead:
             d.finish(storage)
+    removed = _delete_retired(storage, store, retired)
     dirs = [TMP_DIR, *(rel for rel, _ in live)]
     missing = [p for p in sorted(committed - s.present) if not _anywhere(storage, p, dirs)]
     return RecoveryReport(
@@ -127,7 +135,25 @@ def recover_dataset(
         kept=s.kept,
         dead_writers=len(dead),
         live_writers=sum(1 for rel, _ in live if rel != own),
+        retired=removed,
     )
+
+
+def _delete_retired(storage: Storage, store: StateStore, retired: list[str]) -> int:
+    """Finish compactions a crash interrupted: files the store retired (their
+    replacements are committed, and in place by now) are deleted, then forgotten."""
+    if not retired:
+        return 0
+    removed = 0
+    for path in retired:
+        with contextlib.suppress(FileNotFoundError):
+            storage.delete(path)
+            removed += 1
+    for d in {posixpath.dirname(p) for p in retired}:
+        with contextlib.suppress(FileNotFoundError):
+            storage.fsync_dir(d)
+    store.forget_retired(retired)
+    return removed
 
 
 class _Settler:

@@ -8,6 +8,7 @@ once a PUT returns).
 
 Layout (relative to OUT):
     <collection>/part-<writer>-<seq>.parquet   committed data, what readers glob
+    <collection>/compact-<writer>-<seq>.parquet   the same rows, rewritten by compaction
                                                (`table_dir`: an NSID too long for a file
                                                name is cut, with a hash: `<prefix>~<hash>`)
     _deadletters/part-<writer>-<seq>.parquet   committed dead letters

@@ -221,7 +221,26 @@ class StateStore(Protocol):
         ...
 
     def committed_files(self) -> list[CommittedFile]:
-        """Every file ever committed (used by the sink's start-up recovery)."""
+        """Every committed file that is part of the dataset (used by the sink's
+        start-up recovery); files a compaction replaced are not among them."""
+        ...
+
+    # -- compaction (issue 16) ----------------------------------------------------------
+
+    def replace_files(self, old: Sequence[str], new: Sequence[CommittedFile]) -> None:
+        """`compact`, one transaction: the committed files `old` leave the dataset
+        (recorded as retired, to be deleted from storage) and `new`, holding exactly
+        their rows, are recorded as committed. Raises `FilesChangedError` (applying
+        nothing) if any of `old` is not committed any more."""
+        ...
+
+    def retired_files(self) -> list[str]:
+        """Paths of files a compaction replaced whose deletion is not yet confirmed
+        (`forget_retired`): recovery deletes whichever still exist."""
+        ...
+
+    def forget_retired(self, paths: Sequence[str]) -> None:
+        """The files at `paths` are deleted from storage: stop listing them."""
         ...
 
     def counts(self) -> dict[RepoState, int]:

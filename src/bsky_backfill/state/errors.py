@@ -9,6 +9,11 @@ engine retries.
 
 from __future__ import annotations
 
-from bsky_backfill.errors import LeaseLostError, StateStoreError, StateStoreUnavailable
+from bsky_backfill.errors import (
+    FilesChangedError,
+    LeaseLostError,
+    StateStoreError,
+    StateStoreUnavailable,
+)
 
-__all__ = ["LeaseLostError", "StateStoreError", "StateStoreUnavailable"]
+__all__ = ["FilesChangedError", "LeaseLostError", "StateStoreError", "StateStoreUnavailable"]

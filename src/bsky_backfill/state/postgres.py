@@ -495,6 +495,26 @@ class PostgresStateStore:
         return [CommittedFile(path=p, collection=c, rows=n) for p, c, n in rows]
 
     @_patient
+    def replace_files(self, old: Sequence[str], new: Sequence[CommittedFile]) -> None:
+        with self._tx() as cur:
+            cur.execute("SET LOCAL synchronous_commit = on")
+            ledger.replace(cur, self.owner, old, new)
+
+    @_patient
+    def retired_files(self) -> list[str]:
+        with self._tx() as cur:
+            cur.execute("SELECT path FROM retired_files")
+            rows = cur.fetchall()
+        return [p for (p,) in rows]
+
+    @_patient
+    def forget_retired(self, paths: Sequence[str]) -> None:
+        if not paths:
+            return
+        with self._tx() as cur:
+            cur.execute("DELETE FROM retired_files WHERE path = ANY(%s)", (list(paths),))
+
+    @_patient
     def counts(self) -> dict[RepoState, int]:
         with self._tx() as cur:
             self._maintain(cur)

@@ -22,7 +22,33 @@ from bsky_backfill.state.base import (
     RepoState,
     StatusReport,
 )
+from bsky_backfill.state.errors import FilesChangedError
 from bsky_backfill.state.postgres_upkeep import Cursor, state_counts
+
+
+def replace(cur: Cursor, owner: str, old: Sequence[str], new: Sequence[CommittedFile]) -> None:
+    """A compaction's swap (`StateStore.replace_files`): `old` out of `files` and into
+    `retired_files`, `new` in; `FilesChangedError` (rolled back) if any of `old` is gone."""
+    paths = sorted(old)
+    cur.execute(
+        """WITH gone AS (DELETE FROM files WHERE path = ANY(%s) RETURNING path, collection)
+           INSERT INTO retired_files(path, collection) SELECT path, collection FROM gone
+           RETURNING path""",
+        (paths,),
+    )
+    moved = {p for (p,) in cur.fetchall()}
+    missing = [p for p in paths if p not in moved]
+    if missing:
+        raise FilesChangedError(
+            f"{len(missing)} files to replace are no longer committed, e.g. {missing[0]}",
+            missing,
+        )
+    if new:
+        cur.executemany(
+            """INSERT INTO files(path, collection, rows, committed_by)
+               VALUES (%s, %s, %s, %s)""",
+            [(f.path, f.collection, f.rows, owner) for f in new],
+        )
 
 
 def record(

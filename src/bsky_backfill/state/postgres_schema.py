@@ -164,5 +164,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
         )""",
     ),
+    (
+        # Compaction (issue 16): files a compaction took out of `files` in the same
+        # transaction that recorded their replacements; listed until their deletion
+        # from storage is confirmed, so recovery can finish it after a crash.
+        """CREATE TABLE retired_files (
+            path TEXT PRIMARY KEY,
+            collection TEXT NOT NULL,
+            retired_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -45,7 +45,7 @@ from bsky_backfill.state.base import (
     RepoTask,
     StatusReport,
 )
-from bsky_backfill.state.errors import StateStoreError
+from bsky_backfill.state.errors import FilesChangedError, StateStoreError
 from bsky_backfill.state.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -406,6 +406,39 @@ class SqliteStateStore:
         with self._locked():
             rows = self._conn.execute("SELECT path, collection, rows FROM files").fetchall()
         return [CommittedFile(path=p, collection=c, rows=n) for p, c, n in rows]
+
+    def replace_files(self, old: Sequence[str], new: Sequence[CommittedFile]) -> None:
+        now = _now_us()
+        with self._write(durable=True) as c:
+            gone = []
+            for path in old:
+                row = c.execute("SELECT collection FROM files WHERE path = ?", (path,)).fetchone()
+                if row is None:
+                    gone.append(path)
+                    continue
+                c.execute("DELETE FROM files WHERE path = ?", (path,))
+                c.execute(
+                    "INSERT INTO retired_files(path, collection, retired_at) VALUES (?, ?, ?)",
+                    (path, row[0], now),
+                )
+            if gone:
+                raise FilesChangedError(
+                    f"{len(gone)} files to replace are no longer committed, e.g. {gone[0]}",
+                    gone,
+                )
+            c.executemany(
+                "INSERT INTO files(path, collection, rows, committed_at) VALUES (?, ?, ?, ?)",
+                [(f.path, f.collection, f.rows, now) for f in new],
+            )
+
+    def retired_files(self) -> list[str]:
+        with self._locked():
+            rows = self._conn.execute("SELECT path FROM retired_files").fetchall()
+        return [p for (p,) in rows]
+
+    def forget_retired(self, paths: Sequence[str]) -> None:
+        with self._write() as c:
+            c.executemany("DELETE FROM retired_files WHERE path = ?", [(p,) for p in paths])
 
     def counts(self) -> dict[RepoState, int]:
         with self._locked():
