@@ -78,6 +78,10 @@ class RepoExtract:
     tables: dict[str, pa.Table]
     dead_letters: list[DeadLetter]
     records_seen: int = 0
+    keys: bytes | None = None
+    """The repo's key index (`repo.diff.pack_index`: every MST key -> record CID;
+    whole-repo extraction and refresh only): stored by the commit that lands the
+    repo, read by a later `run --refresh` (repo/diff.py)."""
 
     @property
     def row_count(self) -> int:

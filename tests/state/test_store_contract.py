@@ -534,3 +534,26 @@ def test_host_pauses_are_set_listed_and_cleared(store: StateStore) -> None:
     assert {p.host for p in store.status().paused_hosts} == {"pds.a", "plc.directory"}
     store.set_host_pauses([HostPause("pds.a", None, "")])
     assert [p.host for p in store.host_pauses()] == ["plc.directory"]
+
+
+def test_key_index_rides_in_the_commit(store: StateStore) -> None:
+    """`run --refresh` reads a repo's key index from the store (no dataset scan): the
+    commit that lands the repo writes it, a later one replaces or drops it."""
+    resolved(store, {"h1": ["did:plc:a", "did:plc:b"]})
+    store.claim("h1", 2, T0)
+    big = bytes(range(256)) * 400
+    store.commit(
+        [], [RepoDone("did:plc:a", "r1", 1, keys=b"v1"), RepoDone("did:plc:b", "r1", 1, keys=big)],
+        [], [],
+    )  # fmt: skip
+    assert store.repo_keys("did:plc:a") == b"v1"
+    assert store.repo_keys("did:plc:b") == big
+    assert store.repo_keys("did:plc:none") is None
+    assert store.mark_refresh() == 2
+    assert len(store.claim("h1", 2, T0)) == 2
+    store.commit([], [RepoDone("did:plc:a", "r2", 1, keys=b"v2")], [], [])
+    assert store.repo_keys("did:plc:a") == b"v2"
+    # Landed again without an index (list mode, big repo): the stale one goes.
+    store.commit([], [RepoDone("did:plc:b", "r2", 1)], [], [])
+    assert store.repo_keys("did:plc:b") is None
+    assert store.repo_keys("did:plc:a") == b"v2"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import mmap
@@ -31,10 +32,11 @@ from typing import TYPE_CHECKING
 from bsky_backfill.engine.cpu import Extractor
 from bsky_backfill.engine.helpers import HelperPool
 from bsky_backfill.engine.listing import ListFetcher
-from bsky_backfill.engine.refresh import LandedIndex, refresh_extract
+from bsky_backfill.engine.refresh import LandedIndex, refresh_diff, refresh_whole
 from bsky_backfill.errors import RepoInvalid, TerminalError, TransientError
 from bsky_backfill.models import RepoExtract, utcnow
 from bsky_backfill.records.stream import BigRepo, BuiltPart, PartPlan, extract_part, plan_parts
+from bsky_backfill.repo.diff import unpack_index
 from bsky_backfill.repo.lazy import map_file
 from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
 from bsky_backfill.state.base import RepoDone, RepoTask
@@ -102,7 +104,10 @@ class RepoWorker:
                 del data
                 for hook in run.on_decode:
                     hook(time.perf_counter() - started)
-            done = RepoDone(did=task.did, rev=extract.rev, records=extract.row_count)
+            done = RepoDone(
+                did=task.did, rev=extract.rev, records=extract.row_count, keys=extract.keys
+            )
+            extract.keys = None  # held by `done` alone until the commit
             if not run.land(extract, done, cursors):
                 return
             run.stats.repos_done += 1
@@ -277,10 +282,27 @@ class RepoWorker:
         self.run._maybe_commit()
 
     async def _refresh(self, slot: HostSlot, task: RepoTask) -> RepoExtract:
-        """What changed since the last landed revision (engine/refresh.py)."""
-        data = await self._fetch(slot, task, since=task.since)
+        """What changed since the last landed revision (engine/refresh.py).
+
+        The DID is resolved again first: the account may have moved to another
+        host or rotated its key since it landed (the commit must verify against
+        the key it has now)."""
+        identity = await self.run.resolver.resolve(task.did)
+        task = dataclasses.replace(task, pds=identity.pds, signing_key=identity.signing_key)
+        store = self.run.store
+        blob = await asyncio.to_thread(store.repo_keys, task.did)
+        index = None if blob is None or task.since is None else unpack_index(blob)
+        body = await self._fetch_body(slot, task, task.since if index is not None else None)
+        if body.size and body.size >= self.run.settings.stream_bytes:
+            log.info("%s: refresh of %d MB read whole", task.did, body.size >> 20)
+        data = await self._read(body)
+        verify, key = self.run.settings.verify, task.signing_key
+        if index is not None:
+            call = functools.partial(refresh_diff, index=index, signing_key=key, verify=verify)
+            return await self.extractor.call(call, data, task.did, self.filter)
         landed = await asyncio.to_thread(self.landed.for_did, task.did)
-        return await asyncio.to_thread(refresh_extract, data, task.did, self.filter, landed)
+        call = functools.partial(refresh_whole, landed=landed, signing_key=key, verify=verify)
+        return await self.extractor.call(call, data, task.did, self.filter)
 
     async def _fetch(self, slot: HostSlot, task: RepoTask, since: str | None = None) -> bytes:
         return await self._read(await self._fetch_body(slot, task, since))

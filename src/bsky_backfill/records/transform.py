@@ -37,6 +37,7 @@ from bsky_backfill.models import RecordFilter, RepoExtract
 from bsky_backfill.records.columns import RecordColumns
 from bsky_backfill.repo.car import Undecodable, read_car
 from bsky_backfill.repo.commit import read_commit
+from bsky_backfill.repo.diff import pack_index
 from bsky_backfill.repo.gcpause import gc_paused
 from bsky_backfill.repo.mst import walk_mst
 from bsky_backfill.repo.verify import check_blocks, failed, verify_commit, walk_verified
@@ -70,17 +71,18 @@ def extract_repo(
             raise failed(f"commit is for {commit.did!r:.100}, not the requested {did}")
         out = RecordColumns(did, filt)
         seen = [0]
+        keys: dict[str, bytes] = {}
         if verify:
             verify_commit(car, commit, signing_key)
             nodes: set[bytes] = set()
             used: list[bytes] = []
-            leaves = walk_verified(car.blocks, commit.data, nodes)
+            leaves = _indexed(walk_verified(car.blocks, commit.data, nodes), keys)
             # Materialised, so that the tree and every block the rows come from
             # are checked before a single row is built.
             rows: Iterable[_Row] = list(_wanted_records(car.blocks, leaves, out, seen, used))
             check_blocks(data, car, nodes, used)
         else:
-            leaves = walk_mst(car.blocks, commit.data)
+            leaves = _indexed(walk_mst(car.blocks, commit.data), keys)
             rows = _wanted_records(car.blocks, leaves, out, seen, None)
         out.add_many(rows)
         tables, dead_letters = out.finish()
@@ -93,7 +95,17 @@ def extract_repo(
         tables=tables,
         dead_letters=dead_letters,
         records_seen=seen[0],
+        keys=pack_index(keys),
     )
+
+
+def _indexed(
+    leaves: Iterable[tuple[str, bytes]], keys: dict[str, bytes]
+) -> Iterator[tuple[str, bytes]]:
+    """The leaves, each also put in `keys` (the repo's key index, for `run --refresh`)."""
+    for leaf in leaves:
+        keys[leaf[0]] = leaf[1]
+        yield leaf
 
 
 def _wanted_records(

@@ -75,6 +75,10 @@ class RepoDone:
     did: str
     rev: str | None
     records: int
+    keys: bytes | None = None
+    """The repo's key index at `rev` (`repo.diff.pack_index`: every MST key and its
+    record CID), stored in the same transaction; None: keep none (list mode, big
+    repos): its next refresh fetches the repo whole."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +252,11 @@ class StateStore(Protocol):
         """(attempts, first transient failure) of a repo; (0, None) if unknown. The
         resolver's durable retries read it (claimed repos carry it in `RepoTask`).
         `retry_later` sets the first failure time when `attempts` grows."""
+        ...
+
+    def repo_keys(self, did: str) -> bytes | None:
+        """The key index the last commit of `did` stored (`RepoDone.keys`), or None.
+        `run --refresh` diffs against it (repo/diff.py): no dataset scan."""
         ...
 
     def next_unresolved(self) -> dt.datetime | None:

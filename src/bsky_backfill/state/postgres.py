@@ -444,6 +444,12 @@ class PostgresStateStore:
             return 0, None
         return int(row[0]), None if row[1] is None else _utc(row[1])
 
+    def repo_keys(self, did: str) -> bytes | None:
+        with self._tx() as cur:
+            cur.execute("SELECT keys FROM repo_keys WHERE did = %s", (did,))
+            row = cur.fetchone()
+        return None if row is None else bytes(row[0])
+
     def next_unresolved(self) -> dt.datetime | None:
         with self._tx() as cur:
             cur.execute(

@@ -56,6 +56,18 @@ def record(
                  lease_owner = NULL, lease_expires_at = NULL, updated_at = now()""",
             [(d.did, d.rev, d.records) for d in sorted(done, key=lambda d: d.did)],
         )
+    # The key index rides in the same transaction as the rows it describes; a
+    # repo landed without one (list mode, big repo) drops a stale one.
+    indexed = sorted((d for d in done if d.keys is not None), key=lambda d: d.did)
+    if indexed:
+        cur.executemany(
+            """INSERT INTO repo_keys(did, keys) VALUES (%s, %s)
+               ON CONFLICT (did) DO UPDATE SET keys = excluded.keys""",
+            [(d.did, d.keys) for d in indexed],
+        )
+    unindexed = sorted(d.did for d in done if d.keys is None)
+    if unindexed:
+        cur.execute("DELETE FROM repo_keys WHERE did = ANY(%s)", (unindexed,))
     if failed:
         cur.executemany(
             """INSERT INTO repos(did, state, error_code, error_stage, last_error)

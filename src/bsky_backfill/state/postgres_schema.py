@@ -164,5 +164,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
         )""",
     ),
+    (
+        # Refresh (issue 14): each landed repo's key index (every MST key and its
+        # record CID at the landed rev, repo.diff.pack_index), written by the
+        # commit that lands the repo; `run --refresh` diffs against it.
+        """CREATE TABLE repo_keys (
+            did TEXT PRIMARY KEY,
+            keys BYTEA NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -380,6 +380,16 @@ class SqliteStateStore:
                      updated_at = excluded.updated_at""",
                 [(d.did, d.rev, d.records, now) for d in done],
             )
+            # The key index rides in the same transaction as the rows it describes;
+            # a repo landed without one (list mode, big repo) drops a stale one.
+            c.executemany(
+                "INSERT OR REPLACE INTO repo_keys(did, keys) VALUES (?, ?)",
+                [(d.did, d.keys) for d in done if d.keys is not None],
+            )
+            c.executemany(
+                "DELETE FROM repo_keys WHERE did = ?",
+                [(d.did,) for d in done if d.keys is None],
+            )
             c.executemany(
                 """INSERT INTO repos(did, state, error_code, error_stage, last_error, updated_at)
                    VALUES (?, 'failed', ?, ?, ?, ?)
@@ -493,6 +503,11 @@ class SqliteStateStore:
         if row is None:
             return 0, None
         return int(row[0]), None if row[1] is None else _from_us(row[1])
+
+    def repo_keys(self, did: str) -> bytes | None:
+        with self._locked():
+            row = self._conn.execute("SELECT keys FROM repo_keys WHERE did = ?", (did,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def next_unresolved(self) -> dt.datetime | None:
         with self._locked():

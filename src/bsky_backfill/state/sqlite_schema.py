@@ -117,5 +117,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at INTEGER NOT NULL
         ) WITHOUT ROWID""",
     ),
+    (
+        # Refresh (issue 14): each landed repo's key index (every MST key and its
+        # record CID at the landed rev, repo.diff.pack_index), written by the
+        # commit that lands the repo; `run --refresh` diffs against it.
+        """CREATE TABLE repo_keys (
+            did TEXT PRIMARY KEY,
+            keys BLOB NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
