@@ -248,6 +248,7 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
         plc_url=opts["plc_url"],
         method=opts["method"],
         collections=collections,
+        filters_given=any(opts[k] is not None for k in ("collections", "since", "until")),
         since=since,
         until=until,
         rate_limit=opts["rate_limit"] or None,

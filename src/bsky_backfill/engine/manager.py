@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
 import random
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -181,6 +183,7 @@ class Backfill:
         try:
             if self.role.leader:
                 self._check_settings(store)
+                settings = self.settings  # a refresh may take the dataset's filters
                 recovered = store.recover()
                 if recovered:
                     log.info("recovered %d repos left in progress by an earlier run", recovered)
@@ -297,9 +300,19 @@ class Backfill:
         if existing is None:
             store.set_meta("filter", fingerprint)
         elif existing != fingerprint:
+            if settings.refresh and not settings.filters_given:
+                self.settings = _with_filters(settings, existing)
+                sys.stderr.write(f"refresh: using the dataset's own filters: {_shown(existing)}\n")
+                return
+            choice = (
+                "run --refresh without --collections/--since/--until to use the dataset's own"
+                if settings.refresh
+                else "repeat the dataset's filters exactly"
+            )
             raise UsageError(
-                f"--out {settings.out} already holds a backfill with other filters "
-                f"({existing}); use another --out"
+                f"--out {settings.out} holds a backfill with other filters "
+                f"({_shown(existing)}; this run asks for {_shown(fingerprint)}): "
+                f"{choice}, or use another --out for the new filters"
             )
 
     async def _run_loops(self) -> None:
@@ -809,3 +822,29 @@ def run_sync(settings: RunSettings, source: DidSource | None) -> RunSummary:
 
 
 __all__ = ["Backfill", "RunSummary", "run_sync"]
+
+
+def _shown(fingerprint: str) -> str:
+    """A filter fingerprint as the flags that make it (for messages)."""
+    f = json.loads(fingerprint)
+    parts = [f"--collections {','.join(f.get('collections') or []) or '(none)'}"]
+    parts += [f"--{k} {f[k]}" for k in ("since", "until") if f.get(k)]
+    parts.append(f"--method {f.get('method')}")
+    return " ".join(parts)
+
+
+def _with_filters(settings: RunSettings, fingerprint: str) -> RunSettings:
+    """`settings` with the dataset's own filters (a refresh that named none)."""
+    f = json.loads(fingerprint)
+
+    def when(v: str | None) -> dt.datetime | None:
+        return None if v is None else dt.datetime.fromisoformat(v)
+
+    return settings.model_copy(
+        update={
+            "collections": frozenset(f.get("collections") or ()),
+            "since": when(f.get("since")),
+            "until": when(f.get("until")),
+            "method": f.get("method", settings.method),
+        }
+    )
