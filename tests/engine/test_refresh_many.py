@@ -8,6 +8,7 @@ are given and says so; other filters exit 2 naming the choices.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from bsky_backfill.simulate import Scenario, run_network_in_thread
@@ -54,6 +55,7 @@ def test_every_deletion_of_25_changed_repos_is_recorded(tmp_path: Path) -> None:
         refresh = run_cli("run", "--refresh", *common)
         assert refresh.returncode == 0, refresh.stderr
         assert refresh.stderr.count("using the dataset's own filters") == 1
+        assert "refresh: 50 new, 0 updated, 75 deleted records" in refresh.stdout
         truth = net.truth.expected_rows()
     deletions = read_rows(out, "_deletions")
     deleted = {d["uri"] for d in deletions if d["reason"] == "deleted"}
@@ -63,3 +65,13 @@ def test_every_deletion_of_25_changed_repos_is_recorded(tmp_path: Path) -> None:
     assert set(view) == set(wanted)
     for uri, rec in wanted.items():
         assert view[uri]["cid"] == rec.cid
+    # `report` and `status` count the current view and say what left it.
+    report = json.loads(run_cli("report", "--json", "--out", str(out)).stdout)
+    assert report["records_total"] == len(view)
+    assert (report["deleted_total"], report["updated_total"]) == (75, 0)
+    posts = next(c for c in report["collections"] if c["collection"] == POST)
+    assert posts["deleted"] == 75
+    assert posts["records"] == sum(1 for u in view if f"/{POST}/" in u)
+    status = json.loads(run_cli("status", "--json", "--out", str(out)).stdout)
+    assert sum(status["records_by_collection"].values()) == len(view)
+    assert status["deleted_by_collection"] == {POST: 75}

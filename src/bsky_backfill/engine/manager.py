@@ -68,6 +68,7 @@ from bsky_backfill.state.base import (
     RepoFailed,
     RepoState,
     StateStore,
+    StatusReport,
 )
 from bsky_backfill.state.errors import LeaseLostError
 from bsky_backfill.state.open import open_store, store_exists
@@ -104,6 +105,8 @@ class RunSummary:
     """Repos that landed during this run (done)."""
     failed_this_run: dict[str, int] = field(default_factory=dict)
     """Repos dead-lettered whole during this run, by code."""
+    changes_this_run: tuple[int, int, int] | None = None
+    """A refresh: records (new, updated, deleted) during this run."""
 
     @property
     def nothing_landed(self) -> bool:
@@ -155,6 +158,7 @@ class Backfill:
         self._bugs_seen: set[tuple[str, str]] = set()
         self._lock: RunLock | None = None
         self._baseline: tuple[int, dict[str, int]] = (0, {})
+        self._rows_before = (0, 0, 0)  # rows written, deleted, updated (the store's)
         """(done, failed by code) in the store when the work started."""
         self.on_tick: list[Callable[[Backfill], None]] = []
         self.on_commit: list[Callable[[CommitSummary], None]] = []
@@ -207,6 +211,7 @@ class Backfill:
             # process of the run, `--workers` followers included).
             before = store.status()
             self._baseline = (before.done, dict(before.failed_by_code))
+            self._rows_before = _row_totals(before)
             extractor = Extractor()
             # Big repos' parts spread over the cores the user gave: this process and
             # N-1 helper processes (engine/helpers.py).
@@ -798,8 +803,26 @@ class Backfill:
             bytes=self.stats.bytes,
             stopped=self.stopping,
             landed_this_run=max(0, status.done - self._baseline[0]),
+            changes_this_run=_changes(self._rows_before, _row_totals(status))
+            if self.settings.refresh
+            else None,
             failed_this_run=_grown(self._baseline[1], status.failed_by_code),
         )
+
+
+def _row_totals(status: StatusReport) -> tuple[int, int, int]:
+    """(rows written, deleted, updated) over every collection, from the store."""
+    deleted = sum(status.deleted_by_collection.values())
+    updated = sum(status.updated_by_collection.values())
+    written = sum(status.records_by_collection.values()) + deleted + updated
+    return written, deleted, updated
+
+
+def _changes(before: tuple[int, int, int], after: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(new, updated, deleted) records between two `_row_totals`: an updated record
+    writes a row too, so new = rows written - updated."""
+    written, deleted, updated = (max(0, a - b) for a, b in zip(after, before, strict=True))
+    return max(0, written - updated), updated, deleted
 
 
 def _grown(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:

@@ -24,7 +24,7 @@ import mmap
 import os
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +39,7 @@ from bsky_backfill.records.stream import BigRepo, BuiltPart, PartPlan, extract_p
 from bsky_backfill.repo.diff import unpack_index
 from bsky_backfill.repo.lazy import map_file
 from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
+from bsky_backfill.sinks.storage import DELETIONS
 from bsky_backfill.state.base import RepoDone, RepoTask
 from bsky_backfill.xrpc.body import Body
 from bsky_backfill.xrpc.breaker import Breaker, BreakerState, is_host_failure
@@ -105,7 +106,11 @@ class RepoWorker:
                 for hook in run.on_decode:
                     hook(time.perf_counter() - started)
             done = RepoDone(
-                did=task.did, rev=extract.rev, records=extract.row_count, keys=extract.keys
+                did=task.did,
+                rev=extract.rev,
+                records=extract.row_count,
+                keys=extract.keys,
+                deletions=_deletion_counts(extract),
             )
             extract.keys = None  # held by `done` alone until the commit
             if not run.land(extract, done, cursors):
@@ -356,6 +361,15 @@ class RepoWorker:
 
     def _breaker(self, slot: HostSlot) -> Breaker:
         return self.client.breakers.get(slot.host)
+
+
+def _deletion_counts(extract: RepoExtract) -> tuple[tuple[str, str, int], ...]:
+    """(collection, reason, rows) of a refresh's `_deletions` rows (for `status`)."""
+    table = extract.tables.get(DELETIONS)
+    if table is None:
+        return ()
+    pairs = Counter(zip(table["collection"].to_pylist(), table["reason"].to_pylist(), strict=True))
+    return tuple((c, r, n) for (c, r), n in sorted(pairs.items()))
 
 
 def _final(error: Exception, why: str = "") -> TerminalError:

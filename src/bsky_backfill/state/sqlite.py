@@ -44,6 +44,7 @@ from bsky_backfill.state.base import (
     RepoState,
     RepoTask,
     StatusReport,
+    view_counts,
 )
 from bsky_backfill.state.errors import StateStoreError
 from bsky_backfill.state.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
@@ -390,6 +391,15 @@ class SqliteStateStore:
                 "DELETE FROM repo_keys WHERE did = ?",
                 [(d.did,) for d in done if d.keys is None],
             )
+            gone: collections.Counter[tuple[str, str]] = collections.Counter()
+            for d in done:
+                for collection, reason, n in d.deletions:
+                    gone[(collection, reason)] += n
+            c.executemany(
+                """INSERT INTO deletion_counts(collection, reason, count) VALUES (?, ?, ?)
+                   ON CONFLICT(collection, reason) DO UPDATE SET count = count + excluded.count""",
+                [(col, reason, n) for (col, reason), n in gone.items()],
+            )
             c.executemany(
                 """INSERT INTO repos(did, state, error_code, error_stage, last_error, updated_at)
                    VALUES (?, 'failed', ?, ?, ?, ?)
@@ -452,6 +462,7 @@ class SqliteStateStore:
                         WHERE collection NOT LIKE '\_%' ESCAPE '\'
                         GROUP BY collection ORDER BY collection"""
                 ).fetchall()
+                gone = c.execute("SELECT collection, reason, count FROM deletion_counts").fetchall()
                 by_code = c.execute(
                     """SELECT code, sum(count) FROM dead_letter_counts
                        GROUP BY code ORDER BY sum(count) DESC, code"""
@@ -479,13 +490,16 @@ class SqliteStateStore:
                 h.failed += n
             else:  # pending or in_progress: not finished yet
                 h.pending += n
+        view = view_counts(by_collection, gone)
         return StatusReport(
             total=sum(counts.values()),
             done=counts.get(RepoState.DONE, 0),
             failed=counts.get(RepoState.FAILED, 0),
             pending=counts.get(RepoState.PENDING, 0),
             in_progress=counts.get(RepoState.IN_PROGRESS, 0),
-            records_by_collection={k: int(v) for k, v in by_collection},
+            records_by_collection=view[0],
+            deleted_by_collection=view[1],
+            updated_by_collection=view[2],
             dead_letters_by_code={k: int(v) for k, v in by_code if v},
             hosts=sorted(hosts.values(), key=lambda h: (-h.total, h.host)),
             failed_by_code={str(k or "?"): int(v) for k, v in failed_by_code},

@@ -125,6 +125,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             did TEXT PRIMARY KEY,
             keys BLOB NOT NULL
         ) WITHOUT ROWID""",
+        # `_deletions` rows per collection and reason: `status` counts the current
+        # view (rows minus these) without reading the dataset.
+        """CREATE TABLE deletion_counts (
+            collection TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            count BIGINT NOT NULL,
+            PRIMARY KEY (collection, reason)
+        )""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
