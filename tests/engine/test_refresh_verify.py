@@ -10,6 +10,7 @@ dead-letters the refresh and nothing lands.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 from typing import Any
 
@@ -144,3 +145,41 @@ def test_a_malformed_node_under_a_valid_signature_is_refused(damage: Any) -> Non
     body += [(c, d) for c, d in nodes.items() if c != root and c not in old]
     body += [encode_block(v) for k, v in NEW.items() if encode_block(v)[0] not in old]
     _rejected(write_car(commit_cid, body))
+
+
+def test_a_repo_without_index_is_compared_whole_with_what_landed() -> None:
+    """No key index (landed in list mode, as a big repo, or before indexes): the whole
+    repo against the dataset's (key -> CID) map; earlier dead letters not re-written."""
+    whole = build_repo(DID, NEW, rev="3333333333333", sign=KEY.sign)
+    landed = {k: libipld.encode_cid(c) for k, c in _index(OLD).items()}
+    edited = f"at://{DID}/{POST}/{_rkey(3)}"
+    judged = frozenset({(edited, libipld.encode_cid(encode_block(NEW[f"{POST}/{_rkey(3)}"])[0]))})
+    got = refresh_diff(
+        whole, DID, ALL, None, signing_key=KEY.did_key, verify=True, landed=landed, judged=judged
+    )
+    deletions = got.tables[DELETIONS].to_pylist()
+    assert sorted(d["reason"] for d in deletions) == ["deleted"] * 12 + ["updated"]
+    assert got.tables[POST].num_rows == 6
+    assert got.keys is not None and unpack_index(got.keys) == _index(NEW)
+    # Not judged again when the same version was dead-lettered before.
+    assert not [d for d in got.dead_letters if d.uri == edited]
+
+
+def test_a_big_diff_is_read_lazily_from_its_file_and_still_checked(tmp_path: Any) -> None:
+    path = tmp_path / "diff.car"
+    path.write_bytes(_diff_car())
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        got = refresh_diff(
+            mapped, DID, ALL, _index(OLD), signing_key=KEY.did_key, verify=True, lazy=True
+        )
+    assert len(got.tables[DELETIONS]) == 13 and got.tables[POST].num_rows == 6
+    forged = libipld.encode_dag_cbor(_post(1000, "forged"))
+    target = encode_block(NEW[f"{POST}/{_rkey(1000)}"])[0]
+    path.write_bytes(_rewrite(_diff_car(), lambda c, d: forged if c == target else None))
+    with (
+        path.open("rb") as fh,
+        mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+        pytest.raises(RepoInvalid) as info,
+    ):
+        refresh_diff(mapped, DID, ALL, _index(OLD), signing_key=KEY.did_key, verify=True, lazy=True)
+    assert (info.value.code, info.value.stage) == ("VerificationFailed", "verify")

@@ -10,10 +10,15 @@ Where it sits: the worker's path for a repo the store marked `refresh`
   with the new one (repo/diff.py: exact, bounded, every opened node checked),
   then hash-checks the commit, every opened node and every landing record.
 * **Whole** (no index: landed in list mode, as a big repo, or before indexes
-  existed): the worker fetches the whole repo; `refresh_whole` extracts it as
-  any full fetch (records.transform, verification included) and compares its
-  keys with what the dataset holds for the DID (`LandedIndex`, DuckDB over the
-  local Parquet tables: the one dataset scan left, once per such repo).
+  existed): the worker fetches the whole repo; `refresh_diff` walks it against
+  an empty old tree (every node opened and checked, the same checks) and
+  compares its keys with what the dataset holds for the DID (`LandedIndex`,
+  DuckDB over the local Parquet tables: the one dataset scan left, once per
+  such repo; its dead letters too, so none is written twice).
+
+A CAR over `--stream-size` is never read into memory: it is mapped from its
+spooled file and its blocks are decoded (and hash-checked) as the walk reaches
+them (repo/lazy.py).
 
 Either way new and changed records go through the same `RecordColumns` as any
 record (only they: an unchanged record is never judged again, so its dead
@@ -26,22 +31,23 @@ table is its rows minus the (uri, cid) pairs in `_deletions`.
 from __future__ import annotations
 
 import datetime as dt
+import mmap
 from pathlib import Path
 
 import duckdb
 import libipld
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from bsky_backfill.errors import RepoInvalid
 from bsky_backfill.models import RecordFilter, RepoExtract, utcnow
 from bsky_backfill.records.columns import RecordColumns
-from bsky_backfill.records.transform import extract_repo
 from bsky_backfill.repo.car import Undecodable, read_car
 from bsky_backfill.repo.commit import read_commit
-from bsky_backfill.repo.diff import OldTree, diff_trees, failed, new_index, pack_index, unpack_index
+from bsky_backfill.repo.diff import Changes, OldTree, diff_trees, failed, new_index, pack_index
 from bsky_backfill.repo.gcpause import gc_paused
+from bsky_backfill.repo.lazy import read_car_lazy
 from bsky_backfill.repo.verify import mismatched_blocks, verify_commit
-from bsky_backfill.sinks.storage import DELETIONS, table_dir
+from bsky_backfill.sinks.storage import DEAD_LETTERS, DELETIONS, table_dir
 
 DELETION_SCHEMA = pa.schema(
     [
@@ -95,29 +101,57 @@ class LandedIndex:
         prefix = len(f"at://{did}/")
         return {uri[prefix:]: cid for uri, cid in rows if (uri, cid) not in gone}
 
+    def judged_for_did(self, did: str) -> frozenset[tuple[str, str]]:
+        """(uri, cid) of the record dead letters the dataset holds for `did`."""
+        if not any((self.out / DEAD_LETTERS).glob("**/*.parquet")):
+            return frozenset()
+        con = duckdb.connect()
+        try:
+            rows = con.execute(
+                "SELECT uri, cid FROM read_parquet(?, union_by_name=true) "
+                "WHERE did = ? AND uri IS NOT NULL AND cid IS NOT NULL",
+                [str(self.out / DEAD_LETTERS / "**" / "*.parquet"), did],
+            ).fetchall()
+        finally:
+            con.close()
+        return frozenset((str(u), str(c)) for u, c in rows)
+
 
 def refresh_diff(
-    data: bytes,
+    data: bytes | mmap.mmap,
     did: str,
     filt: RecordFilter,
-    index: dict[str, bytes],
+    index: dict[str, bytes] | None,
     *,
     signing_key: str | None,
     verify: bool,
+    landed: dict[str, str] | None = None,
+    judged: frozenset[tuple[str, str]] = frozenset(),
+    lazy: bool = False,
 ) -> RepoExtract:
-    """The rows a refresh lands from a diff CAR against the repo's key index.
+    """The rows a refresh lands for one repo.
+
+    With `index` (the repo's key index), `data` is a diff CAR and the old tree
+    is rebuilt from the index. Without (a repo landed with no index), `data` is
+    the whole repo, every key of it is compared with `landed` (key -> CID text
+    of the rows the dataset holds), and dead letters already in the dataset
+    for the same record version (`judged`: (uri, cid)) are not written again.
+    `lazy` (a CAR over `--stream-size`, mapped from its spooled file): blocks
+    are decoded, and hash-checked, only as the walk reaches them.
 
     Raises RepoInvalid (stage verify, VerificationFailed; or decode for an
     unreadable CAR or commit): nothing of the repo lands.
     """
     with gc_paused():
-        car = read_car(data)
+        car = read_car_lazy(data, verify=verify) if lazy else read_car(data)  # type: ignore[arg-type]
         commit = read_commit(car)
         if commit.did != did:
             raise failed(f"commit is for {commit.did!r:.100}, not the requested {did}")
         if verify:
             verify_commit(car, commit, signing_key)
-        changes = diff_trees(OldTree(index), car.blocks, commit.data)
+        changes = diff_trees(OldTree(index or {}), car.blocks, commit.data)
+        if index is None:
+            _against_landed(changes, landed or {})
         columns = RecordColumns(did, filt)
         used: list[bytes] = []
         fresh = sorted([*changes.added.items(), *((k, n) for k, (_, n) in changes.updated.items())])
@@ -131,7 +165,7 @@ def refresh_diff(
                 if record is None:
                     error, message = (
                         "RecordBlockMissing",
-                        "a new or changed record's block is not in the diff",
+                        "a new or changed record's block is not in the CAR",
                     )
                 elif record.__class__ is Undecodable:
                     error, message = "InvalidRecordBlock", "record block is not valid DAG-CBOR"
@@ -144,19 +178,26 @@ def refresh_diff(
                 continue
             used.append(value)
             columns.add(collection, rkey, _cid_text(value), record)
-        if verify:
+        if verify and not lazy:
             # The same rule as a full fetch: the commit, every node this walk
-            # opened and every record that lands hash to their CIDs.
-            bad = mismatched_blocks(data, {car.root, *changes.opened, *used})
+            # opened and every record that lands hash to their CIDs (a lazy CAR
+            # checks each block as it is read).
+            bad = mismatched_blocks(data, {car.root, *changes.opened, *used})  # type: ignore[arg-type]
             if car.root in bad:
                 raise failed("the commit block does not match its CID")
             if bad:
                 raise failed("an MST node or record block does not match its CID")
         tables, dead_letters = columns.finish()
+        if judged:
+            dead_letters = [d for d in dead_letters if (d.uri, d.cid) not in judged]
         replaced = {k: _cid_text(old) for k, (old, _) in changes.updated.items()}
         deleted = {k: _cid_text(old) for k, old in changes.deleted.items()}
         deletions = _deletions(did, commit.rev, replaced, deleted, filt, utcnow())
-        keys = new_index(index, changes)
+        if index is not None:
+            keys = new_index(index, changes)
+        else:
+            keys = {**changes.unchanged, **changes.added}
+            keys.update((k, new) for k, (_, new) in changes.updated.items())
         del car, changes
     if deletions.num_rows:
         tables[DELETIONS] = deletions
@@ -164,42 +205,42 @@ def refresh_diff(
                        records_seen=len(fresh), keys=pack_index(keys))  # fmt: skip
 
 
-def refresh_whole(
-    data: bytes,
-    did: str,
-    filt: RecordFilter,
-    landed: dict[str, str],
-    *,
-    signing_key: str | None,
-    verify: bool,
-) -> RepoExtract:
-    """The rows a refresh lands from a whole repo, compared with `landed` (key -> CID)."""
-    extract = extract_repo(data, did, filt, signing_key=signing_key, verify=verify)
-    keys = unpack_index(extract.keys) if extract.keys is not None else {}
-    prefix = f"at://{did}/"
-    wanted_landed = {prefix + k: c for k, c in landed.items()}
-    tables: dict[str, pa.Table] = {}
-    for collection, table in extract.tables.items():
-        pairs = [
-            wanted_landed.get(u) != c
-            for u, c in zip(table["uri"].to_pylist(), table["cid"].to_pylist(), strict=True)
-        ]
-        kept = table.filter(pc.array(pairs, type=pa.bool_())) if pairs else table
-        if kept.num_rows:
-            tables[collection] = kept
-    replaced: dict[str, str] = {}
-    deleted: dict[str, str] = {}
-    for key, cid in landed.items():
-        now = keys.get(key)
-        if now is None:
-            deleted[key] = cid
-        elif _encode_cid(now) != cid:
-            replaced[key] = cid
-    deletions = _deletions(did, extract.rev, replaced, deleted, filt, utcnow())
-    if deletions.num_rows:
-        tables[DELETIONS] = deletions
-    return RepoExtract(did=did, rev=extract.rev, tables=tables, dead_letters=extract.dead_letters,
-                       records_seen=extract.records_seen, keys=extract.keys)  # fmt: skip
+def _against_landed(changes: Changes, landed: dict[str, str]) -> None:
+    """A whole repo's keys (all `added`, the old tree being empty) told apart against
+    what the dataset holds: unchanged, updated, new; landed keys gone are deleted."""
+    everything = changes.added
+    changes.added = {}
+    for key, value in everything.items():
+        before = landed.get(key)
+        if before is None:
+            changes.added[key] = value
+        elif _cid_text(value) == before:
+            changes.unchanged[key] = value
+        else:
+            changes.updated[key] = (_cid_raw(before), value)
+    changes.deleted = {k: _cid_raw(c) for k, c in landed.items() if k not in everything}
+
+
+def _cid_raw(text: str) -> bytes:
+    """The binary form of a CID string (what MST entries hold)."""
+    try:
+        d = libipld.decode_cid(text)
+    except ValueError as e:
+        raise RepoInvalid(f"a landed row has a bad CID {text!r:.80}", code="InternalError") from e
+    h = d["hash"]
+    multihash = _uvarint(h["code"]) + _uvarint(h["size"]) + bytes(h["digest"])
+    if d["version"] == 0:
+        return multihash
+    return _uvarint(d["version"]) + _uvarint(d["codec"]) + multihash
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | 0x80 if n else low)
+        if not n:
+            return bytes(out)
 
 
 def _cid_text(raw: bytes) -> str:

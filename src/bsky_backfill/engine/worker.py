@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from bsky_backfill.engine.cpu import Extractor
 from bsky_backfill.engine.helpers import HelperPool
 from bsky_backfill.engine.listing import ListFetcher
-from bsky_backfill.engine.refresh import LandedIndex, refresh_diff, refresh_whole
+from bsky_backfill.engine.refresh import LandedIndex, refresh_diff
 from bsky_backfill.errors import RepoInvalid, TerminalError, TransientError
 from bsky_backfill.models import RepoExtract, utcnow
 from bsky_backfill.records.stream import BigRepo, BuiltPart, PartPlan, extract_part, plan_parts
@@ -297,17 +297,34 @@ class RepoWorker:
         store = self.run.store
         blob = await asyncio.to_thread(store.repo_keys, task.did)
         index = None if blob is None or task.since is None else unpack_index(blob)
+        landed: dict[str, str] | None = None
+        judged: frozenset[tuple[str, str]] = frozenset()
+        if index is None:
+            landed = await asyncio.to_thread(self.landed.for_did, task.did)
+            judged = await asyncio.to_thread(self.landed.judged_for_did, task.did)
         body = await self._fetch_body(slot, task, task.since if index is not None else None)
-        if body.size and body.size >= self.run.settings.stream_bytes:
-            log.info("%s: refresh of %d MB read whole", task.did, body.size >> 20)
-        data = await self._read(body)
-        verify, key = self.run.settings.verify, task.signing_key
-        if index is not None:
-            call = functools.partial(refresh_diff, index=index, signing_key=key, verify=verify)
+        call = functools.partial(
+            refresh_diff,
+            index=index,
+            landed=landed,
+            judged=judged,
+            signing_key=task.signing_key,
+            verify=self.run.settings.verify,
+        )
+        if not (body.size and body.size >= self.run.settings.stream_bytes):
+            data = await self._read(body)
             return await self.extractor.call(call, data, task.did, self.filter)
-        landed = await asyncio.to_thread(self.landed.for_did, task.did)
-        call = functools.partial(refresh_whole, landed=landed, signing_key=key, verify=verify)
-        return await self.extractor.call(call, data, task.did, self.filter)
+        # Over --stream-size: never read into memory; mapped from its spooled
+        # file, each block decoded (and hash-checked) only when reached.
+        path = await asyncio.to_thread(_on_disk, body, self.client)
+        try:
+            with map_file(path) as mapped:
+                lazy = functools.partial(call, lazy=True)
+                return await self.extractor.call(lazy, mapped, task.did, self.filter)
+        finally:
+            body.discard()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     async def _fetch(self, slot: HostSlot, task: RepoTask, since: str | None = None) -> bytes:
         return await self._read(await self._fetch_body(slot, task, since))

@@ -66,6 +66,8 @@ class Changes:
     """key -> (old CID, new CID) of keys both trees have with different records."""
     deleted: dict[str, bytes] = field(default_factory=dict)
     """key -> old CID of keys only the old tree has."""
+    unchanged: dict[str, bytes] = field(default_factory=dict)
+    """Filled by callers that compare against something other than an old tree."""
     opened: set[bytes] = field(default_factory=set)
     """CIDs of the new tree's nodes that were opened (their blocks must be hash-checked)."""
 
