@@ -43,7 +43,15 @@ from bsky_backfill.models import RecordFilter, RepoExtract, utcnow
 from bsky_backfill.records.columns import RecordColumns
 from bsky_backfill.repo.car import Undecodable, read_car
 from bsky_backfill.repo.commit import read_commit
-from bsky_backfill.repo.diff import Changes, OldTree, diff_trees, failed, new_index, pack_index
+from bsky_backfill.repo.diff import (
+    Changes,
+    OldTree,
+    diff_trees,
+    failed,
+    new_index,
+    pack_index,
+    unlanded_keys,
+)
 from bsky_backfill.repo.gcpause import gc_paused
 from bsky_backfill.repo.lazy import read_car_lazy
 from bsky_backfill.repo.verify import mismatched_blocks, verify_commit
@@ -125,17 +133,19 @@ def refresh_diff(
     *,
     signing_key: str | None,
     verify: bool,
+    unlanded: frozenset[str] = frozenset(),
     landed: dict[str, str] | None = None,
     judged: frozenset[tuple[str, str]] = frozenset(),
     lazy: bool = False,
 ) -> RepoExtract:
     """The rows a refresh lands for one repo.
 
-    With `index` (the repo's key index), `data` is a diff CAR and the old tree
-    is rebuilt from the index. Without (a repo landed with no index), `data` is
-    the whole repo, every key of it is compared with `landed` (key -> CID text
-    of the rows the dataset holds), and dead letters already in the dataset
-    for the same record version (`judged`: (uri, cid)) are not written again.
+    With `index` (the repo's key index; `unlanded`, its keys that have no row),
+    `data` is a diff CAR and the old tree is rebuilt from the index. Without
+    (a repo landed with no index), `data` is the whole repo, every key of it is
+    compared with `landed` (key -> CID text of the rows the dataset holds),
+    and dead letters already in the dataset for the same record version
+    (`judged`: (uri, cid)) are not written again.
     `lazy` (a CAR over `--stream-size`, mapped from its spooled file): blocks
     are decoded, and hash-checked, only as the walk reaches them.
 
@@ -190,19 +200,29 @@ def refresh_diff(
         tables, dead_letters = columns.finish()
         if judged:
             dead_letters = [d for d in dead_letters if (d.uri, d.cid) not in judged]
-        replaced = {k: _cid_text(old) for k, (old, _) in changes.updated.items()}
-        deleted = {k: _cid_text(old) for k, old in changes.deleted.items()}
+        # Only rows that landed leave the current view (a dead-lettered or
+        # windowed-out version never was in it).
+        replaced = {
+            k: _cid_text(old) for k, (old, _) in changes.updated.items() if k not in unlanded
+        }
+        deleted = {k: _cid_text(old) for k, old in changes.deleted.items() if k not in unlanded}
         deletions = _deletions(did, commit.rev, replaced, deleted, filt, utcnow())
         if index is not None:
             keys = new_index(index, changes)
+            gone = {*changes.deleted, *changes.updated, *changes.added}
+            still = [k for k in unlanded if k not in gone]
         else:
             keys = {**changes.unchanged, **changes.added}
             keys.update((k, new) for k, (_, new) in changes.updated.items())
+            still = unlanded_keys(changes.unchanged, filt.collections, landed or {})
+        landed_now = (f"{c}/{r}" for c, t in tables.items() for r in t["rkey"].to_pylist())
+        fresh_keys = (k for k, _ in fresh)
+        still += unlanded_keys(fresh_keys, filt.collections, landed_now)
         del car, changes
     if deletions.num_rows:
         tables[DELETIONS] = deletions
     return RepoExtract(did=did, rev=commit.rev, tables=tables, dead_letters=dead_letters,
-                       records_seen=len(fresh), keys=pack_index(keys))  # fmt: skip
+                       records_seen=len(fresh), keys=pack_index(keys, still))  # fmt: skip
 
 
 def _against_landed(changes: Changes, landed: dict[str, str]) -> None:

@@ -296,7 +296,9 @@ class RepoWorker:
         task = dataclasses.replace(task, pds=identity.pds, signing_key=identity.signing_key)
         store = self.run.store
         blob = await asyncio.to_thread(store.repo_keys, task.did)
-        index = None if blob is None or task.since is None else unpack_index(blob)
+        index, unlanded = (None, frozenset[str]())
+        if blob is not None and task.since is not None:
+            index, unlanded = unpack_index(blob)
         landed: dict[str, str] | None = None
         judged: frozenset[tuple[str, str]] = frozenset()
         if index is None:
@@ -306,6 +308,7 @@ class RepoWorker:
         call = functools.partial(
             refresh_diff,
             index=index,
+            unlanded=unlanded,
             landed=landed,
             judged=judged,
             signing_key=task.signing_key,

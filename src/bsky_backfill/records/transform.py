@@ -37,7 +37,7 @@ from bsky_backfill.models import RecordFilter, RepoExtract
 from bsky_backfill.records.columns import RecordColumns
 from bsky_backfill.repo.car import Undecodable, read_car
 from bsky_backfill.repo.commit import read_commit
-from bsky_backfill.repo.diff import pack_index
+from bsky_backfill.repo.diff import pack_index, unlanded_keys
 from bsky_backfill.repo.gcpause import gc_paused
 from bsky_backfill.repo.mst import walk_mst
 from bsky_backfill.repo.verify import check_blocks, failed, verify_commit, walk_verified
@@ -95,8 +95,18 @@ def extract_repo(
         tables=tables,
         dead_letters=dead_letters,
         records_seen=seen[0],
-        keys=pack_index(keys),
+        keys=pack_index(keys, _unlanded(keys, filt, tables)),
     )
+
+
+def _unlanded(keys: dict[str, bytes], filt: RecordFilter, tables: dict[str, Any]) -> list[str]:
+    """Keys of wanted collections with no row (dead-lettered, outside the window)."""
+    rows = sum(t.num_rows for t in tables.values())
+    wanted = filt.collections
+    if rows == sum(1 for k in keys if k.partition("/")[0] in wanted):
+        return []  # all landed: the usual case, no set built
+    landed = (f"{c}/{r}" for c, t in tables.items() for r in t["rkey"].to_pylist())
+    return unlanded_keys(keys, wanted, landed)
 
 
 def _indexed(

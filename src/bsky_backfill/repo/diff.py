@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -286,17 +286,29 @@ def new_index(old: Mapping[str, bytes], changes: Changes) -> dict[str, bytes]:
     return out
 
 
-def pack_index(keys: Mapping[str, bytes]) -> bytes:
-    """A key index as stored (`state.base.RepoDone.keys`): zlib over DAG-CBOR."""
-    return zlib.compress(libipld.encode_dag_cbor(dict(keys)), 1)
+def pack_index(keys: Mapping[str, bytes], unlanded: Iterable[str] = ()) -> bytes:
+    """A key index as stored (`state.base.RepoDone.keys`): zlib over DAG-CBOR of
+    `{"k": key -> record CID, "n": [keys of wanted collections that have no row]}`
+    (dead-lettered, or outside the time window: a refresh records no deletion
+    for a row that never landed)."""
+    return zlib.compress(libipld.encode_dag_cbor({"k": dict(keys), "n": sorted(unlanded)}), 1)
 
 
-def unpack_index(blob: bytes) -> dict[str, bytes]:
-    """`pack_index` undone; a damaged index is an error of the store, not of the repo."""
+def unpack_index(blob: bytes) -> tuple[dict[str, bytes], frozenset[str]]:
+    """`pack_index` undone: (keys, unlanded); a damaged index is an error of the
+    store, not of the repo."""
     try:
-        keys = libipld.decode_dag_cbor(zlib.decompress(blob))
+        index = libipld.decode_dag_cbor(zlib.decompress(blob))
     except (zlib.error, ValueError, TypeError) as e:
         raise RepoInvalid(f"stored key index unreadable: {e}", code="InternalError") from e
-    if not isinstance(keys, dict):
-        raise RepoInvalid("stored key index is not a map", code="InternalError")
-    return keys
+    keys = index.get("k") if isinstance(index, dict) else None
+    unlanded = index.get("n") if isinstance(index, dict) else None
+    if not isinstance(keys, dict) or not isinstance(unlanded, list):
+        raise RepoInvalid("stored key index is not a {k, n} map", code="InternalError")
+    return keys, frozenset(unlanded)
+
+
+def unlanded_keys(keys: Iterable[str], wanted: frozenset[str], landed: Iterable[str]) -> list[str]:
+    """Keys of wanted collections among `keys` that are not in `landed` (row keys)."""
+    rows = set(landed)
+    return [k for k in keys if k not in rows and k.partition("/")[0] in wanted]
