@@ -237,8 +237,6 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
                 f"--out {out}: a remote dataset needs --queue postgresql://... "
                 "(the state cannot live on object storage)"
             )
-        if opts["refresh"]:
-            raise UsageError("--refresh needs a local --out (it reads what landed with DuckDB)")
     else:
         check_out_writable(Path(out))
     progress = opts["progress"] if opts["progress"] is not None else sys.stdout.isatty()

@@ -301,6 +301,14 @@ class RepoWorker:
             index, unlanded = unpack_index(blob)
         landed: dict[str, str] | None = None
         judged: frozenset[tuple[str, str]] = frozenset()
+        if index is None and "://" in self.run.settings.out:
+            # The fallback reads the local dataset; a remote one is not scanned.
+            raise RepoInvalid(
+                "this repo has no key index (landed with --method list, as a big repo, or "
+                "before indexes) and a remote --out is not scanned: backfill it again",
+                code="RefreshNeedsIndex",
+                stage="fetch",
+            )
         if index is None:
             landed = await asyncio.to_thread(self.landed.for_did, task.did)
             judged = await asyncio.to_thread(self.landed.judged_for_did, task.did)
