@@ -174,3 +174,29 @@ def test_node_not_a_map() -> None:
         return root
 
     _hostile(mangle)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {},
+        {"app.bsky.feed.post/a": b"\x01\x71\x12\x20" + bytes(32)},
+        {"a/b\nc": b"\x01\x71\x12\x20" + bytes(32), "a/d": b"\x01\x71\x12\x20" + bytes(32)},
+        {"a/b": b"\x01\x55\x12\x20" + bytes(32), "a/c": b"\x01\x71\x12\x20" + bytes(31)},
+    ],
+    ids=["empty", "one", "newline-in-key", "odd-cids"],
+)
+def test_key_index_round_trips(keys: dict[str, bytes]) -> None:
+    from bsky_backfill.repo.diff import pack_index, unpack_index
+
+    assert unpack_index(pack_index(keys, ["x/y"])) == (keys, frozenset({"x/y"}))
+    assert unpack_index(pack_index(keys)) == (keys, frozenset())
+
+
+def test_a_damaged_key_index_is_a_typed_error() -> None:
+    from bsky_backfill.repo.diff import pack_index, unpack_index
+
+    blob = pack_index({"a/b": b"\x01\x71\x12\x20" + bytes(32)})
+    for damaged in (blob[:-5], b"\x00" + blob, libipld.encode_dag_cbor({"k": 1})):
+        with pytest.raises(RepoInvalid):
+            unpack_index(damaged)

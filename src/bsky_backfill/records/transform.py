@@ -76,14 +76,14 @@ def extract_repo(
             verify_commit(car, commit, signing_key)
             nodes: set[bytes] = set()
             used: list[bytes] = []
-            leaves = _indexed(walk_verified(car.blocks, commit.data, nodes), keys)
+            leaves = walk_verified(car.blocks, commit.data, nodes)
             # Materialised, so that the tree and every block the rows come from
             # are checked before a single row is built.
-            rows: Iterable[_Row] = list(_wanted_records(car.blocks, leaves, out, seen, used))
+            rows: Iterable[_Row] = list(_wanted_records(car.blocks, leaves, out, seen, used, keys))
             check_blocks(data, car, nodes, used)
         else:
-            leaves = _indexed(walk_mst(car.blocks, commit.data), keys)
-            rows = _wanted_records(car.blocks, leaves, out, seen, None)
+            leaves = walk_mst(car.blocks, commit.data)
+            rows = _wanted_records(car.blocks, leaves, out, seen, None, keys)
         out.add_many(rows)
         tables, dead_letters = out.finish()
         # Drop the decoded blocks while the collector is still paused: reference
@@ -109,34 +109,29 @@ def _unlanded(keys: dict[str, bytes], filt: RecordFilter, tables: dict[str, Any]
     return unlanded_keys(keys, wanted, landed)
 
 
-def _indexed(
-    leaves: Iterable[tuple[str, bytes]], keys: dict[str, bytes]
-) -> Iterator[tuple[str, bytes]]:
-    """The leaves, each also put in `keys` (the repo's key index, for `run --refresh`)."""
-    for leaf in leaves:
-        keys[leaf[0]] = leaf[1]
-        yield leaf
-
-
 def _wanted_records(
     blocks: dict[bytes, Any],
     leaves: Iterable[tuple[str, bytes]],
     out: RecordColumns,
     seen: list[int],
     used: list[bytes] | None,
+    keys: dict[str, bytes] | None = None,
 ) -> Iterator[_Row]:
     """MST leaves -> `(collection, rkey, cid, record)` for wanted collections.
 
     Decode-level problems of a single record (block absent, not valid
     DAG-CBOR or not a map, link not a CID) are dead-lettered here. The raw
     CIDs of the records yielded go to `used` (when verifying, for their
-    hash check). `seen[0]` ends as the number of keys.
+    hash check). `seen[0]` ends as the number of keys; every key and its CID go
+    to `keys` (the repo's key index, for `run --refresh`).
     """
     wanted = out.wanted
     keep = None if used is None else used.append
     n = 0
     for key, value_cid in leaves:
         n += 1
+        if keys is not None:
+            keys[key] = value_cid
         collection, _, rkey = key.partition("/")
         if collection not in wanted:
             continue
