@@ -73,6 +73,12 @@ DELETION_SCHEMA = pa.schema(
 _encode_cid = libipld.encode_cid
 
 
+class NeedsWholeRepo(Exception):
+    """A diff CAR left out a new record's block because the repo already had a block
+    with that CID (two records with the same content): the worker asks for the
+    whole repo and compares it against the same key index."""
+
+
 class LandedIndex:
     """key -> CID of a repo's current records in a local dataset (wanted collections).
 
@@ -164,6 +170,7 @@ def refresh_diff(
             _against_landed(changes, landed or {})
         columns = RecordColumns(did, filt)
         used: list[bytes] = []
+        known: set[bytes] | None = None
         fresh = sorted([*changes.added.items(), *((k, n) for k, (_, n) in changes.updated.items())])
         for key, value in fresh:
             collection, _, rkey = key.partition("/")
@@ -171,6 +178,11 @@ def refresh_diff(
                 continue
             uri = f"at://{did}/{key}"
             record = car.blocks.get(value)
+            if record is None and index is not None:
+                if known is None:
+                    known = set(index.values())
+                if value in known:
+                    raise NeedsWholeRepo(key)
             if record.__class__ is not dict:
                 if record is None:
                     error, message = (

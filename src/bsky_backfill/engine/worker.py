@@ -25,6 +25,7 @@ import os
 import random
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING
 from bsky_backfill.engine.cpu import Extractor
 from bsky_backfill.engine.helpers import HelperPool
 from bsky_backfill.engine.listing import ListFetcher
-from bsky_backfill.engine.refresh import LandedIndex, refresh_diff
+from bsky_backfill.engine.refresh import LandedIndex, NeedsWholeRepo, refresh_diff
 from bsky_backfill.errors import RepoInvalid, TerminalError, TransientError
 from bsky_backfill.models import RepoExtract, utcnow
 from bsky_backfill.records.stream import BigRepo, BuiltPart, PartPlan, extract_part, plan_parts
@@ -312,7 +313,6 @@ class RepoWorker:
         if index is None:
             landed = await asyncio.to_thread(self.landed.for_did, task.did)
             judged = await asyncio.to_thread(self.landed.judged_for_did, task.did)
-        body = await self._fetch_body(slot, task, task.since if index is not None else None)
         call = functools.partial(
             refresh_diff,
             index=index,
@@ -322,11 +322,27 @@ class RepoWorker:
             signing_key=task.signing_key,
             verify=self.run.settings.verify,
         )
+        try:
+            since = task.since if index is not None else None
+            return await self._refresh_body(slot, task, since, call)
+        except NeedsWholeRepo:
+            return await self._refresh_body(slot, task, None, call)
+
+    async def _refresh_body(
+        self,
+        slot: HostSlot,
+        task: RepoTask,
+        since: str | None,
+        call: Callable[..., RepoExtract],
+    ) -> RepoExtract:
+        """Fetch a refresh's CAR (a diff since `since`, or the whole repo) and apply
+        `call` to it: in memory, or over `--stream-size` never read into memory
+        but mapped from its spooled file, each block decoded (and hash-checked)
+        only when reached."""
+        body = await self._fetch_body(slot, task, since)
         if not (body.size and body.size >= self.run.settings.stream_bytes):
             data = await self._read(body)
             return await self.extractor.call(call, data, task.did, self.filter)
-        # Over --stream-size: never read into memory; mapped from its spooled
-        # file, each block decoded (and hash-checked) only when reached.
         path = await asyncio.to_thread(_on_disk, body, self.client)
         try:
             with map_file(path) as mapped:
