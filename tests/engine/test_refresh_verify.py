@@ -24,7 +24,7 @@ from bsky_backfill.repo.build import build_mst, build_repo, encode_block, write_
 from bsky_backfill.repo.diff import unpack_index
 from bsky_backfill.simulate.keys import SigningKey
 from bsky_backfill.simulate.mutate import car_blocks
-from bsky_backfill.sinks.storage import DELETIONS
+from bsky_backfill.sinks.storage import DELETIONS, SUPERSEDED
 
 POST = "app.bsky.feed.post"
 LIKE = "app.bsky.feed.like"
@@ -153,7 +153,7 @@ def test_a_repo_without_index_is_compared_whole_with_what_landed() -> None:
     whole = build_repo(DID, NEW, rev="3333333333333", sign=KEY.sign)
     landed = {k: libipld.encode_cid(c) for k, c in _index(OLD).items()}
     edited = f"at://{DID}/{POST}/{_rkey(3)}"
-    judged = frozenset({(edited, libipld.encode_cid(encode_block(NEW[f"{POST}/{_rkey(3)}"])[0]))})
+    judged = {(edited, libipld.encode_cid(encode_block(NEW[f"{POST}/{_rkey(3)}"])[0])): "decode/X"}
     got = refresh_diff(
         whole, DID, ALL, None, signing_key=KEY.did_key, verify=True, landed=landed, judged=judged
     )
@@ -192,13 +192,19 @@ def test_rows_that_never_landed_leave_no_deletion() -> None:
     edited = f"{POST}/{_rkey(3)}"  # updated by NEW
     got = refresh_diff(
         _diff_car(), DID, ALL, _index(OLD), signing_key=KEY.did_key, verify=True,
-        unlanded=frozenset({gone, edited, f"{POST}/{_rkey(8)}"}),
+        unlanded={gone: "", edited: "validate/InvalidRecord", f"{POST}/{_rkey(8)}": ""},
     )  # fmt: skip
     uris = {d["uri"] for d in got.tables[DELETIONS].to_pylist()}
     assert len(uris) == 11 and f"at://{DID}/{gone}" not in uris
     assert f"at://{DID}/{edited}" not in uris
     assert got.keys is not None
-    assert unpack_index(got.keys)[1] == {f"{POST}/{_rkey(8)}"}
+    assert unpack_index(got.keys)[1] == {f"{POST}/{_rkey(8)}": ""}
+    # The edited record's earlier dead letter is history now; the windowed-out
+    # deleted one had none.
+    superseded = got.tables[SUPERSEDED].to_pylist()
+    assert [(r["uri"], r["stage"], r["error"]) for r in superseded] == [
+        (f"at://{DID}/{edited}", "validate", "InvalidRecord")
+    ]
 
 
 def test_the_landing_index_names_rows_outside_the_window() -> None:
@@ -215,4 +221,4 @@ def test_the_landing_index_names_rows_outside_the_window() -> None:
     assert got.keys is not None
     keys, unlanded = unpack_index(got.keys)
     assert keys == _index(records)
-    assert unlanded == set(OLD)  # the posts are from 2024; the like landed
+    assert unlanded == dict.fromkeys(OLD, "")  # the posts are from 2024; the like landed

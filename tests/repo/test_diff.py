@@ -189,8 +189,9 @@ def test_node_not_a_map() -> None:
 def test_key_index_round_trips(keys: dict[str, bytes]) -> None:
     from bsky_backfill.repo.diff import pack_index, unpack_index
 
-    assert unpack_index(pack_index(keys, ["x/y"])) == (keys, frozenset({"x/y"}))
-    assert unpack_index(pack_index(keys)) == (keys, frozenset())
+    verdicts = {"x/y": "validate/InvalidRecord", "x/z": ""}
+    assert unpack_index(pack_index(keys, verdicts)) == (keys, verdicts)
+    assert unpack_index(pack_index(keys)) == (keys, {})
 
 
 def test_a_damaged_key_index_is_a_typed_error() -> None:

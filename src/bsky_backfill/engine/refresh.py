@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import mmap
+from collections.abc import Mapping
 from pathlib import Path
 
 import duckdb
@@ -51,11 +52,13 @@ from bsky_backfill.repo.diff import (
     new_index,
     pack_index,
     unlanded_keys,
+    verdicts_of,
 )
 from bsky_backfill.repo.gcpause import gc_paused
 from bsky_backfill.repo.lazy import read_car_lazy
 from bsky_backfill.repo.verify import mismatched_blocks, verify_commit
-from bsky_backfill.sinks.storage import DEAD_LETTERS, DELETIONS, table_dir
+from bsky_backfill.sinks.storage import DEAD_LETTERS, DELETIONS, SUPERSEDED, table_dir
+from bsky_backfill.sinks.superseded import CURRENT_DEAD_LETTERS, records_superseded_table
 
 DELETION_SCHEMA = pa.schema(
     [
@@ -115,20 +118,28 @@ class LandedIndex:
         prefix = len(f"at://{did}/")
         return {uri[prefix:]: cid for uri, cid in rows if (uri, cid) not in gone}
 
-    def judged_for_did(self, did: str) -> frozenset[tuple[str, str]]:
-        """(uri, cid) of the record dead letters the dataset holds for `did`."""
+    def judged_for_did(self, did: str) -> dict[tuple[str, str], str]:
+        """(uri, cid) -> "stage/code" of the record dead letters that stand for `did`
+        (sinks/superseded.py's rule)."""
         if not any((self.out / DEAD_LETTERS).glob("**/*.parquet")):
-            return frozenset()
+            return {}
         con = duckdb.connect()
         try:
+            if any((self.out / SUPERSEDED).glob("**/*.parquet")):
+                view = CURRENT_DEAD_LETTERS.format(out=self.out)
+            else:
+                view = (
+                    f"SELECT * FROM read_parquet('{self.out}/{DEAD_LETTERS}/**/*.parquet', "
+                    "union_by_name=true)"
+                )
             rows = con.execute(
-                "SELECT uri, cid FROM read_parquet(?, union_by_name=true) "
+                f"SELECT uri, cid, stage, error FROM ({view}) "
                 "WHERE did = ? AND uri IS NOT NULL AND cid IS NOT NULL",
-                [str(self.out / DEAD_LETTERS / "**" / "*.parquet"), did],
+                [did],
             ).fetchall()
         finally:
             con.close()
-        return frozenset((str(u), str(c)) for u, c in rows)
+        return {(str(u), str(c)): f"{s}/{e}" for u, c, s, e in rows}
 
 
 def refresh_diff(
@@ -139,9 +150,9 @@ def refresh_diff(
     *,
     signing_key: str | None,
     verify: bool,
-    unlanded: frozenset[str] = frozenset(),
+    unlanded: Mapping[str, str] | None = None,
     landed: dict[str, str] | None = None,
-    judged: frozenset[tuple[str, str]] = frozenset(),
+    judged: Mapping[tuple[str, str], str] | None = None,
     lazy: bool = False,
 ) -> RepoExtract:
     """The rows a refresh lands for one repo.
@@ -158,6 +169,8 @@ def refresh_diff(
     Raises RepoInvalid (stage verify, VerificationFailed; or decode for an
     unreadable CAR or commit): nothing of the repo lands.
     """
+    unlanded = unlanded or {}
+    judged = judged or {}
     with gc_paused():
         car = read_car_lazy(data, verify=verify) if lazy else read_car(data)  # type: ignore[arg-type]
         commit = read_commit(car)
@@ -210,7 +223,9 @@ def refresh_diff(
             if bad:
                 raise failed("an MST node or record block does not match its CID")
         tables, dead_letters = columns.finish()
+        verdicts = verdicts_of(did, dead_letters)
         if judged:
+            # Judged before, same version: the verdict stands, not written again.
             dead_letters = [d for d in dead_letters if (d.uri, d.cid) not in judged]
         # Only rows that landed leave the current view (a dead-lettered or
         # windowed-out version never was in it).
@@ -218,21 +233,36 @@ def refresh_diff(
             k: _cid_text(old) for k, (old, _) in changes.updated.items() if k not in unlanded
         }
         deleted = {k: _cid_text(old) for k, old in changes.deleted.items() if k not in unlanded}
-        deletions = _deletions(did, commit.rev, replaced, deleted, filt, utcnow())
+        now = utcnow()
+        deletions = _deletions(did, commit.rev, replaced, deleted, filt, now)
+        prefix = f"at://{did}/"
         if index is not None:
             keys = new_index(index, changes)
-            gone = {*changes.deleted, *changes.updated, *changes.added}
-            still = [k for k in unlanded if k not in gone]
+            gone = {*changes.deleted, *changes.updated}
+            # A record dead-lettered before that changed or went: that verdict is
+            # history (the new version, if any, was judged above).
+            history = [(k, unlanded[k]) for k in sorted(gone) if unlanded.get(k)]
+            still = {k: v for k, v in unlanded.items() if k not in gone and k not in changes.added}
         else:
             keys = {**changes.unchanged, **changes.added}
             keys.update((k, new) for k, (_, new) in changes.updated.items())
-            still = unlanded_keys(changes.unchanged, filt.collections, landed or {})
+            history = sorted(
+                (uri[len(prefix) :], verdict)
+                for (uri, cid), verdict in judged.items()
+                if uri.startswith(prefix) and _cid_or_none(keys.get(uri[len(prefix) :])) != cid
+            )
+            still = {}
         landed_now = (f"{c}/{r}" for c, t in tables.items() for r in t["rkey"].to_pylist())
         fresh_keys = (k for k, _ in fresh)
-        still += unlanded_keys(fresh_keys, filt.collections, landed_now)
+        still.update(unlanded_keys(fresh_keys, filt.collections, landed_now, verdicts))
+        superseded = records_superseded_table(
+            did, [(prefix + k, *_verdict(v)) for k, v in history], now
+        )
         del car, changes
     if deletions.num_rows:
         tables[DELETIONS] = deletions
+    if superseded.num_rows:
+        tables[SUPERSEDED] = superseded
     return RepoExtract(did=did, rev=commit.rev, tables=tables, dead_letters=dead_letters,
                        records_seen=len(fresh), keys=pack_index(keys, still))  # fmt: skip
 
@@ -251,6 +281,16 @@ def _against_landed(changes: Changes, landed: dict[str, str]) -> None:
         else:
             changes.updated[key] = (_cid_raw(before), value)
     changes.deleted = {k: _cid_raw(c) for k, c in landed.items() if k not in everything}
+
+
+def _verdict(text: str) -> tuple[str, str]:
+    """ "stage/code" -> (stage, code)."""
+    stage, _, code = text.partition("/")
+    return stage, code
+
+
+def _cid_or_none(raw: bytes | None) -> str | None:
+    return None if raw is None else _cid_text(raw)
 
 
 def _cid_raw(text: str) -> bytes:

@@ -40,7 +40,7 @@ from bsky_backfill.records.stream import BigRepo, BuiltPart, PartPlan, extract_p
 from bsky_backfill.repo.diff import unpack_index
 from bsky_backfill.repo.lazy import map_file
 from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
-from bsky_backfill.sinks.storage import DELETIONS
+from bsky_backfill.sinks.storage import DELETIONS, SUPERSEDED
 from bsky_backfill.state.base import RepoDone, RepoTask
 from bsky_backfill.xrpc.body import Body
 from bsky_backfill.xrpc.breaker import Breaker, BreakerState, is_host_failure
@@ -112,6 +112,7 @@ class RepoWorker:
                 records=extract.row_count,
                 keys=extract.keys,
                 deletions=_deletion_counts(extract),
+                superseded=_superseded_counts(extract),
             )
             extract.keys = None  # held by `done` alone until the commit
             if not run.land(extract, done, cursors):
@@ -297,11 +298,12 @@ class RepoWorker:
         task = dataclasses.replace(task, pds=identity.pds, signing_key=identity.signing_key)
         store = self.run.store
         blob = await asyncio.to_thread(store.repo_keys, task.did)
-        index, unlanded = (None, frozenset[str]())
+        index: dict[str, bytes] | None = None
+        unlanded: dict[str, str] = {}
         if blob is not None and task.since is not None:
             index, unlanded = unpack_index(blob)
         landed: dict[str, str] | None = None
-        judged: frozenset[tuple[str, str]] = frozenset()
+        judged: dict[tuple[str, str], str] = {}
         if index is None and "://" in self.run.settings.out:
             # The fallback reads the local dataset; a remote one is not scanned.
             raise RepoInvalid(
@@ -414,6 +416,15 @@ def _deletion_counts(extract: RepoExtract) -> tuple[tuple[str, str, int], ...]:
         return ()
     pairs = Counter(zip(table["collection"].to_pylist(), table["reason"].to_pylist(), strict=True))
     return tuple((c, r, n) for (c, r), n in sorted(pairs.items()))
+
+
+def _superseded_counts(extract: RepoExtract) -> tuple[tuple[str, str, int], ...]:
+    """(stage, code, n) of the record dead letters a refresh supersedes (for `status`)."""
+    table = extract.tables.get(SUPERSEDED)
+    if table is None:
+        return ()
+    pairs = Counter(zip(table["stage"].to_pylist(), table["error"].to_pylist(), strict=True))
+    return tuple((s, c, n) for (s, c), n in sorted(pairs.items()))
 
 
 def _final(error: Exception, why: str = "") -> TerminalError:

@@ -33,11 +33,11 @@ from typing import Any
 
 import libipld
 
-from bsky_backfill.models import RecordFilter, RepoExtract
+from bsky_backfill.models import DeadLetter, RecordFilter, RepoExtract
 from bsky_backfill.records.columns import RecordColumns
 from bsky_backfill.repo.car import Undecodable, read_car
 from bsky_backfill.repo.commit import read_commit
-from bsky_backfill.repo.diff import pack_index, unlanded_keys
+from bsky_backfill.repo.diff import pack_index, unlanded_keys, verdicts_of
 from bsky_backfill.repo.gcpause import gc_paused
 from bsky_backfill.repo.mst import walk_mst
 from bsky_backfill.repo.verify import check_blocks, failed, verify_commit, walk_verified
@@ -95,18 +95,25 @@ def extract_repo(
         tables=tables,
         dead_letters=dead_letters,
         records_seen=seen[0],
-        keys=pack_index(keys, _unlanded(keys, filt, tables)),
+        keys=pack_index(keys, _unlanded(did, keys, filt, tables, dead_letters)),
     )
 
 
-def _unlanded(keys: dict[str, bytes], filt: RecordFilter, tables: dict[str, Any]) -> list[str]:
-    """Keys of wanted collections with no row (dead-lettered, outside the window)."""
+def _unlanded(
+    did: str,
+    keys: dict[str, bytes],
+    filt: RecordFilter,
+    tables: dict[str, Any],
+    dead_letters: list[DeadLetter],
+) -> dict[str, str]:
+    """Keys of wanted collections with no row -> their dead letter's "stage/code"
+    ("" outside the window)."""
     rows = sum(t.num_rows for t in tables.values())
     wanted = filt.collections
     if rows == sum(1 for k in keys if k.partition("/")[0] in wanted):
-        return []  # all landed: the usual case, no set built
+        return {}  # all landed: the usual case, no set built
     landed = (f"{c}/{r}" for c, t in tables.items() for r in t["rkey"].to_pylist())
-    return unlanded_keys(keys, wanted, landed)
+    return unlanded_keys(keys, wanted, landed, verdicts_of(did, dead_letters))
 
 
 def _wanted_records(

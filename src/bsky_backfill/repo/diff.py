@@ -286,13 +286,15 @@ def new_index(old: Mapping[str, bytes], changes: Changes) -> dict[str, bytes]:
     return out
 
 
-def pack_index(keys: Mapping[str, bytes], unlanded: Iterable[str] = ()) -> bytes:
+def pack_index(keys: Mapping[str, bytes], unlanded: Mapping[str, str] | None = None) -> bytes:
     """A key index as stored (`state.base.RepoDone.keys`): DAG-CBOR of
-    `{"k": zlib(keys, one a line), "c": their record CIDs, "n": zlib(keys of
-    wanted collections that have no row, one a line)}` (dead-lettered, or
-    outside the time window: a refresh records no deletion for a row that
-    never landed). `c` is the CIDs' bytes end to end when all are 36 bytes
-    long (dag-cbor/sha2-256, every record CID in practice), else a list.
+    `{"k": zlib(keys, one a line), "c": their record CIDs, "n": {key: verdict}}`
+    where `n` names the keys of wanted collections that have no row, with the
+    `stage/code` of their dead letter ("" for a record outside the time
+    window): a refresh records no deletion for a row that never landed, and
+    supersedes the dead letter of a record that changed or went. `c` is the
+    CIDs' bytes end to end when all are 36 bytes long (dag-cbor/sha2-256,
+    every record CID in practice), else a list.
 
     Built on the hot path of every repo: keys compress ~10x at zlib's fastest
     level, CIDs (random bytes) are not compressed at all."""
@@ -309,18 +311,20 @@ def pack_index(keys: Mapping[str, bytes], unlanded: Iterable[str] = ()) -> bytes
             {
                 "k": names,
                 "c": packed,
-                "n": zlib.compress("\n".join(sorted(unlanded)).encode("ascii"), 1),
+                "n": dict(unlanded or {}),
             }
         )
     )
 
 
-def unpack_index(blob: bytes) -> tuple[dict[str, bytes], frozenset[str]]:
+def unpack_index(blob: bytes) -> tuple[dict[str, bytes], dict[str, str]]:
     """`pack_index` undone: (keys, unlanded); a damaged index is an error of the
     store, not of the repo."""
     try:
         index = libipld.decode_dag_cbor(blob)
-        unlanded = zlib.decompress(index["n"]).decode("ascii")
+        unlanded = index["n"]
+        if not isinstance(unlanded, dict):
+            raise ValueError("`n` is not a map")
         packed = index["c"]
         if isinstance(packed, bytes):
             cids = [packed[i : i + 36] for i in range(0, len(packed), 36)]
@@ -334,10 +338,23 @@ def unpack_index(blob: bytes) -> tuple[dict[str, bytes], frozenset[str]]:
             raise ValueError(f"{len(names)} keys but {len(cids)} CIDs")
     except (zlib.error, ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
         raise RepoInvalid(f"stored key index unreadable: {e}", code="InternalError") from e
-    return dict(zip(names, cids, strict=True)), frozenset(unlanded.split("\n") if unlanded else ())
+    return dict(zip(names, cids, strict=True)), unlanded
 
 
-def unlanded_keys(keys: Iterable[str], wanted: frozenset[str], landed: Iterable[str]) -> list[str]:
-    """Keys of wanted collections among `keys` that are not in `landed` (row keys)."""
+def unlanded_keys(
+    keys: Iterable[str], wanted: frozenset[str], landed: Iterable[str], verdicts: Mapping[str, str]
+) -> dict[str, str]:
+    """Keys of wanted collections among `keys` that are not in `landed` (row keys),
+    each with its verdict from `verdicts` (key -> "stage/code"; "" if none)."""
     rows = set(landed)
-    return [k for k in keys if k not in rows and k.partition("/")[0] in wanted]
+    return {k: verdicts.get(k, "") for k in keys if k not in rows and k.partition("/")[0] in wanted}
+
+
+def verdicts_of(did: str, letters: Iterable[Any]) -> dict[str, str]:
+    """key -> "stage/code" of record dead letters (`models.DeadLetter`) of `did`."""
+    prefix = f"at://{did}/"
+    return {
+        d.uri[len(prefix) :]: f"{d.stage}/{d.error}"
+        for d in letters
+        if d.uri is not None and d.uri.startswith(prefix)
+    }

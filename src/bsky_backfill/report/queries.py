@@ -129,10 +129,23 @@ def dead_letter_counts(con: duckdb.DuckDBPyConnection, out: Path) -> list[DeadLe
     params = [parquet_glob(out, DEAD_LETTERS)]
     standing = ""
     if _has_parquet(out / SUPERSEDED):
-        standing = """WHERE uri IS NOT NULL OR NOT EXISTS (
-            SELECT 1 FROM read_parquet(?) s
-            WHERE s.did = d.did AND d.failed_at <= s.superseded_at)"""
-        params.append(parquet_glob(out, SUPERSEDED))
+        superseded = parquet_glob(out, SUPERSEDED)
+        columns = {
+            str(r[0])
+            for r in con.execute(
+                "DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [superseded]
+            ).fetchall()
+        }
+        # Files from before record supersession (refresh) have no `uri` column.
+        same = (
+            "((s.uri IS NULL AND d.uri IS NULL) OR s.uri = d.uri)"
+            if "uri" in columns
+            else ("d.uri IS NULL")
+        )
+        standing = f"""WHERE NOT EXISTS (
+            SELECT 1 FROM read_parquet(?, union_by_name = true) s
+            WHERE s.did = d.did AND d.failed_at <= s.superseded_at AND {same})"""
+        params.append(superseded)
     rows = con.execute(
         f"""SELECT stage, error, count(*) AS n FROM {_READ} d {standing}
             GROUP BY stage, error ORDER BY n DESC, stage, error""",

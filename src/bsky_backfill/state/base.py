@@ -82,6 +82,9 @@ class RepoDone:
     deletions: tuple[tuple[str, str, int], ...] = ()
     """(collection, reason, rows) of the `_deletions` rows this commit lands for the
     repo (a refresh): `status` counts the current view (rows minus these)."""
+    superseded: tuple[tuple[str, str, int], ...] = ()
+    """(stage, code, n) of earlier record dead letters this commit supersedes (a
+    refresh found the records changed or gone): no longer counted."""
 
 
 @dataclass(frozen=True, slots=True)

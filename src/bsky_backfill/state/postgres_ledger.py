@@ -69,6 +69,16 @@ def record(
     unindexed = sorted(d.did for d in done if d.keys is None)
     if unindexed:
         cur.execute("DELETE FROM repo_keys WHERE did = ANY(%s)", (unindexed,))
+    dropped: collections.Counter[tuple[str, str]] = collections.Counter()
+    for d in done:
+        for stage, code, n in d.superseded:
+            dropped[(stage, code)] += n
+    if dropped:
+        cur.executemany(
+            """UPDATE dead_letter_counts SET count = greatest(count - %s, 0)
+               WHERE stage = %s AND code = %s""",
+            [(n, stage, code) for (stage, code), n in sorted(dropped.items())],
+        )
     gone: collections.Counter[tuple[str, str]] = collections.Counter()
     for d in done:
         for collection, reason, n in d.deletions:

@@ -396,6 +396,11 @@ class SqliteStateStore:
                 for collection, reason, n in d.deletions:
                     gone[(collection, reason)] += n
             c.executemany(
+                """UPDATE dead_letter_counts SET count = max(0, count - ?)
+                   WHERE stage = ? AND code = ?""",
+                [(n, stage, code) for d in done for stage, code, n in d.superseded],
+            )
+            c.executemany(
                 """INSERT INTO deletion_counts(collection, reason, count) VALUES (?, ?, ?)
                    ON CONFLICT(collection, reason) DO UPDATE SET count = count + excluded.count""",
                 [(col, reason, n) for (col, reason), n in gone.items()],
