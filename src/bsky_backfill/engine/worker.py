@@ -26,7 +26,7 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +37,7 @@ from bsky_backfill.engine.refresh import LandedIndex, NeedsWholeRepo, refresh_di
 from bsky_backfill.errors import RepoInvalid, TerminalError, TransientError
 from bsky_backfill.models import RepoExtract, utcnow
 from bsky_backfill.records.stream import BigRepo, BuiltPart, PartPlan, extract_part, plan_parts
-from bsky_backfill.repo.diff import unpack_index
+from bsky_backfill.repo.diff import merge_indexes, unpack_index
 from bsky_backfill.repo.lazy import map_file
 from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
 from bsky_backfill.sinks.storage import DELETIONS, SUPERSEDED
@@ -167,7 +167,10 @@ class RepoWorker:
                     await self._parts_here(big, mapped, writer, got)
                 else:
                     await self._parts_shared(helpers, big, path, mapped, writer, got)
-            done = RepoDone(did=task.did, rev=big.rev, records=got.rows)
+            # The parts' key indexes, merged: the next refresh diffs against it.
+            indexes = [k for k in got.keys if k is not None]
+            keys = merge_indexes(indexes) if len(indexes) == len(got.keys) else None
+            done = RepoDone(did=task.did, rev=big.rev, records=got.rows, keys=keys)
             writer.add(RepoExtract(did=task.did, rev=big.rev, tables={}, dead_letters=[]), done)
             summary = await self.extractor.call(writer.commit)
         except BaseException:
@@ -228,6 +231,7 @@ class RepoWorker:
 
         part = await self.extractor.call(work)
         got.rows += part.row_count
+        got.keys.append(part.keys)
         self.run.count_rows(part)  # on the loop: the counters are not thread-safe
 
     async def _parts_shared(
@@ -274,6 +278,7 @@ class RepoWorker:
         await self.extractor.call(writer.add_encoded, did, part.files, part.dead_letters)
         rows = part.rows
         got.rows += sum(rows.values())
+        got.keys.append(part.keys)
         self.run.count(rows, part.dead_letters)
 
     def forget_progress(self, did: str) -> None:
@@ -448,6 +453,8 @@ class _Parts:
     """What a big repo's written parts add up to."""
 
     rows: int = 0
+    keys: list[bytes | None] = field(default_factory=list)
+    """Each part's key index (repo.diff.pack_index)."""
     here: int = 0
     """Parts extracted in this process (the others in helpers)."""
 

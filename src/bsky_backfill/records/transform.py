@@ -95,8 +95,19 @@ def extract_repo(
         tables=tables,
         dead_letters=dead_letters,
         records_seen=seen[0],
-        keys=pack_index(keys, _unlanded(did, keys, filt, tables, dead_letters)),
+        keys=packed_index(did, keys, filt, tables, dead_letters),
     )
+
+
+def packed_index(
+    did: str,
+    keys: dict[str, bytes],
+    filt: RecordFilter,
+    tables: dict[str, Any],
+    dead_letters: list[DeadLetter],
+) -> bytes:
+    """The key index of a repo (or of a big repo's part) as stored (repo.diff.pack_index)."""
+    return pack_index(keys, _unlanded(did, keys, filt, tables, dead_letters))
 
 
 def _unlanded(

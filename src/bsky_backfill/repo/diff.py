@@ -45,7 +45,16 @@ import libipld
 from bsky_backfill.errors import RepoInvalid
 from bsky_backfill.repo.mst import key_height
 
-__all__ = ["Changes", "OldTree", "diff_trees", "failed", "new_index", "pack_index", "unpack_index"]
+__all__ = [
+    "Changes",
+    "OldTree",
+    "diff_trees",
+    "failed",
+    "merge_indexes",
+    "new_index",
+    "pack_index",
+    "unpack_index",
+]
 
 _CID_PREFIX = b"\x01\x71\x12\x20"  # CIDv1, dag-cbor, sha2-256, 32 bytes
 _MAX_LAYER = 127  # a sha256 has 128 2-bit chunks
@@ -358,3 +367,40 @@ def verdicts_of(did: str, letters: Iterable[Any]) -> dict[str, str]:
         for d in letters
         if d.uri is not None and d.uri.startswith(prefix)
     }
+
+
+def merge_indexes(parts: Iterable[bytes]) -> bytes:
+    """One key index from the indexes of a big repo's parts (disjoint key sets),
+    without building the key map: keys as text, CIDs as bytes, end to end."""
+    blobs = list(parts)
+    texts: list[bytes] = []
+    cids: list[bytes] = []
+    unlanded: dict[str, str] = {}
+    for blob in blobs:
+        try:
+            index = libipld.decode_dag_cbor(blob)
+            names, packed, n = index["k"], index["c"], index["n"]
+        except (ValueError, TypeError, KeyError) as e:
+            raise RepoInvalid(f"a part's key index is unreadable: {e}", code="InternalError") from e
+        if not isinstance(names, bytes) or not isinstance(packed, bytes):
+            # An odd part (a key with a newline, a CID of another length): the slow way.
+            return _merge_slowly(blobs)
+        if packed:
+            texts.append(zlib.decompress(names))
+            cids.append(packed)
+        unlanded.update(n)
+    return bytes(
+        libipld.encode_dag_cbor(
+            {"k": zlib.compress(b"\n".join(texts), 1), "c": b"".join(cids), "n": unlanded}
+        )
+    )
+
+
+def _merge_slowly(blobs: list[bytes]) -> bytes:
+    keys: dict[str, bytes] = {}
+    unlanded: dict[str, str] = {}
+    for blob in blobs:
+        k, n = unpack_index(blob)
+        keys.update(k)
+        unlanded.update(n)
+    return pack_index(keys, unlanded)
