@@ -9,7 +9,7 @@ Where it sits: the worker's path for a repo the store marked `refresh`
   key just re-resolved), rebuilds the old tree from the index and walks it
   with the new one (repo/diff.py: exact, bounded, every opened node checked),
   then hash-checks the commit, every opened node and every landing record.
-* **Whole** (no index: landed in list mode, as a big repo, or before indexes
+* **Whole** (no index: landed in list mode, or before indexes
   existed): the worker fetches the whole repo; `refresh_diff` walks it against
   an empty old tree (every node opened and checked, the same checks) and
   compares its keys with what the dataset holds for the DID (`LandedIndex`,

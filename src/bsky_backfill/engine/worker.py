@@ -312,8 +312,8 @@ class RepoWorker:
         if index is None and "://" in self.run.settings.out:
             # The fallback reads the local dataset; a remote one is not scanned.
             raise RepoInvalid(
-                "this repo has no key index (landed with --method list, as a big repo, or "
-                "before indexes) and a remote --out is not scanned: backfill it again",
+                "this repo has no key index (landed with --method list, or before indexes) "
+                "and a remote --out is not scanned: backfill it again",
                 code="RefreshNeedsIndex",
                 stage="fetch",
             )

@@ -77,8 +77,8 @@ class RepoDone:
     records: int
     keys: bytes | None = None
     """The repo's key index at `rev` (`repo.diff.pack_index`: every MST key and its
-    record CID), stored in the same transaction; None: keep none (list mode, big
-    repos): its next refresh fetches the repo whole."""
+    record CID), stored in the same transaction; None: keep none (list mode):
+    its next refresh fetches the repo whole."""
     deletions: tuple[tuple[str, str, int], ...] = ()
     """(collection, reason, rows) of the `_deletions` rows this commit lands for the
     repo (a refresh): `status` counts the current view (rows minus these)."""

@@ -58,7 +58,7 @@ def record(
             [(d.did, d.rev, d.records) for d in sorted(done, key=lambda d: d.did)],
         )
     # The key index rides in the same transaction as the rows it describes; a
-    # repo landed without one (list mode, big repo) drops a stale one.
+    # repo landed without one (list mode) drops a stale one.
     indexed = sorted((d for d in done if d.keys is not None), key=lambda d: d.did)
     if indexed:
         cur.executemany(

@@ -382,7 +382,7 @@ class SqliteStateStore:
                 [(d.did, d.rev, d.records, now) for d in done],
             )
             # The key index rides in the same transaction as the rows it describes;
-            # a repo landed without one (list mode, big repo) drops a stale one.
+            # a repo landed without one (list mode) drops a stale one.
             c.executemany(
                 "INSERT OR REPLACE INTO repo_keys(did, keys) VALUES (?, ?)",
                 [(d.did, d.keys) for d in done if d.keys is not None],
