@@ -10,14 +10,17 @@ landed rows stay as they were.
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
+from bsky_backfill.identity.resolver import host_key
 from bsky_backfill.simulate import Scenario, run_network_in_thread
 from tests.conftest import run_cli
 from tests.dataset import read_rows
 from tests.engine.test_refresh import current_view
 
 POST = "app.bsky.feed.post"
+GET_REPO = "com.atproto.sync.getRepo"
 
 
 def _rotate(net: object, did: str, seed: bytes) -> None:
@@ -57,3 +60,39 @@ def test_refresh_verifies_against_the_current_key(tmp_path: Path) -> None:
     assert not [d for d in read_rows(out, "_deadletters") if d["error"] == "InternalError"]
     status = json.loads(run_cli("status", "--json", "--out", str(out)).stdout)
     assert status["failed_by_code"]["VerificationFailed"] == 1
+
+
+def test_refresh_follows_an_account_to_its_new_host(tmp_path: Path) -> None:
+    """An account that moved to another PDS since it landed: the refresh asks the
+    new host (through that host's slot) and the store names the new host."""
+    scenario = Scenario(seed=92, accounts=8, hosts=2, mean_records=30, did_web=0)
+    out = tmp_path / "out"
+    with run_network_in_thread(scenario) as net:
+        dids = tmp_path / "dids.txt"
+        dids.write_text("\n".join(net.truth.input_dids) + "\n")
+        common = ["--out", str(out), "--plc-url", net.plc_url, "--allow-private-hosts",
+                  "--no-progress", "--rate-limit", "0"]  # fmt: skip
+        first = run_cli("run", "--dids", str(dids), *common)
+        assert first.returncode == 0, first.stderr
+        posters = sorted(
+            {r.did for r in net.truth.expected_rows().values() if r.collection == POST}
+        )
+        mover = posters[0]
+        acct = net.account(mover)
+        old, new = acct.host_index, 1 - acct.host_index
+        del net.hosts[old].accounts[mover]
+        acct.host_index = new
+        net.hosts[new].accounts[mover] = acct
+        grown = net.mutate(mover, add_posts=2)
+        old_host, new_host = host_key(net.hosts[old].url), host_key(net.hosts[new].url)
+        asked_new = net.stats.count(host=net.hosts[new].name, endpoint=GET_REPO)
+        refresh = run_cli("run", "--refresh", *common)
+        assert refresh.returncode == 0, refresh.stderr
+        truth = net.truth.expected_rows()
+        assert net.stats.count(host=net.hosts[new].name, endpoint=GET_REPO) > asked_new
+    view = current_view(out)
+    assert {r.uri for r in grown.added} <= set(view)
+    assert {u for u in view if f"at://{mover}/" in u} == {u for u in truth if f"at://{mover}/" in u}
+    with sqlite3.connect(out / "_state" / "state.sqlite") as db:
+        [(host, state)] = db.execute("SELECT host, state FROM repos WHERE did = ?", (mover,))
+    assert (host, state) == (new_host, "done") and new_host != old_host

@@ -557,3 +557,16 @@ def test_key_index_rides_in_the_commit(store: StateStore) -> None:
     store.commit([], [RepoDone("did:plc:b", "r2", 1)], [], [])
     assert store.repo_keys("did:plc:b") is None
     assert store.repo_keys("did:plc:a") == b"v2"
+
+
+def test_update_identity_moves_a_claimed_repo_to_its_new_host(store: StateStore) -> None:
+    """A refresh that finds the account moved: the identity changes whatever the state,
+    and the repo, put back, is claimed under its new host."""
+    resolved(store, {"h1": ["did:plc:a"]})
+    [task] = store.claim("h1", 1, T0)
+    store.update_identity(ident("did:plc:a", "h2"))
+    store.retry_later(task.did, task.attempts, T0, "moved to h2")
+    assert store.claim("h1", 1, T0) == []
+    [again] = store.claim("h2", 1, T0)
+    assert (again.did, again.host, again.attempts) == ("did:plc:a", "h2", task.attempts)
+    assert {h.host for h in store.status().hosts if h.total} == {"h2"}

@@ -86,7 +86,10 @@ class RepoWorker:
         try:
             cursors: list[tuple[str, str | None]] = []
             if task.refresh:
-                extract = await self._refresh(slot, task)
+                refreshed = await self._refresh(slot, task)
+                if refreshed is None:
+                    return  # moved to another host: that host's slot takes it
+                extract = refreshed
             elif self.lister is not None:
                 extract, cursors = await self.lister.fetch(slot, task)
             else:
@@ -293,15 +296,27 @@ class RepoWorker:
         self.run.count_rows(part)
         self.run._maybe_commit()
 
-    async def _refresh(self, slot: HostSlot, task: RepoTask) -> RepoExtract:
+    async def _refresh(self, slot: HostSlot, task: RepoTask) -> RepoExtract | None:
         """What changed since the last landed revision (engine/refresh.py).
 
         The DID is resolved again first: the account may have moved to another
         host or rotated its key since it landed (the commit must verify against
         the key it has now)."""
         identity = await self.run.resolver.resolve(task.did)
-        task = dataclasses.replace(task, pds=identity.pds, signing_key=identity.signing_key)
         store = self.run.store
+        if (identity.pds, identity.host, identity.signing_key) != (
+            task.pds,
+            task.host,
+            task.signing_key,
+        ):
+            await asyncio.to_thread(store.update_identity, identity)
+            if identity.host != task.host:
+                # Moved: back to pending, due now, no attempt spent; its new host's
+                # slot claims it (per-host limits hold for the new host too).
+                log.info("%s moved from %s to %s", task.did, task.host, identity.host)
+                store.retry_later(task.did, task.attempts, utcnow(), f"moved to {identity.host}")
+                return None
+        task = dataclasses.replace(task, pds=identity.pds, signing_key=identity.signing_key)
         blob = await asyncio.to_thread(store.repo_keys, task.did)
         index: dict[str, bytes] | None = None
         unlanded: dict[str, str] = {}

@@ -281,6 +281,11 @@ class StateStore(Protocol):
         `retry_later` sets the first failure time when `attempts` grows."""
         ...
 
+    def update_identity(self, identity: Identity) -> None:
+        """A claimed repo's identity resolved again (`run --refresh`: the account may
+        have moved or rotated its key): its endpoint, host and key, whatever its state."""
+        ...
+
     def repo_keys(self, did: str) -> bytes | None:
         """The key index the last commit of `did` stored (`RepoDone.keys`), or None.
         `run --refresh` diffs against it (repo/diff.py): no dataset scan."""

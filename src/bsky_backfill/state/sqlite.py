@@ -523,6 +523,15 @@ class SqliteStateStore:
             return 0, None
         return int(row[0]), None if row[1] is None else _from_us(row[1])
 
+    def update_identity(self, identity: Identity) -> None:
+        i = identity
+        with self._write() as c:
+            c.execute(
+                """UPDATE repos SET pds = ?, host = ?, signing_key = ?, updated_at = ?
+                   WHERE did = ?""",
+                (i.pds, i.host, i.signing_key, _now_us(), i.did),
+            )
+
     def repo_keys(self, did: str) -> bytes | None:
         with self._locked():
             row = self._conn.execute("SELECT keys FROM repo_keys WHERE did = ?", (did,)).fetchone()
