@@ -68,7 +68,10 @@ def test_every_deletion_of_25_changed_repos_is_recorded(tmp_path: Path) -> None:
     for uri, rec in wanted.items():
         assert view[uri]["cid"] == rec.cid
     # `report` and `status` count the current view and say what left it.
-    report = json.loads(run_cli("report", "--json", "--out", str(out)).stdout)
+    page = out.parent / "report.html"
+    report = json.loads(run_cli("report", "--json", "--out", str(out), "--html", str(page)).stdout)
+    html = page.read_text()
+    assert "<th>deleted</th><th>updated</th>" in html and "75 deleted" in html
     assert report["records_total"] == len(view)
     assert (report["deleted_total"], report["updated_total"]) == (75, 0)
     posts = next(c for c in report["collections"] if c["collection"] == POST)
