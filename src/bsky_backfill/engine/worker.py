@@ -320,7 +320,7 @@ class RepoWorker:
         blob = await asyncio.to_thread(store.repo_keys, task.did)
         index: dict[str, bytes] | None = None
         unlanded: dict[str, str] = {}
-        if blob is not None and task.since is not None:
+        if blob is not None:  # no rev (a v2 commit): the whole repo, against the index
             index, unlanded = unpack_index(blob)
         landed: dict[str, str] | None = None
         judged: dict[tuple[str, str], str] = {}
