@@ -91,6 +91,9 @@ OUTSIDE_THE_TREE = {
     "bsky_backfill.repo.car.TruncatedCar",
     # an OSError, because it is raised inside aiohttp's connect; xrpc/client.py maps it
     "bsky_backfill.xrpc.ssrf.BlockedAddressOSError",
+    # control flow inside a refresh (a diff lacking a block: fetch the whole repo);
+    # engine/worker.py catches it, it never reaches a user
+    "bsky_backfill.engine.refresh.NeedsWholeRepo",
 }
 
 

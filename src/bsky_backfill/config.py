@@ -41,6 +41,9 @@ class RunSettings(BaseModel):
     """`car` (com.atproto.sync.getRepo) or `list` (com.atproto.repo.listRecords)."""
     collections: frozenset[str] = frozenset()
     """Collections to keep; set by the CLI (default: the app.bsky record types)."""
+    filters_given: bool = True
+    """False when the command line named none of --collections/--since/--until:
+    `run --refresh` then takes the dataset's own filters."""
     since: dt.datetime | None = None
     """Keep records with createdAt >= since (aware UTC)."""
     until: dt.datetime | None = None

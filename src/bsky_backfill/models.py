@@ -84,6 +84,10 @@ class RepoExtract:
     fetched_at: dt.datetime | None = None
     """When the repo (or this part of its listing) was fetched; the rows' `fetched_at`
     (sinks/provenance.py). None: the sink stamps the time it adds them."""
+    keys: bytes | None = None
+    """The repo's key index (`repo.diff.pack_index`: every MST key -> record CID;
+    whole-repo extraction and refresh only): stored by the commit that lands the
+    repo, read by a later `run --refresh` (repo/diff.py)."""
 
     @property
     def row_count(self) -> int:

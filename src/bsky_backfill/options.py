@@ -232,8 +232,6 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
                 f"--out {out}: a remote dataset needs --queue postgresql://... "
                 "(the state cannot live on object storage)"
             )
-        if opts["refresh"]:
-            raise UsageError("--refresh needs a local --out (it reads what landed with DuckDB)")
     else:
         check_out_writable(Path(out))
     progress = opts["progress"] if opts["progress"] is not None else sys.stdout.isatty()
@@ -243,6 +241,7 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
         plc_url=opts["plc_url"],
         method=opts["method"],
         collections=collections,
+        filters_given=any(opts[k] is not None for k in ("collections", "since", "until")),
         since=since,
         until=until,
         rate_limit=opts["rate_limit"] or None,

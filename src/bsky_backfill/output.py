@@ -52,6 +52,12 @@ def print_summary(summary: RunSummary, out: Path | str) -> None:
         f"({summary.records_per_second:,.0f}/s over this run); "
         f"{summary.requests:,} requests, {summary.bytes / 1e6:,.1f} MB"
     )
+    if summary.changes_this_run is not None:
+        new, updated, deleted = summary.changes_this_run
+        console.print(
+            f"refresh: {new:,} new, {updated:,} updated, {deleted:,} deleted records "
+            "(the counts below are the current view)"
+        )
     _print_counts(console, summary.records, summary.dead_letters)
     for line in summary.empty_collections:
         console.print(escape(line))
@@ -151,6 +157,11 @@ def print_status(
     )
     if holder is not None:
         console.print(f"running: {holder.describe()}")
+    if report.deleted_by_collection or report.updated_by_collection:
+        console.print(
+            f"current view: {sum(report.deleted_by_collection.values()):,} records deleted and "
+            f"{sum(report.updated_by_collection.values()):,} updated by refreshes are left out"
+        )
     _print_counts(console, report.records_by_collection, report.dead_letters_by_code)
     _print_failed(console, report, out, queue)
     if report.paused_hosts:

@@ -14,6 +14,7 @@ from bsky_backfill.models import RecordFilter
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.records.stream import stream_repo
 from bsky_backfill.records.transform import extract_repo
+from bsky_backfill.repo.diff import merge_indexes, unpack_index
 
 pytestmark = pytest.mark.usefixtures("verify_loops")  # C loops and Python twins
 
@@ -52,6 +53,10 @@ def test_parts_equal_the_whole(car: tuple[bytes, str], verify: bool, split_layer
     assert sum(p.records_seen for p in parts) == whole.records_seen == 604
     assert rows([p.tables for p in parts]) == rows([whole.tables])
     assert {p.rev for p in parts} == {whole.rev}
+    # The parts' key indexes merge into the whole repo's (what refresh diffs against).
+    assert whole.keys is not None and all(p.keys is not None for p in parts)
+    merged = merge_indexes([p.keys for p in parts if p.keys is not None])
+    assert unpack_index(merged) == unpack_index(whole.keys)
 
 
 def test_a_bad_signature_fails_before_any_part(car: tuple[bytes, str], fixtures: Path) -> None:

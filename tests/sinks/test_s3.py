@@ -213,3 +213,36 @@ def test_cli_backfill_to_s3_with_a_postgresql_queue(s3: pafs.S3FileSystem, tmp_p
     }
     want = {(d.did, d.uri, d.stage, d.code) for d in truth.expected_dead_letters()}
     assert got_letters == want
+
+
+def test_cli_refresh_on_s3_reads_the_key_index_not_the_dataset(
+    s3: pafs.S3FileSystem, tmp_path: Path
+) -> None:
+    """`run --refresh --out s3://...`: the key index in the queue stands in for the
+    dataset, so a remote dataset refreshes too (new posts land, deletions recorded)."""
+    from bsky_backfill.simulate import Scenario, run_network_in_thread
+    from tests.conftest import run_cli
+    from tests.state.pg import fresh_schema_url
+
+    scenario = Scenario(seed=72, accounts=8, hosts=2, mean_records=20)
+    out = f"s3://{BUCKET}/cli-refresh"
+    with fresh_schema_url() as queue, run_network_in_thread(scenario) as net:
+        dids = tmp_path / "dids.txt"
+        dids.write_text("\n".join(net.truth.input_dids) + "\n")
+        common = ["--out", out, "--queue", queue, "--plc-url", net.plc_url,
+                  "--allow-private-hosts", "--no-progress", "--rate-limit", "0"]  # fmt: skip
+        first = run_cli("run", "--dids", str(dids), *common)
+        assert first.returncode == 0, first.stderr
+        posts = sorted(r for r in net.truth.expected_rows().values() if r.collection == POST)
+        gone = posts[0]
+        net.mutate(gone.did, delete_uris=(gone.uri,))
+        grown = net.mutate(posts[-1].did, add_posts=3)
+        refresh = run_cli("run", "--refresh", *common)
+        assert refresh.returncode == 0, refresh.stderr
+        assert "refresh: 3 new, 0 updated, 1 deleted records" in refresh.stdout
+    deletions = ds.dataset(f"{BUCKET}/cli-refresh/_deletions", filesystem=s3, format="parquet")
+    rows = deletions.to_table(columns=["uri", "cid", "reason"]).to_pylist()
+    assert rows == [{"uri": gone.uri, "cid": gone.cid, "reason": "deleted"}]
+    uris = landed_uris(s3, "cli-refresh")
+    assert {r.uri for r in grown.added} <= set(uris)
+    assert max(uris.values()) == 1

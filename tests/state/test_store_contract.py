@@ -555,3 +555,39 @@ def test_replace_files_swaps_in_one_transaction(backend: Factory) -> None:
     assert {f.path for f in backend().committed_files()} == {new[0].path}
     store.forget_retired([old[0].path, old[1].path])
     assert store.retired_files() == [old[2].path]
+
+
+def test_key_index_rides_in_the_commit(store: StateStore) -> None:
+    """`run --refresh` reads a repo's key index from the store (no dataset scan): the
+    commit that lands the repo writes it, a later one replaces or drops it."""
+    resolved(store, {"h1": ["did:plc:a", "did:plc:b"]})
+    store.claim("h1", 2, T0)
+    big = bytes(range(256)) * 400
+    store.commit(
+        [], [RepoDone("did:plc:a", "r1", 1, keys=b"v1"), RepoDone("did:plc:b", "r1", 1, keys=big)],
+        [], [],
+    )  # fmt: skip
+    assert store.repo_keys("did:plc:a") == b"v1"
+    assert store.repo_keys("did:plc:b") == big
+    assert store.repo_keys("did:plc:none") is None
+    assert store.mark_refresh() == 2
+    assert len(store.claim("h1", 2, T0)) == 2
+    store.commit([], [RepoDone("did:plc:a", "r2", 1, keys=b"v2")], [], [])
+    assert store.repo_keys("did:plc:a") == b"v2"
+    # Landed again without an index (list mode, big repo): the stale one goes.
+    store.commit([], [RepoDone("did:plc:b", "r2", 1)], [], [])
+    assert store.repo_keys("did:plc:b") is None
+    assert store.repo_keys("did:plc:a") == b"v2"
+
+
+def test_update_identity_moves_a_claimed_repo_to_its_new_host(store: StateStore) -> None:
+    """A refresh that finds the account moved: the identity changes whatever the state,
+    and the repo, put back, is claimed under its new host."""
+    resolved(store, {"h1": ["did:plc:a"]})
+    [task] = store.claim("h1", 1, T0)
+    store.update_identity(ident("did:plc:a", "h2"))
+    store.retry_later(task.did, task.attempts, T0, "moved to h2")
+    assert store.claim("h1", 1, T0) == []
+    [again] = store.claim("h2", 1, T0)
+    assert (again.did, again.host, again.attempts) == ("did:plc:a", "h2", task.attempts)
+    assert {h.host for h in store.status().hosts if h.total} == {"h2"}

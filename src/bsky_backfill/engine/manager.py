@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
 import random
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -77,6 +79,7 @@ from bsky_backfill.state.base import (
     RepoFailed,
     RepoState,
     StateStore,
+    StatusReport,
 )
 from bsky_backfill.state.open import open_store, store_exists
 from bsky_backfill.state.runlock import RunLock, check_state_present
@@ -114,6 +117,8 @@ class RunSummary:
     """Repos dead-lettered whole during this run, by code."""
     empty_collections: list[str] = field(default_factory=list)
     """Lines naming the wanted collections that hold no record (records/collections.py)."""
+    changes_this_run: tuple[int, int, int] | None = None
+    """A refresh: records (new, updated, deleted) during this run."""
 
     @property
     def nothing_landed(self) -> bool:
@@ -174,6 +179,7 @@ class Backfill:
         )
         self._lock: RunLock | None = None
         self._baseline: tuple[int, dict[str, int]] = (0, {})
+        self._rows_before = (0, 0, 0)  # rows written, deleted, updated (the store's)
         """(done, failed by code) in the store when the work started."""
         self.on_tick: list[Callable[[Backfill], None]] = []
         self.on_commit: list[Callable[[CommitSummary], None]] = []
@@ -208,6 +214,7 @@ class Backfill:
                 for line in collection_warnings(settings.collections):
                     log.warning("%s", line)
                 self._check_settings(store)
+                settings = self.settings  # a refresh may take the dataset's filters
                 recovered = store.recover()
                 if recovered:
                     log.info("recovered %d repos left in progress by an earlier run", recovered)
@@ -234,6 +241,7 @@ class Backfill:
             # process of the run, `--workers` followers included).
             before = store.status()
             self._baseline = (before.done, dict(before.failed_by_code))
+            self._rows_before = _row_totals(before)
             extractor = Extractor()
             # Big repos' parts spread over the cores the user gave: this process and
             # N-1 helper processes (engine/helpers.py).
@@ -330,9 +338,19 @@ class Backfill:
         if existing is None:
             store.set_meta("filter", fingerprint)
         elif existing != fingerprint:
+            if settings.refresh and not settings.filters_given:
+                self.settings = _with_filters(settings, existing)
+                sys.stderr.write(f"refresh: using the dataset's own filters: {_shown(existing)}\n")
+                return
+            choice = (
+                "run --refresh without --collections/--since/--until to use the dataset's own"
+                if settings.refresh
+                else "repeat the dataset's filters exactly"
+            )
             raise UsageError(
-                f"--out {settings.out} already holds a backfill with other filters "
-                f"({existing}); use another --out"
+                f"--out {settings.out} holds a backfill with other filters "
+                f"({_shown(existing)}; this run asks for {_shown(fingerprint)}): "
+                f"{choice}, or use another --out for the new filters"
             )
 
     async def _run_loops(self) -> None:
@@ -866,6 +884,9 @@ class Backfill:
             bytes=self.stats.bytes,
             stopped=self.stopping,
             landed_this_run=max(0, status.done - self._baseline[0]),
+            changes_this_run=_changes(self._rows_before, _row_totals(status))
+            if self.settings.refresh
+            else None,
             failed_this_run=_grown(self._baseline[1], status.failed_by_code),
             empty_collections=empty_collection_lines(
                 self.settings.collections,
@@ -874,6 +895,21 @@ class Backfill:
                 default=self.settings.collections == DEFAULT_COLLECTIONS,
             ),
         )
+
+
+def _row_totals(status: StatusReport) -> tuple[int, int, int]:
+    """(rows written, deleted, updated) over every collection, from the store."""
+    deleted = sum(status.deleted_by_collection.values())
+    updated = sum(status.updated_by_collection.values())
+    written = sum(status.records_by_collection.values()) + deleted + updated
+    return written, deleted, updated
+
+
+def _changes(before: tuple[int, int, int], after: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(new, updated, deleted) records between two `_row_totals`: an updated record
+    writes a row too, so new = rows written - updated."""
+    written, deleted, updated = (max(0, a - b) for a, b in zip(after, before, strict=True))
+    return max(0, written - updated), updated, deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -903,3 +939,29 @@ def operator_hosts(settings: RunSettings) -> list[str]:
 
 
 __all__ = ["Backfill", "RunSummary"]
+
+
+def _shown(fingerprint: str) -> str:
+    """A filter fingerprint as the flags that make it (for messages)."""
+    f = json.loads(fingerprint)
+    parts = [f"--collections {','.join(f.get('collections') or []) or '(none)'}"]
+    parts += [f"--{k} {f[k]}" for k in ("since", "until") if f.get(k)]
+    parts.append(f"--method {f.get('method')}")
+    return " ".join(parts)
+
+
+def _with_filters(settings: RunSettings, fingerprint: str) -> RunSettings:
+    """`settings` with the dataset's own filters (a refresh that named none)."""
+    f = json.loads(fingerprint)
+
+    def when(v: str | None) -> dt.datetime | None:
+        return None if v is None else dt.datetime.fromisoformat(v)
+
+    return settings.model_copy(
+        update={
+            "collections": frozenset(f.get("collections") or ()),
+            "since": when(f.get("since")),
+            "until": when(f.get("until")),
+            "method": f.get("method", settings.method),
+        }
+    )

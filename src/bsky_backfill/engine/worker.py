@@ -25,20 +25,23 @@ import mmap
 import os
 import random
 import time
-from collections import deque
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bsky_backfill.engine.cpu import Extractor
 from bsky_backfill.engine.helpers import HelperPool
 from bsky_backfill.engine.listing import ListFetcher
-from bsky_backfill.engine.refresh import LandedIndex, refresh_extract
+from bsky_backfill.engine.refresh import LandedIndex, NeedsWholeRepo, refresh_diff
 from bsky_backfill.errors import RepoInvalid, TerminalError, TransientError
 from bsky_backfill.models import RepoExtract, utcnow
 from bsky_backfill.records.stream import BigRepo, BuiltPart, PartPlan, extract_part, plan_parts
+from bsky_backfill.repo.diff import merge_indexes, unpack_index
 from bsky_backfill.repo.lazy import map_file
 from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
+from bsky_backfill.sinks.storage import DELETIONS, SUPERSEDED
 from bsky_backfill.state.base import RepoDone, RepoTask
 from bsky_backfill.xrpc.body import Body
 from bsky_backfill.xrpc.breaker import Breaker, BreakerState, is_host_failure
@@ -87,7 +90,10 @@ class RepoWorker:
             cursors: list[tuple[str, str | None]] = []
             fetched_at = utcnow()  # the rows' `fetched_at` (sinks/provenance.py)
             if task.refresh:
-                extract = await self._refresh(slot, task)
+                refreshed = await self._refresh(slot, task)
+                if refreshed is None:
+                    return  # moved to another host: that host's slot takes it
+                extract = refreshed
             elif self.lister is not None:
                 extract, cursors = await self.lister.fetch(slot, task)
             else:
@@ -109,7 +115,15 @@ class RepoWorker:
                     hook(time.perf_counter() - started)
             if extract.fetched_at is None:
                 extract = dataclasses.replace(extract, fetched_at=fetched_at)
-            done = RepoDone(did=task.did, rev=extract.rev, records=extract.row_count)
+            done = RepoDone(
+                did=task.did,
+                rev=extract.rev,
+                records=extract.row_count,
+                keys=extract.keys,
+                deletions=_deletion_counts(extract),
+                superseded=_superseded_counts(extract),
+            )
+            extract.keys = None  # held by `done` alone until the commit
             if not run.land(extract, done, cursors):
                 return
             run.stats.repos_done += 1
@@ -164,7 +178,10 @@ class RepoWorker:
                     await self._parts_here(big, mapped, writer, got)
                 else:
                     await self._parts_shared(helpers, big, path, mapped, writer, got)
-            done = RepoDone(did=task.did, rev=big.rev, records=got.rows)
+            # The parts' key indexes, merged: the next refresh diffs against it.
+            indexes = [k for k in got.keys if k is not None]
+            keys = merge_indexes(indexes) if len(indexes) == len(got.keys) else None
+            done = RepoDone(did=task.did, rev=big.rev, records=got.rows, keys=keys)
             writer.add(RepoExtract(did=task.did, rev=big.rev, tables={}, dead_letters=[]), done)
             summary = await self.extractor.call(writer.commit)
         except BaseException:
@@ -226,6 +243,7 @@ class RepoWorker:
 
         part = await self.extractor.call(work)
         got.rows += part.row_count
+        got.keys.append(part.keys)
         self.run.count_rows(part)  # on the loop: the counters are not thread-safe
 
     async def _parts_shared(
@@ -272,6 +290,7 @@ class RepoWorker:
         await self.extractor.call(writer.add_encoded, did, part.files, part.dead_letters)
         rows = part.rows
         got.rows += sum(rows.values())
+        got.keys.append(part.keys)
         self.run.count(rows, part.dead_letters)
 
     def forget_progress(self, did: str) -> None:
@@ -286,11 +305,84 @@ class RepoWorker:
         self.run.count_rows(part)
         self.run._maybe_commit()
 
-    async def _refresh(self, slot: HostSlot, task: RepoTask) -> RepoExtract:
-        """What changed since the last landed revision (engine/refresh.py)."""
-        data = await self._fetch(slot, task, since=task.since)
-        landed = await asyncio.to_thread(self.landed.for_did, task.did)
-        return await asyncio.to_thread(refresh_extract, data, task.did, self.filter, landed)
+    async def _refresh(self, slot: HostSlot, task: RepoTask) -> RepoExtract | None:
+        """What changed since the last landed revision (engine/refresh.py).
+
+        The DID is resolved again first: the account may have moved to another
+        host or rotated its key since it landed (the commit must verify against
+        the key it has now)."""
+        identity = await self.run.resolver.resolve(task.did)
+        store = self.run.store
+        if (identity.pds, identity.host, identity.signing_key) != (
+            task.pds,
+            task.host,
+            task.signing_key,
+        ):
+            await asyncio.to_thread(store.update_identity, identity)
+            if identity.host != task.host:
+                # Moved: back to pending, due now, no attempt spent; its new host's
+                # slot claims it (per-host limits hold for the new host too).
+                log.info("%s moved from %s to %s", task.did, task.host, identity.host)
+                store.retry_later(task.did, task.attempts, utcnow(), f"moved to {identity.host}")
+                return None
+        task = dataclasses.replace(task, pds=identity.pds, signing_key=identity.signing_key)
+        blob = await asyncio.to_thread(store.repo_keys, task.did)
+        index: dict[str, bytes] | None = None
+        unlanded: dict[str, str] = {}
+        if blob is not None:  # no rev (a v2 commit): the whole repo, against the index
+            index, unlanded = unpack_index(blob)
+        landed: dict[str, str] | None = None
+        judged: dict[tuple[str, str], str] = {}
+        if index is None and "://" in self.run.settings.out:
+            # The fallback reads the local dataset; a remote one is not scanned.
+            raise RepoInvalid(
+                "this repo has no key index (landed with --method list, or before indexes) "
+                "and a remote --out is not scanned: backfill it again",
+                code="RefreshNeedsIndex",
+                stage="fetch",
+            )
+        if index is None:
+            landed = await asyncio.to_thread(self.landed.for_did, task.did)
+            judged = await asyncio.to_thread(self.landed.judged_for_did, task.did)
+        call = functools.partial(
+            refresh_diff,
+            index=index,
+            unlanded=unlanded,
+            landed=landed,
+            judged=judged,
+            signing_key=task.signing_key,
+            verify=self.run.settings.verify,
+        )
+        try:
+            since = task.since if index is not None else None
+            return await self._refresh_body(slot, task, since, call)
+        except NeedsWholeRepo:
+            return await self._refresh_body(slot, task, None, call)
+
+    async def _refresh_body(
+        self,
+        slot: HostSlot,
+        task: RepoTask,
+        since: str | None,
+        call: Callable[..., RepoExtract],
+    ) -> RepoExtract:
+        """Fetch a refresh's CAR (a diff since `since`, or the whole repo) and apply
+        `call` to it: in memory, or over `--stream-size` never read into memory
+        but mapped from its spooled file, each block decoded (and hash-checked)
+        only when reached."""
+        body = await self._fetch_body(slot, task, since)
+        if not (body.size and body.size >= self.run.settings.stream_bytes):
+            data = await self._read(body)
+            return await self.extractor.call(call, data, task.did, self.filter)
+        path = await asyncio.to_thread(_on_disk, body, self.client)
+        try:
+            with map_file(path) as mapped:
+                lazy = functools.partial(call, lazy=True)
+                return await self.extractor.call(lazy, mapped, task.did, self.filter)
+        finally:
+            body.discard()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     async def _fetch(self, slot: HostSlot, task: RepoTask, since: str | None = None) -> bytes:
         return await self._read(await self._fetch_body(slot, task, since))
@@ -346,6 +438,24 @@ class RepoWorker:
         return self.client.breakers.get(slot.host)
 
 
+def _deletion_counts(extract: RepoExtract) -> tuple[tuple[str, str, int], ...]:
+    """(collection, reason, rows) of a refresh's `_deletions` rows (for `status`)."""
+    table = extract.tables.get(DELETIONS)
+    if table is None:
+        return ()
+    pairs = Counter(zip(table["collection"].to_pylist(), table["reason"].to_pylist(), strict=True))
+    return tuple((c, r, n) for (c, r), n in sorted(pairs.items()))
+
+
+def _superseded_counts(extract: RepoExtract) -> tuple[tuple[str, str, int], ...]:
+    """(stage, code, n) of the record dead letters a refresh supersedes (for `status`)."""
+    table = extract.tables.get(SUPERSEDED)
+    if table is None:
+        return ()
+    pairs = Counter(zip(table["stage"].to_pylist(), table["error"].to_pylist(), strict=True))
+    return tuple((s, c, n) for (s, c), n in sorted(pairs.items()))
+
+
 def _final(error: Exception, why: str = "") -> TerminalError:
     """The dead letter's error for a retryable failure whose budget is spent: its own
     code and stage (a bug: `InternalError`, stage `internal`)."""
@@ -367,6 +477,8 @@ class _Parts:
     """What a big repo's written parts add up to."""
 
     rows: int = 0
+    keys: list[bytes | None] = field(default_factory=list)
+    """Each part's key index (repo.diff.pack_index)."""
     here: int = 0
     """Parts extracted in this process (the others in helpers)."""
     fetched_at: dt.datetime | None = None

@@ -34,7 +34,7 @@ from typing import Any
 from bsky_backfill.errors import RepoInvalid
 from bsky_backfill.models import DeadLetter, RecordFilter, RepoExtract, utcnow
 from bsky_backfill.records.columns import RecordColumns
-from bsky_backfill.records.transform import _wanted_records
+from bsky_backfill.records.transform import _wanted_records, packed_index
 from bsky_backfill.repo import native
 from bsky_backfill.repo.commit import read_commit
 from bsky_backfill.repo.gcpause import gc_paused
@@ -183,10 +183,14 @@ def extract_part(
             leaves = walk_mst(blocks, plan.subtree, after=plan.after, before=plan.before)
         out = RecordColumns(plan.did, filt)
         seen = [0]
-        out.add_many(_wanted_records(blocks, leaves, out, seen, None))  # type: ignore[arg-type]
+        keys: dict[str, bytes] = {}
+        out.add_many(_wanted_records(blocks, leaves, out, seen, None, keys))  # type: ignore[arg-type]
         tables, dead_letters = out.finish()
-        del out, blocks, leaves
-    return RepoExtract(plan.did, plan.rev, tables, dead_letters, records_seen=seen[0])
+        key_index = packed_index(plan.did, keys, filt, tables, dead_letters)
+        del out, blocks, leaves, keys
+    return RepoExtract(
+        plan.did, plan.rev, tables, dead_letters, records_seen=seen[0], keys=key_index
+    )
 
 
 # A helper process's index of the CAR it is working on: (file identity, index).
@@ -203,6 +207,8 @@ class BuiltPart:
     records_seen: int
     files: list[EncodedFile]
     dead_letters: list[DeadLetter]
+    keys: bytes | None = None
+    """The part's key index (repo.diff.pack_index): the repo's is their merge."""
 
     @property
     def rows(self) -> dict[str, int]:
@@ -225,7 +231,7 @@ def extract_part_file(
     with map_file(path) as mm:
         part = extract_part(mm, _index_of(path, mm), plan, filt)
     files = encode_tables(part.tables, sink, (plan.rev, fetched_at or utcnow()))
-    return BuiltPart(part.records_seen, files, part.dead_letters)
+    return BuiltPart(part.records_seen, files, part.dead_letters, part.keys)
 
 
 def index_file(path: str) -> int:

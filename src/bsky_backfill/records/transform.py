@@ -33,10 +33,11 @@ from typing import Any
 
 import libipld
 
-from bsky_backfill.models import RecordFilter, RepoExtract
+from bsky_backfill.models import DeadLetter, RecordFilter, RepoExtract
 from bsky_backfill.records.columns import RecordColumns
 from bsky_backfill.repo.car import Undecodable, read_car
 from bsky_backfill.repo.commit import read_commit
+from bsky_backfill.repo.diff import pack_index, unlanded_keys, verdicts_of
 from bsky_backfill.repo.gcpause import gc_paused
 from bsky_backfill.repo.mst import walk_mst
 from bsky_backfill.repo.verify import check_blocks, failed, verify_commit, walk_verified
@@ -70,6 +71,7 @@ def extract_repo(
             raise failed(f"commit is for {commit.did!r:.100}, not the requested {did}")
         out = RecordColumns(did, filt)
         seen = [0]
+        keys: dict[str, bytes] = {}
         if verify:
             verify_commit(car, commit, signing_key)
             nodes: set[bytes] = set()
@@ -77,11 +79,11 @@ def extract_repo(
             leaves = walk_verified(car.blocks, commit.data, nodes)
             # Materialised, so that the tree and every block the rows come from
             # are checked before a single row is built.
-            rows: Iterable[_Row] = list(_wanted_records(car.blocks, leaves, out, seen, used))
+            rows: Iterable[_Row] = list(_wanted_records(car.blocks, leaves, out, seen, used, keys))
             check_blocks(data, car, nodes, used)
         else:
             leaves = walk_mst(car.blocks, commit.data)
-            rows = _wanted_records(car.blocks, leaves, out, seen, None)
+            rows = _wanted_records(car.blocks, leaves, out, seen, None, keys)
         out.add_many(rows)
         tables, dead_letters = out.finish()
         # Drop the decoded blocks while the collector is still paused: reference
@@ -93,7 +95,36 @@ def extract_repo(
         tables=tables,
         dead_letters=dead_letters,
         records_seen=seen[0],
+        keys=packed_index(did, keys, filt, tables, dead_letters),
     )
+
+
+def packed_index(
+    did: str,
+    keys: dict[str, bytes],
+    filt: RecordFilter,
+    tables: dict[str, Any],
+    dead_letters: list[DeadLetter],
+) -> bytes:
+    """The key index of a repo (or of a big repo's part) as stored (repo.diff.pack_index)."""
+    return pack_index(keys, _unlanded(did, keys, filt, tables, dead_letters))
+
+
+def _unlanded(
+    did: str,
+    keys: dict[str, bytes],
+    filt: RecordFilter,
+    tables: dict[str, Any],
+    dead_letters: list[DeadLetter],
+) -> dict[str, str]:
+    """Keys of wanted collections with no row -> their dead letter's "stage/code"
+    ("" outside the window)."""
+    rows = sum(t.num_rows for t in tables.values())
+    wanted = filt.collections
+    if rows == sum(1 for k in keys if k.partition("/")[0] in wanted):
+        return {}  # all landed: the usual case, no set built
+    landed = (f"{c}/{r}" for c, t in tables.items() for r in t["rkey"].to_pylist())
+    return unlanded_keys(keys, wanted, landed, verdicts_of(did, dead_letters))
 
 
 def _wanted_records(
@@ -102,19 +133,23 @@ def _wanted_records(
     out: RecordColumns,
     seen: list[int],
     used: list[bytes] | None,
+    keys: dict[str, bytes] | None = None,
 ) -> Iterator[_Row]:
     """MST leaves -> `(collection, rkey, cid, record)` for wanted collections.
 
     Decode-level problems of a single record (block absent, not valid
     DAG-CBOR or not a map, link not a CID) are dead-lettered here. The raw
     CIDs of the records yielded go to `used` (when verifying, for their
-    hash check). `seen[0]` ends as the number of keys.
+    hash check). `seen[0]` ends as the number of keys; every key and its CID go
+    to `keys` (the repo's key index, for `run --refresh`).
     """
     wanted = out.wanted
     keep = None if used is None else used.append
     n = 0
     for key, value_cid in leaves:
         n += 1
+        if keys is not None:
+            keys[key] = value_cid
         collection, _, rkey = key.partition("/")
         if collection not in wanted:
             continue

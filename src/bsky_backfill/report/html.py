@@ -144,15 +144,27 @@ def _months_table(report: Report) -> str:
 def render_html(report: Report) -> str:
     """The whole page as one string."""
     collections = [
-        (c.collection, c.records, c.no_created_at, c.first_month or "-", c.last_month or "-")
+        (c.collection, c.records, c.deleted, c.updated, c.no_created_at,
+         c.first_month or "-", c.last_month or "-")
         for c in report.collections
-    ]
-    collections.append(("total", report.records_total, sum(c[2] for c in collections), "", ""))
+    ]  # fmt: skip
+    collections.append(
+        (
+            "total",
+            report.records_total,
+            report.deleted_total,
+            report.updated_total,
+            sum(c[4] for c in collections),
+            "",
+            "",
+        )
+    )
     collections_table = _table(
         "table-collections",
-        ("collection", "records", "no created_at", "first month", "last month"),
+        ("collection", "records", "deleted", "updated", "no created_at", "first month",
+         "last month"),
         collections,
-    )
+    )  # fmt: skip
     dead = [(d.stage, d.code, d.count) for d in report.dead_letters]
     dead.append(("total", "", report.dead_letters_total))
     title = f"bsky-backfill report: {report.out}"
@@ -168,7 +180,9 @@ def render_html(report: Report) -> str:
 <body>
 <h1>{escape(title)}</h1>
 <p class="summary" id="summary">{report.records_total:,} records in
-{len(report.collections)} collections; {report.dead_letters_total:,} dead letters;
+{len(report.collections)} collections (the current view: {report.deleted_total:,} deleted
+and {report.updated_total:,} updated by refreshes left out); {report.dead_letters_total:,}
+dead letters;
 {len(report.hosts)} PDS hosts.</p>
 <section id="records-over-time">
 <h2>Records over time per collection</h2>

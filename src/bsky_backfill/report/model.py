@@ -18,7 +18,9 @@ UNKNOWN_HOST = "(unknown)"
 
 @dataclass(frozen=True, slots=True)
 class CollectionCount:
-    """One table of the dataset: its rows, and how many have no `created_at`."""
+    """One table of the dataset: its current view (rows minus the `(uri, cid)` pairs in
+    `_deletions`), how many of those have no `created_at`, and how many rows a
+    refresh found deleted or replaced by a newer version."""
 
     collection: str
     records: int
@@ -26,6 +28,10 @@ class CollectionCount:
     first_month: str | None
     """Earliest `created_at` month (YYYY-MM, UTC); None when no row has one."""
     last_month: str | None
+    deleted: int = 0
+    """Rows a refresh found deleted from their repo (`_deletions`, reason `deleted`)."""
+    updated: int = 0
+    """Rows replaced by a newer version (`_deletions`, reason `updated`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +85,14 @@ class Report:
         return sum(c.records for c in self.collections)
 
     @property
+    def deleted_total(self) -> int:
+        return sum(c.deleted for c in self.collections)
+
+    @property
+    def updated_total(self) -> int:
+        return sum(c.updated for c in self.collections)
+
+    @property
     def dead_letters_total(self) -> int:
         return sum(d.count for d in self.dead_letters)
 
@@ -94,6 +108,8 @@ class Report:
         return {
             "out": self.out,
             "records_total": self.records_total,
+            "deleted_total": self.deleted_total,
+            "updated_total": self.updated_total,
             "dead_letters_total": self.dead_letters_total,
             "has_state": self.has_state,
             "collections": [dataclasses.asdict(c) for c in self.collections],

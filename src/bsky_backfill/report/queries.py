@@ -15,6 +15,7 @@ from it (`StateStore.host_map`) into a DuckDB temp table in Arrow batches
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import duckdb
@@ -32,6 +33,7 @@ from bsky_backfill.report.model import (
 from bsky_backfill.state.base import HostStatus, StateStore
 
 DEAD_LETTERS = "_deadletters"
+DELETIONS = "_deletions"
 SUPERSEDED = "_superseded"
 STATE_FILE = Path("_state") / "state.sqlite"
 _HOST_MAP_BATCH = 65_536
@@ -72,15 +74,39 @@ def _connect() -> duckdb.DuckDBPyConnection:
 _READ = "read_parquet(?, hive_partitioning = true, union_by_name = true)"
 
 
+def _current(out: Path, globs: str | list[str]) -> tuple[str, list[str | list[str]]]:
+    """FROM clause and parameters of a table's current view: its rows minus the
+    `(uri, cid)` pairs in `_deletions` (README: what the accounts hold now)."""
+    if not _has_parquet(out / DELETIONS):
+        return f"{_READ} p", [globs]
+    return (
+        f"{_READ} p ANTI JOIN read_parquet(?, union_by_name = true) x USING (uri, cid)",
+        [globs, parquet_glob(out, DELETIONS)],
+    )
+
+
+def deletion_counts(con: duckdb.DuckDBPyConnection, out: Path) -> dict[tuple[str, str], int]:
+    """`_deletions` rows per (collection, reason)."""
+    if not _has_parquet(out / DELETIONS):
+        return {}
+    rows = con.execute(
+        "SELECT collection, reason, count(*) FROM read_parquet(?, union_by_name = true) "
+        "GROUP BY collection, reason",
+        [parquet_glob(out, DELETIONS)],
+    ).fetchall()
+    return {(str(c), str(r)): int(n) for c, r, n in rows}
+
+
 def collection_counts(
     con: duckdb.DuckDBPyConnection, out: Path, collection: str
 ) -> tuple[CollectionCount, list[MonthCount]]:
-    """Rows of one collection per UTC month of `created_at` (nulls apart), in one scan."""
+    """Current-view rows of one collection per UTC month of `created_at` (nulls apart)."""
+    source, params = _current(out, parquet_glob(out, collection))
     rows = con.execute(
         f"""SELECT strftime(created_at, '%Y-%m') AS month, count(*) AS n
-            FROM {_READ}
+            FROM {source}
             GROUP BY month ORDER BY month NULLS LAST""",
-        [parquet_glob(out, collection)],
+        params,
     ).fetchall()
     months = [MonthCount(collection, str(m), int(n)) for m, n in rows if m is not None]
     no_created_at = sum(int(n) for m, n in rows if m is None)
@@ -103,10 +129,23 @@ def dead_letter_counts(con: duckdb.DuckDBPyConnection, out: Path) -> list[DeadLe
     params = [parquet_glob(out, DEAD_LETTERS)]
     standing = ""
     if _has_parquet(out / SUPERSEDED):
-        standing = """WHERE uri IS NOT NULL OR NOT EXISTS (
-            SELECT 1 FROM read_parquet(?) s
-            WHERE s.did = d.did AND d.failed_at <= s.superseded_at)"""
-        params.append(parquet_glob(out, SUPERSEDED))
+        superseded = parquet_glob(out, SUPERSEDED)
+        columns = {
+            str(r[0])
+            for r in con.execute(
+                "DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [superseded]
+            ).fetchall()
+        }
+        # Files from before record supersession (refresh) have no `uri` column.
+        same = (
+            "((s.uri IS NULL AND d.uri IS NULL) OR s.uri = d.uri)"
+            if "uri" in columns
+            else ("d.uri IS NULL")
+        )
+        standing = f"""WHERE NOT EXISTS (
+            SELECT 1 FROM read_parquet(?, union_by_name = true) s
+            WHERE s.did = d.did AND d.failed_at <= s.superseded_at AND {same})"""
+        params.append(superseded)
     rows = con.execute(
         f"""SELECT stage, error, count(*) AS n FROM {_READ} d {standing}
             GROUP BY stage, error ORDER BY n DESC, stage, error""",
@@ -138,15 +177,16 @@ def records_per_host(
     if not collections:
         return {}
     _load_host_map(con, store)
+    source, params = _current(out, [parquet_glob(out, c) for c in collections])
     try:
         rows = con.execute(
             f"""WITH per_did AS (
                    SELECT did, count(*) AS n
-                   FROM {_READ}
+                   FROM {source}
                    GROUP BY did)
                SELECT h.host, sum(p.n) FROM per_did p LEFT JOIN host_map h USING (did)
                GROUP BY h.host""",
-            [[parquet_glob(out, c) for c in collections]],
+            params,
         ).fetchall()
     finally:
         con.execute("DROP TABLE IF EXISTS host_map")
@@ -190,8 +230,14 @@ def build_report(out: Path, queue: str | None = None) -> Report:
     try:
         counts: list[CollectionCount] = []
         months: list[MonthCount] = []
+        gone = deletion_counts(con, out)
         for collection in collections:
             count, per_month = collection_counts(con, out, collection)
+            count = dataclasses.replace(
+                count,
+                deleted=gone.get((collection, "deleted"), 0),
+                updated=gone.get((collection, "updated"), 0),
+            )
             counts.append(count)
             months.extend(per_month)
         hosts: list[HostCount] = []

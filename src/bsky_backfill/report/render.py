@@ -34,6 +34,8 @@ def _collections_table(report: Report) -> Table:
     table = Table(
         "collection",
         "records",
+        "deleted",
+        "updated",
         "no created_at",
         "first month",
         "last month",
@@ -44,11 +46,22 @@ def _collections_table(report: Report) -> Table:
         table.add_row(
             cell(c.collection),
             f"{c.records:,}",
+            f"{c.deleted:,}",
+            f"{c.updated:,}",
             f"{c.no_created_at:,}",
             c.first_month or "-",
             c.last_month or "-",
         )
-    table.add_row("total", f"{report.records_total:,}", "", "", "", style="bold")
+    table.add_row(
+        "total",
+        f"{report.records_total:,}",
+        f"{report.deleted_total:,}",
+        f"{report.updated_total:,}",
+        "",
+        "",
+        "",
+        style="bold",
+    )
     return table
 
 
@@ -120,7 +133,9 @@ def print_report(report: Report, *, as_json: bool, console: Console | None = Non
     console = console or Console(highlight=False, soft_wrap=True)
     console.print(
         f"[bold]{escape(printable(str(report.out)))}[/bold]: {report.records_total:,} records in "
-        f"{len(report.collections)} collections, {report.dead_letters_total:,} dead letters"
+        f"{len(report.collections)} collections (current view: {report.deleted_total:,} "
+        f"deleted and {report.updated_total:,} updated left out), "
+        f"{report.dead_letters_total:,} dead letters"
     )
     if report.collections:
         console.print(_collections_table(report))

@@ -75,6 +75,16 @@ class RepoDone:
     did: str
     rev: str | None
     records: int
+    keys: bytes | None = None
+    """The repo's key index at `rev` (`repo.diff.pack_index`: every MST key and its
+    record CID), stored in the same transaction; None: keep none (list mode):
+    its next refresh fetches the repo whole."""
+    deletions: tuple[tuple[str, str, int], ...] = ()
+    """(collection, reason, rows) of the `_deletions` rows this commit lands for the
+    repo (a refresh): `status` counts the current view (rows minus these)."""
+    superseded: tuple[tuple[str, str, int], ...] = ()
+    """(stage, code, n) of earlier record dead letters this commit supersedes (a
+    refresh found the records changed or gone): no longer counted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +136,11 @@ class StatusReport:
     pending: int = 0
     in_progress: int = 0
     records_by_collection: dict[str, int] = field(default_factory=dict)
+    """The current view: rows committed minus those a refresh found deleted or updated."""
+    deleted_by_collection: dict[str, int] = field(default_factory=dict)
+    """Rows a refresh found deleted from their repo (`_deletions`, reason `deleted`)."""
+    updated_by_collection: dict[str, int] = field(default_factory=dict)
+    """Rows a refresh found replaced by a newer version (reason `updated`)."""
     dead_letters_by_code: dict[str, int] = field(default_factory=dict)
     """Dead letters that stand: whole-repo ones superseded by `--retry-failed` are not here."""
     hosts: list[HostStatus] = field(default_factory=list)
@@ -138,6 +153,22 @@ class StatusReport:
     """Whole-repo dead letters kept as history: their repos were put back by
     `--retry-failed` (each repo's latest verdict is counted once, above)."""
     paused_hosts: list[HostPause] = field(default_factory=list)
+
+
+def view_counts(
+    by_collection: Iterable[tuple[str, int]], deletions: Iterable[tuple[str, str, int]]
+) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """`StatusReport`'s record counts from the rows committed per collection and the
+    `_deletions` rows per (collection, reason): (current view, deleted, updated)."""
+    records = {str(k): int(v) for k, v in by_collection}
+    deleted: dict[str, int] = {}
+    updated: dict[str, int] = {}
+    for collection, reason, n in deletions:
+        into = deleted if reason == "deleted" else updated
+        into[collection] = into.get(collection, 0) + int(n)
+        if collection in records:
+            records[collection] -= int(n)
+    return records, deleted, updated
 
 
 class StateStore(Protocol):
@@ -267,6 +298,16 @@ class StateStore(Protocol):
         """(attempts, first transient failure) of a repo; (0, None) if unknown. The
         resolver's durable retries read it (claimed repos carry it in `RepoTask`).
         `retry_later` sets the first failure time when `attempts` grows."""
+        ...
+
+    def update_identity(self, identity: Identity) -> None:
+        """A claimed repo's identity resolved again (`run --refresh`: the account may
+        have moved or rotated its key): its endpoint, host and key, whatever its state."""
+        ...
+
+    def repo_keys(self, did: str) -> bytes | None:
+        """The key index the last commit of `did` stored (`RepoDone.keys`), or None.
+        `run --refresh` diffs against it (repo/diff.py): no dataset scan."""
         ...
 
     def next_unresolved(self) -> dt.datetime | None:

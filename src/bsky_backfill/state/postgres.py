@@ -551,6 +551,23 @@ class PostgresStateStore:
         return int(row[0]), None if row[1] is None else _utc(row[1])
 
     @_patient
+    def update_identity(self, identity: Identity) -> None:
+        i = identity
+        with self._tx() as cur:
+            cur.execute(
+                """UPDATE repos SET pds = %s, host = %s, signing_key = %s, updated_at = now()
+                   WHERE did = %s""",
+                (i.pds, i.host, i.signing_key, i.did),
+            )
+
+    @_patient
+    def repo_keys(self, did: str) -> bytes | None:
+        with self._tx() as cur:
+            cur.execute("SELECT keys FROM repo_keys WHERE did = %s", (did,))
+            row = cur.fetchone()
+        return None if row is None else bytes(row[0])
+
+    @_patient
     def next_unresolved(self) -> dt.datetime | None:
         with self._tx() as cur:
             cur.execute(

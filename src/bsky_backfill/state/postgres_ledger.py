@@ -21,6 +21,7 @@ from bsky_backfill.state.base import (
     RepoFailed,
     RepoState,
     StatusReport,
+    view_counts,
 )
 from bsky_backfill.state.errors import FilesChangedError
 from bsky_backfill.state.postgres_upkeep import Cursor, state_counts
@@ -81,6 +82,39 @@ def record(
                  error_stage = NULL, first_failed_at = NULL,
                  lease_owner = NULL, lease_expires_at = NULL, updated_at = now()""",
             [(d.did, d.rev, d.records) for d in sorted(done, key=lambda d: d.did)],
+        )
+    # The key index rides in the same transaction as the rows it describes; a
+    # repo landed without one (list mode) drops a stale one.
+    indexed = sorted((d for d in done if d.keys is not None), key=lambda d: d.did)
+    if indexed:
+        cur.executemany(
+            """INSERT INTO repo_keys(did, keys) VALUES (%s, %s)
+               ON CONFLICT (did) DO UPDATE SET keys = excluded.keys""",
+            [(d.did, d.keys) for d in indexed],
+        )
+    unindexed = sorted(d.did for d in done if d.keys is None)
+    if unindexed:
+        cur.execute("DELETE FROM repo_keys WHERE did = ANY(%s)", (unindexed,))
+    dropped: collections.Counter[tuple[str, str]] = collections.Counter()
+    for d in done:
+        for stage, code, n in d.superseded:
+            dropped[(stage, code)] += n
+    if dropped:
+        cur.executemany(
+            """UPDATE dead_letter_counts SET count = greatest(count - %s, 0)
+               WHERE stage = %s AND code = %s""",
+            [(n, stage, code) for (stage, code), n in sorted(dropped.items())],
+        )
+    gone: collections.Counter[tuple[str, str]] = collections.Counter()
+    for d in done:
+        for collection, reason, n in d.deletions:
+            gone[(collection, reason)] += n
+    if gone:
+        cur.executemany(
+            """INSERT INTO deletion_counts(collection, reason, count) VALUES (%s, %s, %s)
+               ON CONFLICT (collection, reason)
+               DO UPDATE SET count = deletion_counts.count + excluded.count""",
+            [(c, r, n) for (c, r), n in sorted(gone.items())],
         )
     if failed:
         cur.executemany(
@@ -159,13 +193,18 @@ def report(cur: Cursor) -> StatusReport:
     cur.execute("SELECT code, count(*) FROM superseded GROUP BY code ORDER BY count(*) DESC, code")
     superseded = {str(k): int(v) for k, v in cur.fetchall()}
     paused = pauses(cur)
+    cur.execute("SELECT collection, reason, count FROM deletion_counts")
+    gone = [(str(c), str(r), int(n)) for c, r, n in cur.fetchall()]
+    view = view_counts(by_collection, gone)
     return StatusReport(
         total=sum(total.values()),
         done=total[RepoState.DONE],
         failed=total[RepoState.FAILED],
         pending=total[RepoState.PENDING],
         in_progress=total[RepoState.IN_PROGRESS],
-        records_by_collection={k: int(v) for k, v in by_collection},
+        records_by_collection=view[0],
+        deleted_by_collection=view[1],
+        updated_by_collection=view[2],
         dead_letters_by_code={k: int(v) for k, v in by_code if v},
         hosts=sorted(hosts.values(), key=lambda h: (-h.total, h.host)),
         interrupted=min(interrupted, total[RepoState.IN_PROGRESS]),

@@ -174,5 +174,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             retired_at TIMESTAMPTZ NOT NULL DEFAULT now()
         )""",
     ),
+    (
+        # Refresh (issue 14): each landed repo's key index (every MST key and its
+        # record CID at the landed rev, repo.diff.pack_index), written by the
+        # commit that lands the repo; `run --refresh` diffs against it.
+        """CREATE TABLE repo_keys (
+            did TEXT PRIMARY KEY,
+            keys BYTEA NOT NULL
+        )""",
+        # `_deletions` rows per collection and reason: `status` counts the current
+        # view (rows minus these) without reading the dataset.
+        """CREATE TABLE deletion_counts (
+            collection TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            count BIGINT NOT NULL,
+            PRIMARY KEY (collection, reason)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

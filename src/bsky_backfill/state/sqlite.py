@@ -44,6 +44,7 @@ from bsky_backfill.state.base import (
     RepoState,
     RepoTask,
     StatusReport,
+    view_counts,
 )
 from bsky_backfill.state.errors import FilesChangedError, StateStoreError
 from bsky_backfill.state.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
@@ -380,6 +381,30 @@ class SqliteStateStore:
                      updated_at = excluded.updated_at""",
                 [(d.did, d.rev, d.records, now) for d in done],
             )
+            # The key index rides in the same transaction as the rows it describes;
+            # a repo landed without one (list mode) drops a stale one.
+            c.executemany(
+                "INSERT OR REPLACE INTO repo_keys(did, keys) VALUES (?, ?)",
+                [(d.did, d.keys) for d in done if d.keys is not None],
+            )
+            c.executemany(
+                "DELETE FROM repo_keys WHERE did = ?",
+                [(d.did,) for d in done if d.keys is None],
+            )
+            gone: collections.Counter[tuple[str, str]] = collections.Counter()
+            for d in done:
+                for collection, reason, n in d.deletions:
+                    gone[(collection, reason)] += n
+            c.executemany(
+                """UPDATE dead_letter_counts SET count = max(0, count - ?)
+                   WHERE stage = ? AND code = ?""",
+                [(n, stage, code) for d in done for stage, code, n in d.superseded],
+            )
+            c.executemany(
+                """INSERT INTO deletion_counts(collection, reason, count) VALUES (?, ?, ?)
+                   ON CONFLICT(collection, reason) DO UPDATE SET count = count + excluded.count""",
+                [(col, reason, n) for (col, reason), n in gone.items()],
+            )
             c.executemany(
                 """INSERT INTO repos(did, state, error_code, error_stage, last_error, updated_at)
                    VALUES (?, 'failed', ?, ?, ?, ?)
@@ -475,6 +500,7 @@ class SqliteStateStore:
                         WHERE collection NOT LIKE '\_%' ESCAPE '\'
                         GROUP BY collection ORDER BY collection"""
                 ).fetchall()
+                gone = c.execute("SELECT collection, reason, count FROM deletion_counts").fetchall()
                 by_code = c.execute(
                     """SELECT code, sum(count) FROM dead_letter_counts
                        GROUP BY code ORDER BY sum(count) DESC, code"""
@@ -502,13 +528,16 @@ class SqliteStateStore:
                 h.failed += n
             else:  # pending or in_progress: not finished yet
                 h.pending += n
+        view = view_counts(by_collection, gone)
         return StatusReport(
             total=sum(counts.values()),
             done=counts.get(RepoState.DONE, 0),
             failed=counts.get(RepoState.FAILED, 0),
             pending=counts.get(RepoState.PENDING, 0),
             in_progress=counts.get(RepoState.IN_PROGRESS, 0),
-            records_by_collection={k: int(v) for k, v in by_collection},
+            records_by_collection=view[0],
+            deleted_by_collection=view[1],
+            updated_by_collection=view[2],
             dead_letters_by_code={k: int(v) for k, v in by_code if v},
             hosts=sorted(hosts.values(), key=lambda h: (-h.total, h.host)),
             failed_by_code={str(k or "?"): int(v) for k, v in failed_by_code},
@@ -526,6 +555,20 @@ class SqliteStateStore:
         if row is None:
             return 0, None
         return int(row[0]), None if row[1] is None else _from_us(row[1])
+
+    def update_identity(self, identity: Identity) -> None:
+        i = identity
+        with self._write() as c:
+            c.execute(
+                """UPDATE repos SET pds = ?, host = ?, signing_key = ?, updated_at = ?
+                   WHERE did = ?""",
+                (i.pds, i.host, i.signing_key, _now_us(), i.did),
+            )
+
+    def repo_keys(self, did: str) -> bytes | None:
+        with self._locked():
+            row = self._conn.execute("SELECT keys FROM repo_keys WHERE did = ?", (did,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def next_unresolved(self) -> dt.datetime | None:
         with self._locked():
