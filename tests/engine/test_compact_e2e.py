@@ -170,3 +170,20 @@ def test_compact_refuses_bad_input_with_one_line(tmp_path: Path) -> None:
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("bsky-backfill: error:"), result.stderr
     assert list(empty.iterdir()) == []  # nothing written
+
+
+def test_run_compact_compacts_when_the_run_has_finished(tmp_path: Path) -> None:
+    scenario = Scenario(seed=165, accounts=16, hosts=2, mean_records=40)
+    out = tmp_path / "out"
+    with run_network_in_thread(scenario) as net:
+        dids = tmp_path / "dids.txt"
+        dids.write_text("\n".join(net.truth.input_dids) + "\n")
+        result = run_cli("run", "--dids", str(dids), "--out", str(out), "--plc-url", net.plc_url,
+                         "--allow-private-hosts", "--no-progress", "--rate-limit", "0",
+                         "--commit-rows", "100", "--compact")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        truth = net.truth
+    assert "compacted" in result.stdout
+    names = [p.name for c in collections_in(out) for p in (out / c).glob("*.parquet")]
+    assert names and all(n.startswith("compact-") for n in names)
+    assert_matches_truth(out, truth.expected_rows(), truth.expected_dead_letters())
