@@ -16,7 +16,8 @@ does, with keyword arguments instead of flags:
 
 Option names are the flags' names with underscores (`rate_limit`,
 `allow_private_hosts`, `max_car_size`, ...), plus `dids` (a list of DIDs),
-`verify` (the opposite of --no-verify) and lists for `collections` and `pds`.
+`verify` (the opposite of --no-verify), `validate` (the opposite of
+--no-validate) and lists for `collections` and `pds`.
 Bad values raise `bsky_backfill.errors.UsageError` before anything is written.
 """
 
@@ -37,7 +38,14 @@ from bsky_backfill.options import DEFAULTS, RETRY_DEFAULT, settings_from_options
 __all__ = ["Backfill", "RunSummary"]
 
 _RENAMED = {"dids": "did_list", "config": "config_file"}
-_NOT_OPTIONS = {"progress", "metrics_port", "log_format", "config_file", "no_verify"}
+_NOT_OPTIONS = {
+    "progress",
+    "metrics_port",
+    "log_format",
+    "config_file",
+    "no_verify",
+    "no_validate",
+}
 
 
 def _when(value: object) -> str | None:
@@ -58,8 +66,8 @@ class Backfill:
         opts["progress"] = False
         for name, value in options.items():
             key = _RENAMED.get(name, name)
-            if name == "verify":
-                opts["no_verify"] = not value
+            if name in ("verify", "validate"):
+                opts[f"no_{name}"] = not value
                 continue
             if key not in DEFAULTS or key in _NOT_OPTIONS:
                 raise UsageError(f"unknown option {name!r} for Backfill")
@@ -96,4 +104,4 @@ class Backfill:
     def options() -> Iterable[str]:
         """The option names `Backfill(...)` accepts."""
         names = {_RENAMED.get(k, k) for k in DEFAULTS} - _NOT_OPTIONS - {"did_list"}
-        return sorted(names | {"dids", "verify"})
+        return sorted(names | {"dids", "verify", "validate"})

@@ -76,6 +76,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
 @click.option("--rate-limit", type=float, default=10.0, show_default=True, metavar="N")
 @click.option("--allow-private-hosts", is_flag=True, help="Allow loopback/private PDS hosts.")
 @click.option("--no-verify", is_flag=True, help="Skip commit-signature / MST verification.")
+@click.option("--no-validate", is_flag=True, help="Skip lexicon validation of records.")
 @click.option("--progress/--no-progress", default=None, help="Live progress (default: on a TTY).")
 @click.option("--metrics-port", type=int, metavar="N")
 @click.option("--workers", type=int, default=1, show_default=True, metavar="N")

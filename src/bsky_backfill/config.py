@@ -66,6 +66,8 @@ class RunSettings(BaseModel):
     """Processes on this machine (hosts are split between them)."""
     verify: bool = True
     """Check commit signatures and MST structure (--no-verify turns it off)."""
+    validate_records: bool = True
+    """Check records against their bundled lexicon (--no-validate turns it off)."""
     progress: bool = False
     """Show a live progress display."""
     stream_bytes: int = 64 * 1024 * 1024
@@ -99,7 +101,12 @@ class RunSettings(BaseModel):
 
     @property
     def record_filter(self) -> RecordFilter:
-        return RecordFilter(collections=self.collections, since=self.since, until=self.until)
+        return RecordFilter(
+            collections=self.collections,
+            since=self.since,
+            until=self.until,
+            validate=self.validate_records,
+        )
 
     @field_validator("out", mode="before")
     @classmethod

@@ -27,12 +27,15 @@ def utcnow() -> dt.datetime:
 class RecordFilter:
     """Which records a run keeps: wanted collections and a createdAt window [since, until).
 
-    `since`/`until` are aware UTC datetimes or None (unbounded).
+    `since`/`until` are aware UTC datetimes or None (unbounded). `validate`:
+    check records of collections with a bundled lexicon against it
+    (records/validate.py; `--no-validate` turns it off).
     """
 
     collections: frozenset[str]
     since: dt.datetime | None = None
     until: dt.datetime | None = None
+    validate: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,11 +16,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import ByteSize, TypeAdapter, ValidationError
+
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.errors import BackfillError, UsageError
+from bsky_backfill.records.collections import expand_collections
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
-from bsky_backfill.syntax import is_valid_nsid, parse_datetime
+from bsky_backfill.syntax import parse_datetime
 from bsky_backfill.xrpc.client import SPOOL_BYTES, HttpSettings
 from bsky_backfill.xrpc.retry import RetryPolicy
 from bsky_backfill.xrpc.ssrf import parse_endpoint
@@ -29,7 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "dids_file": None, "did_list": (), "all_from_plc": False, "from_relay": None, "pds": (),
     "collections": None, "since": None, "until": None, "out": "bsky-data", "queue": None,
     "plc_url": "https://plc.directory", "method": "car", "rate_limit": 10.0,
-    "allow_private_hosts": False, "no_verify": False, "progress": False, "metrics_port": None,
+    "allow_private_hosts": False, "no_verify": False, "no_validate": False, "progress": False,
+    "metrics_port": None,
     "workers": 1, "refresh": False, "compact": False, "config_file": None, "host_concurrency": 4,
     "commit_rows": 200_000, "commit_seconds": 10.0, "connect_timeout": 10.0,
     "read_timeout": 60.0, "max_car_size": "4GiB", "max_attempts": 6, "retry_base": 2.0,
@@ -95,21 +99,18 @@ def parse_when(value: str | None, flag: str) -> dt.datetime | None:
 
 
 def parse_collections(value: str | None) -> frozenset[str]:
+    """`--collections`: exact NSIDs and patterns (`app.bsky.feed.*`) -> exact names."""
     if value is None:
         return frozenset(DEFAULT_COLLECTIONS)
     names = [part.strip() for part in value.split(",") if part.strip()]
     if not names:
         raise UsageError("--collections is empty")
-    for name in names:
-        if not is_valid_nsid(name):
-            raise UsageError(f"--collections: {name!r} is not a valid NSID")
-    return frozenset(names)
+    return expand_collections(names)
 
 
-_SIZE_UNITS = {
-    "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}  # fmt: skip
+# pydantic parses sizes ("500MB", "4GiB", "1.5 gb", decimal and binary units);
+# this module only words the errors and sets the bounds.
+_SIZES = TypeAdapter(ByteSize)
 
 
 MAX_SIZE = 2**50
@@ -118,19 +119,13 @@ MAX_SIZE = 2**50
 
 def parse_size(value: str, flag: str) -> int:
     """`500MB`, `4GiB`, `123456` -> bytes (a whole number, at least 1, at most 1 PiB)."""
-    text = str(value).strip().lower().replace(" ", "")
-    number = text.rstrip("kmgtib")
-    unit = text[len(number) :]
     try:
-        amount = float(number)
-    except ValueError:
+        size = int(_SIZES.validate_python(str(value).strip()))
+    except ValidationError:
         raise UsageError(f"{flag} {value!r} is not a size like 500MB or 4GiB") from None
-    if unit not in _SIZE_UNITS or not math.isfinite(amount) or amount <= 0:
-        raise UsageError(f"{flag} {value!r} is not a size like 500MB or 4GiB")
-    size = amount * _SIZE_UNITS[unit]
     if size < 1 or size > MAX_SIZE:
         raise UsageError(f"{flag} {value!r} must be between 1 byte and 1PiB")
-    return int(size)
+    return size
 
 
 MAX_SECONDS = 1e6
@@ -253,6 +248,7 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
         rate_limit=opts["rate_limit"] or None,
         allow_private_hosts=opts["allow_private_hosts"],
         verify=not opts["no_verify"],
+        validate_records=not opts["no_validate"],
         progress=progress,
         host_concurrency=opts["host_concurrency"],
         global_host_rate=opts["global_host_rate"],

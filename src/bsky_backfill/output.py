@@ -53,6 +53,8 @@ def print_summary(summary: RunSummary, out: Path | str) -> None:
         f"{summary.requests:,} requests, {summary.bytes / 1e6:,.1f} MB"
     )
     _print_counts(console, summary.records, summary.dead_letters)
+    for line in summary.empty_collections:
+        console.print(escape(line))
     console.print(f"dataset: {escape(str(out))}")
 
 

@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from bsky_backfill.errors import UsageError
+from bsky_backfill.records.collections import is_collection_pattern
 from bsky_backfill.syntax import is_valid_nsid
 
 ENV_PREFIX = "BSKY_BACKFILL_"
@@ -97,6 +98,7 @@ class RunFileOptions(BaseModel):
     rate_limit: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     allow_private_hosts: bool | None = None
     no_verify: bool | None = None
+    no_validate: bool | None = None
     progress: bool | None = None
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     workers: int | None = Field(default=None, ge=1)
@@ -126,9 +128,9 @@ class RunFileOptions(BaseModel):
         if names is not None:
             if not names:
                 raise ValueError("is empty")
-            bad = [n for n in names if not is_valid_nsid(n)]
+            bad = [n for n in names if not (is_valid_nsid(n) or is_collection_pattern(n))]
             if bad:
-                raise ValueError(f"{bad[0]!r} is not a valid NSID")
+                raise ValueError(f"{bad[0]!r} is not a valid NSID or a pattern like app.bsky.*")
         return names
 
     @field_validator("since", "until")

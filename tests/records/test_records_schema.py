@@ -20,8 +20,22 @@ def test_collection_schemas() -> None:
         "langs",
         "reply_root_uri",
         "reply_parent_uri",
+        "embed_type",
+        "quote_uri",
+        "quote_cid",
+        "external_uri",
+        "image_count",
+        "mention_dids",
+        "link_uris",
+        "tags",
     ]
-    assert schema_for("app.bsky.feed.post").field("langs").type == pa.list_(pa.string())
+    post = schema_for("app.bsky.feed.post")
+    for name in ("langs", "mention_dids", "link_uris", "tags"):
+        assert post.field(name).type == pa.list_(pa.string())
+    assert post.field("image_count").type == pa.int32()
+    assert schema_for("app.bsky.graph.listitem").names == [*COMMON, "subject_did", "list_uri"]
+    for c in ("app.bsky.feed.threadgate", "app.bsky.feed.postgate"):
+        assert schema_for(c).names == [*COMMON, "post_uri"]
     for c in ("app.bsky.feed.like", "app.bsky.feed.repost"):
         assert schema_for(c).names == [*COMMON, "subject_uri", "subject_cid"]
     for c in ("app.bsky.graph.follow", "app.bsky.graph.block"):

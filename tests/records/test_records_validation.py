@@ -1,7 +1,9 @@
 """Record-level rules on synthetic repos: dead letters, window edge cases, typed columns.
 
 Repos are built with `repo.build` (a real MST over DAG-CBOR blocks), so the
-whole extract_repo path runs exactly as on a fetched CAR.
+whole extract_repo path runs exactly as on a fetched CAR. These tests pin the
+checks made without lexicon validation (`--no-validate`); the last one shows
+what validation adds (tests/records/test_lexicon_validation.py has the rest).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import datetime as dt
 import json
 from typing import Any
 
+import libipld
 import pyarrow as pa
 import pytest
 
@@ -82,7 +85,7 @@ def _letters(letters: list[DeadLetter]) -> dict[str, tuple[str, str]]:
 
 
 def test_dead_letters(car: bytes) -> None:
-    x = extract_repo(car, DID, RecordFilter(WANTED))
+    x = extract_repo(car, DID, RecordFilter(WANTED, validate=False))
     assert x.records_seen == len(RECORDS) + 1
     invalid = ("validate", "InvalidRecord")
     assert _letters(x.dead_letters) == {
@@ -110,7 +113,7 @@ def test_dead_letters(car: bytes) -> None:
 
 
 def test_values_and_typed_columns(car: bytes) -> None:
-    x = extract_repo(car, DID, RecordFilter(WANTED))
+    x = extract_repo(car, DID, RecordFilter(WANTED, validate=False))
     posts = {r["rkey"]: r for r in x.tables[POST].to_pylist()}
     assert posts["3aaaaaaaaaa22"]["langs"] == ["en", "pt-BR"]
     # 9 fractional digits and an offset: kept, truncated to microseconds, in UTC.
@@ -142,14 +145,14 @@ def test_values_and_typed_columns(car: bytes) -> None:
 
 def test_window_with_invalid_and_unknown(car: bytes) -> None:
     since = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
-    x = extract_repo(car, DID, RecordFilter(WANTED, since=since))
+    x = extract_repo(car, DID, RecordFilter(WANTED, since=since, validate=False))
     posts = set(x.tables[POST].column("rkey").to_pylist())
     assert "3aaaaaaaaaa28" not in posts  # valid but before the window: dropped silently
     assert f"{POST}/3aaaaaaaaaa29" in _letters(x.dead_letters)  # invalid: reported anyway
     assert "app.bsky.actor.profile" in x.tables
     # Unknown collection: dated records windowed, undated (or invalid) ones kept.
     assert sorted(x.tables["net.example.thing"].column("rkey").to_pylist()) == ["b", "d"]
-    before = extract_repo(car, DID, RecordFilter(WANTED, until=since))
+    before = extract_repo(car, DID, RecordFilter(WANTED, until=since, validate=False))
     assert set(before.tables["net.example.thing"].column("rkey").to_pylist()) == {
         "a",
         "b",
@@ -166,13 +169,13 @@ def test_unwanted_collections_are_not_touched(car: bytes) -> None:
 
 
 def test_empty_repo() -> None:
-    x = extract_repo(build_repo(DID, {}), DID, RecordFilter(WANTED))
+    x = extract_repo(build_repo(DID, {}), DID, RecordFilter(WANTED, validate=False))
     assert (x.tables, x.dead_letters, x.records_seen, x.rev) == ({}, [], 0, "2222222222222")
 
 
 def test_columns_seam_for_list_records() -> None:
     """JSON-shaped records, interleaved collections: the listRecords entry point."""
-    cols = RecordColumns(DID, RecordFilter(frozenset({POST, "app.bsky.feed.like"})))
+    cols = RecordColumns(DID, RecordFilter(frozenset({POST, "app.bsky.feed.like"}), validate=False))
     like = {
         "$type": "app.bsky.feed.like",
         "subject": {"uri": "at://did:plc:x/app.bsky.feed.post/1", "cid": "bafyx"},
@@ -190,3 +193,20 @@ def test_columns_seam_for_list_records() -> None:
     assert json.loads(posts[0]["record"])["embed"]["image"] == image
     assert tables["app.bsky.feed.like"].column("subject_cid").to_pylist() == ["bafyx"]
     assert [(d.stage, d.error) for d in letters] == [("validate", "InvalidRecord")]
+
+
+def test_lexicon_validation_adds_dead_letters_that_keep_the_record(car: bytes) -> None:
+    without = _letters(extract_repo(car, DID, RecordFilter(WANTED, validate=False)).dead_letters)
+    x = extract_repo(car, DID, RecordFilter(WANTED))
+    added = {u: d for u, d in _letters(x.dead_letters).items() if u not in without}
+    assert added == {
+        f"{POST}/3aaaaaaaaaa27": ("validate", "InvalidRecord"),
+        "app.bsky.feed.like/3aaaaaaaaac22": ("validate", "InvalidRecord"),
+    }
+    by_uri = {d.uri.partition(DID + "/")[2]: d for d in x.dead_letters if d.uri}
+    like = by_uri["app.bsky.feed.like/3aaaaaaaaac22"]
+    assert like.message == "subject: expected com.atproto.repo.strongRef, got string"
+    assert like.cid == libipld.encode_cid(cid_for(RECORDS["app.bsky.feed.like/3aaaaaaaaac22"]))
+    assert json.loads(like.record or "") == RECORDS["app.bsky.feed.like/3aaaaaaaaac22"]
+    assert by_uri[f"{POST}/3aaaaaaaaaa27"].message == "text: expected a string, got integer"
+    assert "app.bsky.feed.like" not in x.tables

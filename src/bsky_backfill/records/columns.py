@@ -26,6 +26,10 @@ Rules (the `createdAt` window is [since, until)):
 
 * `$type` must equal the collection and the record key must be valid, else
   dead letter (stage validate, InvalidRecord).
+* Collections with a bundled lexicon (`records.validate`): the record must be
+  valid under it (unless `RecordFilter.validate` is off, `--no-validate`),
+  else dead letter with the path and rule in the message.
+* Every validate-stage dead letter keeps the record's `cid` and its JSON.
 * Collections whose Lexicon requires createdAt: a missing or invalid createdAt
   is a dead letter; the window applies.
 * Known collections with optional/no createdAt (`app.bsky.actor.profile`,
@@ -47,9 +51,11 @@ import pyarrow as pa
 
 from bsky_backfill.models import DeadLetter, RecordFilter
 from bsky_backfill.records.datamodel import has_float as _has_float
-from bsky_backfill.records.json import RecordEncodeError, encode_default
+from bsky_backfill.records.json import RecordEncodeError, encode_default, to_json
 from bsky_backfill.records.lexicon import CREATED_AT_REQUIRED, window_applies
 from bsky_backfill.records.schema import TIMESTAMP, schema_for
+from bsky_backfill.records.validate import Validator, record_checks
+from bsky_backfill.records.validate_codegen import FastCheck
 from bsky_backfill.syntax import RECORD_KEY_RE, datetime_micros, datetime_value
 
 __all__ = ["RecordColumns"]
@@ -70,8 +76,19 @@ _rkey_ok = RECORD_KEY_RE.fullmatch
 # helper: a call per field is measurable at this rate.
 
 
+_EMBED_RECORD = "app.bsky.embed.record"
+_EMBED_MEDIA = "app.bsky.embed.recordWithMedia"
+_EMBED_IMAGES = "app.bsky.embed.images"
+_EMBED_EXTERNAL = "app.bsky.embed.external"
+_MENTION = "app.bsky.richtext.facet#mention"
+_LINK = "app.bsky.richtext.facet#link"
+_TAG = "app.bsky.richtext.facet#tag"
+_NONE: tuple[str, ...] = ()  # shared: most posts have no mentions, links or tags
+
+
 def _extract_post(rec: dict[str, Any], cols: tuple[list[Any], ...]) -> None:
-    text, langs, root_uri, parent_uri = cols
+    (text, langs, root_uri, parent_uri, embed_type, quote_uri, quote_cid,
+     external_uri, image_count, mentions, links, tags) = cols  # fmt: skip
     value = rec.get("text")
     text.append(value if value.__class__ is str else None)
     value = rec.get("langs")
@@ -88,6 +105,88 @@ def _extract_post(rec: dict[str, Any], cols: tuple[list[Any], ...]) -> None:
     else:
         root_uri.append(None)
         parent_uri.append(None)
+    _extract_embed(rec.get("embed"), embed_type, quote_uri, quote_cid, external_uri, image_count)
+    # Facet features in order (mentions, links, tags), then the post's own `tags`.
+    found_m: list[str] | tuple[str, ...] = _NONE
+    found_l: list[str] | tuple[str, ...] = _NONE
+    found_t: list[str] | tuple[str, ...] = _NONE
+    facets = rec.get("facets")
+    if facets.__class__ is list:
+        found_m, found_l, found_t = [], [], []
+        for facet in facets:
+            features = facet.get("features") if facet.__class__ is dict else None
+            if features.__class__ is not list:
+                continue
+            for feature in features:
+                if feature.__class__ is not dict:
+                    continue
+                kind = feature.get("$type")
+                if kind == _MENTION:
+                    value = feature.get("did")
+                    if value.__class__ is str:
+                        found_m.append(value)
+                elif kind == _LINK:
+                    value = feature.get("uri")
+                    if value.__class__ is str:
+                        found_l.append(value)
+                elif kind == _TAG:
+                    value = feature.get("tag")
+                    if value.__class__ is str:
+                        found_t.append(value)
+    extra = rec.get("tags")
+    if extra.__class__ is list:
+        found_t = [*found_t, *(t for t in extra if t.__class__ is str)]
+    mentions.append(found_m)
+    links.append(found_l)
+    tags.append(found_t)
+
+
+def _extract_embed(
+    embed: Any,
+    embed_type: list[Any],
+    quote_uri: list[Any],
+    quote_cid: list[Any],
+    external_uri: list[Any],
+    image_count: list[Any],
+) -> None:
+    """embed -> its `$type`, the quoted record's strongRef (record, or the record of
+    recordWithMedia), the external link's uri and the image count (images, or the
+    media of recordWithMedia)."""
+    kind = embed.get("$type") if embed.__class__ is dict else None
+    if kind.__class__ is not str:
+        embed_type.append(None)
+        quote_uri.append(None)
+        quote_cid.append(None)
+        external_uri.append(None)
+        image_count.append(None)
+        return
+    embed_type.append(kind)
+    media = embed
+    quoted = None
+    if kind == _EMBED_RECORD:
+        quoted = embed.get("record")
+    elif kind == _EMBED_MEDIA:
+        inner = embed.get("record")
+        quoted = inner.get("record") if inner.__class__ is dict else None
+        media = embed.get("media")
+        if media.__class__ is not dict:
+            media = {}
+    if quoted.__class__ is dict:
+        value = quoted.get("uri")
+        quote_uri.append(value if value.__class__ is str else None)
+        value = quoted.get("cid")
+        quote_cid.append(value if value.__class__ is str else None)
+    else:
+        quote_uri.append(None)
+        quote_cid.append(None)
+    media_kind = media.get("$type")
+    value = None
+    if media_kind == _EMBED_EXTERNAL:
+        external = media.get("external")
+        value = external.get("uri") if external.__class__ is dict else None
+    external_uri.append(value if value.__class__ is str else None)
+    images = media.get("images") if media_kind == _EMBED_IMAGES else None
+    image_count.append(len(images) if images.__class__ is list else None)
 
 
 def _extract_subject_ref(rec: dict[str, Any], cols: tuple[list[Any], ...]) -> None:
@@ -108,6 +207,18 @@ def _extract_subject_did(rec: dict[str, Any], cols: tuple[list[Any], ...]) -> No
     cols[0].append(value if value.__class__ is str else None)
 
 
+def _extract_listitem(rec: dict[str, Any], cols: tuple[list[Any], ...]) -> None:
+    value = rec.get("subject")
+    cols[0].append(value if value.__class__ is str else None)
+    value = rec.get("list")
+    cols[1].append(value if value.__class__ is str else None)
+
+
+def _extract_post_uri(rec: dict[str, Any], cols: tuple[list[Any], ...]) -> None:
+    value = rec.get("post")
+    cols[0].append(value if value.__class__ is str else None)
+
+
 _Extractor = Callable[[dict[str, Any], tuple[list[Any], ...]], None]
 _EXTRACTORS: dict[str, _Extractor] = {
     "app.bsky.feed.post": _extract_post,
@@ -115,21 +226,38 @@ _EXTRACTORS: dict[str, _Extractor] = {
     "app.bsky.feed.repost": _extract_subject_ref,
     "app.bsky.graph.follow": _extract_subject_did,
     "app.bsky.graph.block": _extract_subject_did,
+    "app.bsky.graph.listitem": _extract_listitem,
+    "app.bsky.feed.threadgate": _extract_post_uri,
+    "app.bsky.feed.postgate": _extract_post_uri,
 }
 
 
 class _Collection:
     """One collection of one repo: its rules and its typed-column lists."""
 
-    __slots__ = ("extract", "extras", "name", "prefix", "required", "schema", "windowed")
+    __slots__ = (
+        "explain",
+        "extract",
+        "extras",
+        "name",
+        "prefix",
+        "required",
+        "schema",
+        "validator",
+        "windowed",
+    )
 
-    def __init__(self, did: str, name: str, window_on: bool) -> None:
+    def __init__(self, did: str, name: str, window_on: bool, validate: bool) -> None:
         self.name = name
         self.prefix = f"at://{did}/{name}/"
         self.schema = schema_for(name)
         self.required = name in CREATED_AT_REQUIRED
         self.windowed = window_on and window_applies(name)
         self.extract = _EXTRACTORS.get(name)
+        # createdAt is parsed below anyway; the validator leaves its syntax to us.
+        checks = record_checks(name, trust_created_at=True) if validate else None
+        self.validator: FastCheck | None = None if checks is None else checks[0]
+        self.explain: Validator | None = None if checks is None else checks[1]
         self.extras: tuple[list[Any], ...] = tuple([] for _ in range(len(self.schema) - _N_COMMON))
 
 
@@ -139,6 +267,7 @@ class RecordColumns:
     def __init__(self, did: str, filt: RecordFilter) -> None:
         self.did = did
         self.wanted = filt.collections
+        self._validate = filt.validate
         self._since = _aware(filt.since)
         self._until = _aware(filt.until)
         self._since_us = None if self._since is None else _micros(self._since)
@@ -164,9 +293,20 @@ class RecordColumns:
         """Record a dead letter for this repo (uri None: the whole repo)."""
         self.dead_letters.append(DeadLetter(self.did, uri, stage, error, message))
 
-    def _invalid(self, collection: str, rkey: str, message: str) -> None:
+    def _invalid(
+        self, collection: str, rkey: str, message: str, cid: str | None = None, record: Any = None
+    ) -> None:
+        """A validate-stage dead letter, keeping the record (when it can be written as JSON)."""
         uri = f"at://{self.did}/{collection}/{rkey}"
-        self.dead_letters.append(DeadLetter(self.did, uri, "validate", "InvalidRecord", message))
+        text = None
+        if record is not None:
+            try:
+                text = to_json(record)
+            except (RecordEncodeError, TypeError):
+                text = None
+        self.dead_letters.append(
+            DeadLetter(self.did, uri, "validate", "InvalidRecord", message, cid=cid, record=text)
+        )
 
     def add(self, collection: str, rkey: str, cid: str, record: Any) -> None:
         """Validate one record of a wanted collection; keep it if it is in the window."""
@@ -191,29 +331,43 @@ class RecordColumns:
         for collection, rkey, cid, record in items:
             cols = get_cols(collection)
             if cols is None:
-                cols = self._cols[collection] = _Collection(self.did, collection, self._window_on)
+                cols = self._cols[collection] = _Collection(
+                    self.did, collection, self._window_on, self._validate
+                )
             if record.__class__ is not dict:
                 invalid(collection, rkey, f"record is a {type(record).__name__}, not a map")
                 continue
             rtype = record.get("$type")
             if rtype != collection:
-                invalid(collection, rkey, f"$type is {rtype!r:.100}, expected the collection")
+                message = f"$type is {rtype!r:.100}, expected the collection"
+                invalid(collection, rkey, message, cid, record)
                 continue
             if _rkey_ok(rkey) is None:
-                invalid(collection, rkey, "record key is not valid")
+                invalid(collection, rkey, "record key is not valid", cid, record)
                 continue
             created = record.get("createdAt")
             when = datetime_value(created) if created.__class__ is str else None
             if when is None:
                 if cols.required:
                     what = "missing" if created is None else f"not valid: {created!r:.64}"
-                    invalid(collection, rkey, f"createdAt is {what}")
+                    invalid(collection, rkey, f"createdAt is {what}", cid, record)
+                    continue
+                if created.__class__ is str and cols.validator is not None:
+                    # Optional in the lexicon, but not in a wrong format.
+                    message = f"createdAt: {created!r:.100} is not a valid datetime"
+                    invalid(collection, rkey, message, cid, record)
                     continue
                 created = None
-            elif cols.windowed and not self._in_window(when):
+            if cols.validator is not None and not cols.validator(record):
+                problem = cols.explain(record)  # type: ignore[misc]
+                if problem is not None:
+                    invalid(collection, rkey, problem, cid, record)
+                    continue
+            if when is not None and cols.windowed and not self._in_window(when):
                 continue
             if has_float(record):
-                invalid(collection, rkey, "record holds a float (the data model has none)")
+                message = "record holds a float (the data model has none)"
+                invalid(collection, rkey, message, cid, record)
                 continue
             try:
                 js = _dumps(record, default=encode_default, option=_SORT_KEYS)
@@ -328,7 +482,7 @@ def _build_extra(values: list[Any], typ: pa.DataType) -> pa.Array:
         # Only list columns hold unchecked elements (langs); a list holding
         # anything but strings becomes null rather than failing the repo.
         clean = [
-            v if v.__class__ is list and all(x.__class__ is str for x in v) else None
+            v if v.__class__ in (list, tuple) and all(x.__class__ is str for x in v) else None
             for v in values
         ]
         return pa.array(clean, typ)

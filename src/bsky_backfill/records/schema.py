@@ -36,20 +36,39 @@ COMMON_FIELDS: tuple[pa.Field, ...] = (
 
 _SUBJECT_REF = (pa.field("subject_uri", pa.string()), pa.field("subject_cid", pa.string()))
 _SUBJECT_DID = (pa.field("subject_did", pa.string()),)
+_POST_URI = (pa.field("post_uri", pa.string()),)
+_STRINGS = pa.list_(pa.string())
 
 # Typed columns some collections add after the common ones (all nullable:
 # a record that lacks the field, or has it in the wrong shape, gets a null).
+# Each is derived from the `record` JSON by records/columns.py; how, exactly,
+# is in the README ("Output") and tests/records/test_typed_columns.py holds
+# every column equal to a JSON path query on `record`.
 EXTRA_FIELDS: dict[str, tuple[pa.Field, ...]] = {
     "app.bsky.feed.post": (
         pa.field("text", pa.string()),
-        pa.field("langs", pa.list_(pa.string())),
+        pa.field("langs", _STRINGS),
         pa.field("reply_root_uri", pa.string()),
         pa.field("reply_parent_uri", pa.string()),
+        pa.field("embed_type", pa.string()),
+        pa.field("quote_uri", pa.string()),
+        pa.field("quote_cid", pa.string()),
+        pa.field("external_uri", pa.string()),
+        pa.field("image_count", pa.int32()),
+        pa.field("mention_dids", _STRINGS),
+        pa.field("link_uris", _STRINGS),
+        pa.field("tags", _STRINGS),
     ),
     "app.bsky.feed.like": _SUBJECT_REF,
     "app.bsky.feed.repost": _SUBJECT_REF,
     "app.bsky.graph.follow": _SUBJECT_DID,
     "app.bsky.graph.block": _SUBJECT_DID,
+    "app.bsky.graph.listitem": (
+        pa.field("subject_did", pa.string()),
+        pa.field("list_uri", pa.string()),
+    ),
+    "app.bsky.feed.threadgate": _POST_URI,
+    "app.bsky.feed.postgate": _POST_URI,
 }
 
 _SCHEMAS: dict[str, pa.Schema] = {}
