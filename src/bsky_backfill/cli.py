@@ -18,7 +18,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from click.core import ParameterSource
@@ -34,6 +34,9 @@ from bsky_backfill.output import nothing_landed_line, print_status, print_summar
 from bsky_backfill.settings_file import merge_options
 from bsky_backfill.state.open import redact
 from bsky_backfill.state.runlock import live_holder
+
+if TYPE_CHECKING:
+    from bsky_backfill.sinks.compact import CompactReport
 
 EXIT_USAGE = 2
 EXIT_FATAL = 1
@@ -78,6 +81,8 @@ def cli(ctx: click.Context, verbose: int) -> None:
 @click.option("--metrics-port", type=int, metavar="N")
 @click.option("--workers", type=int, default=1, show_default=True, metavar="N")
 @click.option("--refresh", is_flag=True, help="Fetch only what changed since the last run.")
+@click.option("--compact", is_flag=True,
+              help="When the run has finished, compact the dataset (see `compact`).")  # fmt: skip
 @click.option("--config", "config_file", metavar="FILE.toml")
 @click.option(
     "--host-concurrency",
@@ -220,6 +225,8 @@ def run(ctx: click.Context, /, **opts: Any) -> None:
     print_summary(summary, settings.out)
     if summary.stopped:
         sys.exit(130)
+    if settings.compact:
+        _compact_after_run(settings)
     if summary.nothing_landed:
         click.echo(f"bsky-backfill: {nothing_landed_line(summary, settings.out)}", err=True)
         sys.exit(EXIT_NOTHING_LANDED)
@@ -254,6 +261,29 @@ def _run_engine(
         return asyncio.run(main())
     except UsageError as e:
         _fail_usage(e.message)
+
+
+def _compact_after_run(settings: RunSettings) -> None:
+    """`run --compact`: the finished run's dataset compacted with the defaults."""
+    from bsky_backfill.sinks.compact import compact_dataset
+    from bsky_backfill.state.open import open_store
+
+    store = open_store(settings.queue, settings.state_path)
+    try:
+        report = compact_dataset(settings.out, store)
+    finally:
+        store.close()
+    _print_compaction(report)
+
+
+def _print_compaction(report: CompactReport) -> None:
+    for t in report.tables:
+        what = t.skipped or (
+            f"{t.files_before} files ({t.bytes_before >> 20} MiB) -> "
+            f"{t.files_after} files ({t.bytes_after >> 20} MiB)"
+        )
+        click.echo(f"{t.collection}: {t.rows} rows, {what}")
+    click.echo(f"compacted {report.rows} rows in {report.seconds:.1f} s")
 
 
 @cli.command()
@@ -383,13 +413,7 @@ def compact(
         report = compact_dataset(out, store, cfg, collections=wanted)
     finally:
         store.close()
-    for t in report.tables:
-        what = t.skipped or (
-            f"{t.files_before} files ({t.bytes_before >> 20} MiB) -> "
-            f"{t.files_after} files ({t.bytes_after >> 20} MiB)"
-        )
-        click.echo(f"{t.collection}: {t.rows} rows, {what}")
-    click.echo(f"compacted {report.rows} rows in {report.seconds:.1f} s")
+    _print_compaction(report)
 
 
 def _memory_limit(value: str) -> str:

@@ -63,6 +63,8 @@ class RunSettings(BaseModel):
     """Allow PDS endpoints on loopback/private addresses (tests, local networks)."""
     refresh: bool = False
     """Check finished repos for what changed since their landed revision."""
+    compact: bool = False
+    """Compact the dataset once the run has finished (sinks/compact.py)."""
     workers: int = 1
     """Processes on this machine (hosts are split between them)."""
     verify: bool = True

@@ -34,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "plc_url": "https://plc.directory", "method": "car", "rate_limit": 10.0,
     "allow_private_hosts": False, "no_verify": False, "no_validate": False, "progress": False,
     "metrics_port": None,
-    "workers": 1, "refresh": False, "config_file": None, "host_concurrency": 4,
+    "workers": 1, "refresh": False, "compact": False, "config_file": None, "host_concurrency": 4,
     "commit_rows": 200_000, "commit_seconds": 10.0, "connect_timeout": 10.0,
     "read_timeout": 60.0, "max_car_size": "4GiB", "max_attempts": 6, "retry_base": 2.0,
     "log_format": "text", "global_host_rate": None, "stream_size": "64MiB",
@@ -257,6 +257,7 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
         from_relay=opts["from_relay"],
         pds=tuple(opts["pds"]),
         refresh=opts["refresh"],
+        compact=opts["compact"],
         commit_rows=opts["commit_rows"],
         commit_seconds=opts["commit_seconds"],
         http=HttpSettings(

@@ -103,6 +103,7 @@ class RunFileOptions(BaseModel):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     workers: int | None = Field(default=None, ge=1)
     refresh: bool | None = None
+    compact: bool | None = None
     host_concurrency: int | None = Field(default=None, ge=1)
     global_host_rate: int | None = Field(default=None, ge=1)
     commit_rows: int | None = Field(default=None, ge=1)

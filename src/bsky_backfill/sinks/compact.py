@@ -84,6 +84,9 @@ class CompactConfig:
     """A table with fewer run-written files than this is left alone."""
     batch_rows: int = 65_536
     """Rows per record batch fetched from the sort."""
+    page_bytes: int = 1024 * 1024
+    """Target data page size: what a reader that finds one row in a row group reads
+    of each column it needs (page indexes let readers skip the other pages)."""
     order: str = "month"
     """"month": by month of created_at, then did, rkey (per-month and per-DID
     queries both prune); "did": by did, rkey only (per-DID queries prune best,
@@ -348,6 +351,7 @@ class _Output:
             compression="zstd",
             write_statistics=True,
             write_page_index=True,
+            data_page_size=self.cfg.page_bytes,
             sorting_columns=self.sorting,
         )
         self._file_rows = 0
