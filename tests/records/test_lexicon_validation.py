@@ -20,6 +20,7 @@ import pytest
 from bsky_backfill.models import RecordFilter
 from bsky_backfill.records.transform import extract_repo
 from bsky_backfill.records.validate import (
+    _FORMATS,
     compile_pairs,
     compile_records,
     grapheme_count,
@@ -27,6 +28,7 @@ from bsky_backfill.records.validate import (
     load_lexicons,
     validator_for,
 )
+from bsky_backfill.records.validate_codegen import _COMMON
 from bsky_backfill.repo.build import build_repo, cid_for
 from bsky_backfill.repo.car import read_car
 from bsky_backfill.repo.commit import read_commit
@@ -113,6 +115,16 @@ def test_string_formats_follow_the_interop_syntax_files(kind: str) -> None:
     wrongly_valid = [v for v in invalid if validate({"v": v}) is None]
     assert wrongly_valid == []
     assert validate({"v": "\x00"}) == f"v: '\\x00' is not a valid {fmt}"
+    # The generated fast path's always-valid shapes are subsets of the format.
+    common = _COMMON.get(fmt)
+    if common is not None:
+        assert [v for v in invalid if common.fullmatch(v)] == []
+        samples = [*valid, "did:plc:outsidenetwork000000000", "did:web:a.b-c.example"]
+        samples += ["https://e.com/a?b=c#d", "http://x", "https://" + "é" * 3000]
+        if fmt == "at-uri":
+            samples = [f"at://{d}/app.bsky.feed.post/3k-x_y:z~" for d in samples[-2:]]
+        checker = _FORMATS[fmt]
+        assert [v for v in samples if common.fullmatch(v) and not checker(v)] == []
 
 
 def _agree(pairs: dict[str, Any], nsid: str, record: Any) -> None:
