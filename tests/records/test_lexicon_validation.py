@@ -510,3 +510,55 @@ def test_bundled_lexicons_are_the_upstream_files_shipped_as_package_data() -> No
             upstream_records.add(doc["id"])
     assert upstream_records <= known_record_types()
     assert all(validator_for(n) is not None for n in known_record_types())
+
+
+_ODD_VALUES: list[Any] = [
+    None, True, 0, -1, 2**40, "", "x" * 5000, "did:plc:x", POST_URI, CID, [], [1], {},
+    {"$type": "blob"}, {"$link": CID}, {"$bytes": "AAE"}, b"\x01\x71\x12\x20" + b"\x00" * 32,
+    b"", {"$type": "app.bsky.embed.images"}, {"$type": 5},
+]  # fmt: skip
+
+
+def _mutations(value: Any, rng: Any, depth: int = 0) -> Any:
+    """A copy of `value` with a few random leaves replaced, keys dropped or added."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            roll = rng.random()
+            if roll < 0.08:
+                continue  # drop the key
+            out[key] = rng.choice(_ODD_VALUES) if roll < 0.2 else _mutations(item, rng, depth + 1)
+        if rng.random() < 0.1:
+            out[rng.choice(["extra", "text", "embed", "subject", "$type"])] = rng.choice(
+                _ODD_VALUES
+            )
+        return out
+    if isinstance(value, list):
+        items = [_mutations(item, rng, depth + 1) for item in value]
+        if rng.random() < 0.1:
+            items.append(rng.choice(_ODD_VALUES))
+        return items
+    return rng.choice(_ODD_VALUES) if rng.random() < 0.15 else value
+
+
+def test_mutated_records_never_crash_and_both_checks_agree() -> None:
+    """Property test over untrusted input: real records with random damage."""
+    import random
+
+    rng = random.Random(17)
+    pairs = compile_pairs(load_lexicons(), trust_created_at=False)
+    seeds = [
+        (collection, record)
+        for path in (CARS / "laravel-bluesky" / "bsky-app.car", CARS / "arroba" / "snarfed2.car")
+        for collection, _rkey, record in _car_records(path)
+        if collection in pairs and isinstance(record, dict)
+    ]
+    invalid = 0
+    for _ in range(4000):
+        collection, record = rng.choice(seeds)
+        damaged = _mutations(record, rng)
+        fast, explain = pairs[collection]
+        verdict = fast(damaged)
+        assert verdict is (explain(damaged) is None), (collection, damaged)
+        invalid += not verdict
+    assert 1000 < invalid < 4000  # the damage is seen, and some survives as valid
