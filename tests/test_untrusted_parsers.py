@@ -272,13 +272,13 @@ def test_list_records_pages() -> None:
     task = RepoTask(did=DID, pds="https://pds.example", host="pds.example", signing_key=None,
                     attempts=0)  # fmt: skip
     slot = HostSlot("pds.example", None, 1)
-    started = time.monotonic()
-    for i, mutant in enumerate(mutants(page, rng, 600)):
+    # A page that loops the fetcher forever ends in pytest's timeout (a guard, not a
+    # timing assertion).
+    for mutant in mutants(page, rng, 600):
         fetcher = ListFetcher(_PageServer([mutant, mutant]), filt)  # type: ignore[arg-type]
         check(lambda fetcher=fetcher: asyncio.run(fetcher.fetch(slot, task)))
         if isinstance(mutant, dict) and isinstance(mutant.get("records"), list):
             page_older_than(mutant["records"], _SINCE)
-        assert time.monotonic() - started < 120, f"stuck after {i} pages"
 
 
 _SINCE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)

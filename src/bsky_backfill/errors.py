@@ -2,10 +2,19 @@
 
     BackfillError
     ├── UsageError            bad input from the user: exit 2, one line, nothing written
+    ├── FatalError            the run cannot go on (its ledger or dataset is unusable):
+    │   │                     it stops with exit 1; a re-run resumes from what was committed
+    │   └── StateStoreError   the state store failed (raised by state/ only)
+    │       └── StateStoreUnavailable   one call could not reach the store and certainly
+    │                         changed nothing: the store retries it itself (state/postgres.py)
     ├── TransientError        worth retrying later (5xx, timeouts, resets, truncated bodies, 429)
     │   ├── RateLimited       the host asked us to slow down; carries `retry_at`
-    │   └── HostPaused        the host's circuit breaker is open: nothing was sent, not an
-    │                         attempt; carries `retry_at` (xrpc/breaker.py)
+    │   ├── HostPaused        the host's circuit breaker is open: nothing was sent, not an
+    │   │                     attempt; carries `retry_at` (xrpc/breaker.py)
+    │   └── CommitRefused     a commit refused for certain, nothing of it recorded: its
+    │       │                 files are discarded and its repos go back to the queue
+    │       ├── LeaseLostError   another worker owns one of its repos (PostgreSQL fencing)
+    │       └── BatchRefused  the writer's own liveness lapsed (sinks/liveness.py)
     └── TerminalError         retrying will not help: dead-letter the repo with `code`
         ├── ResolveError      the DID cannot be resolved to a PDS (stage resolve)
         ├── HostUnreachable   a host failed for longer than the run's time budget
@@ -26,6 +35,7 @@ Messages often quote what a server said: they are made safe on the way in
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from bsky_backfill.safetext import clean
 
@@ -56,6 +66,35 @@ class UsageError(BackfillError):
     code = "UsageError"
 
 
+class FatalError(BackfillError):
+    """The run cannot go on: it stops (exit code 1) and a re-run resumes from what was
+    committed. Never a dead letter: nothing is wrong with any one repo."""
+
+    code = "FatalError"
+
+
+class StateStoreError(FatalError):
+    """The state store failed (locked, corrupt, full disk, schema from a newer version,
+    unreachable past its outage budget). Each backend maps its driver's errors into
+    this at its own boundary (state/sqlite.py, state/postgres.py)."""
+
+    code = "StateStoreError"
+    stage = "state"
+
+
+class StateStoreUnavailable(StateStoreError):
+    """The store could not be reached for one call, and that call certainly changed
+    nothing (the connection dropped before COMMIT was sent, the server was restarting,
+    a serialization failure rolled it back).
+
+    Raised inside a store only: its calls retry these, reconnecting, for up to the
+    store's outage budget, so a database restart costs the run a pause. Escapes as
+    a plain `StateStoreError` once the budget is spent.
+    """
+
+    code = "StateStoreUnavailable"
+
+
 class TransientError(BackfillError):
     """A failure worth retrying: the repo goes back to the queue with a backoff."""
 
@@ -83,6 +122,37 @@ class HostPaused(TransientError):
     def __init__(self, message: str = "", *, retry_at: dt.datetime | None = None) -> None:
         super().__init__(message)
         self.retry_at = retry_at
+
+
+class CommitRefused(TransientError):
+    """A commit refused for certain: nothing of the batch was recorded. The engine has
+    the writer discard the batch's files (`DatasetWriter.discard_batch`) and puts its
+    repos back in the queue."""
+
+    code = "CommitRefused"
+    stage = "commit"
+
+
+class LeaseLostError(CommitRefused):
+    """A commit held repos this worker no longer owns (another worker re-claimed them
+    after this one's lease expired, or finished them); nothing of it was applied.
+
+    `dids` are the offending repos.
+    """
+
+    code = "LeaseLost"
+
+    def __init__(self, message: str, dids: Sequence[str]) -> None:
+        super().__init__(message)
+        self.dids = tuple(dids)
+
+
+class BatchRefused(CommitRefused):
+    """The sink refused a commit before asking the store: the writer's heartbeat (the
+    age rule of sinks/liveness.py) lapsed, so others may already treat it as dead."""
+
+    code = "BatchRefused"
+    stage = "sink"
 
 
 class TerminalError(BackfillError):

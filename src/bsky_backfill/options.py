@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import ByteSize, TypeAdapter, ValidationError
+
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.errors import BackfillError, UsageError
@@ -106,10 +108,9 @@ def parse_collections(value: str | None) -> frozenset[str]:
     return expand_collections(names)
 
 
-_SIZE_UNITS = {
-    "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}  # fmt: skip
+# pydantic parses sizes ("500MB", "4GiB", "1.5 gb", decimal and binary units);
+# this module only words the errors and sets the bounds.
+_SIZES = TypeAdapter(ByteSize)
 
 
 MAX_SIZE = 2**50
@@ -118,19 +119,13 @@ MAX_SIZE = 2**50
 
 def parse_size(value: str, flag: str) -> int:
     """`500MB`, `4GiB`, `123456` -> bytes (a whole number, at least 1, at most 1 PiB)."""
-    text = str(value).strip().lower().replace(" ", "")
-    number = text.rstrip("kmgtib")
-    unit = text[len(number) :]
     try:
-        amount = float(number)
-    except ValueError:
+        size = int(_SIZES.validate_python(str(value).strip()))
+    except ValidationError:
         raise UsageError(f"{flag} {value!r} is not a size like 500MB or 4GiB") from None
-    if unit not in _SIZE_UNITS or not math.isfinite(amount) or amount <= 0:
-        raise UsageError(f"{flag} {value!r} is not a size like 500MB or 4GiB")
-    size = amount * _SIZE_UNITS[unit]
     if size < 1 or size > MAX_SIZE:
         raise UsageError(f"{flag} {value!r} must be between 1 byte and 1PiB")
-    return int(size)
+    return size
 
 
 MAX_SECONDS = 1e6

@@ -15,6 +15,7 @@ GIANT = 1_000_000
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # the run's own guard below (1200 s) ends first
 def test_a_million_record_repo_lands_exactly(tmp_path: Path) -> None:
     scenario = Scenario(seed=121, accounts=3, hosts=1, mean_records=50, giant_repo=GIANT,
                         did_web=0, statuses={}, tombstoned=0, unknown=0, invalid_rate=0.0,

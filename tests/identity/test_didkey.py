@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 from typing import Any
 
 import libipld
@@ -15,6 +16,7 @@ from bsky_backfill.identity.didkey import (
     KeyParseError,
     PublicKey,
     b58decode,
+    b58encode,
     encode_did_key,
     key_from_verification_method,
     parse_did_key,
@@ -154,3 +156,17 @@ def test_public_key_is_small_value_type() -> None:
     assert isinstance(pub, PublicKey)
     with pytest.raises(AttributeError):
         pub.curve = "p256"  # type: ignore[misc]
+
+
+def test_base58btc_round_trips_and_refuses_other_alphabets() -> None:
+    """Random bytes (leading zeros included) survive encode -> decode; characters outside
+    the bitcoin alphabet ('0', 'O', 'I', 'l', non-ASCII) are a KeyParseError."""
+    rng = random.Random(58)
+    for _ in range(500):
+        data = b"\x00" * rng.randrange(3) + rng.randbytes(rng.randrange(40))
+        text = b58encode(data)
+        assert b58decode(text) == data
+        assert text.startswith("1" * (len(data) - len(data.lstrip(b"\x00"))))
+    for bad in ("0abc", "O", "Il", "é1"):
+        with pytest.raises(KeyParseError):
+            b58decode(bad)

@@ -10,6 +10,8 @@ built: a silent fallback would make the benchmark measure the slow path.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,17 @@ def test_the_extension_is_built() -> None:
     if not native.NATIVE:
         require_in_ci("bsky_backfill.repo._native was not built (C compiler, OpenSSL headers)")
     assert native.mismatched is not None and native.frame_index is not None
+
+
+def test_the_sanitized_build_is_the_one_loaded() -> None:
+    """Under `make sanitize` (BSKY_BACKFILL_NATIVE_FROM set) the extension in use is the
+    ASan/UBSan build, not the installed one: otherwise the sanitizer checks nothing."""
+    where = os.environ.get("BSKY_BACKFILL_NATIVE_FROM")
+    module = sys.modules.get("bsky_backfill.repo._native")
+    if where is None:
+        assert module is None or "asan" not in str(module.__file__)
+        return
+    assert module is not None and str(module.__file__).startswith(where), module
 
 
 def _repo(n: int = 300) -> bytes:

@@ -97,7 +97,8 @@ def test_faults_are_deterministic_and_visible() -> None:
 def test_hang_is_released_and_unexpected_routes_counted() -> None:
     scenario = Scenario(
         seed=26, accounts=8, hosts=1, mean_records=3, did_web=0,
-        faults=Faults(hang_rate=1.0, hang_s=30, endpoints=frozenset({"com.atproto.sync.getRepo"})),
+        faults=Faults(hang_rate=1.0, hang_s=3600,
+                      endpoints=frozenset({"com.atproto.sync.getRepo"})),
     )  # fmt: skip
 
     async def unexpected(net: SimNetwork, s: aiohttp.ClientSession) -> None:
@@ -114,9 +115,9 @@ def test_hang_is_released_and_unexpected_routes_counted() -> None:
         assert [u.path for u in net.stats.unexpected] == ["/xrpc/com.atproto.sync.getBlob"]
         assert net.stats.count(endpoint="unexpected", status=404) == 1
 
-    started = time.monotonic()
+    # The hang outlasts pytest's timeout (600 s): this returns only because closing
+    # the network released it.
     on_network(scenario, unexpected)
-    assert time.monotonic() - started < 10  # closing released the 30 s hang
 
 
 def test_run_network_in_thread() -> None:

@@ -341,3 +341,50 @@ def test_open_store_picks_postgres_and_reports_bad_urls(url: str, tmp_path: Path
     assert "\n" not in str(err.value)
     with pytest.raises(UsageError, match="schema"):
         open_store(f"{url.split('?')[0]}?schema=a-b", tmp_path)
+
+
+# -- outages ---------------------------------------------------------------------------
+
+
+def _terminate(store: PostgresStateStore) -> int:
+    """Drop the store's server session, as a restart or `pg_terminate_backend` does."""
+    pid = store._conn.info.backend_pid
+    with admin() as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    return pid
+
+
+def test_a_dropped_connection_costs_a_retry_not_an_error(
+    url: str, stores: list[PostgresStateStore]
+) -> None:
+    """Each call that finds its session gone reconnects and runs once more: claims,
+    commits and the shared budget all go on; nothing is lost or done twice."""
+    s = worker(stores, url)
+    dids = seed(s, 4)
+    old = _terminate(s)
+    tasks = s.claim("h1", 4, NOW)
+    assert sorted(t.did for t in tasks) == dids
+    assert s.outages == 1 and s._conn.info.backend_pid != old
+    _terminate(s)
+    s.commit([], [RepoDone(did=d, rev="r1", records=1) for d in dids], [], [], {})
+    assert s.outages == 2
+    assert recount(url) == {"done": 4}
+    _terminate(s)
+    granted, _ = s.take_host_tokens("h1", 3, 10)
+    assert granted == 3 and s.outages == 3
+
+
+def test_an_unreachable_server_ends_the_call_after_the_outage_budget(
+    url: str, stores: list[PostgresStateStore]
+) -> None:
+    """A server that stays away: the call gives up with a StateStoreError (the run stops
+    with exit 1 and resumes later) once the budget is spent, after a few retries."""
+    from bsky_backfill.state.errors import StateStoreError, StateStoreUnavailable
+
+    s = worker(stores, url, outage=dt.timedelta(seconds=0.5))
+    s.url = parse_queue_url("postgresql://postgres@127.0.0.1:1/test")  # nothing listens
+    _terminate(s)
+    with pytest.raises(StateStoreError) as got:
+        s.counts()
+    assert not isinstance(got.value, StateStoreUnavailable)
+    assert "unreachable for" in str(got.value) and s.outages >= 2

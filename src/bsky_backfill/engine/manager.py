@@ -13,7 +13,9 @@ Three concurrent loops share one asyncio event loop: the source streams DIDs
 into the store; the resolver gives unresolved repos an identity; the
 scheduler claims due repos per host while that host's slot has room, so a
 slow or throttled host only ever holds its own capacity. A periodic
-committer makes the open batch durable every few seconds.
+committer makes the open batch durable every few seconds. Every operation on
+the dataset writer (adds, commits, recovery) runs on the writer's own thread,
+in order (engine/landing.py): the loop never waits for encoding or fsyncs.
 
 Long runs: a run holds its `--out` (state/runlock.py) and refuses a dataset
 whose state is gone. Resolution and fetching share one durable retry policy
@@ -49,18 +51,24 @@ from bsky_backfill.engine.enumerate import (
     run_source,
 )
 from bsky_backfill.engine.helpers import HelperPool
+from bsky_backfill.engine.landing import SinkLane
 from bsky_backfill.engine.retry_failed import reopen_failed
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.engine.stats import RunStats
 from bsky_backfill.engine.worker import RepoWorker
 from bsky_backfill.engine.workers import Role, join_followers, spawn_followers, stop_followers
-from bsky_backfill.errors import HostUnreachable, TerminalError, TransientError, UsageError
+from bsky_backfill.errors import (
+    CommitRefused,
+    HostUnreachable,
+    TerminalError,
+    TransientError,
+    UsageError,
+)
 from bsky_backfill.identity.resolver import DidResolver, host_key
 from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
 from bsky_backfill.records.collections import collection_warnings, empty_collection_lines
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
-from bsky_backfill.sinks import BatchRefused
-from bsky_backfill.sinks.parquet import CommitSummary, DatasetWriter, SinkConfig
+from bsky_backfill.sinks.parquet import CommitSummary, DatasetWriter, DiscardedBatch, SinkConfig
 from bsky_backfill.state.base import (
     HostPause,
     Identity,
@@ -69,7 +77,6 @@ from bsky_backfill.state.base import (
     RepoState,
     StateStore,
 )
-from bsky_backfill.state.errors import LeaseLostError
 from bsky_backfill.state.open import open_store, store_exists
 from bsky_backfill.state.runlock import RunLock, check_state_present
 from bsky_backfill.xrpc.breaker import Breaker, BreakerBoard, BreakerState, is_host_failure
@@ -142,6 +149,11 @@ class Backfill:
         # DIDs dead-lettered before they were claimed (resolution failures): still
         # pending in the store until the next commit, so they must not be resolved again.
         self._failed_uncommitted: set[str] = set()
+        # The writer's thread (engine/landing.py), and what only that thread touches:
+        # the DIDs dead-lettered into the open batch since its last commit.
+        self.lane = SinkLane()
+        self._failed_in_batch: list[str] = []
+        self._commit_queued = False
         self._fatal: Exception | None = None
         # List-mode repos whose committed-to-be pages were thrown away with a refused
         # batch: their fetch must start again from the store's cursor.
@@ -161,6 +173,9 @@ class Backfill:
         self.on_tick: list[Callable[[Backfill], None]] = []
         self.on_commit: list[Callable[[CommitSummary], None]] = []
         self.on_decode: list[Callable[[float], None]] = []
+        self.sink_step_hook: Callable[[str], None] | None = None
+        """For tests: called at each commit protocol step (sinks/parquet.py), on the
+        thread that runs the step."""
 
     # -- control ----------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -201,6 +216,7 @@ class Backfill:
                 SinkConfig(
                     commit_rows=settings.commit_rows, commit_seconds=settings.commit_seconds
                 ),
+                step_hook=self.sink_step_hook,
             )
             # Safe in every process at any time: only dead writers' leftovers go.
             self._recover_sink(sink)
@@ -246,14 +262,17 @@ class Backfill:
                             await join_followers(self._followers)
                             # A follower killed between its store commit and its
                             # renames left files only a recovery moves into place.
+                            await self.lane.drain()
                             self._recover_sink(sink)
             finally:
+                await self.lane.drain()  # the writer is idle from here: direct calls
+                self.lane.close()
                 extractor.close()
                 spool.close()
                 if helpers is not None:
                     helpers.close()
                 if self._fatal is None:
-                    self._commit()
+                    self._after_commit(self._commit_on_lane(sink))
                 else:
                     with contextlib.suppress(Exception):
                         sink.abort()  # its repos are still in progress: the next run redoes them
@@ -381,7 +400,7 @@ class Backfill:
         for rejected in page.rejected:
             self._fail(rejected.did, rejected.stage, rejected.code, rejected.message)
         if page.rejected:
-            self._commit()
+            await self._commit_now()
         self._wake.set()
 
     # -- stage 2: identity ---------------------------------------------------------------
@@ -442,7 +461,7 @@ class Backfill:
         if resolved:
             self.store.set_identities(resolved)
         if self._failed_uncommitted:
-            self._commit()  # resolution failures are durable before followers may finish
+            await self._commit_now()  # resolution failures are durable before followers may finish
         self._resolver_done = True
         if not self.stopping:
             self.store.set_meta(INTAKE, "done")
@@ -568,6 +587,9 @@ class Backfill:
 
     async def _schedule_loop(self) -> None:
         while not self.stopping:
+            if self.lane.full:  # the writer is behind: fetch no more until it catches up
+                await self.lane.room()
+                continue
             now = utcnow()
             claimed = 0
             held: list[Breaker] = []
@@ -600,10 +622,10 @@ class Backfill:
             for tick in self.on_tick:
                 tick(self)
             if not claimed and not self._working and self._source_done and self._resolver_done:
-                if self.sink.batch_repos:
+                if self.sink.batch_repos or self.lane.backlog:
                     # Idle with an open batch: make it durable now rather than at the
                     # timer, so the store's view of what is left is exact.
-                    self._commit()
+                    await self._commit_now()
                     continue
                 if self._followers and self.role.count > 1 and not self._followers_alive():
                     self._take_over()
@@ -628,7 +650,8 @@ class Backfill:
         """SQLite `--workers`: every follower has exited, so what is still in progress
         was orphaned by one that died; the leader takes it, and every host, over."""
         recovered = self.store.recover()
-        self._recover_sink(self.sink)
+        sink = self.sink
+        self._sink_call("recover", lambda: self._recover_sink(sink))
         codes = [p.exitcode for p in self._followers]
         if any(code != 0 for code in codes):
             log.warning(
@@ -660,12 +683,11 @@ class Backfill:
         self._wake.set()
 
     # -- results ------------------------------------------------------------------------
-    def _put_back(self, sink: DatasetWriter, error: Exception) -> None:
+    def _put_back(self, discarded: DiscardedBatch, error: Exception) -> None:
         """A commit the store refused for certain (a lease lost to another worker, a
-        writer whose liveness lapsed): nothing of the batch landed. Its repos go back
-        to the queue; list-mode repos still being fetched restart from their
-        committed cursor."""
-        discarded = sink.discard_batch()
+        writer whose liveness lapsed): nothing of the batch landed, and the writer
+        deleted its files (`discard_batch`). Its repos go back to the queue; list-mode
+        repos still being fetched restart from their committed cursor."""
         log.warning(
             "commit refused (%s); %d repos go back to the queue", error, len(discarded.dids)
         )
@@ -678,18 +700,24 @@ class Backfill:
         self._poisoned.update(discarded.partial)
 
     def _sink_call(self, what: str, call: Callable[[], object]) -> bool:
-        """Run a sink operation; a failure there is fatal for the run (the batch can no
-        longer be trusted): stop, and let `run()` raise it. False when it failed."""
+        """Submit a sink operation to the writer's thread (engine/landing.py); a failure
+        there is fatal for the run (the batch can no longer be trusted): stop, and let
+        `run()` raise it. False when the run already failed so."""
         if self._fatal is not None:
             return False
-        try:
-            call()
-        except Exception as e:
-            self._set_fatal(what, e)
-            return False
+
+        def then(result: object) -> None:
+            if isinstance(result, BaseException):
+                self._set_fatal(what, result)
+
+        self.lane.submit(call, then)
         return True
 
-    def _set_fatal(self, what: str, error: Exception) -> None:
+    def _set_fatal(self, what: str, error: BaseException) -> None:
+        if self._fatal is not None:
+            return
+        if not isinstance(error, Exception):
+            error = RuntimeError(f"{what}: {error!r}")
         log.error("the dataset writer failed (%s): %s; stopping", what, error)
         self._fatal = error
         self.request_stop()
@@ -716,7 +744,13 @@ class Backfill:
         """Dead-letter a whole repo (lands with the next commit)."""
         failed = RepoFailed(did=did, code=code, message=message, stage=stage)
         letter = DeadLetter(did=did, uri=None, stage=stage, error=code, message=message)
-        if not self._sink_call("add_failed", lambda: self.sink.add_failed(failed, letter)):
+        sink = self.sink
+
+        def add_failed() -> None:  # on the writer's thread
+            sink.add_failed(failed, letter)
+            self._failed_in_batch.append(did)
+
+        if not self._sink_call("add_failed", add_failed):
             return
         self._failed_uncommitted.add(did)
         self.stats.repos_failed += 1
@@ -739,8 +773,30 @@ class Backfill:
         self._fail(did, error.stage, error.code, error.message)
 
     def _maybe_commit(self) -> None:
-        if self.sink.should_commit():
-            self._commit()
+        """Submit a commit when the open batch is due (at most one queued at a time)."""
+        if self._commit_queued or self._fatal is not None or not self.sink.should_commit():
+            return
+        self._commit_queued = True
+        sink = self.sink
+
+        def then(result: _Committed | BaseException) -> None:
+            self._commit_queued = False
+            self._after_commit(result)
+
+        self.lane.submit(lambda: self._commit_on_lane(sink), then)
+
+    async def _commit_now(self) -> None:
+        """Commit after everything submitted so far, and wait for it."""
+        if self._fatal is not None:
+            return
+        sink = self.sink
+        try:
+            result: _Committed | BaseException = await self.lane.run(
+                lambda: self._commit_on_lane(sink)
+            )
+        except Exception as e:
+            result = e
+        self._after_commit(result)
 
     def _recover_sink(self, sink: DatasetWriter) -> None:
         report = sink.recover()
@@ -753,24 +809,35 @@ class Backfill:
         if report.renamed or report.deleted or report.dead_writers:
             log.info("dataset recovery: %s", report)
 
-    def _commit(self) -> None:
-        sink = getattr(self, "sink", None)
-        if sink is not None:
-            summaries: list[CommitSummary] = []
+    def _commit_on_lane(self, sink: DatasetWriter) -> _Committed:
+        """The commit itself, on the writer's thread (or on the loop once the writer's
+        thread is idle for good): its outcome, for `_after_commit` on the loop."""
+        failed, self._failed_in_batch = self._failed_in_batch, []
+        try:
+            return _Committed(failed, summary=sink.commit())
+        except CommitRefused as e:  # LeaseLostError, BatchRefused: nothing recorded
             try:
-                summaries.append(sink.commit())
-            except (LeaseLostError, BatchRefused) as e:
-                self._put_back(sink, e)
-                return
-            except Exception as e:
-                # Unknown outcome (the store may have committed): fatal, and the
-                # next start's recovery asks the store which files count.
-                self._set_fatal("commit", e)
-                return
-            self._failed_uncommitted.clear()
+                return _Committed(failed, refused=e, discarded=sink.discard_batch())
+            except Exception as discard_error:
+                return _Committed(failed, error=discard_error)
+        except Exception as e:
+            # Unknown outcome (the store may have committed): fatal, and the
+            # next start's recovery asks the store which files count.
+            return _Committed(failed, error=e)
+
+    def _after_commit(self, result: _Committed | BaseException) -> None:
+        """A commit's outcome, back on the loop: counters, hooks, or its repos put back."""
+        if isinstance(result, BaseException):
+            self._set_fatal("commit", result)
+        elif result.error is not None:
+            self._set_fatal("commit", result.error)
+        elif result.refused is not None and result.discarded is not None:
+            self._put_back(result.discarded, result.refused)
+        elif result.summary is not None:
+            self._failed_uncommitted.difference_update(result.failed)
             self.stats.commits += 1
             for hook in self.on_commit:
-                hook(summaries[0])
+                hook(result.summary)
 
     async def _commit_loop(self) -> None:
         while True:
@@ -802,6 +869,18 @@ class Backfill:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Committed:
+    """What a commit on the writer's thread came to (see `Backfill._after_commit`)."""
+
+    failed: list[str]
+    """DIDs dead-lettered into the committed (or refused) batch."""
+    summary: CommitSummary | None = None
+    refused: Exception | None = None
+    discarded: DiscardedBatch | None = None
+    error: Exception | None = None
+
+
 def _grown(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
     """Failed repos per code that this run added."""
     return {code: n - before.get(code, 0) for code, n in after.items() if n > before.get(code, 0)}
@@ -816,9 +895,4 @@ def operator_hosts(settings: RunSettings) -> list[str]:
     return [settings.plc_url, *(host_to_base_url(h.strip(), private) for h in named)]
 
 
-def run_sync(settings: RunSettings, source: DidSource | None) -> RunSummary:
-    """Run a backfill to completion from synchronous code (tests, the Python API)."""
-    return asyncio.run(Backfill(settings, source).run())
-
-
-__all__ = ["Backfill", "RunSummary", "run_sync"]
+__all__ = ["Backfill", "RunSummary"]

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import libipld
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -47,9 +48,6 @@ _LEGACY_TYPES: dict[str, Curve] = {
     "EcdsaSecp256r1VerificationKey2019": "p256",
     "EcdsaSecp256k1VerificationKey2019": "k256",
 }
-
-_B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_B58_INDEX = {c: i for i, c in enumerate(_B58_ALPHABET)}
 
 
 class KeyParseError(ValueError):
@@ -79,26 +77,19 @@ class PublicKey:
 
 
 def b58encode(data: bytes) -> str:
-    """Base58btc (bitcoin alphabet); leading zero bytes become '1's."""
-    n = int.from_bytes(data, "big")
-    out = []
-    while n:
-        n, rem = divmod(n, 58)
-        out.append(_B58_ALPHABET[rem])
-    zeros = len(data) - len(data.lstrip(b"\x00"))
-    return "1" * zeros + "".join(reversed(out))
+    """Base58btc (bitcoin alphabet); leading zero bytes become '1's. libipld's multibase
+    codec (Rust) does the arithmetic: no hand-written base58 to get wrong."""
+    return str(libipld.encode_multibase("z", data))[1:]
 
 
 def b58decode(text: str) -> bytes:
-    n = 0
-    for ch in text:
-        try:
-            n = n * 58 + _B58_INDEX[ch]
-        except KeyError:
-            raise KeyParseError(f"invalid base58 character {ch!r}") from None
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
-    zeros = len(text) - len(text.lstrip("1"))
-    return b"\x00" * zeros + body
+    """The bytes of base58btc `text` (without the multibase 'z'); KeyParseError if it
+    is not base58btc."""
+    try:
+        _, data = libipld.decode_multibase("z" + text)
+    except ValueError:
+        raise KeyParseError(f"invalid base58btc text {text[:60]!r}") from None
+    return bytes(data)
 
 
 def _curve_of(key: ec.EllipticCurvePublicKey) -> Curve:

@@ -19,6 +19,8 @@ from typing import Any
 
 import libipld
 
+from bsky_backfill.repo.mst import key_height
+
 __all__ = ["build_mst", "build_repo", "cid_for", "encode_block", "key_height", "write_car"]
 
 _CID_PREFIX = b"\x01\x71\x12\x20"  # CIDv1, dag-cbor, sha2-256, 32 bytes
@@ -33,20 +35,6 @@ def encode_block(obj: Any) -> tuple[bytes, bytes]:
 def cid_for(obj: Any) -> bytes:
     """Raw CID bytes of `obj` encoded as DAG-CBOR."""
     return encode_block(obj)[0]
-
-
-def key_height(key: bytes) -> int:
-    """MST layer of a key: leading zero 2-bit chunks of sha256(key)."""
-    height = 0
-    for byte in hashlib.sha256(key).digest():
-        if byte == 0:
-            height += 4
-            continue
-        for shift in (6, 4, 2, 0):
-            if (byte >> shift) & 3:
-                return height
-            height += 1
-    return height
 
 
 def _varint(n: int) -> bytes:

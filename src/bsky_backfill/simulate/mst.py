@@ -23,7 +23,6 @@ Builds bottom-up in one pass per level, so the cost is O(records x height).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,13 +30,8 @@ from typing import Any
 
 import libipld
 
+from bsky_backfill.repo.mst import key_height
 from bsky_backfill.simulate.ids import cid_for_block
-
-
-def key_height(key: bytes) -> int:
-    """Number of leading zero 2-bit chunks in sha256(key)."""
-    n = int.from_bytes(hashlib.sha256(key).digest(), "big")
-    return (256 - n.bit_length()) // 2
 
 
 def common_prefix_len(a: bytes, b: bytes) -> int:

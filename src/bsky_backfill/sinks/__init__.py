@@ -6,9 +6,9 @@ settles what dead writers left; `liveness.py` tells dead writers from live
 ones; `deadletters.py` is the `_deadletters` table; `storage.py` the layout.
 """
 
+from bsky_backfill.errors import BatchRefused
 from bsky_backfill.sinks.batch import DiscardedBatch
 from bsky_backfill.sinks.deadletters import DEAD_LETTER_SCHEMA, dead_letter_table
-from bsky_backfill.sinks.liveness import BatchRefused
 from bsky_backfill.sinks.parquet import CommitSummary, DatasetWriter, SinkConfig
 from bsky_backfill.sinks.recovery import RecoveryReport
 

@@ -56,7 +56,7 @@ import time
 from collections.abc import Mapping
 from typing import Literal
 
-from bsky_backfill.errors import BackfillError
+from bsky_backfill.errors import BatchRefused
 from bsky_backfill.sinks.storage import (
     LOCK_NAME,
     STAGING_PREFIX,
@@ -69,18 +69,6 @@ log = logging.getLogger("bsky_backfill.sinks")
 
 Rule = Literal["lock", "age"]
 Liveness = Literal["auto", "lock", "age"]
-
-
-class BatchRefused(BackfillError):
-    """The sink refused a commit before asking the store: nothing was recorded.
-
-    Raised by `DatasetWriter.commit()` when the writer's heartbeat (age rule)
-    lapsed; like PostgreSQL's `LeaseLostError` it is a definite failure, so
-    the engine calls `DatasetWriter.discard_batch()` and retries the repos.
-    """
-
-    code = "BatchRefused"
-    stage = "sink"
 
 
 def pick_rule(storage: Storage, liveness: Liveness) -> Rule:

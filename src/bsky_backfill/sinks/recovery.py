@@ -110,9 +110,12 @@ def recover_dataset(
             s.settle(rel, listing.files, dead=True)
         for rel, listing in live:
             s.settle(rel, listing.files, dead=False, mine=rel == own)
-        # Renames durable before a dead writer's directory goes away.
+        # Renames durable before a dead writer's directory goes away. A live writer
+        # may have finished its own renames and removed its directory meanwhile (it
+        # fsynced what it renamed): nothing is left there to make durable.
         for d_rel in s.touched:
-            storage.fsync_dir(d_rel)
+            with contextlib.suppress(FileNotFoundError):
+                storage.fsync_dir(d_rel)
         for _, _, d in dead:
             d.finish(storage)
     dirs = [TMP_DIR, *(rel for rel, _ in live)]

@@ -1,37 +1,14 @@
-"""Errors of the state layer: where database errors enter the error tree.
+"""Errors of the state layer, as the one error tree (errors.py) defines them.
 
-Every backend maps its driver's errors (sqlite3, later psycopg) into
-`StateStoreError` at its own boundary, so the engine sees one fatal error kind
-for "the queue is unusable" instead of driver exceptions.
+Every backend maps its driver's errors (sqlite3, psycopg) into `StateStoreError`
+at its own boundary, so the engine sees one fatal error kind for "the queue is
+unusable" instead of driver exceptions; `StateStoreUnavailable` stays inside a
+store (it retries those calls); `LeaseLostError` is a refused commit, which the
+engine retries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bsky_backfill.errors import LeaseLostError, StateStoreError, StateStoreUnavailable
 
-from bsky_backfill.errors import BackfillError
-
-
-class StateStoreError(BackfillError):
-    """The state store failed (locked, corrupt, full disk, schema from a newer version).
-
-    Not transient and not a dead letter: the run cannot continue without its ledger,
-    so the engine stops (exit code 1); a re-run resumes from what was committed.
-    """
-
-    code = "StateStoreError"
-    stage = "state"
-
-
-class LeaseLostError(StateStoreError):
-    """A commit held repos this worker no longer owns; nothing of it was applied.
-
-    `dids` are the offending repos. The caller must discard the batch's files
-    (they were never recorded) and put its other repos back (`retry_later`).
-    """
-
-    code = "LeaseLost"
-
-    def __init__(self, message: str, dids: Sequence[str]) -> None:
-        super().__init__(message)
-        self.dids = tuple(dids)
+__all__ = ["LeaseLostError", "StateStoreError", "StateStoreUnavailable"]

@@ -30,6 +30,16 @@ worker no longer owns (another worker re-claimed it after this lease expired,
 or finished it): its rows would land twice. It raises `LeaseLostError`; the
 batch's files must then be discarded and its repos put back.
 
+Outages. A call whose transaction certainly did not commit (the connection
+dropped or the server refused it before COMMIT was sent: a restart, an admin's
+`pg_terminate_backend`, a failover, a serialization failure) is retried on a
+new connection with backoff for up to `outage_s` (default 2 min), on the
+calling thread. That is the one place the engine's event loop may wait on
+the store: every stage needs the ledger, so an outage pauses the run either
+way, and a pause is what keeps repos from being dead-lettered for it. A
+connection lost *during* COMMIT has an unknown outcome and is not retried
+(`commit()`'s caller settles it through recovery).
+
 Concurrency: one connection per store, guarded by a lock so calls from
 several threads queue up; each call is one short transaction in READ
 COMMITTED. Claims use `FOR UPDATE SKIP LOCKED`, so concurrent claimers never
@@ -41,11 +51,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import itertools
+import random
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
 
@@ -63,8 +75,14 @@ from bsky_backfill.state.base import (
     RepoTask,
     StatusReport,
 )
-from bsky_backfill.state.errors import LeaseLostError, StateStoreError
-from bsky_backfill.state.postgres_conn import connect, migrate, one_line, parse_queue_url
+from bsky_backfill.state.errors import LeaseLostError, StateStoreError, StateStoreUnavailable
+from bsky_backfill.state.postgres_conn import (
+    PostgresConnectError,
+    connect,
+    migrate,
+    one_line,
+    parse_queue_url,
+)
 from bsky_backfill.state.postgres_upkeep import default_owner
 
 __all__ = ["DEFAULT_LEASE", "LeaseLostError", "PostgresStateStore"]
@@ -79,6 +97,40 @@ DEFAULT_LEASE = dt.timedelta(minutes=2)
 _CHUNK = 20_000
 # Fold count deltas at most this often per store (readers sum what is left).
 _COMPACT_EVERY_S = 1.0
+# How long one call keeps retrying an unreachable server before the run stops:
+# long enough for a restart or a failover, short enough that a dead database
+# ends the run instead of hanging it.
+DEFAULT_OUTAGE = dt.timedelta(minutes=2)
+# psycopg's errors that mean "the server or the connection", not "this statement".
+_CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _patient(
+    method: Callable[Concatenate[PostgresStateStore, _P], _R],
+) -> Callable[Concatenate[PostgresStateStore, _P], _R]:
+    """Retry a store call that certainly changed nothing, on a fresh connection, with
+    jittered exponential backoff, until the store's outage budget is spent."""
+
+    def call(self: PostgresStateStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        deadline = time.monotonic() + self.outage.total_seconds()
+        delay = 0.05
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except StateStoreUnavailable as e:
+                if time.monotonic() + delay > deadline:
+                    raise StateStoreError(
+                        f"{e} (unreachable for {self.outage.total_seconds():.0f} s)"
+                    ) from e
+                self.outages += 1
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 5.0)
+
+    functools.update_wrapper(call, method)
+    return call
 
 
 def _aware(t: dt.datetime) -> dt.datetime:
@@ -113,6 +165,7 @@ class PostgresStateStore:
         *,
         owner: str | None = None,
         lease: dt.timedelta | None = None,
+        outage: dt.timedelta = DEFAULT_OUTAGE,
     ) -> None:
         self.url = parse_queue_url(url)
         lease = lease or self.url.lease or DEFAULT_LEASE
@@ -121,6 +174,9 @@ class PostgresStateStore:
         self.schema = self.url.schema
         self.owner = owner or default_owner()
         self.lease = lease
+        self.outage = outage
+        self.outages = 0
+        """Calls retried after the server was unreachable (for tests and logs)."""
         self._lock = threading.RLock()
         self._conn = connect(self.url)
         try:
@@ -134,15 +190,27 @@ class PostgresStateStore:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[upkeep.Cursor]:
-        """One short transaction; psycopg errors become `StateStoreError` here only."""
+        """One short transaction; psycopg errors become `StateStoreError` here only,
+        `StateStoreUnavailable` when the transaction certainly did not commit."""
         with self._lock:
+            sent_commit = False
             try:
-                if self._conn.broken:
+                if self._conn.broken or self._conn.closed:
                     # The server restarted or the network dropped between calls:
                     # the failed call already raised; later ones get a new session.
                     self._conn = connect(self.url)
                 with self._conn.transaction(), self._conn.cursor() as cur:
                     yield cur
+                    sent_commit = True  # leaving the block sends COMMIT
+            except PostgresConnectError as e:
+                raise StateStoreUnavailable(f"state store {self.schema}: {e}") from e
+            except _CONNECTION_ERRORS as e:
+                if sent_commit:
+                    raise StateStoreError(
+                        f"state store {self.schema}: connection lost during COMMIT "
+                        f"(outcome unknown): {one_line(e)}"
+                    ) from e
+                raise StateStoreUnavailable(f"state store {self.schema}: {one_line(e)}") from e
             except psycopg.Error as e:
                 raise StateStoreError(f"state store {self.schema}: {one_line(e)}") from e
 
@@ -162,6 +230,7 @@ class PostgresStateStore:
 
     # -- queue -----------------------------------------------------------------
 
+    @_patient
     def enqueue(self, dids: Iterable[str]) -> int:
         new = 0
         it = iter(dids)
@@ -177,6 +246,7 @@ class PostgresStateStore:
                 new += cur.rowcount
         return new
 
+    @_patient
     def enqueue_resolved(self, identities: Iterable[Identity]) -> int:
         new = 0
         it = iter(identities)
@@ -199,6 +269,7 @@ class PostgresStateStore:
                 new += sum(1 for (inserted,) in cur.fetchall() if inserted)
         return new
 
+    @_patient
     def unresolved(self, limit: int, exclude: Sequence[str] = ()) -> list[str]:
         # Oldest first among those due by the wall clock (as in SQLite), and
         # leased to this worker so others skip them while it resolves.
@@ -227,6 +298,7 @@ class PostgresStateStore:
             rows = cur.fetchall()
         return [r[0] for r in sorted(rows, key=lambda r: (r[1], r[2]))]
 
+    @_patient
     def set_identities(self, identities: Sequence[Identity]) -> None:
         if not identities:
             return
@@ -241,6 +313,7 @@ class PostgresStateStore:
                 cols,
             )
 
+    @_patient
     def pending_hosts(self, now: dt.datetime) -> dict[str, int]:
         now = _aware(now)
         with self._tx() as cur:
@@ -264,6 +337,7 @@ class PostgresStateStore:
             )
             return {h: int(n) for h, n in cur.fetchall()}
 
+    @_patient
     def next_due(self) -> dt.datetime | None:
         # Two index lookups (resolved, unresolved), no scan.
         with self._tx() as cur:
@@ -277,6 +351,7 @@ class PostgresStateStore:
             row = cur.fetchone()
         return None if row is None or row[0] is None else _utc(row[0])
 
+    @_patient
     def claim(self, host: str, limit: int, now: dt.datetime) -> list[RepoTask]:
         now = _aware(now)
         with self._tx() as cur:
@@ -312,6 +387,7 @@ class PostgresStateStore:
             for r in rows
         ]
 
+    @_patient
     def withdraw(self, dids: Sequence[str]) -> list[str]:
         if not dids:
             return []
@@ -323,6 +399,7 @@ class PostgresStateStore:
             kept = {row[0] for row in cur.fetchall()}
         return [d for d in dids if d not in kept]
 
+    @_patient
     def mark_refresh(self) -> int:
         # One statement: with many workers, run it once (the first `run
         # --refresh`), not per worker, or repos refreshed meanwhile go again.
@@ -334,6 +411,7 @@ class PostgresStateStore:
             )
             return cur.rowcount
 
+    @_patient
     def retry_later(
         self, did: str, attempts: int, next_attempt_at: dt.datetime, error: str
     ) -> None:
@@ -363,6 +441,7 @@ class PostgresStateStore:
                 },
             )
 
+    @_patient
     def recover(self) -> int:
         """Start-up: repos whose lease expired (their worker died), and this owner's own,
         go back to pending. Unlike SQLite, live workers' repos are left alone.
@@ -371,12 +450,14 @@ class PostgresStateStore:
         with self._tx() as cur:
             return upkeep.reclaim(cur, self.owner)
 
+    @_patient
     def reclaim_expired(self) -> int:
         """Only repos whose lease expired go back to pending (safe at any time, unlike
         `recover()`, which also takes back this owner's own in-flight repos)."""
         with self._tx() as cur:
             return upkeep.reclaim(cur, None)
 
+    @_patient
     def renew_leases(self) -> int:
         """Push this worker's leases `lease` into the future; returns how many it holds.
 
@@ -388,6 +469,7 @@ class PostgresStateStore:
 
     # -- ledger ----------------------------------------------------------------
 
+    @_patient
     def commit(
         self,
         files: Sequence[CommittedFile],
@@ -405,17 +487,20 @@ class PostgresStateStore:
             ledger.record(cur, self.owner, files, done, failed, dead_letters, cursors)
             self._maintain(cur)
 
+    @_patient
     def committed_files(self) -> list[CommittedFile]:
         with self._tx() as cur:
             cur.execute("SELECT path, collection, rows FROM files")
             rows = cur.fetchall()
         return [CommittedFile(path=p, collection=c, rows=n) for p, c, n in rows]
 
+    @_patient
     def counts(self) -> dict[RepoState, int]:
         with self._tx() as cur:
             self._maintain(cur)
             return {s: n for s, (_, n) in upkeep.state_counts(cur).items()}
 
+    @_patient
     def status(self) -> StatusReport:
         with self._tx() as cur:
             return ledger.report(cur)
@@ -436,6 +521,7 @@ class PostgresStateStore:
 
     # -- long runs: failures, supersession, host pauses ---------------------------------
 
+    @_patient
     def failure_of(self, did: str) -> tuple[int, dt.datetime | None]:
         with self._tx() as cur:
             cur.execute("SELECT attempts, first_failed_at FROM repos WHERE did = %s", (did,))
@@ -444,6 +530,7 @@ class PostgresStateStore:
             return 0, None
         return int(row[0]), None if row[1] is None else _utc(row[1])
 
+    @_patient
     def next_unresolved(self) -> dt.datetime | None:
         with self._tx() as cur:
             cur.execute(
@@ -453,6 +540,7 @@ class PostgresStateStore:
             row = cur.fetchone()
         return None if row is None or row[0] is None else _utc(row[0])
 
+    @_patient
     def failed_repos(
         self,
         codes: Sequence[str] | None = None,
@@ -479,6 +567,7 @@ class PostgresStateStore:
             rows = cur.fetchall()
         return [FailedRepo(did=d, code=c, stage=s) for d, c, s in rows]
 
+    @_patient
     def reopen_failed(
         self,
         repos: Sequence[FailedRepo],
@@ -489,6 +578,7 @@ class PostgresStateStore:
             cur.execute("SET LOCAL synchronous_commit = on")  # a file may be renamed after
             return ledger.reopen(cur, self.owner, repos, _aware(at), file)
 
+    @_patient
     def set_host_pauses(self, pauses: Sequence[HostPause]) -> None:
         keep = sorted((p for p in pauses if p.reason), key=lambda p: p.host)
         drop = sorted(p.host for p in pauses if not p.reason)
@@ -503,12 +593,14 @@ class PostgresStateStore:
             if drop:
                 cur.execute("DELETE FROM host_pauses WHERE host = ANY(%s)", (drop,))
 
+    @_patient
     def host_pauses(self) -> list[HostPause]:
         with self._tx() as cur:
             return ledger.pauses(cur)
 
     # -- small tables ------------------------------------------------------------
 
+    @_patient
     def get_meta(self, key: str) -> str | None:
         with self._tx() as cur:
             if key == "schema_version":
@@ -519,6 +611,7 @@ class PostgresStateStore:
             row = cur.fetchone()
         return None if row is None or row[0] is None else str(row[0])
 
+    @_patient
     def set_meta(self, key: str, value: str) -> None:
         with self._tx() as cur:
             if key == "schema_version":
@@ -534,6 +627,7 @@ class PostgresStateStore:
                     (key, value),
                 )
 
+    @_patient
     def take_host_tokens(self, host: str, want: int, per_second: int) -> tuple[int, float]:
         """Up to `want` requests to `host` from this second's shared budget of
         `per_second` (all workers together), on the database's clock. Returns
@@ -561,6 +655,7 @@ class PostgresStateStore:
         assert row is not None
         return int(row[0]), float(row[1])
 
+    @_patient
     def get_cursor(self, source: str) -> str | None:
         """Where an enumeration source (PLC export, relay) left off; beyond the Protocol."""
         with self._tx() as cur:
@@ -568,6 +663,7 @@ class PostgresStateStore:
             row = cur.fetchone()
         return None if row is None else str(row[0])
 
+    @_patient
     def set_cursor(self, source: str, cursor: str) -> None:
         """Save a source's cursor; call after enqueueing the page it follows."""
         with self._tx() as cur:
