@@ -6,7 +6,7 @@ own child process (peak RSS and CPU of that child alone, `bench.proc`):
 
 1. **product**: `python -m bsky_backfill run --method car --rate-limit 0
    --allow-private-hosts` over every DID (default flags: verification on;
-   then `--no-verify`; then `--workers 2`). Throughput over the child's
+   then `--no-verify`; `--no-validate`; then `--workers 2`). Throughput over the child's
    whole wall time (start-up, DID resolution and commits included).
 2. **ceiling**: the same CARs (the simulator's bytes, dumped to disk), read,
    decoded, MST-walked, transformed and written as Parquet in a tight loop
@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--skip",
         action="append",
         default=[],
-        choices=["workers", "no-verify", "ceiling", "baseline", "rate"],
+        choices=["workers", "no-verify", "no-validate", "ceiling", "baseline", "rate"],
         help="leave out a part (repeatable)",
     )
     parser.add_argument(
@@ -243,6 +243,8 @@ def measure(
     runs: list[tuple[str, list[str]]] = [("default", [])]
     if "no-verify" not in skip:
         runs.append(("no_verify", ["--no-verify"]))
+    if "no-validate" not in skip:
+        runs.append(("no_validate", ["--no-validate"]))
     if "workers" not in skip:
         runs.append(("workers_2", ["--workers", "2"]))
     ceilings = [] if "ceiling" in skip else list(_CEILINGS)

@@ -85,6 +85,12 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
     if _rps(result, "default") and _rps(result, "no_verify"):
         verify_cost = round(1 - _rps(result, "default") / _rps(result, "no_verify"), 3)
     out["verification cost (1 - default / no_verify)"] = verify_cost
+    # Issue 17: what lexicon validation costs, in CPU per record (default / --no-validate).
+    cpu_default, cpu_nv = _cpu(result, "product", "default"), _cpu(result, "product", "no_validate")
+    validate_cost = None
+    if cpu_default and cpu_nv:
+        validate_cost = round(cpu_default / cpu_nv - 1, 3)
+    out["validation cost (cpu: default / no_validate - 1)"] = validate_cost
     like_for_like = out["product_no_verify / ceiling_best"]
     scaling = out["product_workers_2 / product_default"]
     out["targets"] = {
@@ -97,6 +103,9 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
             None if per_process is None else float(per_process) <= GIB_MIB
         ),
         "verification < 10% of throughput": (None if verify_cost is None else verify_cost < 0.1),
+        "validation < 10% of CPU per record": (
+            None if validate_cost is None else validate_cost < 0.1
+        ),
         "rate-bound >= 90% of budget (slowest host)": _check(rate.get("min_of_budget"), 0.9),
     }
     return out
@@ -115,6 +124,7 @@ def _check(value: float | None, floor: float) -> bool | None:
 _ROWS = [
     ("product (defaults: verify on)", ("product", "default")),
     ("product --no-verify", ("product", "no_verify")),
+    ("product --no-validate", ("product", "no_validate")),
     ("product --workers 2", ("product", "workers_2")),
     ("product start-up: 1 small repo", ("product", "one_repo")),
     ("ceiling: extract_repo loop", ("ceiling", "extract")),

@@ -66,7 +66,11 @@ def cli(ctx: click.Context, verbose: int) -> None:
 @click.option("--all-from-plc", is_flag=True, help="Every DID in the PLC directory.")
 @click.option("--from-relay", metavar="URL", help="Every repo the relay's hosts list.")
 @click.option("--pds", multiple=True, metavar="URL", help="Every repo on this PDS (repeatable).")
-@click.option("--collections", metavar="NSID[,NSID...]", help="Default: the app.bsky types.")
+@click.option(
+    "--collections",
+    metavar="NSID[,NSID...]",
+    help="NSIDs or patterns like app.bsky.feed.*; default: the app.bsky types.",
+)
 @click.option("--since", metavar="ISO8601", help="Keep records with createdAt >= since.")
 @click.option("--until", metavar="ISO8601", help="Keep records with createdAt < until.")
 @click.option("--out", default="bsky-data", show_default=True, metavar="DIR")

@@ -101,3 +101,29 @@ def test_typo_warns_at_start_and_reports_at_the_end(network, tmp_path: Path) -> 
     assert collections_in(out) == ["app.bsky.feed.like"]
     lines = [ln for ln in result.stdout.splitlines() if "0 records landed in" in ln]
     assert len(lines) == 1 and lines[0].startswith("app.bsky.feed.posts: 0 records landed in ")
+
+
+def test_no_validate_and_patterns_from_every_entry_point(tmp_path: Path) -> None:
+    """--no-validate and collection patterns: the flag, the config file, the Python API."""
+    from bsky_backfill import Backfill
+    from bsky_backfill.options import DEFAULTS, settings_from_options
+    from bsky_backfill.settings_file import merge_options
+
+    did = "did:plc:z72i7hdynmk6r22z27h6tvur"
+    base = {**DEFAULTS, "did_list": (did,), "out": str(tmp_path / "a")}
+    on, _ = settings_from_options(base)
+    off, _ = settings_from_options({**base, "no_validate": True, "collections": "app.bsky.feed.*"})
+    assert (on.validate_records, off.validate_records) == (True, False)
+    assert on.record_filter.validate and not off.record_filter.validate
+    assert off.collections == FEED
+    config = tmp_path / "run.toml"
+    config.write_text('no_validate = true\ncollections = ["chat.*", "net.example.thing"]\n')
+    opts = merge_options({**base}, set(), config, {})
+    from_file, _ = settings_from_options(opts)
+    assert not from_file.validate_records
+    assert from_file.collections == {"chat.bsky.actor.declaration", "net.example.thing"}
+    api = Backfill(dids=[did], out=tmp_path / "b", validate=False, collections=["app.bsky.graph.*"])
+    assert not api.settings.validate_records
+    assert "app.bsky.graph.follow" in api.settings.collections
+    with pytest.raises(UsageError, match="did you mean"):
+        Backfill(dids=[did], out=tmp_path / "c", collections=["app.bsky.grahp.*"])

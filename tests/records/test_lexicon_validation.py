@@ -20,6 +20,7 @@ import pytest
 from bsky_backfill.models import RecordFilter
 from bsky_backfill.records.transform import extract_repo
 from bsky_backfill.records.validate import (
+    _FORMATS,
     compile_pairs,
     compile_records,
     grapheme_count,
@@ -27,6 +28,7 @@ from bsky_backfill.records.validate import (
     load_lexicons,
     validator_for,
 )
+from bsky_backfill.records.validate_codegen import _COMMON
 from bsky_backfill.repo.build import build_repo, cid_for
 from bsky_backfill.repo.car import read_car
 from bsky_backfill.repo.commit import read_commit
@@ -113,6 +115,16 @@ def test_string_formats_follow_the_interop_syntax_files(kind: str) -> None:
     wrongly_valid = [v for v in invalid if validate({"v": v}) is None]
     assert wrongly_valid == []
     assert validate({"v": "\x00"}) == f"v: '\\x00' is not a valid {fmt}"
+    # The generated fast path's always-valid shapes are subsets of the format.
+    common = _COMMON.get(fmt)
+    if common is not None:
+        assert [v for v in invalid if common.fullmatch(v)] == []
+        samples = [*valid, "did:plc:outsidenetwork000000000", "did:web:a.b-c.example"]
+        samples += ["https://e.com/a?b=c#d", "http://x", "https://" + "é" * 3000]
+        if fmt == "at-uri":
+            samples = [f"at://{d}/app.bsky.feed.post/3k-x_y:z~" for d in samples[-2:]]
+        checker = _FORMATS[fmt]
+        assert [v for v in samples if common.fullmatch(v) and not checker(v)] == []
 
 
 def _agree(pairs: dict[str, Any], nsid: str, record: Any) -> None:
@@ -498,3 +510,74 @@ def test_bundled_lexicons_are_the_upstream_files_shipped_as_package_data() -> No
             upstream_records.add(doc["id"])
     assert upstream_records <= known_record_types()
     assert all(validator_for(n) is not None for n in known_record_types())
+
+
+_ODD_VALUES: list[Any] = [
+    None, True, 0, -1, 2**40, "", "x" * 5000, "did:plc:x", POST_URI, CID, [], [1], {},
+    {"$type": "blob"}, {"$link": CID}, {"$bytes": "AAE"}, b"\x01\x71\x12\x20" + b"\x00" * 32,
+    b"", {"$type": "app.bsky.embed.images"}, {"$type": 5},
+]  # fmt: skip
+
+
+def _mutations(value: Any, rng: Any, depth: int = 0) -> Any:
+    """A copy of `value` with a few random leaves replaced, keys dropped or added."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            roll = rng.random()
+            if roll < 0.08:
+                continue  # drop the key
+            out[key] = rng.choice(_ODD_VALUES) if roll < 0.2 else _mutations(item, rng, depth + 1)
+        if rng.random() < 0.1:
+            out[rng.choice(["extra", "text", "embed", "subject", "$type"])] = rng.choice(
+                _ODD_VALUES
+            )
+        return out
+    if isinstance(value, list):
+        items = [_mutations(item, rng, depth + 1) for item in value]
+        if rng.random() < 0.1:
+            items.append(rng.choice(_ODD_VALUES))
+        return items
+    return rng.choice(_ODD_VALUES) if rng.random() < 0.15 else value
+
+
+def test_mutated_records_never_crash_and_both_checks_agree() -> None:
+    """Property test over untrusted input: real records with random damage."""
+    import random
+
+    rng = random.Random(17)
+    pairs = compile_pairs(load_lexicons(), trust_created_at=False)
+    seeds = [
+        (collection, record)
+        for path in (CARS / "laravel-bluesky" / "bsky-app.car", CARS / "arroba" / "snarfed2.car")
+        for collection, _rkey, record in _car_records(path)
+        if collection in pairs and isinstance(record, dict)
+    ]
+    invalid = 0
+    for _ in range(4000):
+        collection, record = rng.choice(seeds)
+        damaged = _mutations(record, rng)
+        fast, explain = pairs[collection]
+        verdict = fast(damaged)
+        assert verdict is (explain(damaged) is None), (collection, damaged)
+        invalid += not verdict
+    assert 1000 < invalid < 4000  # the damage is seen, and some survives as valid
+
+
+def test_simulator_records_validate_exactly_as_its_truth_says() -> None:
+    """The simulator writes real-PDS-like content (every embed kind, facets, lists,
+    gates) plus deliberately invalid records; in both shapes (CAR values and
+    atproto JSON, as listRecords serves them) the lexicons accept every record
+    the truth calls valid."""
+    from bsky_backfill.simulate import Scenario, run_network_in_thread
+
+    checked = 0
+    with run_network_in_thread(Scenario(seed=1717, accounts=40, hosts=2)) as net:
+        for rec in net.truth.records:
+            validate = validator_for(rec.collection)
+            if validate is None or not rec.valid:
+                continue
+            assert validate(net.content.record_value(rec.uri)) is None, rec.uri
+            assert validate(net.content.record_json(rec.uri)) is None, rec.uri
+            checked += 1
+    assert checked > 500

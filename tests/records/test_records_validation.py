@@ -210,3 +210,8 @@ def test_lexicon_validation_adds_dead_letters_that_keep_the_record(car: bytes) -
     assert json.loads(like.record or "") == RECORDS["app.bsky.feed.like/3aaaaaaaaac22"]
     assert by_uri[f"{POST}/3aaaaaaaaaa27"].message == "text: expected a string, got integer"
     assert "app.bsky.feed.like" not in x.tables
+    # A block that decoded but is not a map is kept too (stage decode).
+    block = by_uri["app.bsky.graph.follow/3aaaaaaaaab22"]
+    assert (block.stage, block.record) == ("decode", "[1,2]")
+    assert block.cid == libipld.encode_cid(cid_for([1, 2]))
+    assert (by_uri[MISSING].cid, by_uri[MISSING].record) == (None, None)

@@ -289,21 +289,29 @@ class RecordColumns:
         self._runs: list[tuple[int, _Collection]] = []
         self._current: _Collection | None = None
 
-    def reject(self, uri: str | None, stage: str, error: str, message: str) -> None:
-        """Record a dead letter for this repo (uri None: the whole repo)."""
-        self.dead_letters.append(DeadLetter(self.did, uri, stage, error, message))
+    def reject(
+        self,
+        uri: str | None,
+        stage: str,
+        error: str,
+        message: str,
+        *,
+        cid: str | None = None,
+        record: Any = None,
+    ) -> None:
+        """Record a dead letter for this repo (uri None: the whole repo); a record
+        that decoded is kept in it as atproto JSON, with its CID."""
+        text = _json_or_none(record)
+        self.dead_letters.append(
+            DeadLetter(self.did, uri, stage, error, message, cid=cid, record=text)
+        )
 
     def _invalid(
         self, collection: str, rkey: str, message: str, cid: str | None = None, record: Any = None
     ) -> None:
         """A validate-stage dead letter, keeping the record (when it can be written as JSON)."""
         uri = f"at://{self.did}/{collection}/{rkey}"
-        text = None
-        if record is not None:
-            try:
-                text = to_json(record)
-            except (RecordEncodeError, TypeError):
-                text = None
+        text = _json_or_none(record)
         self.dead_letters.append(
             DeadLetter(self.did, uri, "validate", "InvalidRecord", message, cid=cid, record=text)
         )
@@ -335,7 +343,8 @@ class RecordColumns:
                     self.did, collection, self._window_on, self._validate
                 )
             if record.__class__ is not dict:
-                invalid(collection, rkey, f"record is a {type(record).__name__}, not a map")
+                message = f"record is a {type(record).__name__}, not a map"
+                invalid(collection, rkey, message, cid, record)
                 continue
             rtype = record.get("$type")
             if rtype != collection:
@@ -452,6 +461,16 @@ class RecordColumns:
         for i, values in enumerate(cols.extras):
             arrays.append(_build_extra(values, cols.schema.field(_N_COMMON + i).type))
         return pa.Table.from_arrays(arrays, schema=cols.schema)
+
+
+def _json_or_none(record: Any) -> str | None:
+    """A dead letter's copy of the record (None when there is none, or JSON cannot hold it)."""
+    if record is None:
+        return None
+    try:
+        return to_json(record)
+    except (RecordEncodeError, TypeError):
+        return None
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:

@@ -171,5 +171,11 @@ def _wanted_records(
         else:
             message = f"record block is a {type(record).__name__}"
         error = "RecordBlockMissing" if record is None else "InvalidRecordBlock"
-        out.reject(f"at://{out.did}/{collection}/{rkey}", "decode", error, message)
+        kept = None if record is None or record.__class__ is Undecodable else record
+        try:
+            cid_text = None if kept is None else _encode_cid(value_cid)
+        except ValueError:
+            cid_text = None
+        uri = f"at://{out.did}/{collection}/{rkey}"
+        out.reject(uri, "decode", error, message, cid=cid_text, record=kept)
     seen[0] = n

@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FastCheck", "generate"]
+__all__ = ["FastCheck", "clear_memos", "generate"]
 
 FastCheck = Callable[[dict[str, Any]], bool]
 
@@ -33,27 +33,42 @@ _MEMO_LIMIT = 65_536
 """Valid values remembered per format (the set is emptied when it is full)."""
 
 # Shapes that are always valid when they match (a subset of each format), so
-# the common value costs one precompiled regex: did:plc DIDs; AT-URIs of a
-# did:plc, an NSID of plain lowercase segments and a letters-only name, an
-# alphanumeric record key; base32 CIDv1 strings. Anything else gets the full
-# check. Values of these formats are mostly unique (subjects, links), so they
-# are not memoised.
+# the common value costs one precompiled regex: a DID whose identifier has no
+# ':' or '%' (every did:plc and did:web); an AT-URI of such a DID, an NSID of
+# plain lowercase segments and a letters-only name, and a record key without
+# '.' (every TID); a base32 CIDv1 string; an http(s) URL of at most 4 KB.
+# Anything else gets the full check.
+# Their values repeat less (subjects, links), but still often enough (a
+# reply's root and parent, popular posts and accounts across the repos of one
+# process) that a remembered value is worth a set lookup before the regex.
+_DID_COMMON = r"did:[a-z]{1,32}:[a-zA-Z0-9._-]{1,1024}"
 _COMMON: dict[str, re.Pattern[str]] = {
-    "did": re.compile(r"did:plc:[a-z2-7]{24}"),
+    "did": re.compile(_DID_COMMON),
     "at-uri": re.compile(
-        r"at://did:plc:[a-z2-7]{24}"
-        r"(?:/(?:[a-z]{1,40}\.){2,6}[a-zA-Z]{1,60}(?:/[a-zA-Z0-9]{1,80})?)?"
+        rf"at://{_DID_COMMON}"
+        r"(?:/(?:[a-z]{1,40}\.){2,6}[a-zA-Z]{1,60}(?:/[a-zA-Z0-9_~:-]{1,512})?)?"
     ),
     "cid": re.compile(r"b[a-z2-7]{7,255}"),
+    "uri": re.compile(r"https?://[^\s/][^\s]{0,4000}"),
 }
 # Formats whose values repeat within and across repos (langs, handles, NSIDs):
 # a value that passed once is a set lookup afterwards.
 _MEMOISED = frozenset({"language", "handle", "nsid", "at-identifier", "record-key", "tid"})
 
 
+_MEMOS: list[set[str]] = []
+
+
+def clear_memos() -> None:
+    """Forget every remembered valid value (benchmarks measure cold values)."""
+    for seen in _MEMOS:
+        seen.clear()
+
+
 def _memo(valid: Callable[[str], bool]) -> tuple[set[str], Any]:
     """(remembered valid values, a check that remembers what passes)."""
     seen: set[str] = set()
+    _MEMOS.append(seen)
 
     def check(value: str) -> bool:
         if valid(value):
@@ -98,6 +113,7 @@ class _Generator:
         self.functions: dict[str, str] = {}  # definition name -> generated function
         self.counter = 0
         self.formats: dict[str, tuple[str, str]] = {}  # format -> (pre-test, check)
+        self.recent: dict[str, str] = {}  # format -> its memo set, for _COMMON formats
 
     def fresh(self, prefix: str) -> str:
         self.counter += 1
@@ -119,6 +135,9 @@ class _Generator:
             elif fmt in _COMMON:
                 common = self.const(_COMMON[fmt].fullmatch, "R")
                 known = (common + "({v}) is None", self.const(valid, "F"))
+                seen = set()
+                _MEMOS.append(seen)
+                self.recent[fmt] = self.const(seen, "S")
             else:
                 known = ("", self.const(valid, "F"))
             self.formats[fmt] = known
@@ -315,7 +334,17 @@ class _Generator:
                 out.append(f"{pad}if {count}({v}) < {least}: return False")
         fmt = d.get("format")
         if fmt is not None:
-            out.append(f"{pad}if {self.format_test(fmt, v)}: return False")
+            test = self.format_test(fmt, v)
+            seen = self.recent.get(fmt)
+            if seen is None:
+                out.append(f"{pad}if {test}: return False")
+            else:
+                out += [
+                    f"{pad}if {v} not in {seen}:",
+                    f"{pad}    if {test}: return False",
+                    f"{pad}    if len({seen}) >= {_MEMO_LIMIT}: {seen}.clear()",
+                    f"{pad}    {seen}.add({v})",
+                ]
         if "enum" in d:
             out.append(f"{pad}if {v} not in {self.const(frozenset(d['enum']), 'E')}: return False")
         if "const" in d:
