@@ -1,4 +1,4 @@
-"""The command line: `run`, `status`, `demo`. Parsing and printing only.
+"""The command line: run, status, demo, simulate, report, query. Parsing and printing only.
 
 Where it sits: the outermost layer. It validates user input completely before
 anything is written (bad input: exit 2, one line on stderr, no traceback),
@@ -299,6 +299,41 @@ def demo(out: str | None, accounts: int, hosts: int) -> None:
     except UsageError as e:
         _fail_usage(e.message)
     run_demo(out_path, accounts=accounts, hosts=hosts)
+
+
+@cli.command()
+@click.option(
+    "--dids",
+    "dids_file",
+    default="sim-dids.txt",
+    show_default=True,
+    metavar="FILE",
+    help="Where to write the network's DIDs (for `run --dids`).",
+)
+@click.option(
+    "--out",
+    default="sim-data",
+    show_default=True,
+    metavar="DIR",
+    help="The --out of the printed `run` command (nothing is written there by simulate).",
+)
+@click.option("--accounts", default=60, show_default=True, help="Simulated accounts.")
+@click.option("--hosts", default=4, show_default=True, help="Simulated PDS hosts.")
+@click.option("--seed", default=2024, show_default=True, help="Same seed, same records.")
+def simulate(dids_file: str, out: str, accounts: int, hosts: int, seed: int) -> None:
+    """Serve the embedded simulated network until Ctrl-C, to practise `run` offline.
+
+    Writes the network's DIDs to a file and prints the `run` command that
+    backfills them."""
+    from bsky_backfill.practice import check_writable_file, serve
+
+    try:
+        if not 1 <= accounts <= 100_000 or not 1 <= hosts <= 64:
+            raise UsageError("--accounts must be 1..100000 and --hosts 1..64")
+        check_writable_file(Path(dids_file), "--dids")
+    except UsageError as e:
+        _fail_usage(e.message)
+    serve(Path(dids_file), out, accounts=accounts, hosts=hosts, seed=seed)
 
 
 @cli.command()

@@ -55,6 +55,14 @@ class UsageError(BackfillError):
 
     code = "UsageError"
 
+    @classmethod
+    def of_lines(cls, lines: list[str]) -> UsageError:
+        """One error told over several lines (every bad line of a file at once);
+        each line is cleaned on its own, so only these breaks reach the terminal."""
+        error = cls(lines[0])
+        error.args = ("\n".join(clean(line) for line in lines),)
+        return error
+
 
 class TransientError(BackfillError):
     """A failure worth retrying: the repo goes back to the queue with a backoff."""
