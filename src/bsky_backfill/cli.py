@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from bsky_backfill.errors import UsageError
 from bsky_backfill.observe import setup_logging, start_observers
 from bsky_backfill.options import RETRY_DEFAULT, check_out_writable, settings_from_options
 from bsky_backfill.output import nothing_landed_line, print_status, print_summary
-from bsky_backfill.settings_file import merge_options
+from bsky_backfill.settings_file import dataset_options, merge_options
 from bsky_backfill.state.open import redact
 from bsky_backfill.state.runlock import live_holder
 
@@ -255,13 +256,41 @@ def _run_engine(
         _fail_usage(e.message)
 
 
+_OUT_HELP = "The dataset's directory (as given to `run`)."
+_CONFIG_HELP = "Take --out/--queue from this TOML file (as `run --config`); env: BSKY_BACKFILL_OUT."
+
+
+def _where(
+    ctx: click.Context, out: str, queue: str | None, config_file: str | None
+) -> tuple[str, str | None]:
+    """--out and --queue of a command that reads a dataset: flag > env > file > default."""
+    explicitly_set = {
+        name
+        for name in ("out", "queue")
+        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    }
+    try:
+        merged = dataset_options(
+            {"out": out, "queue": queue}, explicitly_set, config_file, os.environ
+        )
+    except UsageError as e:
+        _fail_usage(e.message)
+    return str(merged["out"]), merged["queue"]
+
+
 @cli.command()
-@click.option("--out", default="bsky-data", show_default=True, metavar="DIR")
-@click.option("--queue", metavar="URL")
+@click.option("--out", default="bsky-data", show_default=True, metavar="DIR", help=_OUT_HELP)
+@click.option("--queue", metavar="URL", help="The run's state store (default: OUT's SQLite).")
+@click.option("--config", "config_file", metavar="FILE.toml", help=_CONFIG_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(out: str, queue: str | None, as_json: bool) -> None:
+@click.pass_context
+def status(
+    ctx: click.Context, /, out: str, queue: str | None, config_file: str | None, as_json: bool
+) -> None:
     """Progress of the backfill in OUT (or --queue)."""
     from bsky_backfill.state.open import open_store, store_exists
+
+    out, queue = _where(ctx, out, queue, config_file)
 
     state_path = Path(out) / "_state" / "state.sqlite"
     try:
@@ -337,14 +366,25 @@ def simulate(dids_file: str, out: str, accounts: int, hosts: int, seed: int) -> 
 
 
 @cli.command()
-@click.option("--out", default="bsky-data", show_default=True, metavar="DIR")
+@click.option("--out", default="bsky-data", show_default=True, metavar="DIR", help=_OUT_HELP)
 @click.option("--html", "html_file", metavar="FILE", help="Also write a page with charts.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--queue", metavar="URL", help="The run's state store, for hosts (default: OUT's).")
-def report(out: str, html_file: str | None, as_json: bool, queue: str | None) -> None:
+@click.option("--config", "config_file", metavar="FILE.toml", help=_CONFIG_HELP)
+@click.pass_context
+def report(
+    ctx: click.Context,
+    /,
+    out: str,
+    html_file: str | None,
+    as_json: bool,
+    queue: str | None,
+    config_file: str | None,
+) -> None:
     """Records per collection and month, top hosts, dead letters of the dataset in OUT."""
     from bsky_backfill.report import build_report, print_report, write_html
 
+    out, queue = _where(ctx, out, queue, config_file)
     html_path = Path(html_file) if html_file else None
     try:
         if html_path is not None and (html_path.is_dir() or not html_path.parent.is_dir()):
@@ -360,6 +400,70 @@ def report(out: str, html_file: str | None, as_json: bool, queue: str | None) ->
             _fail_usage(f"--html {html_file}: cannot write ({e.strerror or e})")
         if not as_json:
             click.echo(f"wrote {html_path}")
+
+
+@cli.command()
+@click.argument("sql")
+@click.option("--out", default="bsky-data", show_default=True, metavar="DIR", help=_OUT_HELP)
+@click.option(
+    "--to",
+    "to_file",
+    metavar="FILE",
+    help="Write the result to FILE instead: .csv, .json, .jsonl/.ndjson or .parquet.",
+)
+@click.option(
+    "--history",
+    is_flag=True,
+    help="Every row ever landed (default: the current view, minus _deletions) "
+    "and every dead letter (default: those that stand).",
+)
+@click.option(
+    "--max-rows", type=int, default=40, show_default=True, metavar="N", help="Rows printed."
+)
+@click.option("--config", "config_file", metavar="FILE.toml", help=_CONFIG_HELP)
+@click.pass_context
+def query(
+    ctx: click.Context,
+    /,
+    sql: str,
+    out: str,
+    to_file: str | None,
+    history: bool,
+    max_rows: int,
+    config_file: str | None,
+) -> None:
+    """Run SQL (DuckDB) over the dataset in OUT and print the result as a table.
+
+    Views: one per collection under its NSID ("app.bsky.feed.post", quoted)
+    and a short name (posts, likes, reposts, follows, blocks, profiles, lists,
+    listitems, listblocks, starterpacks, threadgates, postgates,
+    feed_generators, labelers, verifications, statuses), plus dead_letters and
+    deletions. Example:
+
+        bsky-backfill query --out study-data "SELECT did, count(*) FROM posts GROUP BY did"
+    """
+    from bsky_backfill.query import check_target, connect, export, run_query
+
+    out, _ = _where(ctx, out, None, config_file)
+    try:
+        if max_rows < 1:
+            raise UsageError("--max-rows must be at least 1")
+        target = Path(to_file) if to_file else None
+        if target is not None:
+            check_target(target)
+        con, views = connect(Path(out), history=history)
+        try:
+            result = run_query(con, sql, views)
+            if result is not None and target is not None:
+                export(con, result, target)
+                click.echo(f"wrote {target}")
+            elif result is not None:
+                width = shutil.get_terminal_size((120, 40)).columns
+                result.show(max_rows=max_rows, max_width=max(width, 40))
+        finally:
+            con.close()
+    except UsageError as e:
+        _fail_usage(e.message)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -82,12 +83,12 @@ def _print_failed(
 
 
 def duckdb_hint(out: Path) -> str:
-    """How to query the output (printed by `demo` and the README)."""
-    glob = out / "app.bsky.feed.post" / "**" / "*.parquet"
+    """How to query the output (printed by `demo`): the package's own DuckDB."""
+    where = shlex.quote(str(out))
     return (
-        "query it with DuckDB, e.g.\n"
-        f"  duckdb -c \"SELECT count(*) FROM read_parquet('{glob}', "
-        'hive_partitioning=true, union_by_name=true)"'
+        "query it, e.g.\n"
+        f'  bsky-backfill query --out {where} "SELECT did, count(*) FROM posts GROUP BY did"\n'
+        f'  bsky-backfill query --out {where} "SELECT error, count(*) FROM dead_letters GROUP BY 1"'
     )
 
 

@@ -261,11 +261,31 @@ def merge_options(
     return merged
 
 
+def dataset_options(
+    given: Mapping[str, Any],
+    explicitly_set: set[str],
+    config_path: str | Path | None,
+    environ: Mapping[str, str],
+) -> dict[str, Any]:
+    """`out` and `queue` for the commands that read a dataset (status, report, query),
+    from the same places `run` takes them (flag > env > file > default), so a run
+    made from a config file is inspected with that same file."""
+    path = config_path if config_path is not None else (environ.get(CONFIG_ENV) or None)
+    merged = dict(given)
+    layers = [load_config_file(path) if path is not None else {}, options_from_env(environ)]
+    for layer in layers:
+        for key in ("out", "queue"):
+            if key in layer and key in merged and key not in explicitly_set:
+                merged[key] = layer[key]
+    return merged
+
+
 __all__ = [
     "CONFIG_ENV",
     "ENV_PREFIX",
     "KEYS",
     "RunFileOptions",
+    "dataset_options",
     "dest_of",
     "key_of",
     "load_config_file",

@@ -168,3 +168,20 @@ def test_the_shipped_example_is_valid() -> None:
     assert dids.is_file() and dids.parent == EXAMPLE.parent
     lines = [ln for ln in dids.read_text().splitlines() if ln and not ln.startswith("#")]
     assert all(ln.startswith("did:plc:") for ln in lines) and lines
+
+
+def test_dataset_commands_take_out_from_file_and_env(tmp_path: Path) -> None:
+    from bsky_backfill.settings_file import dataset_options
+
+    config = write(tmp_path, 'out = "data"\nqueue = "postgresql://db/x"\n')
+    given = {"out": "bsky-data", "queue": None}
+    assert dataset_options(given, set(), config, {}) == {
+        "out": str(tmp_path / "data"),
+        "queue": "postgresql://db/x",
+    }
+    env = {"BSKY_BACKFILL_OUT": "/elsewhere"}
+    assert dataset_options(given, set(), config, env)["out"] == "/elsewhere"
+    assert dataset_options({"out": "mine", "queue": None}, {"out"}, config, env)["out"] == "mine"
+    assert dataset_options(given, set(), None, {"BSKY_BACKFILL_CONFIG": str(config)})["queue"] == (
+        "postgresql://db/x"
+    )
