@@ -49,8 +49,8 @@ def print_summary(summary: RunSummary, out: Path | str) -> None:
     console.print(
         f"[bold]{verb}[/bold] in {summary.seconds:.1f}s: repos {summary.repos_done} done, "
         f"{summary.repos_failed} failed, {summary.repos_pending} pending of "
-        f"{summary.repos_total}; {summary.records_total:,} records in the dataset "
-        f"({summary.records_per_second:,.0f}/s over this run); "
+        f"{summary.repos_total}; {summary.records_landed:,} records landed by this run "
+        f"({summary.records_per_second:,.0f}/s), {summary.records_total:,} in the dataset; "
         f"{summary.requests:,} requests, {summary.bytes / 1e6:,.1f} MB"
     )
     _print_counts(console, summary.records, summary.dead_letters)

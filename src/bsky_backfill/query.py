@@ -96,8 +96,12 @@ def _collection_name(con: duckdb.DuckDBPyConnection, out: Path, directory: str) 
     return str(row[0]) if row else directory
 
 
-def connect(out: Path, *, history: bool = False) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
-    """An in-memory DuckDB with OUT's views, and the view names (for help and errors)."""
+def connect(
+    out: Path | str, *, history: bool = False
+) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
+    """An in-memory DuckDB with OUT's views, and the view names (for help and errors).
+    Also the Python way in: `con, views = connect("study-data"); con.sql("...")`."""
+    out = Path(out)
     if not out.is_dir():
         raise UsageError(f"--out {out}: no such directory (run `bsky-backfill run` first)")
     con = duckdb.connect()

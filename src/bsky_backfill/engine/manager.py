@@ -102,6 +102,8 @@ class RunSummary:
     """Repos that landed during this run (done)."""
     failed_this_run: dict[str, int] = field(default_factory=dict)
     """Repos dead-lettered whole during this run, by code."""
+    records_this_run: dict[str, int] = field(default_factory=dict)
+    """Records landed during this run, by collection (`records` is the whole dataset)."""
 
     @property
     def nothing_landed(self) -> bool:
@@ -113,8 +115,14 @@ class RunSummary:
         return sum(self.records.values())
 
     @property
+    def records_landed(self) -> int:
+        """Records landed during this run (every collection)."""
+        return sum(self.records_this_run.values())
+
+    @property
     def records_per_second(self) -> float:
-        return self.records_total / self.seconds if self.seconds > 0 else 0.0
+        """This run's records over this run's time (a resume is not credited the dataset)."""
+        return self.records_landed / self.seconds if self.seconds > 0 else 0.0
 
 
 class Backfill:
@@ -154,6 +162,8 @@ class Backfill:
         self._lock: RunLock | None = None
         self._baseline: tuple[int, dict[str, int]] = (0, {})
         """(done, failed by code) in the store when the work started."""
+        self._records_before: dict[str, int] = {}
+        """Records per collection in the store when the work started."""
         self.on_tick: list[Callable[[Backfill], None]] = []
         self.on_commit: list[Callable[[CommitSummary], None]] = []
         self.on_decode: list[Callable[[float], None]] = []
@@ -204,6 +214,7 @@ class Backfill:
             # process of the run, `--workers` followers included).
             before = store.status()
             self._baseline = (before.done, dict(before.failed_by_code))
+            self._records_before = dict(before.records_by_collection)
             extractor = Extractor()
             # Big repos' parts spread over the cores the user gave: this process and
             # N-1 helper processes (engine/helpers.py).
@@ -786,11 +797,12 @@ class Backfill:
             stopped=self.stopping,
             landed_this_run=max(0, status.done - self._baseline[0]),
             failed_this_run=_grown(self._baseline[1], status.failed_by_code),
+            records_this_run=_grown(self._records_before, status.records_by_collection),
         )
 
 
 def _grown(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
-    """Failed repos per code that this run added."""
+    """What this run added per key (failed repos per code, records per collection)."""
     return {code: n - before.get(code, 0) for code, n in after.items() if n > before.get(code, 0)}
 
 
