@@ -69,7 +69,18 @@ def cli(ctx: click.Context, verbose: int) -> None:
 @click.option("--until", metavar="ISO8601", help="Keep records with createdAt < until.")
 @click.option("--out", default="bsky-data", show_default=True, metavar="DIR")
 @click.option("--queue", metavar="URL", help="State store; default SQLite under OUT/_state.")
-@click.option("--plc-url", default="https://plc.directory", show_default=True)
+@click.option(
+    "--plc-url",
+    default="https://plc.directory",
+    show_default=True,
+    metavar="URL",
+    help="The PLC directory that resolves did:plc DIDs.",
+)
+@click.option(
+    "--dns-server",
+    metavar="HOST[:PORT]",
+    help="DNS server for handles' _atproto TXT records (default: the system's).",
+)
 @click.option("--method", type=click.Choice(["car", "list"]), default="car", show_default=True)
 @click.option("--rate-limit", type=float, default=10.0, show_default=True, metavar="N")
 @click.option("--allow-private-hosts", is_flag=True, help="Allow loopback/private PDS hosts.")
@@ -349,7 +360,8 @@ def demo(out: str | None, accounts: int, hosts: int) -> None:
 @click.option("--accounts", default=60, show_default=True, help="Simulated accounts.")
 @click.option("--hosts", default=4, show_default=True, help="Simulated PDS hosts.")
 @click.option("--seed", default=2024, show_default=True, help="Same seed, same records.")
-def simulate(dids_file: str, out: str, accounts: int, hosts: int, seed: int) -> None:
+@click.option("--handles", is_flag=True, help="List the accounts by handle (@name.sim.test).")
+def simulate(dids_file: str, out: str, accounts: int, hosts: int, seed: int, handles: bool) -> None:
     """Serve the embedded simulated network until Ctrl-C, to practise `run` offline.
 
     Writes the network's DIDs to a file and prints the `run` command that
@@ -362,7 +374,7 @@ def simulate(dids_file: str, out: str, accounts: int, hosts: int, seed: int) -> 
         check_writable_file(Path(dids_file), "--dids")
     except UsageError as e:
         _fail_usage(e.message)
-    serve(Path(dids_file), out, accounts=accounts, hosts=hosts, seed=seed)
+    serve(Path(dids_file), out, accounts=accounts, hosts=hosts, seed=seed, handles=handles)
 
 
 @cli.command()

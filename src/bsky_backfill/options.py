@@ -19,6 +19,7 @@ from typing import Any
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.errors import BackfillError, UsageError
+from bsky_backfill.identity.dns import parse_server
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.syntax import is_valid_nsid, parse_datetime
 from bsky_backfill.xrpc.client import SPOOL_BYTES, HttpSettings
@@ -36,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "log_format": "text", "global_host_rate": None, "stream_size": "64MiB",
     "retry_cap": 3600.0, "give_up_after": "24h", "unreachable_after": "10m",
     "retry_failed": None,
-    "max_retry_after": 3600.0,
+    "max_retry_after": 3600.0, "dns_server": None, "handle_txt": None,
 }  # fmt: skip
 """Every `run` option and its default (the CLI's flags share these values)."""
 
@@ -229,6 +230,12 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
     plc_url = opts["plc_url"]
     if not plc_url.startswith(("http://", "https://")) or not _looks_like_host(plc_url):
         raise UsageError(f"--plc-url {plc_url!r} must be an http(s) URL with a host")
+    dns_server = opts.get("dns_server")
+    if dns_server is not None:
+        try:
+            parse_server(dns_server)
+        except ValueError:
+            raise UsageError(f"--dns-server {dns_server!r} is not HOST or HOST:PORT") from None
     source = DidSource.from_args(list(opts["did_list"]), opts["dids_file"]) if listed else None
     out = opts["out"]
     if "://" in out:
@@ -282,5 +289,7 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
         ),
         unreachable_after=unreachable_after or None,
         retry_failed=retry_failed,
+        dns_server=dns_server,
+        handle_txt=opts.get("handle_txt"),
     )
     return settings, source

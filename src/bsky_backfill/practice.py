@@ -4,7 +4,8 @@ Where it sits: a thin driver over simulate/ (the network, on 127.0.0.1 in a
 background thread, exactly as `demo` starts it). It writes the network's
 account list to a DIDs file, prints the `run` command that backfills it
 (PLC URL, that file, `--allow-private-hosts` because every host is on
-loopback), then serves until SIGINT/SIGTERM. The same seed gives the same
+loopback, and `--dns-server`: the network's own DNS answers its handles), then
+serves until SIGINT/SIGTERM. The same seed gives the same
 accounts and records, so a practice dataset can be rebuilt and compared.
 """
 
@@ -28,8 +29,11 @@ def check_writable_file(path: Path, flag: str) -> None:
         raise UsageError(f"{flag} {path}: not a file in an existing directory")
 
 
-def serve(dids_file: Path, out: str, *, accounts: int, hosts: int, seed: int) -> None:
-    """Start the network, write `dids_file`, print the `run` command, serve until stopped."""
+def serve(
+    dids_file: Path, out: str, *, accounts: int, hosts: int, seed: int, handles: bool = False
+) -> None:
+    """Start the network, write `dids_file` (its accounts' handles with `handles`),
+    print the `run` command, serve until stopped."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -40,16 +44,22 @@ def serve(dids_file: Path, out: str, *, accounts: int, hosts: int, seed: int) ->
     click.echo(f"starting a simulated network: {accounts} accounts on {hosts} PDS hosts ...")
     try:
         with run_network_in_thread(scenario) as net:
-            net.write_dids(dids_file)
             truth = net.truth
+            if handles:
+                listed = [f"@{h}" for h in net.handles()]
+                dids_file.write_text("# simulated network handles\n" + "\n".join(listed) + "\n")
+            else:
+                net.write_dids(dids_file)
             command = [
                 "bsky-backfill", "run", "--dids", str(dids_file), "--plc-url", net.plc_url,
-                "--allow-private-hosts", "--out", out,
+                "--dns-server", net.dns_server, "--allow-private-hosts", "--out", out,
             ]  # fmt: skip
             click.echo(f"PLC directory  {net.plc_url}")
             click.echo(f"PDS hosts      {' '.join(net.host_urls)}")
+            click.echo(f"DNS (handles)  {net.dns_server}")
+            what = "handles" if handles else "DIDs"
             click.echo(
-                f"accounts       {len(truth.input_dids)} DIDs in {dids_file} "
+                f"accounts       {len(truth.input_dids)} {what} in {dids_file} "
                 f"({len(truth.records):,} records; some accounts are taken down, "
                 "deactivated or unknown, as on the real network)"
             )

@@ -93,6 +93,7 @@ class RunFileOptions(BaseModel):
     out: str | None = None
     queue: str | None = None
     plc_url: str | None = None
+    dns_server: str | None = None
     method: Literal["car", "list"] | None = None
     rate_limit: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     allow_private_hosts: bool | None = None

@@ -32,6 +32,12 @@ def streamed(source: DidSource) -> list[str]:
         (f"bsky.app/profile/{B}", B),
         (f"http://www.bsky.app/profile/{W}", W),
         ("alice", None),
+        ("@Alice.Bsky.Social", "alice.bsky.social"),
+        ("alice.bsky.social.", "alice.bsky.social"),
+        ("at://bob.test/app.bsky.feed.post/3jzfcijpj2z2a", "bob.test"),
+        ("https://bsky.app/profile/Carol.example.com", "carol.example.com"),
+        ("@did:plc:z72i7hdynmk6r22z27h6tvur", None),
+        ("alice..test", None),
         ("https://example.com/profile/" + A, None),
         ("at://", None),
         (A + "x", None),
@@ -71,8 +77,8 @@ def test_every_bad_line_is_reported_at_once(tmp_path: Path) -> None:
         DidSource.from_args([], str(path))
     message = caught.value.message
     assert message.splitlines()[0].endswith(
-        "5 lines are not a did:plc or did:web DID "
-        "(or an at:// URI or a bsky.app profile URL of one):"
+        "5 lines are not a did:plc/did:web DID or a handle "
+        "(or an at:// URI or bsky.app profile URL of one):"
     )
     for number, text in enumerate(bad, 2):
         assert f"line {number}: {text!r}" in message
@@ -90,5 +96,5 @@ def test_many_bad_lines_show_the_first_ones_and_a_count(tmp_path: Path) -> None:
 
 
 def test_bad_did_values_are_all_named() -> None:
-    with pytest.raises(UsageError, match=r"--did 'x', 'y': not a did:plc"):
+    with pytest.raises(UsageError, match=r"--did 'x', 'y': not a did:plc/did:web DID"):
         DidSource.from_args([A, "x", "y"], None)

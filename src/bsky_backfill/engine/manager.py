@@ -37,6 +37,7 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
+from typing import cast
 
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.cpu import Extractor
@@ -55,6 +56,8 @@ from bsky_backfill.engine.stats import RunStats
 from bsky_backfill.engine.worker import RepoWorker
 from bsky_backfill.engine.workers import Role, join_followers, spawn_followers, stop_followers
 from bsky_backfill.errors import HostUnreachable, TerminalError, TransientError, UsageError
+from bsky_backfill.identity.dns import TxtLookup, parse_server, system_nameserver, udp_txt_lookup
+from bsky_backfill.identity.handle import HandleResolver, is_handle
 from bsky_backfill.identity.resolver import DidResolver, host_key
 from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
 from bsky_backfill.sinks import BatchRefused
@@ -238,6 +241,12 @@ class Backfill:
                         allow_private=settings.allow_private_hosts,
                         concurrency=settings.resolve_concurrency,
                     )
+                    self.handles = HandleResolver(
+                        client,
+                        self.resolver.document_handle,
+                        txt=txt_lookup(settings),
+                        allow_private=settings.allow_private_hosts,
+                    )
                     self.worker = RepoWorker(self, client, extractor, helpers)
                     if self.role.leader and self.role.count > 1:
                         self._followers = spawn_followers(settings, self.role.count)
@@ -398,6 +407,9 @@ class Backfill:
 
         async def resolve_one(did: str) -> None:
             try:
+                if is_handle(did):
+                    await resolve_handle(did)
+                    return
                 identity = await self.resolver.resolve(did)
                 await self.client.guard.check(identity.pds)
                 resolved.append(identity)
@@ -413,6 +425,16 @@ class Backfill:
             finally:
                 in_flight.discard(did)
                 self._wake.set()
+
+        async def resolve_handle(handle: str) -> None:
+            """An account listed by handle: its verified DID takes its place in the
+            queue (added before the handle goes, so a crash between keeps both and
+            the next run resolves the handle again: the store ignores the repeat)."""
+            identity = await self.resolver.resolve(await self.handles.resolve(handle))
+            await self.client.guard.check(identity.pds)
+            self.store.enqueue_resolved([identity])
+            self.store.withdraw([handle])
+            log.info("handle %s is %s", handle, identity.did)
 
         while not self.stopping:
             if resolved:
@@ -804,6 +826,17 @@ class Backfill:
 def _grown(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
     """What this run added per key (failed repos per code, records per collection)."""
     return {code: n - before.get(code, 0) for code, n in after.items() if n > before.get(code, 0)}
+
+
+def txt_lookup(settings: RunSettings) -> TxtLookup | None:
+    """Where handles' DNS records come from: the hook, --dns-server, or the system's."""
+    if settings.handle_txt is not None:
+        return cast(TxtLookup, settings.handle_txt)
+    if settings.dns_server is not None:
+        host, port = parse_server(settings.dns_server)
+        return udp_txt_lookup(host, port)
+    nameserver = system_nameserver()
+    return udp_txt_lookup(nameserver) if nameserver else None
 
 
 def operator_hosts(settings: RunSettings) -> list[str]:

@@ -9,9 +9,11 @@ to a temporary file for that.
 
 Lines come as people make them: a UTF-8 byte-order mark (Excel, Notepad),
 CRLF line ends, stray spaces, `# comments`, and an account written as a DID,
-an `at://` URI (its authority) or a profile URL
-(`https://bsky.app/profile/<handle-or-did>`). Each is reduced to its DID
-(`account_of`) before it reaches the store.
+a handle (`alice.bsky.social` or `@alice.bsky.social`), an `at://` URI (its
+authority) or a profile URL (`https://bsky.app/profile/<handle-or-did>`). Each
+is reduced to a DID or a lower-case handle (`account_of`) before it reaches the
+store; handles are resolved and verified by the identity stage
+(identity/handle.py), which puts the DID in their place.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from pathlib import Path
 from typing import IO
 
 from bsky_backfill.errors import UsageError
+from bsky_backfill.identity.handle import normalize_handle
 from bsky_backfill.syntax import is_supported_did
 
 MAX_SHOWN = 20
 """Bad lines named one by one in the error; the rest are counted."""
 
-_WHAT = "a did:plc or did:web DID (or an at:// URI or a bsky.app profile URL of one)"
+_WHAT = "a did:plc/did:web DID or a handle (or an at:// URI or bsky.app profile URL of one)"
 # https://bsky.app/profile/<actor>[/post/...][?query][#fragment]; scheme and www optional.
 _PROFILE_URL = re.compile(r"(?:https?://)?(?:www\.)?bsky\.app/profile/([^/?#\s]+)(?:[/?#]\S*)?")
 _AT_URI = re.compile(r"at://([^/?#\s]+)(?:/\S*)?")
@@ -47,10 +50,13 @@ def _clean(line: str) -> str | None:
 
 
 def account_of(text: str) -> str | None:
-    """The DID named by one cleaned line (DID, at:// URI, profile URL), or None."""
+    """The account named by one cleaned line: a DID, or a handle (lower case, no `@`,
+    resolved by the engine's identity stage), from any accepted form; else None."""
     match = _AT_URI.fullmatch(text) or _PROFILE_URL.fullmatch(text)
     actor = match.group(1) if match else text
-    return actor if is_supported_did(actor) else None
+    if actor.startswith("did:"):
+        return actor if is_supported_did(actor) else None
+    return normalize_handle(actor)
 
 
 def _shown(text: str) -> str:

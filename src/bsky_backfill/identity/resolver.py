@@ -137,6 +137,12 @@ class DidResolver:
         if cached is not None:
             self._cache.move_to_end(did)
             return cached
+        identity, _ = await self.resolve_document(did)
+        return identity
+
+    async def resolve_document(self, did: str) -> tuple[Identity, str | None]:
+        """Identity for `did` and the handle its document names (never cached: handle
+        checks want the document as it is now); the identity is cached for `resolve`."""
         async with self._limit:
             self.lookups += 1
             info = await self._lookup(did)
@@ -147,7 +153,12 @@ class DidResolver:
         self._cache[did] = identity
         if len(self._cache) > self._cache_entries:
             self._cache.popitem(last=False)
-        return identity
+        return identity, info.handle
+
+    async def document_handle(self, did: str) -> str | None:
+        """The handle `did`'s document names (identity/handle.py's check)."""
+        _, handle = await self.resolve_document(did)
+        return handle
 
     @property
     def cached(self) -> int:
