@@ -31,7 +31,8 @@ from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.errors import UsageError
 from bsky_backfill.observe import setup_logging, start_observers
 from bsky_backfill.options import RETRY_DEFAULT, check_out_writable, settings_from_options
-from bsky_backfill.output import nothing_landed_line, print_status, print_summary
+from bsky_backfill.output import nothing_landed_line, print_status, print_summary, start_line
+from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.settings_file import dataset_options, merge_options
 from bsky_backfill.state.open import redact
 from bsky_backfill.state.runlock import live_holder
@@ -46,28 +47,81 @@ def _fail_usage(message: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
+_DEFAULT_TYPES = ", ".join(sorted(c.removeprefix("app.bsky.") for c in DEFAULT_COLLECTIONS))
+
+
 # -- commands ------------------------------------------------------------------------
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="bsky-backfill")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-@click.pass_context
-def cli(ctx: click.Context, verbose: int) -> None:
-    """Backfill Bluesky / AT Protocol repositories into a Parquet dataset."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    ctx.obj = {"log_level": level}
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    """-v/-vv before or after the subcommand: the most said wins (info, debug)."""
+    if not value:
+        return
+    obj = ctx.find_root().ensure_object(dict)
+    level = min(obj.get("log_level", logging.WARNING), logging.WARNING - 10 * min(value, 2))
+    obj["log_level"] = level
     setup_logging(level, "text")
 
 
+_VERBOSE_HELP = "More log output on stderr (-v info, -vv debug)."
+
+
+def _verbose(f: Any) -> Any:
+    return click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=_set_verbosity,
+        help=_VERBOSE_HELP,
+    )(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
+@click.version_option(__version__, prog_name="bsky-backfill")
+@_verbose
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Backfill Bluesky / AT Protocol repositories into a Parquet dataset.
+
+    Start with `bsky-backfill simulate` (a practice network) or `bsky-backfill demo`;
+    `bsky-backfill COMMAND --help` describes each command."""
+    obj = ctx.ensure_object(dict)
+    obj.setdefault("log_level", logging.WARNING)
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(0)
+    setup_logging(obj["log_level"], "text")
+
+
 @cli.command()
-@click.option("--dids", "dids_file", metavar="FILE", help="File of DIDs, one per line; - = stdin.")
-@click.option("--did", "did_list", multiple=True, metavar="DID", help="A DID (repeatable).")
+@_verbose
+@click.option(
+    "--dids",
+    "dids_file",
+    metavar="FILE",
+    help="Accounts, one per line: DIDs, handles, at:// URIs or bsky.app profile URLs "
+    "(# comments; - = stdin).",
+)
+@click.option(
+    "--did", "did_list", multiple=True, metavar="DID", help="A DID or handle (repeatable)."
+)
 @click.option("--all-from-plc", is_flag=True, help="Every DID in the PLC directory.")
 @click.option("--from-relay", metavar="URL", help="Every repo the relay's hosts list.")
 @click.option("--pds", multiple=True, metavar="URL", help="Every repo on this PDS (repeatable).")
-@click.option("--collections", metavar="NSID[,NSID...]", help="Default: the app.bsky types.")
+@click.option(
+    "--collections",
+    metavar="NSID[,NSID...]",
+    help="Record types to keep; patterns like app.bsky.feed.* allowed. Default: every "
+    f"app.bsky type: {_DEFAULT_TYPES}.",
+)
 @click.option("--since", metavar="ISO8601", help="Keep records with createdAt >= since.")
 @click.option("--until", metavar="ISO8601", help="Keep records with createdAt < until.")
-@click.option("--out", default="bsky-data", show_default=True, metavar="DIR")
+@click.option(
+    "--out",
+    default="bsky-data",
+    show_default=True,
+    metavar="DIR",
+    help="The dataset: one Parquet table per collection, _deadletters, _state.",
+)
 @click.option("--queue", metavar="URL", help="State store; default SQLite under OUT/_state.")
 @click.option(
     "--plc-url",
@@ -81,15 +135,43 @@ def cli(ctx: click.Context, verbose: int) -> None:
     metavar="HOST[:PORT]",
     help="DNS server for handles' _atproto TXT records (default: the system's).",
 )
-@click.option("--method", type=click.Choice(["car", "list"]), default="car", show_default=True)
-@click.option("--rate-limit", type=float, default=10.0, show_default=True, metavar="N")
+@click.option(
+    "--method",
+    type=click.Choice(["car", "list"]),
+    default="car",
+    show_default=True,
+    help="car: each repo whole (getRepo), verified; list: listRecords pages per collection.",
+)
+@click.option(
+    "--rate-limit",
+    type=float,
+    default=10.0,
+    show_default=True,
+    metavar="N",
+    help="Requests per second per PDS host (0: no limit); the host's RateLimit "
+    "headers and 429s always win.",
+)
 @click.option("--allow-private-hosts", is_flag=True, help="Allow loopback/private PDS hosts.")
 @click.option("--no-verify", is_flag=True, help="Skip commit-signature / MST verification.")
 @click.option("--progress/--no-progress", default=None, help="Live progress (default: on a TTY).")
-@click.option("--metrics-port", type=int, metavar="N")
-@click.option("--workers", type=int, default=1, show_default=True, metavar="N")
+@click.option(
+    "--metrics-port", type=int, metavar="N", help="Serve Prometheus metrics on this port."
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Processes on this machine (PDS hosts are split between them).",
+)
 @click.option("--refresh", is_flag=True, help="Fetch only what changed since the last run.")
-@click.option("--config", "config_file", metavar="FILE.toml")
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE.toml",
+    help="Any flag from a TOML file (flags > BSKY_BACKFILL_* env > file).",
+)
 @click.option(
     "--host-concurrency",
     type=int,
@@ -114,7 +196,14 @@ def cli(ctx: click.Context, verbose: int) -> None:
     metavar="S",
     help="...or when it is this old.",
 )
-@click.option("--connect-timeout", type=float, default=10.0, show_default=True, metavar="S")
+@click.option(
+    "--connect-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds to wait for a connection to a host.",
+)
 @click.option(
     "--read-timeout",
     type=float,
@@ -227,6 +316,7 @@ def run(ctx: click.Context, /, **opts: Any) -> None:
         settings, source = settings_from_options(opts)
     except UsageError as e:
         _fail_usage(e.message)
+    click.echo(start_line(settings, source, opts["dids_file"]))
     summary = _run_engine(settings, source, metrics_port=opts["metrics_port"])
     print_summary(summary, settings.out)
     if summary.stopped:
@@ -290,6 +380,7 @@ def _where(
 
 
 @cli.command()
+@_verbose
 @click.option("--out", default="bsky-data", show_default=True, metavar="DIR", help=_OUT_HELP)
 @click.option("--queue", metavar="URL", help="The run's state store (default: OUT's SQLite).")
 @click.option("--config", "config_file", metavar="FILE.toml", help=_CONFIG_HELP)
@@ -326,6 +417,7 @@ def status(
 
 
 @cli.command()
+@_verbose
 @click.option("--out", default=None, metavar="DIR", help="Default: a new temporary directory.")
 @click.option("--accounts", default=60, show_default=True, help="Simulated accounts.")
 @click.option("--hosts", default=4, show_default=True, help="Simulated PDS hosts.")
@@ -342,6 +434,7 @@ def demo(out: str | None, accounts: int, hosts: int) -> None:
 
 
 @cli.command()
+@_verbose
 @click.option(
     "--dids",
     "dids_file",
@@ -378,6 +471,7 @@ def simulate(dids_file: str, out: str, accounts: int, hosts: int, seed: int, han
 
 
 @cli.command()
+@_verbose
 @click.option("--out", default="bsky-data", show_default=True, metavar="DIR", help=_OUT_HELP)
 @click.option("--html", "html_file", metavar="FILE", help="Also write a page with charts.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -415,6 +509,7 @@ def report(
 
 
 @cli.command()
+@_verbose
 @click.argument("sql")
 @click.option("--out", default="bsky-data", show_default=True, metavar="DIR", help=_OUT_HELP)
 @click.option(
@@ -481,7 +576,7 @@ def query(
 def main() -> None:
     """Console-script entry point: click usage errors become one line and exit 2."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="bsky-backfill", standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.exceptions.ClickException as e:

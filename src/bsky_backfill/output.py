@@ -16,7 +16,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.manager import RunSummary
+from bsky_backfill.engine.sources import DidSource
+from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.safetext import printable
 from bsky_backfill.state.base import StatusReport
 from bsky_backfill.state.open import redact
@@ -40,6 +43,38 @@ def _print_counts(console: Console, records: dict[str, int], letters: dict[str, 
         for name, count in sorted(counts.items()):
             table.add_row(Text(printable(name)), f"{count:,}")
         console.print(table)
+
+
+def start_line(settings: RunSettings, source: DidSource | None, file: str | None) -> str:
+    """What a run is about to do, echoed first: source, filters, method, where to."""
+    what: list[str] = []
+    if source is not None:
+        handles = f", {source.handles:,} of them handles" if source.handles else ""
+        where = f" from {'standard input' if file == '-' else file}" if file else ""
+        what.append(f"{source.count:,} accounts{where}{handles}")
+    if settings.all_from_plc:
+        what.append(f"every DID in the PLC directory {settings.plc_url}")
+    if settings.from_relay:
+        what.append(f"every repo of the relay {settings.from_relay}'s hosts")
+    if settings.pds:
+        what.append(f"every repo on {', '.join(settings.pds)}")
+    if settings.refresh:
+        what.append("what changed in the finished repos (refresh)")
+    if settings.retry_failed is not None:
+        what.append("failed repos put back (--retry-failed)")
+    if set(settings.collections) == set(DEFAULT_COLLECTIONS):
+        kinds = "every app.bsky record type"
+    else:
+        kinds = ", ".join(sorted(settings.collections))
+    window = ""
+    if settings.since or settings.until:
+        lo = settings.since.isoformat() if settings.since else "the beginning"
+        hi = settings.until.isoformat() if settings.until else "now"
+        window = f", createdAt in [{lo}, {hi})"
+    return (
+        f"backfilling {'; '.join(what) or 'the dataset'}: {kinds}{window}; "
+        f"method {settings.method}{'' if settings.verify else ', unverified'}; into {settings.out}"
+    )
 
 
 def print_summary(summary: RunSummary, out: Path | str) -> None:

@@ -413,6 +413,7 @@ class Backfill:
                 identity = await self.resolver.resolve(did)
                 await self.client.guard.check(identity.pds)
                 resolved.append(identity)
+                log.debug("resolved %s: PDS %s", did, identity.pds, extra={"did": did})
             except HostUnreachable as e:  # the directory (or did:web host) was given up
                 self._fail(did, "resolve", "ResolveFailed", e.message)
             except TerminalError as e:

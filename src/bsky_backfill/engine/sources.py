@@ -83,6 +83,8 @@ class DidSource:
     path: Path | None = None
     _spool: IO[str] | None = None
     count: int = 0
+    handles: int = 0
+    """How many of `count` are handles (resolved by the identity stage)."""
 
     @classmethod
     def from_args(cls, dids: Iterable[str], file: str | None) -> DidSource:
@@ -95,6 +97,7 @@ class DidSource:
                 bad_values.append(value)
             else:
                 source.dids.append(did)
+                source.handles += not did.startswith("did:")
         if bad_values:
             shown = ", ".join(_shown(v) for v in bad_values[:MAX_SHOWN])
             more = f" and {len(bad_values) - MAX_SHOWN} more" if len(bad_values) > MAX_SHOWN else ""
@@ -133,6 +136,7 @@ class DidSource:
                     bad.append((number, text))
                 continue
             self.count += 1
+            self.handles += not did.startswith("did:")
             if copy_to is not None:
                 copy_to.write(did + "\n")
         if total_bad:
