@@ -11,8 +11,10 @@ in the environment; `--dids FILE` is `dids`, `--did` is `did`, `--no-verify`
 is `no_verify`, `--progress/--no-progress` is `progress = true|false`.
 List flags (`did`, `pds`) and `collections` take a TOML list or a
 comma-separated string; `since`/`until` a string or a TOML date/datetime.
-Relative paths in the file (`dids`, `out`) are relative to the file's folder,
-so a config travels with its DID list. `BSKY_BACKFILL_CONFIG` names a file
+A relative `dids` in the file is relative to the file's folder, so a config
+travels with its DID list; a relative `out` is relative to the working
+directory, like `--out` and every CLI's output paths (the dataset lands where
+the command runs, not beside the config file). `BSKY_BACKFILL_CONFIG` names a file
 when `--config` does not.
 
 Every value is checked by a pydantic model; a wrong key or value is a
@@ -38,8 +40,9 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 
 # File key -> click parameter name, where they differ.
 _DEST = {"dids": "dids_file", "did": "did_list", "config": "config_file"}
-# Keys holding paths that a file gives relative to its own folder.
-_PATH_KEYS = ("dids", "out")
+# Keys holding paths that a file gives relative to its own folder (`out` is not
+# one: output goes where the command runs).
+_PATH_KEYS = ("dids",)
 
 
 def _split_list(value: Any) -> Any:
