@@ -38,9 +38,12 @@ class Observers:
     metrics: RunMetrics | None
 
     def finish(self, summary: RunSummary) -> None:
-        """The run returned: final gauges (the store is closed by now)."""
+        """The run returned: final gauges and the display's last frame (the store is
+        closed by now)."""
         if self.metrics is not None:
             self.metrics.finish(summary)
+        if isinstance(self.progress, ProgressDisplay):
+            self.progress.finish(summary)
 
     def close(self) -> None:
         """Stop the display and the metrics server; safe to call twice."""
