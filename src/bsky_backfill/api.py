@@ -46,7 +46,9 @@ from bsky_backfill.options import DEFAULTS, RETRY_DEFAULT, settings_from_options
 __all__ = ["Backfill", "RunSummary"]
 
 _RENAMED = {"dids": "did_list", "config": "config_file"}
-_NOT_OPTIONS = {"progress", "metrics_port", "log_format", "config_file", "no_verify"}
+_NOT_OPTIONS = {
+    "progress", "metrics_port", "metrics_host", "log_format", "config_file", "no_verify",
+}  # fmt: skip
 # CLI flags whose parameter is not the flag's name with underscores.
 _PARAMETER_OF_FLAG = {"--dids": "dids_file", "--did": "dids", "--no-verify": "verify=False"}
 _FLAG = re.compile(r"--[a-z][a-z0-9-]*")

@@ -158,6 +158,13 @@ def cli(ctx: click.Context) -> None:
     "--metrics-port", type=int, metavar="N", help="Serve Prometheus metrics on this port."
 )
 @click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="ADDR",
+    help="Address the metrics server listens on (0.0.0.0: every interface).",
+)
+@click.option(
     "--workers",
     type=int,
     default=1,
@@ -316,8 +323,13 @@ def run(ctx: click.Context, /, **opts: Any) -> None:
         settings, source = settings_from_options(opts)
     except UsageError as e:
         _fail_usage(e.message)
-    click.echo(start_line(settings, source, opts["dids_file"]))
-    summary = _run_engine(settings, source, metrics_port=opts["metrics_port"])
+    summary = _run_engine(
+        settings,
+        source,
+        metrics_port=opts["metrics_port"],
+        metrics_host=opts["metrics_host"],
+        announce=start_line(settings, source, opts["dids_file"]),
+    )
     print_summary(summary, settings.out)
     if summary.stopped:
         sys.exit(130)
@@ -327,13 +339,23 @@ def run(ctx: click.Context, /, **opts: Any) -> None:
 
 
 def _run_engine(
-    settings: RunSettings, source: DidSource | None, *, metrics_port: int | None = None
+    settings: RunSettings,
+    source: DidSource | None,
+    *,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+    announce: str | None = None,
 ) -> RunSummary:
     async def main() -> RunSummary:
         backfill = Backfill(settings, source)
         observers = start_observers(
-            backfill, metrics_port=metrics_port, live_progress=settings.progress
+            backfill,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            live_progress=settings.progress,
         )
+        if announce:  # once nothing can refuse the run any more (e.g. the metrics port)
+            click.echo(announce)
         loop = asyncio.get_running_loop()
 
         def on_signal(signum: int) -> None:

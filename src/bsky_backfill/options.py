@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "collections": None, "since": None, "until": None, "out": "bsky-data", "queue": None,
     "plc_url": "https://plc.directory", "method": "car", "rate_limit": 10.0,
     "allow_private_hosts": False, "no_verify": False, "progress": False, "metrics_port": None,
+    "metrics_host": "127.0.0.1",
     "workers": 1, "refresh": False, "config_file": None, "host_concurrency": 4,
     "commit_rows": 200_000, "commit_seconds": 10.0, "connect_timeout": 10.0,
     "read_timeout": 60.0, "max_car_size": "4GiB", "max_attempts": 6, "retry_base": 2.0,

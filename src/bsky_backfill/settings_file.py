@@ -103,6 +103,7 @@ class RunFileOptions(BaseModel):
     no_verify: bool | None = None
     progress: bool | None = None
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str | None = None
     workers: int | None = Field(default=None, ge=1)
     refresh: bool | None = None
     host_concurrency: int | None = Field(default=None, ge=1)

@@ -153,3 +153,13 @@ def test_bad_failure_policy_flags(flags: tuple[str, ...], needle: str, out: Path
     result = run_cli("run", "--did", GOOD_DID, "--out", str(out), *flags)
     assert_usage_error(result, needle)
     assert not out.exists()
+
+
+def test_metrics_host_that_cannot_be_bound(out: Path) -> None:
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: the server cannot listen there.
+    result = run_cli("run", "--did", GOOD_DID, "--out", str(out), "--metrics-port", "0",
+                     "--metrics-host", "192.0.2.1")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "on 192.0.2.1: cannot listen" in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
+    assert not out.exists()

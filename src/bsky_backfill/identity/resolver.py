@@ -54,7 +54,9 @@ class PlcResolver:
 
     async def resolve(self, did: str) -> DidDocInfo:
         try:
-            doc = await self._client.fetch_json(f"{self._plc}/{did}", trusted=True)
+            doc = await self._client.fetch_json(
+                f"{self._plc}/{did}", trusted=True, label="plc_lookup"
+            )
         except (ResolveError, HostUnreachable):
             # HostUnreachable: the directory is given up, not the DID (a retryable
             # ResolveFailed).
@@ -83,7 +85,7 @@ class WebResolver:
         url = self.document_url(did)
         try:
             await self._client.guard.check(url)
-            doc = await self._client.fetch_json(url, trusted=False)
+            doc = await self._client.fetch_json(url, trusted=False, label="did_web_document")
         except (ResolveError, HostUnreachable):
             raise
         except BlockedAddress as e:
