@@ -99,3 +99,28 @@ def test_hostile_names_on_the_terminal_are_text_not_markup() -> None:
     assert "out[bold]" in shown
     assert "\x1b]0;" not in shown and "\x1b]8;" not in shown and "\x07" not in shown
     assert "\\x1b[31m" in shown
+
+
+def test_month_table_headers_are_whole_at_80_columns() -> None:
+    import io
+
+    from rich.console import Console
+
+    from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
+    from bsky_backfill.report.model import CollectionCount, MonthCount, Report
+    from bsky_backfill.report.render import print_report
+
+    names = sorted(DEFAULT_COLLECTIONS)
+    report = Report(
+        out="out",
+        collections=[CollectionCount(n, 1_234_567, 0, "2024-01", "2024-02") for n in names],
+        months=[MonthCount(n, m, 617_283) for n in names for m in ("2024-01", "2024-02")],
+    )
+    buffer = io.StringIO()
+    print_report(report, as_json=False, console=Console(file=buffer, width=80))
+    lines = buffer.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    text = buffer.getvalue()
+    for header in short_names(names):
+        assert f" {header} " in text, header  # never cut to "acto…"
+    assert "…" not in text
