@@ -124,3 +124,36 @@ def test_month_table_headers_are_whole_at_80_columns() -> None:
     for header in short_names(names):
         assert f" {header} " in text, header  # never cut to "acto…"
     assert "…" not in text
+
+
+def test_page_colours_are_fixed_per_collection_and_filters_are_shown() -> None:
+    from bsky_backfill.report.charts import colour_of
+    from bsky_backfill.report.html import render_html
+    from bsky_backfill.report.model import CollectionCount, MonthCount, Report
+
+    def page(names: list[str]) -> str:
+        return render_html(
+            Report(
+                out="out",
+                collections=[CollectionCount(n, 5, 0, "2024-01", "2024-01") for n in names],
+                months=[MonthCount(n, "2024-01", 5) for n in names],
+                filters={
+                    "collections": names,
+                    "since": "2024-01-01T00:00:00+00:00",
+                    "until": None,
+                    "method": "car",
+                },
+            )
+        )
+
+    alone = page(["app.bsky.feed.like"])
+    with_posts = page(["app.bsky.feed.post", "app.bsky.feed.like"])
+    like = colour_of("app.bsky.feed.like")
+    assert like != colour_of("app.bsky.feed.post")
+    # the same collection, the same colour, whatever else the dataset holds
+    assert 'data-series="app.bsky.feed.like" data-bucket="2024-01" data-count="5"' in alone
+    for html in (alone, with_posts):
+        assert f'fill="{like}"><title>app.bsky.feed.like' in html
+    assert "createdAt window</dt><dd>[2024-01-01T00:00:00+00:00, now)" in with_posts
+    assert '<th title="app.bsky.feed.post">feed.post</th>' in with_posts
+    assert '<div class="scroll"><table id="table-months">' in with_posts

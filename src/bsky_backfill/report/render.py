@@ -7,12 +7,14 @@ that `queries.build_report` made; the HTML page is `html.py`'s job.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.report.model import Report
 from bsky_backfill.safetext import printable
 
@@ -49,6 +51,22 @@ def _collections_table(report: Report) -> Table:
         )
     table.add_row("total", f"{report.records_total:,}", "", "", "", style="bold")
     return table
+
+
+def filter_lines(filters: dict[str, Any]) -> list[tuple[str, str]]:
+    """The dataset's filters as (what, value) lines for people."""
+    collections = filters.get("collections") or []
+    if set(collections) == set(DEFAULT_COLLECTIONS):
+        kinds = f"every app.bsky record type ({len(collections)})"
+    else:
+        kinds = ", ".join(collections) or "-"
+    since, until = filters.get("since"), filters.get("until")
+    window = "any" if not (since or until) else f"[{since or 'the beginning'}, {until or 'now'})"
+    return [
+        ("collections", kinds),
+        ("createdAt window", window),
+        ("method", str(filters.get("method") or "-")),
+    ]
 
 
 def short_names(names: list[str]) -> list[str]:
@@ -144,6 +162,9 @@ def print_report(report: Report, *, as_json: bool, console: Console | None = Non
         f"[bold]{escape(printable(str(report.out)))}[/bold]: {report.records_total:,} records in "
         f"{len(report.collections)} collections, {report.dead_letters_total:,} dead letters"
     )
+    if report.filters is not None:
+        for what, value in filter_lines(report.filters):
+            console.print(f"{what}: {escape(printable(value, 2000))}")
     if report.collections:
         console.print(_collections_table(report))
         for table in _months_tables(report, console.width):
