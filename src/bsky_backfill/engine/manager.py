@@ -84,6 +84,8 @@ from bsky_backfill.xrpc.ssrf import host_to_base_url
 log = logging.getLogger("bsky_backfill")
 
 INTAKE = "intake"
+FOLLOWER_TRAFFIC = "follower_traffic:"
+"""Meta key prefix (+ process index) of a --workers follower's requests and bytes."""
 """Meta key: "running" while the leader reads the source and resolves, then "done"."""
 
 
@@ -249,6 +251,8 @@ class Backfill:
                     )
                     self.worker = RepoWorker(self, client, extractor, helpers)
                     if self.role.leader and self.role.count > 1:
+                        for index in range(1, self.role.count):  # this run's figures only
+                            store.set_meta(f"{FOLLOWER_TRAFFIC}{index}", "")
                         self._followers = spawn_followers(settings, self.role.count)
                     try:
                         await self._run_loops()
@@ -277,6 +281,14 @@ class Backfill:
             if self._fatal is not None:
                 raise self._fatal
             self._clear_pauses()
+            if not self.role.leader:
+                # The leader's summary counts every process's traffic (--workers).
+                store.set_meta(
+                    f"{FOLLOWER_TRAFFIC}{self.role.index}",
+                    json.dumps(
+                        {"requests": sum(self.stats.requests.values()), "bytes": self.stats.bytes}
+                    ),
+                )
             return self._summary(store)
         finally:
             store.close()
@@ -804,9 +816,26 @@ class Backfill:
             await asyncio.sleep(1.0)
             self._maybe_commit()
 
+    def _follower_traffic(self, store: StateStore) -> dict[str, int]:
+        """Requests and bytes the --workers followers of this run reported at their end."""
+        total = {"requests": 0, "bytes": 0}
+        if not self.role.leader:
+            return total
+        # As many as were started (the role shrinks to one once they are gone).
+        for index in range(1, len(self._followers) + 1):
+            try:
+                figures = json.loads(store.get_meta(f"{FOLLOWER_TRAFFIC}{index}") or "{}")
+            except ValueError:
+                continue
+            for key in total:
+                value = figures.get(key) if isinstance(figures, dict) else None
+                total[key] += value if isinstance(value, int) else 0
+        return total
+
     def _summary(self, store: StateStore) -> RunSummary:
         counts = store.counts()
         status = store.status()
+        followers = self._follower_traffic(store)
         return RunSummary(
             repos_total=sum(counts.values()),
             repos_done=counts.get(RepoState.DONE, 0),
@@ -815,8 +844,8 @@ class Backfill:
             records=dict(status.records_by_collection),
             dead_letters=dict(status.dead_letters_by_code),
             seconds=self.stats.elapsed,
-            requests=sum(self.stats.requests.values()),
-            bytes=self.stats.bytes,
+            requests=sum(self.stats.requests.values()) + followers["requests"],
+            bytes=self.stats.bytes + followers["bytes"],
             stopped=self.stopping,
             landed_this_run=max(0, status.done - self._baseline[0]),
             failed_this_run=_grown(self._baseline[1], status.failed_by_code),
