@@ -45,8 +45,8 @@ def serve(
     try:
         with run_network_in_thread(scenario) as net:
             truth = net.truth
+            listed = [f"@{h}" for h in net.handles()] if handles else truth.input_dids
             if handles:
-                listed = [f"@{h}" for h in net.handles()]
                 dids_file.write_text("# simulated network handles\n" + "\n".join(listed) + "\n")
             else:
                 net.write_dids(dids_file)
@@ -59,7 +59,7 @@ def serve(
             click.echo(f"DNS (handles)  {net.dns_server}")
             what = "handles" if handles else "DIDs"
             click.echo(
-                f"accounts       {len(truth.input_dids)} {what} in {dids_file} "
+                f"accounts       {len(listed)} {what} in {dids_file} "
                 f"({len(truth.records):,} records; some accounts are taken down, "
                 "deactivated or unknown, as on the real network)"
             )
