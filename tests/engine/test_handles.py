@@ -4,12 +4,16 @@ the same accounts listed by DID; a handle that is not its DID's is a dead letter
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+
+import pytest
 
 from bsky_backfill import Backfill
 from bsky_backfill.simulate import ExpectedDeadLetter, Scenario, run_network_in_thread
 from tests.conftest import run_cli
 from tests.dataset import assert_matches_truth, read_rows
+from tests.state.pg import fresh_schema_url
 
 SCENARIO = Scenario(seed=97, accounts=10, hosts=2, mean_records=20, did_web=1)
 
@@ -37,7 +41,14 @@ def test_a_file_of_handles_lands_what_the_file_of_dids_lands(tmp_path: Path) -> 
     )
 
 
-def test_mismatched_and_unknown_handles_are_dead_letters(tmp_path: Path) -> None:
+@pytest.mark.parametrize("queue", ["sqlite", "postgresql"])
+def test_mismatched_and_unknown_handles_are_dead_letters(tmp_path: Path, queue: str) -> None:
+    with contextlib.ExitStack() as stack:
+        queue_url = stack.enter_context(fresh_schema_url()) if queue == "postgresql" else None
+        check_handles(tmp_path, queue_url)
+
+
+def check_handles(tmp_path: Path, queue_url: str | None) -> None:
     with run_network_in_thread(SCENARIO) as net:
         honest, other = [a for a in net.accounts if a.status == "active" and a.method == "plc"][:2]
         assert net.dns is not None
@@ -48,7 +59,7 @@ def test_mismatched_and_unknown_handles_are_dead_letters(tmp_path: Path) -> None
         summary = Backfill(
             dids=[honest.handle, "liar.sim.test", "nobody.sim.test", "twice.sim.test"],
             out=out, plc_url=net.plc_url, allow_private_hosts=True, rate_limit=0,
-            handle_txt=net.resolve_txt,
+            handle_txt=net.resolve_txt, queue=queue_url,
         ).run()  # fmt: skip
         truth = net.truth
     dead = read_rows(out, "_deadletters", "did, uri, stage, error, message")
