@@ -4,18 +4,27 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# `make run` needs only the runtime dependencies (a fresh machine installs in
+# seconds); `make test` and `make install` add the dev ones (pytest, mypy, moto...).
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 
-.PHONY: install run test lint typecheck unit sanitize bench clean
+.PHONY: install install-runtime run test lint typecheck unit sanitize bench clean
 
-$(STAMP): pyproject.toml setup.py src/bsky_backfill/repo/_native.c
+$(RUNTIME_STAMP): pyproject.toml setup.py src/bsky_backfill/repo/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip >/dev/null
+	$(BIN)/python -m pip install -e .
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): $(RUNTIME_STAMP)
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $(STAMP)
 
+install-runtime: $(RUNTIME_STAMP)
+
 install: $(STAMP)
 
-run: install
+run: install-runtime
 	$(BIN)/bsky-backfill demo
 
 lint: install

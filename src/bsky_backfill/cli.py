@@ -1,4 +1,4 @@
-"""The command line: `run`, `status`, `demo`. Parsing and printing only.
+"""The command line: run, status, demo, simulate, report, query. Parsing and printing only.
 
 Where it sits: the outermost layer. It validates user input completely before
 anything is written (bad input: exit 2, one line on stderr, no traceback),
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -30,8 +31,9 @@ from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.errors import UsageError
 from bsky_backfill.observe import setup_logging, start_observers
 from bsky_backfill.options import RETRY_DEFAULT, check_out_writable, settings_from_options
-from bsky_backfill.output import nothing_landed_line, print_status, print_summary
-from bsky_backfill.settings_file import merge_options
+from bsky_backfill.output import nothing_landed_line, print_status, print_summary, start_line
+from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
+from bsky_backfill.settings_file import dataset_options, merge_options
 from bsky_backfill.state.open import redact
 from bsky_backfill.state.runlock import live_holder
 
@@ -48,46 +50,141 @@ def _fail_usage(message: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
+_DEFAULT_TYPES = ", ".join(sorted(c.removeprefix("app.bsky.") for c in DEFAULT_COLLECTIONS))
+
+
 # -- commands ------------------------------------------------------------------------
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="bsky-backfill")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-@click.pass_context
-def cli(ctx: click.Context, verbose: int) -> None:
-    """Backfill Bluesky / AT Protocol repositories into a Parquet dataset."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    ctx.obj = {"log_level": level}
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    """-v/-vv before or after the subcommand: the most said wins (info, debug)."""
+    if not value:
+        return
+    obj = ctx.find_root().ensure_object(dict)
+    level = min(obj.get("log_level", logging.WARNING), logging.WARNING - 10 * min(value, 2))
+    obj["log_level"] = level
     setup_logging(level, "text")
 
 
+_VERBOSE_HELP = "More log output on stderr (-v info, -vv debug)."
+
+
+def _verbose(f: Any) -> Any:
+    return click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=_set_verbosity,
+        help=_VERBOSE_HELP,
+    )(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
+@click.version_option(__version__, prog_name="bsky-backfill")
+@_verbose
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Backfill Bluesky / AT Protocol repositories into a Parquet dataset.
+
+    Start with `bsky-backfill simulate` (a practice network) or `bsky-backfill demo`;
+    `bsky-backfill COMMAND --help` describes each command."""
+    obj = ctx.ensure_object(dict)
+    obj.setdefault("log_level", logging.WARNING)
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(0)
+    setup_logging(obj["log_level"], "text")
+
+
 @cli.command()
-@click.option("--dids", "dids_file", metavar="FILE", help="File of DIDs, one per line; - = stdin.")
-@click.option("--did", "did_list", multiple=True, metavar="DID", help="A DID (repeatable).")
+@_verbose
+@click.option(
+    "--dids",
+    "dids_file",
+    metavar="FILE",
+    help="Accounts, one per line: DIDs, handles, at:// URIs or bsky.app profile URLs "
+    "(# comments; - = stdin).",
+)
+@click.option(
+    "--did", "did_list", multiple=True, metavar="DID", help="A DID or handle (repeatable)."
+)
 @click.option("--all-from-plc", is_flag=True, help="Every DID in the PLC directory.")
 @click.option("--from-relay", metavar="URL", help="Every repo the relay's hosts list.")
 @click.option("--pds", multiple=True, metavar="URL", help="Every repo on this PDS (repeatable).")
 @click.option(
     "--collections",
     metavar="NSID[,NSID...]",
-    help="NSIDs or patterns like app.bsky.feed.*; default: the app.bsky types.",
+    help="Record types to keep; patterns like app.bsky.feed.* allowed. Default: every "
+    f"app.bsky type: {_DEFAULT_TYPES}.",
 )
 @click.option("--since", metavar="ISO8601", help="Keep records with createdAt >= since.")
 @click.option("--until", metavar="ISO8601", help="Keep records with createdAt < until.")
-@click.option("--out", default="bsky-data", show_default=True, metavar="DIR")
+@click.option(
+    "--out",
+    default="bsky-data",
+    show_default=True,
+    metavar="DIR",
+    help="The dataset: one Parquet table per collection, _deadletters, _state.",
+)
 @click.option("--queue", metavar="URL", help="State store; default SQLite under OUT/_state.")
-@click.option("--plc-url", default="https://plc.directory", show_default=True)
-@click.option("--method", type=click.Choice(["car", "list"]), default="car", show_default=True)
-@click.option("--rate-limit", type=float, default=10.0, show_default=True, metavar="N")
+@click.option(
+    "--plc-url",
+    default="https://plc.directory",
+    show_default=True,
+    metavar="URL",
+    help="The PLC directory that resolves did:plc DIDs.",
+)
+@click.option(
+    "--dns-server",
+    metavar="HOST[:PORT]",
+    help="DNS server for handles' _atproto TXT records (default: the system's).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["car", "list"]),
+    default="car",
+    show_default=True,
+    help="car: each repo whole (getRepo), verified; list: listRecords pages per collection.",
+)
+@click.option(
+    "--rate-limit",
+    type=float,
+    default=10.0,
+    show_default=True,
+    metavar="N",
+    help="Requests per second per PDS host (0: no limit); the host's RateLimit "
+    "headers and 429s always win.",
+)
 @click.option("--allow-private-hosts", is_flag=True, help="Allow loopback/private PDS hosts.")
 @click.option("--no-verify", is_flag=True, help="Skip commit-signature / MST verification.")
 @click.option("--no-validate", is_flag=True, help="Skip lexicon validation of records.")
 @click.option("--progress/--no-progress", default=None, help="Live progress (default: on a TTY).")
-@click.option("--metrics-port", type=int, metavar="N")
-@click.option("--workers", type=int, default=1, show_default=True, metavar="N")
+@click.option(
+    "--metrics-port", type=int, metavar="N", help="Serve Prometheus metrics on this port."
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="ADDR",
+    help="Address the metrics server listens on (0.0.0.0: every interface).",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Processes on this machine (PDS hosts are split between them).",
+)
 @click.option("--refresh", is_flag=True, help="Fetch only what changed since the last run.")
 @click.option("--compact", is_flag=True,
               help="When the run has finished, compact the dataset (see `compact`).")  # fmt: skip
-@click.option("--config", "config_file", metavar="FILE.toml")
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE.toml",
+    help="Any flag from a TOML file (flags > BSKY_BACKFILL_* env > file).",
+)
 @click.option(
     "--host-concurrency",
     type=int,
@@ -112,7 +209,14 @@ def cli(ctx: click.Context, verbose: int) -> None:
     metavar="S",
     help="...or when it is this old.",
 )
-@click.option("--connect-timeout", type=float, default=10.0, show_default=True, metavar="S")
+@click.option(
+    "--connect-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds to wait for a connection to a host.",
+)
 @click.option(
     "--read-timeout",
     type=float,
@@ -225,7 +329,13 @@ def run(ctx: click.Context, /, **opts: Any) -> None:
         settings, source = settings_from_options(opts)
     except UsageError as e:
         _fail_usage(e.message)
-    summary = _run_engine(settings, source, metrics_port=opts["metrics_port"])
+    summary = _run_engine(
+        settings,
+        source,
+        metrics_port=opts["metrics_port"],
+        metrics_host=opts["metrics_host"],
+        announce=start_line(settings, source, opts["dids_file"]),
+    )
     print_summary(summary, settings.out)
     if summary.stopped:
         sys.exit(130)
@@ -237,13 +347,23 @@ def run(ctx: click.Context, /, **opts: Any) -> None:
 
 
 def _run_engine(
-    settings: RunSettings, source: DidSource | None, *, metrics_port: int | None = None
+    settings: RunSettings,
+    source: DidSource | None,
+    *,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+    announce: str | None = None,
 ) -> RunSummary:
     async def main() -> RunSummary:
         backfill = Backfill(settings, source)
         observers = start_observers(
-            backfill, metrics_port=metrics_port, live_progress=settings.progress
+            backfill,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            live_progress=settings.progress,
         )
+        if announce:  # once nothing can refuse the run any more (e.g. the metrics port)
+            click.echo(announce)
         loop = asyncio.get_running_loop()
 
         def on_signal(signum: int) -> None:
@@ -290,13 +410,42 @@ def _print_compaction(report: CompactReport) -> None:
     click.echo(f"compacted {report.rows} rows in {report.seconds:.1f} s")
 
 
+_OUT_HELP = "The dataset's directory (as given to `run`)."
+_CONFIG_HELP = "Take --out/--queue from this TOML file (as `run --config`); env: BSKY_BACKFILL_OUT."
+
+
+def _where(
+    ctx: click.Context, out: str, queue: str | None, config_file: str | None
+) -> tuple[str, str | None]:
+    """--out and --queue of a command that reads a dataset: flag > env > file > default."""
+    explicitly_set = {
+        name
+        for name in ("out", "queue")
+        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    }
+    try:
+        merged = dataset_options(
+            {"out": out, "queue": queue}, explicitly_set, config_file, os.environ
+        )
+    except UsageError as e:
+        _fail_usage(e.message)
+    return str(merged["out"]), merged["queue"]
+
+
 @cli.command()
-@click.option("--out", default="bsky-data", show_default=True, metavar="DIR")
-@click.option("--queue", metavar="URL")
+@_verbose
+@click.option("--out", default="bsky-data", show_default=True, metavar="DIR", help=_OUT_HELP)
+@click.option("--queue", metavar="URL", help="The run's state store (default: OUT's SQLite).")
+@click.option("--config", "config_file", metavar="FILE.toml", help=_CONFIG_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(out: str, queue: str | None, as_json: bool) -> None:
+@click.pass_context
+def status(
+    ctx: click.Context, /, out: str, queue: str | None, config_file: str | None, as_json: bool
+) -> None:
     """Progress of the backfill in OUT (or --queue)."""
     from bsky_backfill.state.open import open_store, store_exists
+
+    out, queue = _where(ctx, out, queue, config_file)
 
     state_path = Path(out) / "_state" / "state.sqlite"
     try:
@@ -321,6 +470,7 @@ def status(out: str, queue: str | None, as_json: bool) -> None:
 
 
 @cli.command()
+@_verbose
 @click.option("--out", default=None, metavar="DIR", help="Default: a new temporary directory.")
 @click.option("--accounts", default=60, show_default=True, help="Simulated accounts.")
 @click.option("--hosts", default=4, show_default=True, help="Simulated PDS hosts.")
@@ -337,14 +487,63 @@ def demo(out: str | None, accounts: int, hosts: int) -> None:
 
 
 @cli.command()
-@click.option("--out", default="bsky-data", show_default=True, metavar="DIR")
+@_verbose
+@click.option(
+    "--dids",
+    "dids_file",
+    default="sim-dids.txt",
+    show_default=True,
+    metavar="FILE",
+    help="Where to write the network's DIDs (for `run --dids`).",
+)
+@click.option(
+    "--out",
+    default="sim-data",
+    show_default=True,
+    metavar="DIR",
+    help="The --out of the printed `run` command (nothing is written there by simulate).",
+)
+@click.option("--accounts", default=60, show_default=True, help="Simulated accounts.")
+@click.option("--hosts", default=4, show_default=True, help="Simulated PDS hosts.")
+@click.option("--seed", default=2024, show_default=True, help="Same seed, same records.")
+@click.option("--handles", is_flag=True, help="List the accounts by handle (@name.sim.test).")
+def simulate(dids_file: str, out: str, accounts: int, hosts: int, seed: int, handles: bool) -> None:
+    """Serve the embedded simulated network until Ctrl-C, to practise `run` offline.
+
+    Writes the network's DIDs to a file and prints the `run` command that
+    backfills them."""
+    from bsky_backfill.practice import check_writable_file, serve
+
+    try:
+        if not 1 <= accounts <= 100_000 or not 1 <= hosts <= 64:
+            raise UsageError("--accounts must be 1..100000 and --hosts 1..64")
+        check_writable_file(Path(dids_file), "--dids")
+    except UsageError as e:
+        _fail_usage(e.message)
+    serve(Path(dids_file), out, accounts=accounts, hosts=hosts, seed=seed, handles=handles)
+
+
+@cli.command()
+@_verbose
+@click.option("--out", default="bsky-data", show_default=True, metavar="DIR", help=_OUT_HELP)
 @click.option("--html", "html_file", metavar="FILE", help="Also write a page with charts.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--queue", metavar="URL", help="The run's state store, for hosts (default: OUT's).")
-def report(out: str, html_file: str | None, as_json: bool, queue: str | None) -> None:
+@click.option("--config", "config_file", metavar="FILE.toml", help=_CONFIG_HELP)
+@click.pass_context
+def report(
+    ctx: click.Context,
+    /,
+    out: str,
+    html_file: str | None,
+    as_json: bool,
+    queue: str | None,
+    config_file: str | None,
+) -> None:
     """Records per collection and month, top hosts, dead letters of the dataset in OUT."""
     from bsky_backfill.report import build_report, print_report, write_html
 
+    out, queue = _where(ctx, out, queue, config_file)
     html_path = Path(html_file) if html_file else None
     try:
         if html_path is not None and (html_path.is_dir() or not html_path.parent.is_dir()):
@@ -363,6 +562,7 @@ def report(out: str, html_file: str | None, as_json: bool, queue: str | None) ->
 
 
 @cli.command()
+@_verbose
 @click.option("--out", default="bsky-data", show_default=True, metavar="DIR",
               help="The dataset: a directory or s3://bucket/prefix.")  # fmt: skip
 @click.option("--queue", metavar="URL", help="The run's state store (default: OUT's).")
@@ -426,10 +626,75 @@ def _memory_limit(value: str) -> str:
     return f"{parse_size(value, '--memory-limit') >> 20}MB"
 
 
+@cli.command()
+@_verbose
+@click.argument("sql")
+@click.option("--out", default="bsky-data", show_default=True, metavar="DIR", help=_OUT_HELP)
+@click.option(
+    "--to",
+    "to_file",
+    metavar="FILE",
+    help="Write the result to FILE instead: .csv, .json, .jsonl/.ndjson or .parquet.",
+)
+@click.option(
+    "--history",
+    is_flag=True,
+    help="Every row ever landed (default: the current view, minus _deletions) "
+    "and every dead letter (default: those that stand).",
+)
+@click.option(
+    "--max-rows", type=int, default=40, show_default=True, metavar="N", help="Rows printed."
+)
+@click.option("--config", "config_file", metavar="FILE.toml", help=_CONFIG_HELP)
+@click.pass_context
+def query(
+    ctx: click.Context,
+    /,
+    sql: str,
+    out: str,
+    to_file: str | None,
+    history: bool,
+    max_rows: int,
+    config_file: str | None,
+) -> None:
+    """Run SQL (DuckDB) over the dataset in OUT and print the result as a table.
+
+    Views: one per collection under its NSID ("app.bsky.feed.post", quoted)
+    and a short name (posts, likes, reposts, follows, blocks, profiles, lists,
+    listitems, listblocks, starterpacks, threadgates, postgates,
+    feed_generators, labelers, verifications, statuses), plus dead_letters and
+    deletions. Example:
+
+        bsky-backfill query --out study-data "SELECT did, count(*) FROM posts GROUP BY did"
+    """
+    from bsky_backfill.query import check_target, connect, export, run_query
+
+    out, _ = _where(ctx, out, None, config_file)
+    try:
+        if max_rows < 1:
+            raise UsageError("--max-rows must be at least 1")
+        target = Path(to_file) if to_file else None
+        if target is not None:
+            check_target(target)
+        con, views = connect(Path(out), history=history)
+        try:
+            result = run_query(con, sql, views)
+            if result is not None and target is not None:
+                export(con, result, target)
+                click.echo(f"wrote {target}")
+            elif result is not None:
+                width = shutil.get_terminal_size((120, 40)).columns
+                result.show(max_rows=max_rows, max_width=max(width, 40))
+        finally:
+            con.close()
+    except UsageError as e:
+        _fail_usage(e.message)
+
+
 def main() -> None:
     """Console-script entry point: click usage errors become one line and exit 2."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="bsky-backfill", standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.exceptions.ClickException as e:

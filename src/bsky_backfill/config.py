@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -59,6 +60,13 @@ class RunSettings(BaseModel):
     """Hosts worked on at once (each has its own slot)."""
     resolve_concurrency: int = 32
     """DID resolutions in flight at once."""
+    dns_server: str | None = None
+    """`HOST[:PORT]` asked for handles' `_atproto` TXT records; None: the system's
+    nameserver (/etc/resolv.conf)."""
+    handle_txt: Any = Field(default=None, exclude=True)
+    """A resolver hook (Python API, tests): an async `name -> [TXT strings]` used
+    instead of asking a DNS server. Not passed to `--workers` processes (they
+    never resolve: the first process takes the input in)."""
     allow_private_hosts: bool = False
     """Allow PDS endpoints on loopback/private addresses (tests, local networks)."""
     refresh: bool = False

@@ -66,6 +66,14 @@ class UsageError(BackfillError):
 
     code = "UsageError"
 
+    @classmethod
+    def of_lines(cls, lines: list[str]) -> UsageError:
+        """One error told over several lines (every bad line of a file at once);
+        each line is cleaned on its own, so only these breaks reach the terminal."""
+        error = cls(lines[0])
+        error.args = ("\n".join(clean(line) for line in lines),)
+        return error
+
 
 class FatalError(BackfillError):
     """The run cannot go on: it stops (exit code 1) and a re-run resumes from what was

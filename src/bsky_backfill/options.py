@@ -21,6 +21,7 @@ from pydantic import ByteSize, TypeAdapter, ValidationError
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.errors import BackfillError, UsageError
+from bsky_backfill.identity.dns import parse_server
 from bsky_backfill.records.collections import expand_collections
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.syntax import parse_datetime
@@ -33,14 +34,14 @@ DEFAULTS: dict[str, Any] = {
     "collections": None, "since": None, "until": None, "out": "bsky-data", "queue": None,
     "plc_url": "https://plc.directory", "method": "car", "rate_limit": 10.0,
     "allow_private_hosts": False, "no_verify": False, "no_validate": False, "progress": False,
-    "metrics_port": None,
+    "metrics_port": None, "metrics_host": "127.0.0.1",
     "workers": 1, "refresh": False, "compact": False, "config_file": None, "host_concurrency": 4,
     "commit_rows": 200_000, "commit_seconds": 10.0, "connect_timeout": 10.0,
     "read_timeout": 60.0, "max_car_size": "4GiB", "max_attempts": 6, "retry_base": 2.0,
     "log_format": "text", "global_host_rate": None, "stream_size": "64MiB",
     "retry_cap": 3600.0, "give_up_after": "24h", "unreachable_after": "10m",
     "retry_failed": None,
-    "max_retry_after": 3600.0,
+    "max_retry_after": 3600.0, "dns_server": None, "handle_txt": None,
 }  # fmt: skip
 """Every `run` option and its default (the CLI's flags share these values)."""
 
@@ -224,6 +225,12 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
     plc_url = opts["plc_url"]
     if not plc_url.startswith(("http://", "https://")) or not _looks_like_host(plc_url):
         raise UsageError(f"--plc-url {plc_url!r} must be an http(s) URL with a host")
+    dns_server = opts.get("dns_server")
+    if dns_server is not None:
+        try:
+            parse_server(dns_server)
+        except ValueError:
+            raise UsageError(f"--dns-server {dns_server!r} is not HOST or HOST:PORT") from None
     source = DidSource.from_args(list(opts["did_list"]), opts["dids_file"]) if listed else None
     out = opts["out"]
     if "://" in out:
@@ -278,5 +285,7 @@ def settings_from_options(opts: dict[str, Any]) -> tuple[RunSettings, DidSource 
         ),
         unreachable_after=unreachable_after or None,
         retry_failed=retry_failed,
+        dns_server=dns_server,
+        handle_txt=opts.get("handle_txt"),
     )
     return settings, source

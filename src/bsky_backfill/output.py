@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,7 +16,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.manager import RunSummary
+from bsky_backfill.engine.sources import DidSource
+from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.safetext import printable
 from bsky_backfill.state.base import StatusReport
 from bsky_backfill.state.open import redact
@@ -41,6 +45,38 @@ def _print_counts(console: Console, records: dict[str, int], letters: dict[str, 
         console.print(table)
 
 
+def start_line(settings: RunSettings, source: DidSource | None, file: str | None) -> str:
+    """What a run is about to do, echoed first: source, filters, method, where to."""
+    what: list[str] = []
+    if source is not None:
+        handles = f", {source.handles:,} of them handles" if source.handles else ""
+        where = f" from {'standard input' if file == '-' else file}" if file else ""
+        what.append(f"{source.count:,} accounts{where}{handles}")
+    if settings.all_from_plc:
+        what.append(f"every DID in the PLC directory {settings.plc_url}")
+    if settings.from_relay:
+        what.append(f"every repo of the relay {settings.from_relay}'s hosts")
+    if settings.pds:
+        what.append(f"every repo on {', '.join(settings.pds)}")
+    if settings.refresh:
+        what.append("what changed in the finished repos (refresh)")
+    if settings.retry_failed is not None:
+        what.append("failed repos put back (--retry-failed)")
+    if set(settings.collections) == set(DEFAULT_COLLECTIONS):
+        kinds = "every app.bsky record type"
+    else:
+        kinds = ", ".join(sorted(settings.collections))
+    window = ""
+    if settings.since or settings.until:
+        lo = settings.since.isoformat() if settings.since else "the beginning"
+        hi = settings.until.isoformat() if settings.until else "now"
+        window = f", createdAt in [{lo}, {hi})"
+    return (
+        f"backfilling {'; '.join(what) or 'the dataset'}: {kinds}{window}; "
+        f"method {settings.method}{'' if settings.verify else ', unverified'}; into {settings.out}"
+    )
+
+
 def print_summary(summary: RunSummary, out: Path | str) -> None:
     """What a run prints when it ends."""
     console = _console()
@@ -48,8 +84,8 @@ def print_summary(summary: RunSummary, out: Path | str) -> None:
     console.print(
         f"[bold]{verb}[/bold] in {summary.seconds:.1f}s: repos {summary.repos_done} done, "
         f"{summary.repos_failed} failed, {summary.repos_pending} pending of "
-        f"{summary.repos_total}; {summary.records_total:,} records in the dataset "
-        f"({summary.records_per_second:,.0f}/s over this run); "
+        f"{summary.repos_total}; {summary.records_landed:,} records landed by this run "
+        f"({summary.records_per_second:,.0f}/s), {summary.records_total:,} in the dataset; "
         f"{summary.requests:,} requests, {summary.bytes / 1e6:,.1f} MB"
     )
     if summary.changes_this_run is not None:
@@ -90,12 +126,12 @@ def _print_failed(
 
 
 def duckdb_hint(out: Path) -> str:
-    """How to query the output (printed by `demo` and the README)."""
-    glob = out / "app.bsky.feed.post" / "**" / "*.parquet"
+    """How to query the output (printed by `demo`): the package's own DuckDB."""
+    where = shlex.quote(str(out))
     return (
-        "query it with DuckDB, e.g.\n"
-        f"  duckdb -c \"SELECT count(*) FROM read_parquet('{glob}', "
-        'hive_partitioning=true, union_by_name=true)"'
+        "query it, e.g.\n"
+        f'  bsky-backfill query --out {where} "SELECT did, count(*) FROM posts GROUP BY did"\n'
+        f'  bsky-backfill query --out {where} "SELECT error, count(*) FROM dead_letters GROUP BY 1"'
     )
 
 

@@ -11,8 +11,10 @@ in the environment; `--dids FILE` is `dids`, `--did` is `did`, `--no-verify`
 is `no_verify`, `--progress/--no-progress` is `progress = true|false`.
 List flags (`did`, `pds`) and `collections` take a TOML list or a
 comma-separated string; `since`/`until` a string or a TOML date/datetime.
-Relative paths in the file (`dids`, `out`) are relative to the file's folder,
-so a config travels with its DID list. `BSKY_BACKFILL_CONFIG` names a file
+A relative `dids` in the file is relative to the file's folder, so a config
+travels with its DID list; a relative `out` is relative to the working
+directory, like `--out` and every CLI's output paths (the dataset lands where
+the command runs, not beside the config file). `BSKY_BACKFILL_CONFIG` names a file
 when `--config` does not.
 
 Every value is checked by a pydantic model; a wrong key or value is a
@@ -39,8 +41,9 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 
 # File key -> click parameter name, where they differ.
 _DEST = {"dids": "dids_file", "did": "did_list", "config": "config_file"}
-# Keys holding paths that a file gives relative to its own folder.
-_PATH_KEYS = ("dids", "out")
+# Keys holding paths that a file gives relative to its own folder (`out` is not
+# one: output goes where the command runs).
+_PATH_KEYS = ("dids",)
 
 
 def _split_list(value: Any) -> Any:
@@ -94,6 +97,7 @@ class RunFileOptions(BaseModel):
     out: str | None = None
     queue: str | None = None
     plc_url: str | None = None
+    dns_server: str | None = None
     method: Literal["car", "list"] | None = None
     rate_limit: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     allow_private_hosts: bool | None = None
@@ -101,6 +105,7 @@ class RunFileOptions(BaseModel):
     no_validate: bool | None = None
     progress: bool | None = None
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str | None = None
     workers: int | None = Field(default=None, ge=1)
     refresh: bool | None = None
     compact: bool | None = None
@@ -264,11 +269,31 @@ def merge_options(
     return merged
 
 
+def dataset_options(
+    given: Mapping[str, Any],
+    explicitly_set: set[str],
+    config_path: str | Path | None,
+    environ: Mapping[str, str],
+) -> dict[str, Any]:
+    """`out` and `queue` for the commands that read a dataset (status, report, query),
+    from the same places `run` takes them (flag > env > file > default), so a run
+    made from a config file is inspected with that same file."""
+    path = config_path if config_path is not None else (environ.get(CONFIG_ENV) or None)
+    merged = dict(given)
+    layers = [load_config_file(path) if path is not None else {}, options_from_env(environ)]
+    for layer in layers:
+        for key in ("out", "queue"):
+            if key in layer and key in merged and key not in explicitly_set:
+                merged[key] = layer[key]
+    return merged
+
+
 __all__ = [
     "CONFIG_ENV",
     "ENV_PREFIX",
     "KEYS",
     "RunFileOptions",
+    "dataset_options",
     "dest_of",
     "key_of",
     "load_config_file",

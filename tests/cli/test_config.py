@@ -69,7 +69,7 @@ def test_values_take_the_shape_click_gives(tmp_path: Path) -> None:
     )
     opts = merged([], {}, config)
     assert opts["dids_file"] == str(tmp_path / "study.txt")  # relative to the file
-    assert opts["out"] == str(tmp_path / "data")
+    assert opts["out"] == "data"  # relative to the working directory, as --out is
     assert opts["collections"] == "app.bsky.feed.post,app.bsky.graph.follow"
     assert opts["since"] == "2024-01-01"
     assert opts["until"] == "2024-06-30T12:00:00+00:00"
@@ -142,7 +142,8 @@ def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_every_run_flag_has_a_config_key() -> None:
     """A new flag of `run` must be settable from the file and the environment."""
-    flags = [p for p in run_command.params if isinstance(p, click.Option)]
+    # -v/--verbose is not a setting of the run (it is taken on every command).
+    flags = [p for p in run_command.params if isinstance(p, click.Option) and p.expose_value]
     missing = []
     for param in flags:
         long_flag = max(param.opts, key=len)
@@ -168,3 +169,20 @@ def test_the_shipped_example_is_valid() -> None:
     assert dids.is_file() and dids.parent == EXAMPLE.parent
     lines = [ln for ln in dids.read_text().splitlines() if ln and not ln.startswith("#")]
     assert all(ln.startswith("did:plc:") for ln in lines) and lines
+
+
+def test_dataset_commands_take_out_from_file_and_env(tmp_path: Path) -> None:
+    from bsky_backfill.settings_file import dataset_options
+
+    config = write(tmp_path, 'out = "data"\nqueue = "postgresql://db/x"\n')
+    given = {"out": "bsky-data", "queue": None}
+    assert dataset_options(given, set(), config, {}) == {
+        "out": "data",
+        "queue": "postgresql://db/x",
+    }
+    env = {"BSKY_BACKFILL_OUT": "/elsewhere"}
+    assert dataset_options(given, set(), config, env)["out"] == "/elsewhere"
+    assert dataset_options({"out": "mine", "queue": None}, {"out"}, config, env)["out"] == "mine"
+    assert dataset_options(given, set(), None, {"BSKY_BACKFILL_CONFIG": str(config)})["queue"] == (
+        "postgresql://db/x"
+    )

@@ -34,6 +34,19 @@ def test_invalid_did_line_names_the_line(tmp_path: Path, out: Path) -> None:
     assert not out.exists()
 
 
+def test_five_bad_lines_are_all_reported(tmp_path: Path, out: Path) -> None:
+    dids = tmp_path / "dids.txt"
+    bad = ["alice", "did:plc:NOT-valid!", "bob", "did:key:z6Mk", "https://example.com"]
+    dids.write_text("\n".join([GOOD_DID, *bad]) + "\n")
+    result = run_cli("run", "--dids", str(dids), "--out", str(out))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "5 lines are not" in result.stderr.splitlines()[0]
+    for number, text in enumerate(bad, 2):
+        assert f"line {number}: {text!r}" in result.stderr
+    assert not out.exists()
+
+
 def test_invalid_did_on_stdin(out: Path) -> None:
     result = run_cli("run", "--dids", "-", "--out", str(out), stdin=f"{GOOD_DID}\nbob\n")
     assert_usage_error(result, "line 2", "bob")
@@ -139,4 +152,14 @@ def test_status_without_state(tmp_path: Path) -> None:
 def test_bad_failure_policy_flags(flags: tuple[str, ...], needle: str, out: Path) -> None:
     result = run_cli("run", "--did", GOOD_DID, "--out", str(out), *flags)
     assert_usage_error(result, needle)
+    assert not out.exists()
+
+
+def test_metrics_host_that_cannot_be_bound(out: Path) -> None:
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: the server cannot listen there.
+    result = run_cli("run", "--did", GOOD_DID, "--out", str(out), "--metrics-port", "0",
+                     "--metrics-host", "192.0.2.1")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "on 192.0.2.1: cannot listen" in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
     assert not out.exists()

@@ -31,8 +31,13 @@ def test_two_workers_give_the_exact_ground_truth(tmp_path: Path) -> None:
             "--allow-private-hosts", "--no-progress", "--workers", "2", "--rate-limit", "0",
         )  # fmt: skip
         truth = net.truth
+        answered = net.stats.total()
     assert result.returncode == 0, result.stderr
     assert_matches_truth(out, truth.expected_rows(), truth.expected_dead_letters())
+    # The summary counts both processes' requests, not the first process's alone.
+    summary = next(line for line in result.stdout.splitlines() if line.startswith("finished"))
+    requests = int(summary.rsplit(" requests", 1)[0].rsplit(" ", 1)[1].replace(",", ""))
+    assert requests == answered
     writers = {p.name.split("-")[2] for p in out.rglob("part-*.parquet")}
     assert len(writers) >= 2, "only one process wrote files"
 

@@ -63,8 +63,9 @@ def test_display_shows_totals_rates_eta_and_the_hosts_table() -> None:
     console = Console(record=True, width=160, file=io.StringIO())
     console.print(render(snapshot(110.0, 500, 50_000, 18_000_000), rates.rates(), hosts))
     text = console.export_text()
-    assert "repos 500/1,000 (50%), 7 failed, 12 in flight, ETA 50s" in text
-    assert "50,000 records (1,000/s), 1.0 MB/s; hosts 5 active, 2 paused, 3 429s" in text
+    assert "repos 500/1,000 (50%), 7 failed, 12 in flight" in text
+    assert "━━  ETA 50s" in text.replace("─", "━")
+    assert "50,000 records (1,000/s), 1.0 MB/s\nhosts 5 active, 2 paused, 3 429s" in text
     header = next(line for line in text.splitlines() if "host" in line and "state" in line)
     positions = [header.index(column) for column in HOST_COLUMNS]
     assert positions == sorted(positions), header  # every column, in order
@@ -75,9 +76,50 @@ def test_display_shows_totals_rates_eta_and_the_hosts_table() -> None:
         "pds.limited.example",
     ]  # fmt: skip  (busiest first; a paused host that is also busy is listed once)
     assert "working" in rows[0] and "2.5" in rows[0]
-    assert "paused: rate limited (429) for 40s" in rows[1]
-    assert "paused: server budget used up" in rows[2]
+    lines = text.splitlines()
+    # A paused host's reason has a line of its own, under its row (80 columns).
+    after = {line.split()[0]: lines[i + 1] for i, line in enumerate(lines) if ".example" in line}
+    assert rows[1].rstrip().endswith("paused")
+    assert after["pds.slow.example"].strip() == "paused: rate limited (429) for 40s"
+    assert after["pds.limited.example"].strip().startswith("paused: server budget used up")
     assert "1 more paused hosts" in text  # 3 paused, 2 listed
+
+
+def test_display_fits_80_columns() -> None:
+    rates = RateWindow(seconds=10)
+    rates.add(snapshot(100.0, 400, 40_000, 8_000_000))
+    rates.add(snapshot(110.0, 500, 50_000_000, 18_000_000_000, repos_total=40_000_000))
+    reason = "server budget used up, resumes 12:34:56 UTC (in 3599s)"
+    long_host = view("a-very-long-pds-host-name.us-west.host.bsky.network:4433", 16, reason)
+    hosts = HostsView(in_flight=16, active=1, paused=1, throttled=12_345,
+                      busiest=(long_host,), paused_hosts=(long_host,))  # fmt: skip
+    snap = snapshot(110.0, 12_345_678, 50_000_000, 18_000_000_000, repos_total=40_000_000,
+                    repos_failed=1_234_567, repos_in_flight=16_000, throttled=12_345)  # fmt: skip
+    console = Console(record=True, width=200, file=io.StringIO())
+    console.print(render(snap, rates.rates(), hosts))
+    lines = console.export_text().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80, lines
+    assert any("ETA" in line for line in lines) and any(reason in line for line in lines)
+
+
+def test_final_frame_agrees_with_the_summary() -> None:
+    from bsky_backfill.engine.manager import RunSummary
+    from bsky_backfill.observe.progress import ProgressDisplay
+
+    console = Console(record=True, width=80, file=io.StringIO(), force_terminal=True)
+    display = ProgressDisplay(console)
+    display.start()
+    summary = RunSummary(
+        repos_total=20, repos_done=15, repos_failed=5, repos_pending=0,
+        records={"app.bsky.feed.post": 900}, dead_letters={}, seconds=12.0, requests=20,
+        bytes=1, stopped=False, records_this_run={"app.bsky.feed.post": 600},
+    )  # fmt: skip
+    display.finish(summary)
+    display.stop()
+    text = console.export_text()
+    assert "finished: repos 20/20 (100%), 5 failed, 0 pending" in text
+    assert "600 records this run (50/s) in 12s" in text
+    assert "in flight" not in text
 
 
 def test_hosts_view_picks_busiest_and_really_paused_hosts() -> None:

@@ -99,3 +99,61 @@ def test_hostile_names_on_the_terminal_are_text_not_markup() -> None:
     assert "out[bold]" in shown
     assert "\x1b]0;" not in shown and "\x1b]8;" not in shown and "\x07" not in shown
     assert "\\x1b[31m" in shown
+
+
+def test_month_table_headers_are_whole_at_80_columns() -> None:
+    import io
+
+    from rich.console import Console
+
+    from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
+    from bsky_backfill.report.model import CollectionCount, MonthCount, Report
+    from bsky_backfill.report.render import print_report
+
+    names = sorted(DEFAULT_COLLECTIONS)
+    report = Report(
+        out="out",
+        collections=[CollectionCount(n, 1_234_567, 0, "2024-01", "2024-02") for n in names],
+        months=[MonthCount(n, m, 617_283) for n in names for m in ("2024-01", "2024-02")],
+    )
+    buffer = io.StringIO()
+    print_report(report, as_json=False, console=Console(file=buffer, width=80))
+    lines = buffer.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    text = buffer.getvalue()
+    for header in short_names(names):
+        assert f" {header} " in text, header  # never cut to "acto…"
+    assert "…" not in text
+
+
+def test_page_colours_are_fixed_per_collection_and_filters_are_shown() -> None:
+    from bsky_backfill.report.charts import colour_of
+    from bsky_backfill.report.html import render_html
+    from bsky_backfill.report.model import CollectionCount, MonthCount, Report
+
+    def page(names: list[str]) -> str:
+        return render_html(
+            Report(
+                out="out",
+                collections=[CollectionCount(n, 5, 0, "2024-01", "2024-01") for n in names],
+                months=[MonthCount(n, "2024-01", 5) for n in names],
+                filters={
+                    "collections": names,
+                    "since": "2024-01-01T00:00:00+00:00",
+                    "until": None,
+                    "method": "car",
+                },
+            )
+        )
+
+    alone = page(["app.bsky.feed.like"])
+    with_posts = page(["app.bsky.feed.post", "app.bsky.feed.like"])
+    like = colour_of("app.bsky.feed.like")
+    assert like != colour_of("app.bsky.feed.post")
+    # the same collection, the same colour, whatever else the dataset holds
+    assert 'data-series="app.bsky.feed.like" data-bucket="2024-01" data-count="5"' in alone
+    for html in (alone, with_posts):
+        assert f'fill="{like}"><title>app.bsky.feed.like' in html
+    assert "createdAt window</dt><dd>[2024-01-01T00:00:00+00:00, now)" in with_posts
+    assert '<th title="app.bsky.feed.post">feed.post</th>' in with_posts
+    assert '<div class="scroll"><table id="table-months">' in with_posts

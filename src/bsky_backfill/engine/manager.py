@@ -41,6 +41,7 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
+from typing import cast
 
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.cpu import Extractor
@@ -66,6 +67,8 @@ from bsky_backfill.errors import (
     TransientError,
     UsageError,
 )
+from bsky_backfill.identity.dns import TxtLookup, parse_server, system_nameserver, udp_txt_lookup
+from bsky_backfill.identity.handle import HandleResolver, is_handle
 from bsky_backfill.identity.resolver import DidResolver, host_key
 from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
 from bsky_backfill.records.collections import collection_warnings, empty_collection_lines
@@ -94,6 +97,8 @@ from bsky_backfill.xrpc.ssrf import host_to_base_url
 log = logging.getLogger("bsky_backfill")
 
 INTAKE = "intake"
+FOLLOWER_TRAFFIC = "follower_traffic:"
+"""Meta key prefix (+ process index) of a --workers follower's requests and bytes."""
 """Meta key: "running" while the leader reads the source and resolves, then "done"."""
 
 
@@ -119,6 +124,8 @@ class RunSummary:
     """Lines naming the wanted collections that hold no record (records/collections.py)."""
     changes_this_run: tuple[int, int, int] | None = None
     """A refresh: records (new, updated, deleted) during this run."""
+    records_this_run: dict[str, int] = field(default_factory=dict)
+    """Records landed during this run, by collection (`records` is the whole dataset)."""
 
     @property
     def nothing_landed(self) -> bool:
@@ -130,8 +137,14 @@ class RunSummary:
         return sum(self.records.values())
 
     @property
+    def records_landed(self) -> int:
+        """Records landed during this run (every collection)."""
+        return sum(self.records_this_run.values())
+
+    @property
     def records_per_second(self) -> float:
-        return self.records_total / self.seconds if self.seconds > 0 else 0.0
+        """This run's records over this run's time (a resume is not credited the dataset)."""
+        return self.records_landed / self.seconds if self.seconds > 0 else 0.0
 
 
 class Backfill:
@@ -181,6 +194,8 @@ class Backfill:
         self._baseline: tuple[int, dict[str, int]] = (0, {})
         self._rows_before = (0, 0, 0)  # rows written, deleted, updated (the store's)
         """(done, failed by code) in the store when the work started."""
+        self._records_before: dict[str, int] = {}
+        """Records per collection in the store when the work started."""
         self.on_tick: list[Callable[[Backfill], None]] = []
         self.on_commit: list[Callable[[CommitSummary], None]] = []
         self.on_decode: list[Callable[[float], None]] = []
@@ -242,6 +257,7 @@ class Backfill:
             before = store.status()
             self._baseline = (before.done, dict(before.failed_by_code))
             self._rows_before = _row_totals(before)
+            self._records_before = dict(before.records_by_collection)
             extractor = Extractor()
             # Big repos' parts spread over the cores the user gave: this process and
             # N-1 helper processes (engine/helpers.py).
@@ -265,8 +281,16 @@ class Backfill:
                         allow_private=settings.allow_private_hosts,
                         concurrency=settings.resolve_concurrency,
                     )
+                    self.handles = HandleResolver(
+                        client,
+                        self.resolver.document_handle,
+                        txt=txt_lookup(settings),
+                        allow_private=settings.allow_private_hosts,
+                    )
                     self.worker = RepoWorker(self, client, extractor, helpers)
                     if self.role.leader and self.role.count > 1:
+                        for index in range(1, self.role.count):  # this run's figures only
+                            store.set_meta(f"{FOLLOWER_TRAFFIC}{index}", "")
                         self._followers = spawn_followers(settings, self.role.count)
                     try:
                         await self._run_loops()
@@ -298,6 +322,14 @@ class Backfill:
             if self._fatal is not None:
                 raise self._fatal
             self._clear_pauses()
+            if not self.role.leader:
+                # The leader's summary counts every process's traffic (--workers).
+                store.set_meta(
+                    f"{FOLLOWER_TRAFFIC}{self.role.index}",
+                    json.dumps(
+                        {"requests": sum(self.stats.requests.values()), "bytes": self.stats.bytes}
+                    ),
+                )
             return self._summary(store)
         finally:
             store.close()
@@ -438,9 +470,13 @@ class Backfill:
 
         async def resolve_one(did: str) -> None:
             try:
+                if is_handle(did):
+                    await resolve_handle(did)
+                    return
                 identity = await self.resolver.resolve(did)
                 await self.client.guard.check(identity.pds)
                 resolved.append(identity)
+                log.debug("resolved %s: PDS %s", did, identity.pds, extra={"did": did})
             except HostUnreachable as e:  # the directory (or did:web host) was given up
                 self._fail(did, "resolve", "ResolveFailed", e.message)
             except TerminalError as e:
@@ -453,6 +489,16 @@ class Backfill:
             finally:
                 in_flight.discard(did)
                 self._wake.set()
+
+        async def resolve_handle(handle: str) -> None:
+            """An account listed by handle: its verified DID takes its place in the
+            queue (added before the handle goes, so a crash between keeps both and
+            the next run resolves the handle again: the store ignores the repeat)."""
+            identity = await self.resolver.resolve(await self.handles.resolve(handle))
+            await self.client.guard.check(identity.pds)
+            self.store.enqueue_resolved([identity])
+            self.store.withdraw([handle])
+            log.info("handle %s is %s", handle, identity.did)
 
         while not self.stopping:
             if resolved:
@@ -869,9 +915,26 @@ class Backfill:
             await asyncio.sleep(1.0)
             self._maybe_commit()
 
+    def _follower_traffic(self, store: StateStore) -> dict[str, int]:
+        """Requests and bytes the --workers followers of this run reported at their end."""
+        total = {"requests": 0, "bytes": 0}
+        if not self.role.leader:
+            return total
+        # As many as were started (the role shrinks to one once they are gone).
+        for index in range(1, len(self._followers) + 1):
+            try:
+                figures = json.loads(store.get_meta(f"{FOLLOWER_TRAFFIC}{index}") or "{}")
+            except ValueError:
+                continue
+            for key in total:
+                value = figures.get(key) if isinstance(figures, dict) else None
+                total[key] += value if isinstance(value, int) else 0
+        return total
+
     def _summary(self, store: StateStore) -> RunSummary:
         counts = store.counts()
         status = store.status()
+        followers = self._follower_traffic(store)
         return RunSummary(
             repos_total=sum(counts.values()),
             repos_done=counts.get(RepoState.DONE, 0),
@@ -880,8 +943,8 @@ class Backfill:
             records=dict(status.records_by_collection),
             dead_letters=dict(status.dead_letters_by_code),
             seconds=self.stats.elapsed,
-            requests=sum(self.stats.requests.values()),
-            bytes=self.stats.bytes,
+            requests=sum(self.stats.requests.values()) + followers["requests"],
+            bytes=self.stats.bytes + followers["bytes"],
             stopped=self.stopping,
             landed_this_run=max(0, status.done - self._baseline[0]),
             changes_this_run=_changes(self._rows_before, _row_totals(status))
@@ -894,6 +957,7 @@ class Backfill:
                 counts.get(RepoState.DONE, 0),
                 default=self.settings.collections == DEFAULT_COLLECTIONS,
             ),
+            records_this_run=_grown(self._records_before, status.records_by_collection),
         )
 
 
@@ -925,8 +989,19 @@ class _Committed:
 
 
 def _grown(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
-    """Failed repos per code that this run added."""
+    """What this run added per key (failed repos per code, records per collection)."""
     return {code: n - before.get(code, 0) for code, n in after.items() if n > before.get(code, 0)}
+
+
+def txt_lookup(settings: RunSettings) -> TxtLookup | None:
+    """Where handles' DNS records come from: the hook, --dns-server, or the system's."""
+    if settings.handle_txt is not None:
+        return cast(TxtLookup, settings.handle_txt)
+    if settings.dns_server is not None:
+        host, port = parse_server(settings.dns_server)
+        return udp_txt_lookup(host, port)
+    nameserver = system_nameserver()
+    return udp_txt_lookup(nameserver) if nameserver else None
 
 
 def operator_hosts(settings: RunSettings) -> list[str]:

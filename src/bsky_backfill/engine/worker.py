@@ -128,6 +128,14 @@ class RepoWorker:
                 return
             run.stats.repos_done += 1
             slot.done += 1
+            log.debug(
+                "landed %s from %s: %d records at rev %s",
+                task.did,
+                slot.host,
+                extract.row_count,
+                extract.rev,
+                extra={"host": slot.host, "did": task.did},
+            )
             run.count_rows(extract)
             run._maybe_commit()
         except TerminalError as e:

@@ -69,7 +69,7 @@ def spawn_followers(settings: RunSettings, count: int) -> list[BaseProcess]:
     for index in range(1, count):
         proc = ctx.Process(
             target=_follower_main,
-            args=(settings, index, count, level),
+            args=(settings.model_copy(update={"handle_txt": None}), index, count, level),
             name=f"bsky-backfill-worker-{index}",
             daemon=False,
         )

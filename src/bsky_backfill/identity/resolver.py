@@ -54,7 +54,9 @@ class PlcResolver:
 
     async def resolve(self, did: str) -> DidDocInfo:
         try:
-            doc = await self._client.fetch_json(f"{self._plc}/{did}", trusted=True)
+            doc = await self._client.fetch_json(
+                f"{self._plc}/{did}", trusted=True, label="plc_lookup"
+            )
         except (ResolveError, HostUnreachable):
             # HostUnreachable: the directory is given up, not the DID (a retryable
             # ResolveFailed).
@@ -83,7 +85,7 @@ class WebResolver:
         url = self.document_url(did)
         try:
             await self._client.guard.check(url)
-            doc = await self._client.fetch_json(url, trusted=False)
+            doc = await self._client.fetch_json(url, trusted=False, label="did_web_document")
         except (ResolveError, HostUnreachable):
             raise
         except BlockedAddress as e:
@@ -137,6 +139,12 @@ class DidResolver:
         if cached is not None:
             self._cache.move_to_end(did)
             return cached
+        identity, _ = await self.resolve_document(did)
+        return identity
+
+    async def resolve_document(self, did: str) -> tuple[Identity, str | None]:
+        """Identity for `did` and the handle its document names (never cached: handle
+        checks want the document as it is now); the identity is cached for `resolve`."""
         async with self._limit:
             self.lookups += 1
             info = await self._lookup(did)
@@ -147,7 +155,12 @@ class DidResolver:
         self._cache[did] = identity
         if len(self._cache) > self._cache_entries:
             self._cache.popitem(last=False)
-        return identity
+        return identity, info.handle
+
+    async def document_handle(self, did: str) -> str | None:
+        """The handle `did`'s document names (identity/handle.py's check)."""
+        _, handle = await self.resolve_document(did)
+        return handle
 
     @property
     def cached(self) -> int:

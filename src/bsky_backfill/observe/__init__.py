@@ -38,9 +38,12 @@ class Observers:
     metrics: RunMetrics | None
 
     def finish(self, summary: RunSummary) -> None:
-        """The run returned: final gauges (the store is closed by now)."""
+        """The run returned: final gauges and the display's last frame (the store is
+        closed by now)."""
         if self.metrics is not None:
             self.metrics.finish(summary)
+        if isinstance(self.progress, ProgressDisplay):
+            self.progress.finish(summary)
 
     def close(self) -> None:
         """Stop the display and the metrics server; safe to call twice."""
@@ -55,6 +58,7 @@ def start_observers(
     backfill: Backfill,
     *,
     metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
     live_progress: bool = False,
     log_progress: bool = True,
     progress_interval: float = 10.0,
@@ -62,11 +66,13 @@ def start_observers(
 ) -> Observers:
     """Attach to `backfill` (before `run()`): a live display when `live_progress`, else a
     progress log line every `progress_interval` s when `log_progress`; metrics served on
-    127.0.0.1:`metrics_port` when given. Raises `UsageError` when the port cannot be bound."""
+    `metrics_host`:`metrics_port` when given. Raises `UsageError` when the port cannot be bound."""
     metrics = None
     if metrics_port is not None:
         metrics = RunMetrics(backfill)
-        metrics.serve(metrics_port)  # first: a port in use stops us before anything starts
+        metrics.serve(
+            metrics_port, metrics_host
+        )  # first: a port in use stops us before anything starts
         metrics.attach()
     progress: ProgressDisplay | ProgressLog | None = None
     if live_progress:

@@ -225,14 +225,21 @@ class RunMetrics:
             buckets=DECODE_BUCKETS,
             registry=r,
         )
+        # Read from the state store: with a shared (PostgreSQL) queue every instance
+        # reports the same cluster-wide value, so dashboards take max(), never sum().
         self.repos = Gauge(
-            f"{PREFIX}_repos", "Repos in the state store, by state.", ["state"], registry=r
+            f"{PREFIX}_repos",
+            "Repos in the state store, by state. Cluster-wide with a shared queue: every "
+            "instance reports the same value (aggregate with max, not sum).",
+            ["state"],
+            registry=r,
         )
         for state in RepoState:
             self.repos.labels(state.value)
         self.queue_depth = Gauge(
             f"{PREFIX}_queue_depth",
-            "Repos waiting to be claimed (pending, including those waiting for a retry).",
+            "Repos waiting to be claimed (pending, including those waiting for a retry). "
+            "Cluster-wide with a shared queue (aggregate with max, not sum).",
             registry=r,
         )
         self.in_flight = Gauge(
@@ -317,6 +324,7 @@ class RunMetrics:
     # -- the endpoint -------------------------------------------------------------------
     def serve(self, port: int, addr: str = "127.0.0.1") -> int:
         """Serve /metrics on addr:port in a daemon thread; returns the port (0 = any free one).
+        `addr` is `--metrics-host` (127.0.0.1 by default; 0.0.0.0 for a scraper elsewhere).
 
         A port we cannot bind is a usage error (exit 2), raised before the run writes anything.
         """
@@ -325,7 +333,9 @@ class RunMetrics:
         try:
             server, _thread = start_http_server(port, addr=addr, registry=self.registry)
         except OSError as e:
-            raise UsageError(f"--metrics-port {port}: cannot listen ({e.strerror or e})") from None
+            raise UsageError(
+                f"--metrics-port {port} on {addr}: cannot listen ({e.strerror or e})"
+            ) from None
         self._server = server
         return int(server.server_port)
 

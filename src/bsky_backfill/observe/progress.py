@@ -31,7 +31,7 @@ from bsky_backfill.observe.snapshot import HostsView, HostView, RunSampler, RunS
 from bsky_backfill.safetext import printable
 
 if TYPE_CHECKING:
-    from bsky_backfill.engine.manager import Backfill
+    from bsky_backfill.engine.manager import Backfill, RunSummary
 
 log = logging.getLogger("bsky_backfill.progress")
 
@@ -113,15 +113,21 @@ def summary_line(snap: RunSnapshot, rates: tuple[float, float, float]) -> str:
     return "; ".join(summary_parts(snap, rates))
 
 
-def header(snap: RunSnapshot, rates: tuple[float, float, float], width: int = 30) -> Text:
-    """A bar and the two summary lines: where the repos stand, how fast data flows."""
+def header(snap: RunSnapshot, rates: tuple[float, float, float], width: int = 40) -> Text:
+    """A bar, then the two summary lines (where the repos stand, how fast data flows),
+    each on its own line so that the whole display fits 80 columns."""
     repos, flow = summary_parts(snap, rates)
+    # The bar carries the ETA; the repos line goes without it (huge counts fit).
+    repos, _, eta = repos.partition(", ETA ")
+    eta, _, stopping = eta.partition(", ")
     done = round(width * snap.repos_finished / snap.repos_total) if snap.repos_total else 0
     done = min(width, done)
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append("━" * done, style="bar.complete")
     text.append("─" * (width - done), style="bar.back")
-    text.append(f"  {repos}\n{' ' * width}  {flow}")
+    text.append(f"  ETA {eta}" + (f", {stopping}" if stopping else ""))
+    data, _, hosts = flow.partition("; ")
+    text.append(f"\n{repos}\n{data}\n{hosts}")
     return text
 
 
@@ -145,7 +151,13 @@ def host_table(hosts: HostsView) -> Text:
         state = cells.pop()
         text.append("  ".join(cells) + "  ", style="bold" if n == 0 else "")
         paused = n > 0 and state.startswith("paused")
-        text.append(state.rstrip() + "\n", style="bold" if n == 0 else "yellow" if paused else "")
+        if not paused:
+            text.append(state.rstrip() + "\n", style="bold" if n == 0 else "")
+            continue
+        # The reason (and when it ends) on a line of its own: it would not fit 80
+        # columns beside the counters.
+        text.append("paused\n", style="yellow")
+        text.append(f"    {state.rstrip()}\n", style="yellow")
     more = hosts.paused - len(hosts.paused_hosts)
     if more > 0:
         text.append(f"... and {more:,} more paused hosts\n", style="dim")
@@ -160,10 +172,17 @@ def render(
     return Group(header(snap, rates), host_table(hosts))
 
 
+HOST_WIDTH = 24
+"""Host names are cut to this many characters in the table (80 columns)."""
+
+
 def _host_row(view: HostView) -> tuple[str, ...]:
     state = f"paused: {view.paused}" if view.paused else "working" if view.active else "idle"
+    name = printable(view.host, 300)
+    if len(name) > HOST_WIDTH:  # the start of a name tells hosts apart best
+        name = name[: HOST_WIDTH - 1] + "…"
     return (
-        printable(view.host, 60),
+        name,
         f"{view.active:,}",
         f"{view.done:,}",
         f"{view.failed:,}",
@@ -203,6 +222,26 @@ class ProgressDisplay:
         self.rates.add(snap)
         hosts = self.sampler.hosts(backfill)
         self._live.update(render(snap, self.rates.rates(), hosts), refresh=True)
+
+    def finish(self, summary: RunSummary) -> None:
+        """The last frame, from the run's own summary (not a sample taken while the
+        final repos were still in flight): totals that agree with each other."""
+        total = summary.repos_total
+        finished = summary.repos_done + summary.repos_failed
+        width = 40
+        done = min(width, round(width * finished / total)) if total else width
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append("━" * done, style="bar.complete")
+        text.append("─" * (width - done), style="bar.back")
+        verb = "stopped" if summary.stopped else "finished"
+        pct = 100.0 * finished / total if total else 100.0
+        text.append(
+            f"\n{verb}: repos {finished:,}/{total:,} ({pct:.0f}%), "
+            f"{summary.repos_failed:,} failed, {summary.repos_pending:,} pending\n"
+            f"{summary.records_landed:,} records this run "
+            f"({summary.records_per_second:,.0f}/s) in {format_duration(summary.seconds)}"
+        )
+        self._live.update(text, refresh=True)
 
     def stop(self) -> None:
         self._live.stop()

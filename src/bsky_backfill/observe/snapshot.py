@@ -104,7 +104,7 @@ def _host_view(slot: HostSlot, paused: str) -> HostView:
 def pause_of(slot: HostSlot, wall: float) -> str:
     """Why the host sends nothing now ('' when it may): its circuit breaker (down:
     when it resumes; given up), a 429 pause reaching into the future, or a server
-    budget used up until its window resets."""
+    budget used up; a pause says when it ends."""
     breaker = slot.breaker
     if breaker is not None and breaker.state is BreakerState.GIVEN_UP:
         return breaker.reason
@@ -122,7 +122,21 @@ def pause_of(slot: HostSlot, wall: float) -> str:
     if slot.paused_until > wall or out_of_budget:
         # A bucket keeps the reason of its last pause until its next request, so
         # the reason is only read once we know the host is held back now.
-        return slot.pause_reason() or "server budget used up until its window resets"
+        reason = slot.pause_reason() or "server budget used up"
+        ends = max(
+            [slot.paused_until]
+            + [
+                b.server_reset
+                for b in slot.buckets.values()
+                if b.server_remaining is not None
+                and b.server_remaining < 1
+                and b.server_reset is not None
+            ]
+        )
+        if ends > wall:  # say when, not only why: "resumes 12:34:56 UTC (in 40s)"
+            resume = time.strftime("%H:%M:%S", time.gmtime(ends))
+            reason += f", resumes {resume} UTC (in {ends - wall:.0f}s)"
+        return reason
     return ""
 
 

@@ -8,6 +8,7 @@ a test can find each series point in the rendered DOM.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
@@ -31,8 +32,32 @@ MAX_YEAR_SPAN = 400
 """Beyond this many years (stray createdAt values) only years with rows get a bar."""
 
 
+# Tableau 20's lighter half after the ten above: one fixed colour for each of the
+# app.bsky record types, so the same collection has the same colour in every report.
+_MORE = (
+    "#a0cbe8", "#ffbe7d", "#8cd17d", "#ff9d9a", "#86bcb6", "#f1ce63", "#d4a6c8", "#fabfd2",
+    "#d7b5a6", "#79706e",
+)  # fmt: skip
+_FIXED = (
+    "app.bsky.feed.post", "app.bsky.feed.like", "app.bsky.feed.repost", "app.bsky.graph.follow",
+    "app.bsky.graph.block", "app.bsky.actor.profile", "app.bsky.graph.list",
+    "app.bsky.graph.listitem", "app.bsky.graph.listblock", "app.bsky.graph.starterpack",
+    "app.bsky.feed.threadgate", "app.bsky.feed.postgate", "app.bsky.feed.generator",
+    "app.bsky.labeler.service", "app.bsky.graph.verification", "app.bsky.actor.status",
+)  # fmt: skip
+_COLOURS = (*PALETTE, *_MORE)
+
+
 def colour(index: int) -> str:
     return PALETTE[index % len(PALETTE)]
+
+
+def colour_of(collection: str) -> str:
+    """A collection's colour, the same in every report (others: by a hash of the name)."""
+    if collection in _FIXED:
+        return _COLOURS[_FIXED.index(collection)]
+    digest = hashlib.sha256(collection.encode()).digest()
+    return _COLOURS[digest[0] % len(_COLOURS)]
 
 
 def _attr(value: object) -> str:
@@ -105,7 +130,7 @@ def stacked_bars(
     for i, bucket in enumerate(buckets):
         x = left + i * band + (band - bar_w) / 2
         y = float(top + plot_h)
-        for index, s in enumerate(series):
+        for s in series:
             n = s.counts.get(bucket, 0)
             if n <= 0:
                 continue
@@ -115,7 +140,7 @@ def stacked_bars(
             parts.append(
                 f'<rect class="bar" data-series="{_attr(s.name)}" data-bucket="{_attr(bucket)}" '
                 f'data-count="{n}" x="{x:.2f}" y="{y:.2f}" width="{bar_w:.2f}" '
-                f'height="{h:.2f}" fill="{colour(index)}">'
+                f'height="{h:.2f}" fill="{colour_of(s.name)}">'
                 f"<title>{escape(s.name)} {escape(bucket)}: {n:,}</title></rect>"
             )
         if i % label_every == 0:

@@ -22,13 +22,13 @@ from pathlib import Path
 
 from bsky_backfill.report.charts import (
     Series,
-    colour,
+    colour_of,
     horizontal_bars,
     stacked_bars,
     time_buckets,
 )
 from bsky_backfill.report.model import Report
-from bsky_backfill.report.render import TOP_HOSTS
+from bsky_backfill.report.render import TOP_HOSTS, filter_lines, short_names
 
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222;
@@ -44,14 +44,27 @@ th, td { border-bottom: 1px solid #e4e4e4; padding: 3px 10px; text-align: right;
 th:first-child, td:first-child { text-align: left; }
 tr.total td { font-weight: 600; border-top: 1px solid #999; }
 .empty { color: #777; font-style: italic; }
+.scroll { overflow-x: auto; max-width: 100%; }
+dl.filters { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; margin: 0; }
+dl.filters dt { color: #555; } dl.filters dd { margin: 0; }
 """
 # Nothing may be fetched: no scripts, no fonts, no images beyond inline data.
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
-def _table(table_id: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain table; a row whose first cell is "total" is styled as the total."""
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+def _table(
+    table_id: str,
+    header: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    titles: Sequence[str] | None = None,
+) -> str:
+    """A plain table; a row whose first cell is "total" is styled as the total. `titles`
+    are the headers' full names (shown on hover) where the headers are short ones. A
+    table wider than the page scrolls inside its box, never the page."""
+    head = "".join(
+        f'<th title="{escape(t, quote=True)}">{escape(h)}</th>' if t else f"<th>{escape(h)}</th>"
+        for h, t in zip(header, titles or [""] * len(header), strict=True)
+    )
     body = []
     for row in rows:
         cells = "".join(
@@ -60,8 +73,8 @@ def _table(table_id: str, header: Sequence[str], rows: Sequence[Sequence[object]
         css = ' class="total"' if row and row[0] == "total" else ""
         body.append(f"<tr{css}>{cells}</tr>")
     return (
-        f'<table id="{table_id}"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table>"
+        f'<div class="scroll"><table id="{table_id}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
@@ -79,8 +92,8 @@ def _records_over_time(report: Report) -> str:
         series.append(Series(c.collection, counts))
     legend = "".join(
         f'<li data-series="{escape(s.name, quote=True)}"><span class="swatch" '
-        f'style="background:{colour(i)}"></span>{escape(s.name)}</li>'
-        for i, s in enumerate(series)
+        f'style="background:{colour_of(s.name)}"></span>{escape(s.name)}</li>'
+        for s in series
     )
     per = "month" if len(buckets[0]) == 7 else "year"
     nulls = sum(c.no_created_at for c in report.collections)
@@ -138,7 +151,23 @@ def _months_table(report: Report) -> str:
     nulls = [c.no_created_at for c in report.collections]
     if any(nulls):
         rows.append(["no created_at", *nulls, sum(nulls)])
-    return _table("table-months", ("month", *names, "total"), rows)
+    # Short headers (feed.post) so that 8+ collections fit the page; the full NSID on hover.
+    return _table(
+        "table-months",
+        ("month", *short_names(names), "total"),
+        rows,
+        titles=("", *names, ""),
+    )
+
+
+def _filters(report: Report) -> str:
+    """The dataset's filters, as its runs recorded them (what the numbers are of)."""
+    if report.filters is None:
+        return '<p class="empty">Filters unknown (no state store).</p>'
+    items = "".join(
+        f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in filter_lines(report.filters)
+    )
+    return f'<dl class="filters" id="filters">{items}</dl>'
 
 
 def render_html(report: Report) -> str:
@@ -184,6 +213,10 @@ def render_html(report: Report) -> str:
 and {report.updated_total:,} updated by refreshes left out); {report.dead_letters_total:,}
 dead letters;
 {len(report.hosts)} PDS hosts.</p>
+<section id="dataset-filters">
+<h2>What the dataset holds</h2>
+{_filters(report)}
+</section>
 <section id="records-over-time">
 <h2>Records over time per collection</h2>
 {_records_over_time(report)}

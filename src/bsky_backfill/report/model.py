@@ -79,6 +79,9 @@ class Report:
     """Most frequent first."""
     has_state: bool = False
     """Whether a state store was found (without one, hosts are unknown)."""
+    filters: dict[str, Any] | None = None
+    """The dataset's filters as its runs recorded them (collections, since, until,
+    method); None without a state store."""
 
     @property
     def records_total(self) -> int:
@@ -117,4 +120,5 @@ class Report:
             "hosts": [dataclasses.asdict(h) for h in self.hosts],
             "dead_letters": [dataclasses.asdict(d) for d in self.dead_letters],
             "dead_letters_by_code": self.dead_letters_by_code(),
+            "filters": self.filters,
         }

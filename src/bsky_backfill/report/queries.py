@@ -16,7 +16,9 @@ from it (`StateStore.host_map`) into a DuckDB temp table in Arrow batches
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -210,6 +212,17 @@ def merge_hosts(repos: list[HostStatus], records: dict[str, int]) -> list[HostCo
     return sorted(merged, key=lambda h: (-h.records, -h.repos, h.host))
 
 
+def _filters(recorded: str | None) -> dict[str, Any] | None:
+    """The filter the runs recorded in the store (engine/manager.py `_check_settings`)."""
+    if recorded is None:
+        return None
+    try:
+        value = json.loads(recorded)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def build_report(out: Path, queue: str | None = None) -> Report:
     """Summarise the dataset under OUT; hosts come from the state store (SQLite under
     OUT, or `queue`: the run's `--queue` URL). A missing or empty OUT, or a queue
@@ -241,12 +254,14 @@ def build_report(out: Path, queue: str | None = None) -> Report:
             counts.append(count)
             months.extend(per_month)
         hosts: list[HostCount] = []
+        filters: dict[str, Any] | None = None
         if has_state:
             store = open_store(queue, state_path)
             try:
                 hosts = merge_hosts(
                     list(store.status().hosts), records_per_host(con, out, collections, store)
                 )
+                filters = _filters(store.get_meta("filter"))
             finally:
                 store.close()
         return Report(
@@ -256,6 +271,7 @@ def build_report(out: Path, queue: str | None = None) -> Report:
             hosts=hosts,
             dead_letters=dead_letter_counts(con, out),
             has_state=has_state,
+            filters=filters,
         )
     finally:
         con.close()

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from bsky_backfill.simulate.accounts import SimAccount
 from bsky_backfill.simulate.directory import DidWebSite, PlcDirectory
+from bsky_backfill.simulate.dns import SimDns
 from bsky_backfill.simulate.generator import SimContent, generate
 from bsky_backfill.simulate.mutate import Mutation, mutate_account
 from bsky_backfill.simulate.pds import PdsHost
@@ -53,6 +54,8 @@ class SimNetwork:
         self.plc: PlcDirectory | None = None
         self.relay: SimRelay | None = None
         self.relay_url = ""
+        self.dns: SimDns | None = None
+        self.dns_server = ""
         self._content: SimContent | None = None
         self._runners: list[web.AppRunner] = []
         self._policies: list[HostPolicy] = []
@@ -107,6 +110,12 @@ class SimNetwork:
             )
             self.relay.url = self.relay_url
             await self._serve(self.relay.app(), relay_sock)
+        dns_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dns_sock.bind(("127.0.0.1", 0))
+        self._sockets.append(dns_sock)
+        self.dns = SimDns(accounts, self.stats)
+        await self.dns.start(dns_sock)
+        self.dns_server = f"127.0.0.1:{dns_sock.getsockname()[1]}"
         web_accounts = [a for a in accounts if a.method == "web"]
         for i, (acct, sock) in enumerate(zip(web_accounts, web_socks, strict=True)):
             site = DidWebSite(acct, host_urls[acct.host_index], self._policy(f"web{i}", None, None))
@@ -134,6 +143,8 @@ class SimNetwork:
     async def close(self) -> None:
         for policy in self._policies:
             policy.closing.set()  # release injected hangs so shutdown is quick
+        if self.dns is not None:
+            self.dns.close()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
@@ -193,6 +204,18 @@ class SimNetwork:
     def account(self, did: str) -> SimAccount:
         """The simulated account behind `did` (KeyError for unknown DIDs)."""
         return self.content.account(did)
+
+    async def resolve_txt(self, name: str) -> list[str]:
+        """The network's DNS as a resolver hook (`Backfill(handle_txt=net.resolve_txt)`)."""
+        if self.dns is None:
+            raise RuntimeError("the network is not started")
+        return await self.dns.resolve_txt(name)
+
+    def handles(self, dids: list[str] | None = None) -> list[str]:
+        """The handles of `dids` (default: every account with one), in order."""
+        wanted = self.dids if dids is None else dids
+        by_did = {a.did: a.handle for a in self.accounts if a.handle}
+        return [by_did[d] for d in wanted if d in by_did]
 
     def write_dids(self, path: Path, dids: list[str] | None = None) -> Path:
         """Write a DIDs file (one per line, with a comment) for `bsky-backfill run --dids`."""

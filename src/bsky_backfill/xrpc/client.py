@@ -162,9 +162,12 @@ class XrpcClient:
         return Deadline(self.settings.body_seconds, self.settings.min_bytes_per_second)
 
     # -- public calls -------------------------------------------------------------
-    async def fetch_json(self, url: str, *, trusted: bool, limit: int = 4 * 1024 * 1024) -> Any:
-        """GET a JSON document (DID documents). Raises the error tree; 404/410 -> TerminalError."""
-        body = await self.fetch_bytes(url, trusted=trusted, limit=limit)
+    async def fetch_json(
+        self, url: str, *, trusted: bool, limit: int = 4 * 1024 * 1024, label: str = "json"
+    ) -> Any:
+        """GET a JSON document (DID documents). Raises the error tree; 404/410 -> TerminalError.
+        `label` names the request in metrics (`plc_lookup`, `did_web_document`)."""
+        body = await self.fetch_bytes(url, trusted=trusted, limit=limit, label=label)
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as e:
@@ -208,7 +211,9 @@ class XrpcClient:
             raise error from e
         finally:
             outcome.close()
-            self._emit(endpoint.host, label, status, wire)
+            # host[:port] as the URL names it, as the XRPC requests' host slots do (two
+            # simulated or self-hosted services on one address stay apart).
+            self._emit(urlsplit(url).netloc.lower() or endpoint.host, label, status, wire)
 
     async def xrpc_json(
         self, base: str, endpoint: str, params: Mapping[str, str | int], slot: HostSlot

@@ -110,6 +110,8 @@ TERMINAL_VERDICTS = frozenset(
         # the host's or the directory's verdict on the account
         "RepoTakendown", "RepoDeactivated", "RepoSuspended", "RepoDeleted", "RepoNotFound",
         "DidNotFound", "UnsupportedDid", "NoPdsEndpoint", "InvalidDidDocument", "Gone",
+        # the account's own document disowns the handle listed
+        "HandleMismatch",
         # the repository itself cannot be trusted or is too big for this run's limit
         "VerificationFailed", "InvalidRepo", "InvalidCar", "InvalidCommit", "InvalidMST",
         "RepoTooLarge",
