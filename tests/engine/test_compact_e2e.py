@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pandas as pd
+import polars as pl
 import pyarrow.dataset as ds
 
 from bsky_backfill.simulate import Scenario, run_network_in_thread
@@ -35,7 +37,7 @@ def all_rows(out: Path) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def other_readers(out: Path) -> dict[str, int]:
-    """Row counts through pyarrow.dataset and, where installed, pandas and Polars."""
+    """Row counts through pyarrow.dataset, pandas and Polars (the readers' own engines)."""
     counts: dict[str, int] = {}
     for t in collections_in(out):
         dataset = ds.dataset(out / t, format="parquet")
@@ -43,21 +45,11 @@ def other_readers(out: Path) -> dict[str, int]:
         counts[t] = table.num_rows
         uris = table.column("uri").to_pylist()
         assert len(set(uris)) == len(uris) or t == POST  # posts may repeat (updated)
-        try:
-            import pandas as pd
-        except ImportError:
-            pass
-        else:
-            assert len(pd.read_parquet(out / t)) == counts[t]
-        try:
-            import polars as pl
-        except ImportError:
-            pass
-        else:
-            assert (
-                pl.scan_parquet(str(out / t / "*.parquet")).select(pl.len()).collect().item()
-                == counts[t]
-            )
+        assert len(pd.read_parquet(out / t)) == counts[t]
+        assert (
+            pl.scan_parquet(str(out / t / "*.parquet")).select(pl.len()).collect().item()
+            == counts[t]
+        )
     return counts
 
 
