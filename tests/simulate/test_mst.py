@@ -7,6 +7,7 @@ import json
 import libipld
 import pytest
 
+from bsky_backfill.repo.build import build_mst as build_repo_mst
 from bsky_backfill.simulate.ids import cid_for_block
 from bsky_backfill.simulate.mst import build_mst, common_prefix_len, key_height
 from tests.fixture_paths import FIXTURES
@@ -45,6 +46,10 @@ def test_rebuild_real_repo_root(car: str) -> None:
     items = walk_mst(blocks, commit["data"])
     tree = build_mst(items)
     assert tree.root == commit["data"]
+    # The package's other builder (repo/build.py: tests, and a refresh's rebuilt old
+    # tree, repo/diff.py) agrees node for node.
+    root, nodes = build_repo_mst({key: cid for key, cid in items})
+    assert root == commit["data"] and set(nodes) == set(tree.nodes)
     for cid, data in tree.nodes.items():
         assert cid in blocks, "built a node the real repo does not have"
         assert cid_for_block(data) == cid

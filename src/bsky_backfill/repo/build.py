@@ -1,8 +1,9 @@
 """Build repository CARs: the writing side of `repo.car` + `repo.mst`.
 
-Where it sits in the flow: not on the backfill path at all. The embedded
-simulated network (`simulate/`) serves getRepo from these, tests build
-partial or broken repos with them, and benchmarks build large ones. The MST
+Where it sits in the flow: the embedded simulated network (`simulate/`)
+serves getRepo from these, tests build partial or broken repos with them, and
+benchmarks build large ones; on the backfill path, a refresh rebuilds the tree
+it landed from its key index with `build_nodes` (repo/diff.py). The MST
 follows the atproto spec (SHA-256 key heights in 2-bit chunks, fanout 4,
 per-node prefix compression, canonical DAG-CBOR), so a repo built from the
 records of a real export reproduces that export's MST root CID.
@@ -21,7 +22,15 @@ import libipld
 
 from bsky_backfill.repo.mst import key_height
 
-__all__ = ["build_mst", "build_repo", "cid_for", "encode_block", "key_height", "write_car"]
+__all__ = [
+    "build_mst",
+    "build_nodes",
+    "build_repo",
+    "cid_for",
+    "encode_block",
+    "key_height",
+    "write_car",
+]
 
 _CID_PREFIX = b"\x01\x71\x12\x20"  # CIDv1, dag-cbor, sha2-256, 32 bytes
 
@@ -58,15 +67,23 @@ def write_car(root: bytes, blocks: Iterable[tuple[bytes, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-_Leaf = tuple[bytes, bytes, int]  # key, value CID, height
+Leaf = tuple[bytes, bytes, int]
+"""An MST leaf: key, value CID, key height."""
+NodeSink = Callable[[bytes, bytes, int, list[Leaf], list[bytes | None]], None]
+"""Called once per node built: (CID, block bytes, layer, the subtree's leaves, the
+node's subtrees: `l` first, then each entry's `t`)."""
 
 
-def _node(items: list[_Leaf], layer: int, out: dict[bytes, bytes]) -> bytes:
-    # Keys of this layer become entries; the runs of lower keys around them
-    # become subtrees one layer down: before the first entry -> "l", after
-    # entry i -> entry i's "t".
+def build_nodes(items: list[Leaf], layer: int, emit: NodeSink) -> bytes:
+    """The (sub)tree over sorted `items` on `layer`: its root CID; every node is
+    handed to `emit`. The one MST builder of the package (the simulator's
+    incremental tree, simulate/mst.py, agrees with it: tests hold their roots equal).
+
+    Keys of this layer become entries; the runs of lower keys around them become
+    subtrees one layer down: before the first entry -> "l", after entry i -> entry
+    i's "t". Recursion depth <= 128 (key heights)."""
     entries: list[dict[str, Any]] = []
-    groups: list[list[_Leaf]] = [[]]
+    groups: list[list[Leaf]] = [[]]
     prev = b""
     for leaf in items:
         key, value, height = leaf
@@ -79,11 +96,11 @@ def _node(items: list[_Leaf], layer: int, out: dict[bytes, bytes]) -> bytes:
         entries.append({"k": key[p:], "p": p, "v": value, "t": None})
         groups.append([])
         prev = key
-    subs = [_node(g, layer - 1, out) if g else None for g in groups]
+    subs = [build_nodes(g, layer - 1, emit) if g else None for g in groups]
     for entry, sub in zip(entries, subs[1:], strict=True):
         entry["t"] = sub
     cid, data = encode_block({"l": subs[0], "e": entries})
-    out[cid] = data
+    emit(cid, data, layer, items, subs)
     return cid
 
 
@@ -92,7 +109,11 @@ def build_mst(leaves: Mapping[str, bytes]) -> tuple[bytes, dict[bytes, bytes]]:
     items = sorted((k.encode("ascii"), v, key_height(k.encode("ascii"))) for k, v in leaves.items())
     out: dict[bytes, bytes] = {}
     top = max((h for _, _, h in items), default=0)
-    return _node(items, top, out), out
+
+    def keep(cid: bytes, data: bytes, *_: object) -> None:
+        out[cid] = data
+
+    return build_nodes(items, top, keep), out
 
 
 def build_repo(

@@ -34,7 +34,6 @@ dead-lettered, nothing lands.
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from typing import Any
 import libipld
 
 from bsky_backfill.errors import RepoInvalid
+from bsky_backfill.repo.build import Leaf, build_nodes
 from bsky_backfill.repo.mst import key_height
 
 __all__ = [
@@ -97,36 +97,18 @@ class OldTree:
         items = sorted((k.encode("ascii"), v) for k, v in keys.items())
         leaves = [(k, v, key_height(k)) for k, v in items]
         top = max((h for _, _, h in leaves), default=0)
-        self.root = self._build(leaves, top)
+        self.root = build_nodes(leaves, top, self._keep)
         self.keys = dict(keys)
 
-    def _build(self, items: list[tuple[bytes, bytes, int]], layer: int) -> bytes:
-        # As repo/build.py: keys of this layer are entries, the runs of lower
-        # keys between them subtrees one layer down. Recursion depth <= 128.
-        entries: list[dict[str, Any]] = []
-        groups: list[list[tuple[bytes, bytes, int]]] = [[]]
-        prev = b""
-        for leaf in items:
-            key, value, height = leaf
-            if height < layer:
-                groups[-1].append(leaf)
-                continue
-            p = 0
-            while p < len(prev) and p < len(key) and prev[p] == key[p]:
-                p += 1
-            entries.append({"k": key[p:], "p": p, "v": value, "t": None})
-            groups.append([])
-            prev = key
-        subs = [self._build(g, layer - 1) if g else None for g in groups]
-        for entry, sub in zip(entries, subs[1:], strict=True):
-            entry["t"] = sub
-        data = libipld.encode_dag_cbor({"l": subs[0], "e": entries})
-        cid = _CID_PREFIX + hashlib.sha256(data).digest()
+    def _keep(
+        self, cid: bytes, _data: bytes, layer: int, items: list[Leaf], subs: list[bytes | None]
+    ) -> None:
+        """Each rebuilt node, with its entries and its subtree's key span (repo/build.py
+        builds the tree, so the CIDs are the ones the account's own tree had)."""
         span = (items[0][0].decode("ascii"), items[-1][0].decode("ascii")) if items else None
         mine = [(k.decode("ascii"), v) for k, v, h in items if h >= layer]
         node_entries = [(k, v, sub) for (k, v), sub in zip(mine, subs[1:], strict=True)]
         self.nodes[cid] = _Node(layer, subs[0], node_entries, span)
-        return cid
 
 
 def _decode_node(node: Any, cid: bytes, expected: int | None) -> _Node:
