@@ -34,8 +34,9 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# Three workers on two cores: most tests wait (servers, timers, subprocesses).
 unit: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 3
 
 # The C extension built with AddressSanitizer and UBSan (into build/asan, never
 # the installed copy) and its twin and fuzz tests run against it: an out-of-bounds

@@ -12,6 +12,25 @@ import pytest
 from tests.fixture_paths import FIXTURES
 
 
+def _own_tmpdir_per_xdist_worker() -> None:
+    """Under pytest-xdist (`make test` runs several workers), each worker and the
+    runs it starts get a temporary directory of their own: machine-wide state kept
+    there (the helper-process slots of engine/helpers.py) then belongs to one
+    worker's tests, as it would to one machine. Set before anything asks
+    `tempfile` for its directory (it remembers the first answer)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        own = Path("/tmp") / f"bsky-backfill-tests-{worker}"
+        own.mkdir(parents=True, exist_ok=True)
+        os.environ["TMPDIR"] = str(own)
+        import tempfile
+
+        tempfile.tempdir = None  # asked again, it answers the worker's own directory
+
+
+_own_tmpdir_per_xdist_worker()
+
+
 @pytest.fixture(scope="session")
 def fixtures() -> Path:
     return FIXTURES
