@@ -87,6 +87,8 @@ def test_codes_and_stages_are_set_on_the_classes() -> None:
 OUTSIDE_THE_TREE = {
     # a ValueError for key parsing; identity/ and repo/verify.py map it to a verdict
     "bsky_backfill.identity.didkey.KeyParseError",
+    # a ValueError inside the DNS client; identity/handle.py maps it to HandleNotFound
+    "bsky_backfill.identity.dns.DnsError",
     # a ValueError inside CAR reading; repo/ maps it to RepoInvalid or a transient cut body
     "bsky_backfill.repo.car.TruncatedCar",
     # an OSError, because it is raised inside aiohttp's connect; xrpc/client.py maps it

@@ -35,34 +35,30 @@ def report_json(report: Report) -> str:
 def _collections_table(report: Report) -> Table:
     table = Table(title="records per collection", title_justify="left")
     # The NSID is never cut (it is what one types into a query); the headers of the
-    # narrow columns wrap instead, so the table fits 80 columns.
+    # narrow columns wrap instead, so the table fits 80 columns. Deleted and updated
+    # counts appear once a refresh has found any (they would not fit beside the
+    # months otherwise, and are all zero before).
+    changes = bool(report.deleted_total or report.updated_total)
     table.add_column("collection", no_wrap=True)
     table.add_column("records", justify="right", no_wrap=True)
-    table.add_column("deleted", justify="right")
-    table.add_column("updated", justify="right")
+    if changes:
+        table.add_column("deleted", justify="right")
+        table.add_column("updated", justify="right")
     table.add_column("undated", justify="right")  # rows without a created_at
     table.add_column("first month")
     table.add_column("last month")
     for c in report.collections:
+        counts = [f"{c.deleted:,}", f"{c.updated:,}"] if changes else []
         table.add_row(
             cell(c.collection),
             f"{c.records:,}",
-            f"{c.deleted:,}",
-            f"{c.updated:,}",
+            *counts,
             f"{c.no_created_at:,}",
             c.first_month or "-",
             c.last_month or "-",
         )
-    table.add_row(
-        "total",
-        f"{report.records_total:,}",
-        f"{report.deleted_total:,}",
-        f"{report.updated_total:,}",
-        "",
-        "",
-        "",
-        style="bold",
-    )
+    totals = [f"{report.deleted_total:,}", f"{report.updated_total:,}"] if changes else []
+    table.add_row("total", f"{report.records_total:,}", *totals, "", "", "", style="bold")
     return table
 
 

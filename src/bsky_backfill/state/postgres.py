@@ -205,7 +205,10 @@ class PostgresStateStore:
             except PostgresConnectError as e:
                 raise StateStoreUnavailable(f"state store {self.schema}: {e}") from e
             except _CONNECTION_ERRORS as e:
-                if sent_commit:
+                # An error the server answered COMMIT with (a SQLSTATE: the session
+                # was terminated, a serialization failure) means it did not commit;
+                # only a connection that dropped without an answer leaves it unknown.
+                if sent_commit and e.sqlstate is None:
                     raise StateStoreError(
                         f"state store {self.schema}: connection lost during COMMIT "
                         f"(outcome unknown): {one_line(e)}"

@@ -124,11 +124,11 @@ def bounded_rate_headers(
     if reset is not None and reset >= 0:
         if reset < RateBucket.DELTA_RESET_MAX:
             out["RateLimit-Reset"] = f"{now + min(reset, cap):.3f}"
-        elif reset.is_integer():
+        elif reset.is_integer() and reset <= now + cap:
             # Whole unix seconds stay whole: the reference PDS floors its reset, so
             # the second it names ends the window (reset_at), even when that second
-            # has begun already.
-            out["RateLimit-Reset"] = str(int(min(max(reset, math.floor(now)), now + cap)))
+            # has begun already. One beyond the cap is cut to the cap exactly (below).
+            out["RateLimit-Reset"] = str(int(max(reset, math.floor(now))))
         else:
             out["RateLimit-Reset"] = f"{min(max(reset, now), now + cap):.3f}"
     for name in ("RateLimit-Remaining", "RateLimit-Limit"):
