@@ -122,6 +122,7 @@ class RepoWorker:
                 keys=extract.keys,
                 deletions=_deletion_counts(extract),
                 superseded=_superseded_counts(extract),
+                account=task.account,
             )
             extract.keys = None  # held by `done` alone until the commit
             if not run.land(extract, done, cursors):
@@ -147,7 +148,7 @@ class RepoWorker:
                 error_summary(e),
                 extra={"host": slot.host, "did": task.did},
             )
-            run.fail_repo(task.did, e)
+            run.fail_repo(task.did, e, task.account)
         except TransientError as e:
             self._retry_or_fail(slot, task, e)
         except Exception as e:  # a bug or an unmapped library error: retried, bounded
@@ -189,7 +190,9 @@ class RepoWorker:
             # The parts' key indexes, merged: the next refresh diffs against it.
             indexes = [k for k in got.keys if k is not None]
             keys = merge_indexes(indexes) if len(indexes) == len(got.keys) else None
-            done = RepoDone(did=task.did, rev=big.rev, records=got.rows, keys=keys)
+            done = RepoDone(
+                did=task.did, rev=big.rev, records=got.rows, keys=keys, account=task.account
+            )
             writer.add(RepoExtract(did=task.did, rev=big.rev, tables={}, dead_letters=[]), done)
             summary = await self.extractor.call(writer.commit)
         except BaseException:
@@ -421,7 +424,9 @@ class RepoWorker:
             return
         if breaker.state is BreakerState.GIVEN_UP and is_host_failure(error):
             slot.failed += 1
-            run.fail_repo(task.did, _final(error, f"{breaker.host}: {breaker.reason}"))
+            run.fail_repo(
+                task.did, _final(error, f"{breaker.host}: {breaker.reason}"), task.account
+            )
             return
         attempt = task.attempts + 1
         since = task.failing_since or now
@@ -437,7 +442,7 @@ class RepoWorker:
                 extra={"host": slot.host, "did": task.did},
             )
             slot.failed += 1
-            run.fail_repo(task.did, _final(error))
+            run.fail_repo(task.did, _final(error), task.account)
             return
         run.stats.repos_retried += 1
         run.store.retry_later(task.did, attempt, when, error_summary(error))
