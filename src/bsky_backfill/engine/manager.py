@@ -819,6 +819,8 @@ class Backfill:
         self, did: str, stage: str, code: str, message: str, account: Account | None = None
     ) -> None:
         """Dead-letter a whole repo (lands with the next commit)."""
+        if account is None and is_handle(did):  # an input handle that did not resolve
+            account = Account(handle=did)
         failed = RepoFailed(did=did, code=code, message=message, stage=stage, account=account)
         letter = DeadLetter(did=did, uri=None, stage=stage, error=code, message=message)
         sink = self.sink
