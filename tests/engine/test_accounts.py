@@ -148,3 +148,38 @@ def read_dead_handles(out: Path) -> set[Any]:
         for d in read_rows(out, "_deadletters", "did, stage, error")
         if d["did"] == "nobody.sim.test"
     }
+
+
+def test_a_refresh_records_a_new_handle_and_keeps_a_verified_one(tmp_path: Path) -> None:
+    from bsky_backfill.query import connect
+
+    scenario = Scenario(seed=91, accounts=6, hosts=1, mean_records=10, did_web=0)
+    out = tmp_path / "out"
+    with run_network_in_thread(scenario) as net:
+        active = [a for a in net.accounts if a.status == "active" and a.method == "plc"]
+        kept, renamed = active[0], active[1]
+        listed = tmp_path / "accounts.txt"
+        others = [d for d in net.truth.input_dids if d != kept.did]
+        listed.write_text("\n".join([kept.handle, *others]) + "\n")
+        common = ["--out", str(out), "--plc-url", net.plc_url, "--allow-private-hosts",
+                  "--no-progress", "--rate-limit", "0"]  # fmt: skip
+        first = run_cli("run", "--dids", str(listed), "--dns-server", net.dns_server, *common)
+        assert first.returncode == 0, first.stderr
+        old_handle = renamed.handle
+        net.account(renamed.did).handle = "renamed.sim.test"  # its document says so now
+        refresh = run_cli("run", "--refresh", *common)
+        assert refresh.returncode == 0, refresh.stderr
+    con, _ = connect(out)
+    now = {
+        did: rest
+        for did, *rest in con.sql(
+            "SELECT did, handle, handle_verified, status FROM accounts"
+        ).fetchall()
+    }
+    assert now[renamed.did] == ["renamed.sim.test", False, "landed"]
+    assert now[kept.did] == [kept.handle, True, "landed"]  # still named by its document
+    history, _ = connect(out, history=True)
+    rows = history.sql(
+        "SELECT handle FROM accounts WHERE did = ? ORDER BY fetched_at", params=[renamed.did]
+    ).fetchall()
+    assert rows == [(old_handle,), ("renamed.sim.test",)]
