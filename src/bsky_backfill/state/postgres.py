@@ -155,7 +155,9 @@ def _columns(identities: Iterable[Identity]) -> list[list[Any]]:
 
 # A handle verified once stays verified while the document still names it (the
 # same DID listed by handle and as a DID: whichever resolves last must not undo it).
-_KEEP_VERIFIED = "{new}.handle_verified OR (r.handle = {new}.handle AND r.handle_verified)"
+_KEEP_VERIFIED = (
+    "{new}.handle_verified OR coalesce(r.handle = {new}.handle AND r.handle_verified, false)"
+)
 
 
 def _utc(t: Any) -> dt.datetime:
@@ -571,7 +573,7 @@ class PostgresStateStore:
                 """UPDATE repos AS r SET pds = %(pds)s, host = %(host)s,
                      signing_key = %(key)s, handle = %(handle)s,
                      handle_verified = %(verified)s
-                       OR (r.handle = %(handle)s AND r.handle_verified),
+                       OR coalesce(r.handle = %(handle)s AND r.handle_verified, false),
                      updated_at = now()
                    WHERE did = %(did)s""",
                 {"pds": i.pds, "host": i.host, "key": i.signing_key, "handle": i.handle,

@@ -86,10 +86,14 @@ def _mapped() -> Iterator[None]:
 
 # A handle verified once stays verified while the document still names it (the
 # same DID listed by handle and as a DID: whichever resolves last must not undo it).
-_KEEP_VERIFIED = "{new}.handle_verified OR (repos.handle = {new}.handle AND repos.handle_verified)"
+_KEEP_VERIFIED = (
+    "{new}.handle_verified"
+    " OR coalesce(repos.handle = {new}.handle AND repos.handle_verified, false)"
+)
 _SET_IDENTITY = """UPDATE repos SET pds = :pds, host = :host, signing_key = :key,
     handle = :handle,
-    handle_verified = :verified OR (repos.handle = :handle AND repos.handle_verified),
+    handle_verified = :verified
+      OR coalesce(repos.handle = :handle AND repos.handle_verified, false),
     updated_at = :now
   WHERE did = :did"""
 
