@@ -640,7 +640,8 @@ def _memory_limit(value: str) -> str:
     "--history",
     is_flag=True,
     help="Every row ever landed (default: the current view, minus _deletions) "
-    "and every dead letter (default: those that stand).",
+    "every dead letter (default: those that stand) and every accounts row "
+    "(default: each DID's latest).",
 )
 @click.option(
     "--max-rows", type=int, default=40, show_default=True, metavar="N", help="Rows printed."
@@ -662,7 +663,8 @@ def query(
     Views: one per collection under its NSID ("app.bsky.feed.post", quoted)
     and a short name (posts, likes, reposts, follows, blocks, profiles, lists,
     listitems, listblocks, starterpacks, threadgates, postgates,
-    feed_generators, labelers, verifications, statuses), plus dead_letters and
+    feed_generators, labelers, verifications, statuses), plus accounts (each
+    DID's handle, PDS and latest status; join on did), dead_letters and
     deletions. Example:
 
         bsky-backfill query --out study-data "SELECT did, count(*) FROM posts GROUP BY did"

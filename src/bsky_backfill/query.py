@@ -8,11 +8,13 @@ in-memory DuckDB and defines one view per table under OUT:
   `SHORT_NAMES`);
 - `dead_letters` (those that stand: history put back by `--retry-failed` is
   left out, as `report` counts them) and `deletions` (what `--refresh` found
-  deleted or replaced).
+  deleted or replaced);
+- `accounts`: each DID's latest `_accounts` row (sinks/accounts.py: handle,
+  handle_verified, pds, rev, fetched_at, status), to join on `did`.
 
 A collection's view is its *current view* by default: its rows minus the
 `(uri, cid)` pairs in `_deletions` (CONTRACT.md). `history=True` (`--history`)
-shows every row ever landed, and every dead letter. Views over a table
+shows every row ever landed, every dead letter and every `_accounts` row. Views over a table
 that has no files yet are empty, with the right columns where it matters.
 `export` writes a result by the file's extension: CSV, JSON (an array),
 JSON lines (`.jsonl`/`.ndjson`) or Parquet, through a temporary file, so a
@@ -28,7 +30,7 @@ import duckdb
 
 from bsky_backfill.errors import UsageError
 from bsky_backfill.report.queries import DEAD_LETTERS, SUPERSEDED, find_collections
-from bsky_backfill.sinks.storage import DELETIONS
+from bsky_backfill.sinks.storage import ACCOUNTS, DELETIONS
 
 SHORT_NAMES = {
     "app.bsky.actor.profile": "profiles",
@@ -68,6 +70,9 @@ _EMPTY = {
     DEAD_LETTERS: "SELECT NULL::VARCHAR AS did, NULL::VARCHAR AS uri, NULL::VARCHAR AS stage, "
     "NULL::VARCHAR AS error, NULL::VARCHAR AS message, NULL::VARCHAR AS cid, "
     "NULL::VARCHAR AS record, NULL::TIMESTAMPTZ AS failed_at WHERE false",
+    ACCOUNTS: "SELECT NULL::VARCHAR AS did, NULL::VARCHAR AS handle, "
+    "NULL::BOOLEAN AS handle_verified, NULL::VARCHAR AS pds, NULL::VARCHAR AS rev, "
+    "NULL::TIMESTAMPTZ AS fetched_at, NULL::VARCHAR AS status WHERE false",
 }
 
 
@@ -135,7 +140,16 @@ def connect(
         con.execute(f"CREATE VIEW dead_letters AS {dead}")
     else:
         con.execute(f"CREATE VIEW dead_letters AS {_EMPTY[DEAD_LETTERS]}")
-    views += ["dead_letters", "deletions"]
+    if _has_parquet(out / ACCOUNTS):
+        accounts = f"SELECT * FROM {_read(out, ACCOUNTS)}"
+        if not history:
+            # A repo landed or failed again (--refresh, --retry-failed) has a row
+            # per verdict: its latest is the current one.
+            accounts += " QUALIFY row_number() OVER (PARTITION BY did ORDER BY fetched_at DESC) = 1"
+        con.execute(f"CREATE VIEW accounts AS {accounts}")
+    else:
+        con.execute(f"CREATE VIEW accounts AS {_EMPTY[ACCOUNTS]}")
+    views += ["accounts", "dead_letters", "deletions"]
     return con, views
 
 

@@ -95,7 +95,7 @@ def test_query_bad_input_is_exit_2_and_writes_nothing(tmp_path: Path) -> None:
     (out / "_deadletters").mkdir(parents=True)
     target = tmp_path / "x.csv"
     for args, needle in [
-        (["SELECT * FROM nowhere"], "views: dead_letters, deletions"),
+        (["SELECT * FROM nowhere"], "views: accounts, dead_letters, deletions"),
         (["SELEC 1"], "Parser Error"),
         (["--to", str(tmp_path / "x.txt"), "SELECT 1"], ".csv, .json"),
         (["--to", str(target), "SELECT * FROM nowhere"], "nowhere"),

@@ -59,7 +59,7 @@ def test_filtered_backfill_equals_ground_truth(tmp_path: Path) -> None:
     assert_matches_truth(out, expected, truth.expected_dead_letters(WANTED))
     # the window really cut something, and only wanted collections exist
     assert len(truth.expected_rows(WANTED)) > len(expected)
-    assert {p.name for p in out.iterdir()} <= {*WANTED, "_deadletters", "_state"}
+    assert {p.name for p in out.iterdir()} <= {*WANTED, "_accounts", "_deadletters", "_state"}
 
 
 def test_default_collections_and_status(tmp_path: Path) -> None:

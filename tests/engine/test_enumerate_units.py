@@ -180,7 +180,7 @@ def test_settle_page_keeps_the_newest_usable_operation_per_did() -> None:
     found = page.endpoints_to_check
     assert set(found) == {A, D}
     assert found[A] == Identity(A, "https://new.example", "new.example", KEY)
-    assert found[D] == Identity(D, "https://legacy.example", "legacy.example", KEY)
+    assert found[D] == Identity(D, "https://legacy.example", "legacy.example", KEY, "d.test")
 
 
 def test_settle_page_legacy_cursor_is_the_last_timestamp() -> None:
@@ -195,6 +195,18 @@ def test_identity_from_operation_edge_cases() -> None:
     weird = identity_from_operation(A, _op("https://x.example", key="zQ3-not-a-did-key"))
     assert weird is not None and weird.signing_key is None and weird.host == "x.example"
     assert identity_from_operation(A, _op("https://[::1")) is not None  # refused later, not here
+
+
+def test_identity_from_operation_claims_the_first_at_handle() -> None:
+    op = {**_op("https://x.example"), "alsoKnownAs": ["https://a.example", "at://Alice.Example"]}
+    got = identity_from_operation(A, op)
+    assert got is not None and (got.handle, got.handle_verified) == ("alice.example", False)
+    bad = identity_from_operation(A, {**op, "alsoKnownAs": ["at://not a handle"]})
+    assert bad is not None and bad.handle is None  # a stranger's text: only a handle is kept
+    assert identity_from_operation(A, _op("https://x.example")).handle is None  # type: ignore[union-attr]
+    legacy = {"type": "create", "service": "https://x.example", "signingKey": KEY,
+              "handle": "bob.example"}  # fmt: skip
+    assert identity_from_operation(A, legacy).handle == "bob.example"  # type: ignore[union-attr]
 
 
 # -- listRepos entries ----------------------------------------------------------------------

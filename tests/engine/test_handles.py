@@ -80,3 +80,12 @@ def check_handles(tmp_path: Path, queue_url: str | None) -> None:
         },
     )
     assert summary.repos_total == 4 and summary.repos_failed == 3
+    # `_accounts` (this store's handle columns): the honest handle verified, the
+    # unresolved inputs under the handle given.
+    accounts = read_rows(out, "_accounts", "did, handle, handle_verified, status")
+    assert sorted(tuple(a.values()) for a in accounts) == sorted([
+        (honest.did, honest.handle, True, "landed"),
+        ("liar.sim.test", "liar.sim.test", False, "HandleMismatch"),
+        ("nobody.sim.test", "nobody.sim.test", False, "HandleNotFound"),
+        ("twice.sim.test", "twice.sim.test", False, "HandleNotFound"),
+    ])  # fmt: skip

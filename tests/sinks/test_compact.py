@@ -23,7 +23,7 @@ from tests.sinks.builders import LIKE, POST, expected_uris, extract, read, uris
 from tests.sinks.compact_child import SMALL, STORE
 from tests.sinks.test_s3 import BUCKET, landed_uris, object_keys, s3  # noqa: F401
 
-TABLES = ("_deadletters", LIKE, POST)
+TABLES = ("_accounts", "_deadletters", LIKE, POST)
 
 
 def did(batch: int, i: int) -> str:
@@ -130,7 +130,7 @@ def test_kill_9_at_each_step_leaves_the_old_set_or_the_new(
     report = w.recover()
     w.close()
     names = check_exactly_once(out, store)
-    first = "_deadletters"  # the first table compacted: where the child died
+    first = "_accounts"  # the first table compacted: where the child died
     if swapped:
         assert names[first] and all(n.startswith("compact-") for n in names[first])
         assert names[first] != old[first]

@@ -53,7 +53,9 @@ def test_add_commit_lands_exactly_the_rows(out: Path, store: SqliteStateStore) -
     want = set().union(*(expected_uris(d) for d in dids))
     got = uris(out)
     assert len(got) == len(want) and set(got) == want
-    assert summary.done == 5 and sum(summary.rows_by_collection.values()) == len(want)
+    rows = dict(summary.rows_by_collection)
+    assert summary.done == 5 and rows.pop("_accounts") == 5  # one row per landed repo
+    assert sum(rows.values()) == len(want)
     assert store.counts()[RepoState.DONE] == 5
     committed = {f.path for f in store.committed_files()}
     assert committed == {str(p.relative_to(out)) for p in parquet_files(out)}
@@ -193,7 +195,8 @@ def test_close_refuses_to_drop_an_open_batch(out: Path, store: SqliteStateStore)
         w.add(*extract("did:plc:b"))
     # Closing released the writer: its leftovers are a dead writer's to settle.
     report = writer(out, store).recover()
-    assert (report.renamed, report.deleted, report.dead_writers) == (0, 2, 1)
+    # (two tables and `_accounts`)
+    assert (report.renamed, report.deleted, report.dead_writers) == (0, 3, 1)
     assert not (out / TMP_DIR / w.writer_id).exists()
     w.close()  # closing twice: a no-op
 
@@ -238,13 +241,13 @@ def test_failed_store_commit_leaves_tmp_for_recovery(out: Path) -> None:
         with pytest.raises(RuntimeError, match="discard_batch"):
             w.abort()
         # While its writer lives, nobody else's recovery touches the files...
-        assert DatasetWriter(out, good).recover().kept == 2
-        assert len(tmp_files(out)) == 2
+        assert DatasetWriter(out, good).recover().kept == 3  # two tables and `_accounts`
+        assert len(tmp_files(out)) == 3
         with pytest.raises(RuntimeError, match="uncommitted"):
             w.close()
         # ...once it is gone, recovery asks the store: never committed, so deleted.
         report = DatasetWriter(out, good).recover()
-    assert report.deleted == 2 and report.renamed == 0
+    assert report.deleted == 3 and report.renamed == 0
     assert tmp_files(out) == []
 
 
@@ -300,7 +303,7 @@ def test_writers_get_unique_file_names(out: Path, store: SqliteStateStore) -> No
         w.add(*extract(f"did:plc:w{i}"))
         w.commit()
     names = [p.name for p in parquet_files(out)]
-    assert len(names) == len(set(names)) == 6
+    assert len(names) == len(set(names)) == 9  # two tables and `_accounts`, thrice
     assert read(out, POST, "count(DISTINCT uri) = count(*)") == [(True,)]
 
 

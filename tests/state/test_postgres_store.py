@@ -306,12 +306,17 @@ def test_an_older_schema_is_upgraded_in_place(
     monkeypatch.setattr(conn_mod, "MIGRATIONS", conn_mod.MIGRATIONS[:1])
     monkeypatch.setattr(conn_mod, "SCHEMA_VERSION", 1)
     old = worker(stores, url)
-    seed(old, 2)
+    # Written through the one path whose columns schema 1 has (resolved identities
+    # now carry columns of later steps).
+    dids = [f"did:plc:a{i:05d}" for i in range(2)]
+    old.enqueue(dids)
     assert old.get_meta("schema_version") == "1"
     monkeypatch.undo()
     new = worker(stores, url)  # a newer program starts on the same schema
     assert new.get_meta("schema_version") == str(SCHEMA_VERSION)
-    assert new.pending_hosts(NOW) == {"h1": 2}  # the data survived the upgrade
+    assert sorted(new.unresolved(10)) == dids  # the data survived the upgrade
+    new.set_identities([Identity(d, "https://h1", "h1", None, "a.test", True) for d in dids])
+    assert new.pending_hosts(NOW) == {"h1": 2}  # ...and takes the new columns
 
 
 def test_schema_comes_from_the_url() -> None:

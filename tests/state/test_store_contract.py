@@ -9,6 +9,7 @@ tests/state/pg.py: unreachable -> fail under CI=true, skip otherwise).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import threading
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ import pytest
 
 from bsky_backfill.models import DeadLetter
 from bsky_backfill.state.base import (
+    Account,
     CommittedFile,
     FailedRepo,
     HostPause,
@@ -591,3 +593,34 @@ def test_update_identity_moves_a_claimed_repo_to_its_new_host(store: StateStore)
     [again] = store.claim("h2", 1, T0)
     assert (again.did, again.host, again.attempts) == ("did:plc:a", "h2", task.attempts)
     assert {h.host for h in store.status().hosts if h.total} == {"h2"}
+
+
+def test_handles_ride_with_the_identity_and_a_verified_one_stays_verified(
+    store: StateStore,
+) -> None:
+    """The `_accounts` columns (issue 19): a claimed repo carries its document's handle
+    and whether the run verified it; a later unverified sighting of the same handle
+    (the DID also listed as a DID) keeps the verification, another handle drops it."""
+    a, b, c = "did:plc:a", "did:plc:b", "did:plc:c"
+    store.enqueue([a, b, c])
+
+    def with_handle(did: str, handle: str | None, verified: bool) -> Identity:
+        return dataclasses.replace(ident(did, "h1"), handle=handle, handle_verified=verified)
+
+    store.set_identities([with_handle(a, "a.test", True), with_handle(b, "b.test", True)])
+    store.set_identities([with_handle(a, "a.test", False), with_handle(b, "new-b.test", False)])
+    store.enqueue_resolved([with_handle(c, None, False)])
+    store.enqueue_resolved([with_handle(c, None, False)])  # a repeat: still no handle
+    tasks = {t.did: t for t in store.claim("h1", 10, T0)}
+    assert {d: (t.handle, t.handle_verified) for d, t in tasks.items()} == {
+        a: ("a.test", True),
+        b: ("new-b.test", False),
+        c: (None, False),
+    }
+    assert tasks[a].account == Account(pds="https://h1", handle="a.test", handle_verified=True)
+    store.update_identity(with_handle(a, "a.test", False))  # a refresh sees it again
+    store.update_identity(with_handle(c, "c.test", False))
+    store.retry_later(a, 0, T0, "again")
+    store.retry_later(c, 0, T0, "again")
+    again = {t.did: (t.handle, t.handle_verified) for t in store.claim("h1", 10, T0)}
+    assert again == {a: ("a.test", True), c: ("c.test", False)}

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -76,6 +77,7 @@ from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.sinks.parquet import CommitSummary, DatasetWriter, DiscardedBatch, SinkConfig
 from bsky_backfill.sinks.provenance import file_metadata
 from bsky_backfill.state.base import (
+    Account,
     HostPause,
     Identity,
     RepoDone,
@@ -495,6 +497,8 @@ class Backfill:
             queue (added before the handle goes, so a crash between keeps both and
             the next run resolves the handle again: the store ignores the repeat)."""
             identity = await self.resolver.resolve(await self.handles.resolve(handle))
+            if identity.handle == handle:  # checked both ways just now: `_accounts` says so
+                identity = dataclasses.replace(identity, handle_verified=True)
             await self.client.guard.check(identity.pds)
             self.store.enqueue_resolved([identity])
             self.store.withdraw([handle])
@@ -811,9 +815,13 @@ class Backfill:
         self._check_poisoned(extract.did)
         return self._sink_call("add_partial", lambda: self.sink.add_partial(extract, cursors))
 
-    def _fail(self, did: str, stage: str, code: str, message: str) -> None:
+    def _fail(
+        self, did: str, stage: str, code: str, message: str, account: Account | None = None
+    ) -> None:
         """Dead-letter a whole repo (lands with the next commit)."""
-        failed = RepoFailed(did=did, code=code, message=message, stage=stage)
+        if account is None and is_handle(did):  # an input handle that did not resolve
+            account = Account(handle=did)
+        failed = RepoFailed(did=did, code=code, message=message, stage=stage, account=account)
         letter = DeadLetter(did=did, uri=None, stage=stage, error=code, message=message)
         sink = self.sink
 
@@ -840,8 +848,8 @@ class Backfill:
         for letter in dead_letters:
             self.stats.dead_letters[letter.error] += 1
 
-    def fail_repo(self, did: str, error: TerminalError) -> None:
-        self._fail(did, error.stage, error.code, error.message)
+    def fail_repo(self, did: str, error: TerminalError, account: Account | None = None) -> None:
+        self._fail(did, error.stage, error.code, error.message, account)
 
     def _maybe_commit(self) -> None:
         """Submit a commit when the open batch is due (at most one queued at a time)."""

@@ -93,7 +93,7 @@ class RepoWorker:
                 refreshed = await self._refresh(slot, task)
                 if refreshed is None:
                     return  # moved to another host: that host's slot takes it
-                extract = refreshed
+                extract, task = refreshed  # the task as resolved again (its `_accounts` row)
             elif self.lister is not None:
                 extract, cursors = await self.lister.fetch(slot, task)
             else:
@@ -122,6 +122,7 @@ class RepoWorker:
                 keys=extract.keys,
                 deletions=_deletion_counts(extract),
                 superseded=_superseded_counts(extract),
+                account=task.account,
             )
             extract.keys = None  # held by `done` alone until the commit
             if not run.land(extract, done, cursors):
@@ -147,7 +148,7 @@ class RepoWorker:
                 error_summary(e),
                 extra={"host": slot.host, "did": task.did},
             )
-            run.fail_repo(task.did, e)
+            run.fail_repo(task.did, e, task.account)
         except TransientError as e:
             self._retry_or_fail(slot, task, e)
         except Exception as e:  # a bug or an unmapped library error: retried, bounded
@@ -189,7 +190,9 @@ class RepoWorker:
             # The parts' key indexes, merged: the next refresh diffs against it.
             indexes = [k for k in got.keys if k is not None]
             keys = merge_indexes(indexes) if len(indexes) == len(got.keys) else None
-            done = RepoDone(did=task.did, rev=big.rev, records=got.rows, keys=keys)
+            done = RepoDone(
+                did=task.did, rev=big.rev, records=got.rows, keys=keys, account=task.account
+            )
             writer.add(RepoExtract(did=task.did, rev=big.rev, tables={}, dead_letters=[]), done)
             summary = await self.extractor.call(writer.commit)
         except BaseException:
@@ -313,18 +316,23 @@ class RepoWorker:
         self.run.count_rows(part)
         self.run._maybe_commit()
 
-    async def _refresh(self, slot: HostSlot, task: RepoTask) -> RepoExtract | None:
-        """What changed since the last landed revision (engine/refresh.py).
+    async def _refresh(self, slot: HostSlot, task: RepoTask) -> tuple[RepoExtract, RepoTask] | None:
+        """What changed since the last landed revision (engine/refresh.py), and the
+        task with the identity it has now.
 
         The DID is resolved again first: the account may have moved to another
         host or rotated its key since it landed (the commit must verify against
         the key it has now)."""
         identity = await self.run.resolver.resolve(task.did)
+        # A handle verified before stays so while the document still names it.
+        verified = task.handle_verified and identity.handle == task.handle
+        identity = dataclasses.replace(identity, handle_verified=verified)
         store = self.run.store
-        if (identity.pds, identity.host, identity.signing_key) != (
+        if (identity.pds, identity.host, identity.signing_key, identity.handle) != (
             task.pds,
             task.host,
             task.signing_key,
+            task.handle,
         ):
             await asyncio.to_thread(store.update_identity, identity)
             if identity.host != task.host:
@@ -333,7 +341,13 @@ class RepoWorker:
                 log.info("%s moved from %s to %s", task.did, task.host, identity.host)
                 store.retry_later(task.did, task.attempts, utcnow(), f"moved to {identity.host}")
                 return None
-        task = dataclasses.replace(task, pds=identity.pds, signing_key=identity.signing_key)
+        task = dataclasses.replace(
+            task,
+            pds=identity.pds,
+            signing_key=identity.signing_key,
+            handle=identity.handle,
+            handle_verified=verified,
+        )
         blob = await asyncio.to_thread(store.repo_keys, task.did)
         index: dict[str, bytes] | None = None
         unlanded: dict[str, str] = {}
@@ -363,9 +377,9 @@ class RepoWorker:
         )
         try:
             since = task.since if index is not None else None
-            return await self._refresh_body(slot, task, since, call)
+            return await self._refresh_body(slot, task, since, call), task
         except NeedsWholeRepo:
-            return await self._refresh_body(slot, task, None, call)
+            return await self._refresh_body(slot, task, None, call), task
 
     async def _refresh_body(
         self,
@@ -421,7 +435,9 @@ class RepoWorker:
             return
         if breaker.state is BreakerState.GIVEN_UP and is_host_failure(error):
             slot.failed += 1
-            run.fail_repo(task.did, _final(error, f"{breaker.host}: {breaker.reason}"))
+            run.fail_repo(
+                task.did, _final(error, f"{breaker.host}: {breaker.reason}"), task.account
+            )
             return
         attempt = task.attempts + 1
         since = task.failing_since or now
@@ -437,7 +453,7 @@ class RepoWorker:
                 extra={"host": slot.host, "did": task.did},
             )
             slot.failed += 1
-            run.fail_repo(task.did, _final(error))
+            run.fail_repo(task.did, _final(error), task.account)
             return
         run.stats.repos_retried += 1
         run.store.retry_later(task.did, attempt, when, error_summary(error))

@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 from bsky_backfill.errors import BlockedAddress, HostUnreachable, ResolveError, TerminalError
 from bsky_backfill.identity.document import DidDocInfo, parse_did_document
 from bsky_backfill.state.base import Identity
+from bsky_backfill.syntax import is_valid_handle
 from bsky_backfill.xrpc.client import XrpcClient
 from bsky_backfill.xrpc.ssrf import host_to_base_url, parse_endpoint
 
@@ -149,8 +150,15 @@ class DidResolver:
             self.lookups += 1
             info = await self._lookup(did)
             parse_endpoint(info.pds)  # a stranger's URL: usable, or a dead letter now
+        # The claimed handle as the `_accounts` table shows it: lower case, and
+        # only if it is one (the document is a stranger's text).
+        claimed = info.handle.lower() if info.handle is not None else None
         identity = Identity(
-            did=did, pds=info.pds, host=host_key(info.pds), signing_key=info.signing_key
+            did=did,
+            pds=info.pds,
+            host=host_key(info.pds),
+            signing_key=info.signing_key,
+            handle=claimed if claimed is not None and is_valid_handle(claimed) else None,
         )
         self._cache[did] = identity
         if len(self._cache) > self._cache_entries:

@@ -3,7 +3,8 @@
 `DatasetWriter` (parquet.py) batches repos into tmp files and commits them
 together with the state store (batch.py holds the open batch); `recovery.py`
 settles what dead writers left; `liveness.py` tells dead writers from live
-ones; `deadletters.py` is the `_deadletters` table; `storage.py` the layout.
+ones; `deadletters.py` is the `_deadletters` table, `accounts.py` the
+`_accounts` table; `storage.py` the layout.
 """
 
 from bsky_backfill.errors import BatchRefused

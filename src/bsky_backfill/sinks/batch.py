@@ -28,7 +28,7 @@ class SinkConfig:
     """How the sink batches and lays out files."""
 
     commit_rows: int = 500_000
-    """Commit once the open batch holds this many rows (records + dead letters).
+    """Commit once the open batch holds this many rows (records, dead letters, `_accounts`).
     Files are closed at each commit, so this also bounds how big files get."""
     commit_seconds: float = 30.0
     """...or once its first row is this old: bounds the work a crash throws away."""

@@ -10,7 +10,8 @@ tmp files into its own `_state/tmp/<writer>/` and proves it is alive there
 Commit protocol (the state store is the single source of truth):
 
 1. `add` streams rows into `_state/tmp/<writer>/*.tmp` files of the open batch
-   (one Parquet writer per collection, plus `_deadletters`); nothing under a
+   (one Parquet writer per collection, plus `_deadletters` and `_accounts`,
+   sinks/accounts.py); nothing under a
    reader's glob.
 2. `commit` closes those writers and fsyncs the files and their directory.
 3. One store transaction records the final paths *and* marks the batch's
@@ -51,6 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
+from bsky_backfill.sinks.accounts import LANDED, accounts_table
 from bsky_backfill.sinks.batch import (
     Batch,
     CommitSummary,
@@ -65,6 +67,7 @@ from bsky_backfill.sinks.liveness import WriterDir, pick_rule
 from bsky_backfill.sinks.provenance import stamp, with_file_metadata
 from bsky_backfill.sinks.recovery import RecoveryReport, recover_dataset
 from bsky_backfill.sinks.storage import (
+    ACCOUNTS,
     DEAD_LETTERS,
     TMP_DIR,
     Storage,
@@ -148,6 +151,11 @@ class DatasetWriter:
         if extract.did != done.did:
             raise ValueError(f"extract of {extract.did} with done mark of {done.did}")
         self._add_rows(extract, partial=False)
+        fetched_at = extract.fetched_at or utcnow()
+        with self._guard():
+            self._append(
+                ACCOUNTS, accounts_table([(done.did, done.account, done.rev, fetched_at, LANDED)])
+            )
         self._batch.done.append(done)
         self._batch.cursors.extend(cursors)
 
@@ -200,8 +208,10 @@ class DatasetWriter:
         if failed.did != dead_letter.did:
             raise ValueError(f"failure of {failed.did} with dead letter of {dead_letter.did}")
         self._start(failed.did)
+        row = (failed.did, failed.account, None, dead_letter.failed_at, failed.code)
         with self._guard():
             self._append(DEAD_LETTERS, dead_letter_table([dead_letter]))
+            self._append(ACCOUNTS, accounts_table([row]))
         self._batch.dead_letters.append(dead_letter)
         self._batch.failed.append(failed)
 

@@ -13,6 +13,7 @@ Layout (relative to OUT):
                                                name is cut, with a hash: `<prefix>~<hash>`)
     _deadletters/part-<writer>-<seq>.parquet   committed dead letters
     _superseded/part-<writer>-<seq>.parquet    dead letters made history by --retry-failed
+    _accounts/part-<writer>-<seq>.parquet      a row per repo landed or failed (accounts.py)
     _state/tmp/<writer>/.lock                  the writer's liveness marker (liveness.py)
     _state/tmp/<writer>/<quoted final>.tmp     files of that writer's open batch: beside
                                                the run's other state, matched by no
@@ -44,6 +45,8 @@ DELETIONS = "_deletions"
 """Records a refresh found deleted or replaced (see engine/refresh.py)."""
 SUPERSEDED = "_superseded"
 """Whole-repo dead letters that `run --retry-failed` made history (sinks/superseded.py)."""
+ACCOUNTS = "_accounts"
+"""One row per repo each time a commit lands or fails it (sinks/accounts.py)."""
 LOCK_NAME = ".lock"
 """A writer's liveness marker inside its tmp dir (see liveness.py)."""
 _TMP_SUFFIX = ".tmp"
@@ -56,7 +59,7 @@ _WRITER_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{12}")
 
 def check_collection(name: str) -> None:
     """Refuse a collection name that is not a safe, NSID-shaped directory name."""
-    if name in (DELETIONS, SUPERSEDED):
+    if name in (DELETIONS, SUPERSEDED, ACCOUNTS):
         return
     if len(name) > 317 or not _NSID.fullmatch(name):
         raise ValueError(f"unsafe collection name for the dataset: {name!r}")

@@ -39,6 +39,21 @@ class Identity:
     pds: str
     host: str
     signing_key: str | None
+    handle: str | None = None
+    """The handle the DID document names (its first `at://` alsoKnownAs), if any."""
+    handle_verified: bool = False
+    """True when `handle` was also checked the other way (the run's input was that
+    handle, resolved to this DID: identity/handle.py); else it is only claimed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """What the `_accounts` row of a landed or failed repo says besides its DID and
+    status (sinks/accounts.py): where it was fetched from and its handle."""
+
+    pds: str | None = None
+    handle: str | None = None
+    handle_verified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +72,14 @@ class RepoTask:
     failing_since: dt.datetime | None = None
     """When this repo first failed transiently since it last landed or was reopened
     (None: it has not): the retry policy's time budget counts from here."""
+    handle: str | None = None
+    handle_verified: bool = False
+    """The identity's handle and whether it was verified (`Identity`)."""
+
+    @property
+    def account(self) -> Account:
+        """The `_accounts` details of this repo as claimed."""
+        return Account(pds=self.pds, handle=self.handle, handle_verified=self.handle_verified)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +108,8 @@ class RepoDone:
     superseded: tuple[tuple[str, str, int], ...] = ()
     """(stage, code, n) of earlier record dead letters this commit supersedes (a
     refresh found the records changed or gone): no longer counted."""
+    account: Account | None = None
+    """The repo's `_accounts` details (None: unknown, the row has nulls)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +121,8 @@ class RepoFailed:
     message: str
     stage: str = ""
     """The dead letter's stage (kept so `run --retry-failed` can un-count it)."""
+    account: Account | None = None
+    """The repo's `_accounts` details when known (a fetch failure; not a resolve one)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,8 +139,8 @@ def _aware(t: dt.datetime) -> dt.datetime:
     return t
 
 
-def _columns(identities: Iterable[Identity]) -> list[list[str | None]]:
-    """Identities as four column arrays for unnest(); a DID's last identity wins
+def _columns(identities: Iterable[Identity]) -> list[list[Any]]:
+    """Identities as six column arrays for unnest(); a DID's last identity wins
     (ON CONFLICT DO UPDATE may touch a row only once per statement)."""
     last = {i.did: i for i in identities}.values()
     return [
@@ -148,7 +148,16 @@ def _columns(identities: Iterable[Identity]) -> list[list[str | None]]:
         [i.pds for i in last],
         [i.host for i in last],
         [i.signing_key for i in last],
+        [i.handle for i in last],
+        [i.handle_verified for i in last],
     ]
+
+
+# A handle verified once stays verified while the document still names it (the
+# same DID listed by handle and as a DID: whichever resolves last must not undo it).
+_KEEP_VERIFIED = (
+    "{new}.handle_verified OR coalesce(r.handle = {new}.handle AND r.handle_verified, false)"
+)
 
 
 def _utc(t: Any) -> dt.datetime:
@@ -259,13 +268,16 @@ class PostgresStateStore:
                 # A DID seen again refreshes the identity of a repo not yet
                 # claimed; anything further along is kept. xmax = 0 <=> inserted.
                 cur.execute(
-                    """INSERT INTO repos(did, pds, host, signing_key)
-                       SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])
+                    f"""INSERT INTO repos AS r(did, pds, host, signing_key, handle,
+                         handle_verified)
+                       SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],
+                         %s::text[], %s::boolean[])
                        ON CONFLICT (did) DO UPDATE SET
                          pds = excluded.pds, host = excluded.host,
-                         signing_key = excluded.signing_key, updated_at = now(),
-                         lease_owner = NULL, lease_expires_at = NULL
-                       WHERE repos.state = 'pending'
+                         signing_key = excluded.signing_key, handle = excluded.handle,
+                         handle_verified = {_KEEP_VERIFIED.format(new="excluded")},
+                         updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
+                       WHERE r.state = 'pending'
                        RETURNING xmax = 0""",
                     cols,
                 )
@@ -308,10 +320,11 @@ class PostgresStateStore:
         cols = _columns(identities)
         with self._tx() as cur:
             cur.execute(
-                """UPDATE repos AS r SET pds = u.pds, host = u.host, signing_key = u.key,
+                f"""UPDATE repos AS r SET pds = u.pds, host = u.host, signing_key = u.key,
+                     handle = u.handle, handle_verified = {_KEEP_VERIFIED.format(new="u")},
                      updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
-                   FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])
-                     AS u(did, pds, host, key)
+                   FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                     %s::boolean[]) AS u(did, pds, host, key, handle, handle_verified)
                    WHERE r.did = u.did AND r.state = 'pending'""",
                 cols,
             )
@@ -372,7 +385,7 @@ class PostgresStateStore:
                      lease_owner = %(me)s, lease_expires_at = clock_timestamp() + %(lease)s
                    FROM picked WHERE r.did = picked.did
                    RETURNING r.did, r.pds, r.host, r.signing_key, r.attempts, r.refresh, r.rev,
-                     r.first_failed_at""",
+                     r.first_failed_at, r.handle, r.handle_verified""",
                 {"host": host, "now": now, "limit": limit, "me": self.owner, "lease": self.lease},
             )
             rows = cur.fetchall()
@@ -386,6 +399,8 @@ class PostgresStateStore:
                 refresh=bool(r[5]),
                 since=r[6] if r[5] else None,
                 failing_since=None if r[7] is None else _utc(r[7]),
+                handle=r[8],
+                handle_verified=bool(r[9]),
             )
             for r in rows
         ]
@@ -558,10 +573,15 @@ class PostgresStateStore:
         i = identity
         with self._tx() as cur:
             cur.execute(
-                """UPDATE repos SET pds = %s, host = %s, signing_key = %s, updated_at = now()
-                   WHERE did = %s""",
-                (i.pds, i.host, i.signing_key, i.did),
-            )
+                """UPDATE repos AS r SET pds = %(pds)s, host = %(host)s,
+                     signing_key = %(key)s, handle = %(handle)s,
+                     handle_verified = %(verified)s
+                       OR coalesce(r.handle = %(handle)s AND r.handle_verified, false),
+                     updated_at = now()
+                   WHERE did = %(did)s""",
+                {"pds": i.pds, "host": i.host, "key": i.signing_key, "handle": i.handle,
+                 "verified": i.handle_verified, "did": i.did},
+            )  # fmt: skip
 
     @_patient
     def repo_keys(self, did: str) -> bytes | None:

@@ -191,5 +191,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (collection, reason)
         )""",
     ),
+    (
+        # Handles out (issue 19): the handle the DID document names, and whether the
+        # run verified it both ways (its input was that handle), for `_accounts` rows.
+        "ALTER TABLE repos ADD COLUMN handle TEXT",
+        "ALTER TABLE repos ADD COLUMN handle_verified BOOLEAN NOT NULL DEFAULT false",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -84,6 +84,27 @@ def _mapped() -> Iterator[None]:
         raise StateStoreError(f"state store: {e}") from e
 
 
+# A handle verified once stays verified while the document still names it (the
+# same DID listed by handle and as a DID: whichever resolves last must not undo it).
+_KEEP_VERIFIED = (
+    "{new}.handle_verified"
+    " OR coalesce(repos.handle = {new}.handle AND repos.handle_verified, false)"
+)
+_SET_IDENTITY = """UPDATE repos SET pds = :pds, host = :host, signing_key = :key,
+    handle = :handle,
+    handle_verified = :verified
+      OR coalesce(repos.handle = :handle AND repos.handle_verified, false),
+    updated_at = :now
+  WHERE did = :did"""
+
+
+def _identity_params(i: Identity, now: int) -> dict[str, object]:
+    return {
+        "pds": i.pds, "host": i.host, "key": i.signing_key, "handle": i.handle,
+        "verified": i.handle_verified, "now": now, "did": i.did,
+    }  # fmt: skip
+
+
 class SqliteStateStore:
     """`StateStore` on one SQLite file; see the module docstring for threading."""
 
@@ -209,13 +230,19 @@ class SqliteStateStore:
                 # A DID seen again (e.g. a later PLC operation) refreshes the
                 # identity of a repo not yet claimed; anything further along is kept.
                 c.executemany(
-                    """INSERT INTO repos(did, pds, host, signing_key, updated_at)
-                       VALUES (?, ?, ?, ?, ?)
+                    f"""INSERT INTO repos(did, pds, host, signing_key, handle,
+                         handle_verified, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?)
                        ON CONFLICT(did) DO UPDATE SET
                          pds = excluded.pds, host = excluded.host,
-                         signing_key = excluded.signing_key, updated_at = excluded.updated_at
+                         signing_key = excluded.signing_key, handle = excluded.handle,
+                         handle_verified = {_KEEP_VERIFIED.format(new="excluded")},
+                         updated_at = excluded.updated_at
                        WHERE repos.state = 'pending'""",
-                    [(i.did, i.pds, i.host, i.signing_key, now) for i in chunk],
+                    [
+                        (i.did, i.pds, i.host, i.signing_key, i.handle, i.handle_verified, now)
+                        for i in chunk
+                    ],
                 )
                 new += self._total(c) - before
         return new
@@ -244,9 +271,8 @@ class SqliteStateStore:
         now = _now_us()
         with self._write() as c:
             c.executemany(
-                """UPDATE repos SET pds = ?, host = ?, signing_key = ?, updated_at = ?
-                   WHERE did = ? AND state = 'pending'""",
-                [(i.pds, i.host, i.signing_key, now, i.did) for i in identities],
+                _SET_IDENTITY + " AND state = 'pending'",
+                [_identity_params(i, now) for i in identities],
             )
 
     def pending_hosts(self, now: dt.datetime) -> dict[str, int]:
@@ -293,7 +319,7 @@ class SqliteStateStore:
                      WHERE state = 'pending' AND host = ? AND next_attempt_at <= ?
                      ORDER BY next_attempt_at LIMIT ?)
                    RETURNING did, pds, host, signing_key, attempts, refresh, rev,
-                     first_failed_at""",
+                     first_failed_at, handle, handle_verified""",
                 (now_us, host, now_us, limit),
             ).fetchall()
         return [
@@ -301,6 +327,7 @@ class SqliteStateStore:
                 did=r[0], pds=r[1], host=r[2], signing_key=r[3], attempts=r[4],
                 refresh=bool(r[5]), since=r[6] if r[5] else None,
                 failing_since=None if r[7] is None else _from_us(r[7]),
+                handle=r[8], handle_verified=bool(r[9]),
             )
             for r in rows
         ]  # fmt: skip
@@ -559,11 +586,7 @@ class SqliteStateStore:
     def update_identity(self, identity: Identity) -> None:
         i = identity
         with self._write() as c:
-            c.execute(
-                """UPDATE repos SET pds = ?, host = ?, signing_key = ?, updated_at = ?
-                   WHERE did = ?""",
-                (i.pds, i.host, i.signing_key, _now_us(), i.did),
-            )
+            c.execute(_SET_IDENTITY, _identity_params(i, _now_us()))
 
     def repo_keys(self, did: str) -> bytes | None:
         with self._locked():

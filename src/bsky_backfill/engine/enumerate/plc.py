@@ -57,7 +57,7 @@ from bsky_backfill.engine.enumerate.base import (
 from bsky_backfill.errors import BackfillError, TerminalError, TransientError
 from bsky_backfill.identity.resolver import host_key
 from bsky_backfill.state.base import Identity
-from bsky_backfill.syntax import is_supported_did, parse_datetime
+from bsky_backfill.syntax import is_supported_did, is_valid_handle, parse_datetime
 from bsky_backfill.xrpc.client import XrpcClient
 from bsky_backfill.xrpc.retry import RetryPolicy, error_summary
 from bsky_backfill.xrpc.ssrf import no_lookup
@@ -99,12 +99,14 @@ def _did_key(value: object) -> str | None:
 def identity_from_operation(did: str, op: Mapping[str, Any]) -> Identity | None:
     """The identity an operation gives `did`, or None (tombstone, no atproto PDS, unknown type).
 
-    `plc_operation`: `services.atproto_pds.endpoint` and `verificationMethods.atproto`;
-    legacy `create`: `service` and `signingKey`.
+    `plc_operation`: `services.atproto_pds.endpoint`, `verificationMethods.atproto`
+    and the first `at://` of `alsoKnownAs` (the claimed handle, for `_accounts`);
+    legacy `create`: `service`, `signingKey` and `handle`.
     """
     kind = op.get("type")
     pds: str | None = None
     key: str | None = None
+    handle: str | None = None
     if kind == "plc_operation":
         services = op.get("services")
         service = services.get("atproto_pds") if isinstance(services, dict) else None
@@ -112,12 +114,18 @@ def identity_from_operation(did: str, op: Mapping[str, Any]) -> Identity | None:
             pds = _endpoint(service.get("endpoint"))
         methods = op.get("verificationMethods")
         key = _did_key(methods.get("atproto")) if isinstance(methods, dict) else None
+        aka = op.get("alsoKnownAs")
+        names = aka if isinstance(aka, list) else []
+        handle = next((n[5:] for n in names if isinstance(n, str) and n.startswith("at://")), None)
     elif kind == "create":
         pds = _endpoint(op.get("service"))
         key = _did_key(op.get("signingKey"))
+        handle = op.get("handle") if isinstance(op.get("handle"), str) else None
     if pds is None:
         return None
-    return Identity(did=did, pds=pds, host=host_key(pds), signing_key=key)
+    if handle is not None:
+        handle = handle.lower() if is_valid_handle(handle.lower()) else None
+    return Identity(did=did, pds=pds, host=host_key(pds), signing_key=key, handle=handle)
 
 
 def _is_plc_did(did: str) -> bool:
