@@ -24,8 +24,11 @@ from tests.conftest import run_cli
 
 ACCOUNTS = 200_000
 FETCHED = 5_000
-RSS_BOUND = 400 * 1024 * 1024
-"""The product's peak RSS over the whole run; a 2k-DID run peaks at ~200 MB."""
+RSS_BOUND = 640 * 1024 * 1024
+"""The product's peak RSS over the whole run (the issue's limit is 1 GiB). Measured
+on 2026-12-03 with this test at other sizes: 2k DIDs ~260 MiB, 50k ~380, 200k
+~425-480, 400k ~490, 800k ~476: it levels off (SQLite's 64 MiB page cache and the
+writer's buffers fill; nothing is kept per DID)."""
 
 
 def _rss(pid: int) -> int:
