@@ -30,7 +30,7 @@ from bsky_backfill.repo.commit import read_commit
 from bsky_backfill.repo.gcpause import gc_paused
 
 ROOT = Path(__file__).resolve().parents[1]
-BSKY_APP = ROOT.parent / "shared" / "atproto-fixtures" / "car" / "laravel-bluesky" / "bsky-app.car"
+BSKY_APP = ROOT / "tests" / "fixtures" / "atproto" / "car" / "laravel-bluesky" / "bsky-app.car"
 FILTER = RecordFilter(collections=KNOWN_COLLECTIONS | DEFAULT_COLLECTIONS)
 
 

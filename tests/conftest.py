@@ -67,7 +67,7 @@ def verify_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 
 
 def _guard_reads_outside_repo() -> None:
-    """Fail any test that reads beside the repository (e.g. `../shared`): a fresh clone
+    """Fail any test that reads beside the repository (a sibling `shared` folder): a fresh clone
     has nothing there. An audit hook sees every `open` and directory listing of this
     test process; temporary directories stay allowed wherever they are."""
     import tempfile

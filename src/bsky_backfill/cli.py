@@ -2,8 +2,8 @@
 
 Where it sits: the outermost layer. It validates user input completely before
 anything is written (bad input: exit 2, one line on stderr, no traceback),
-builds a `RunSettings`, and hands over to the engine. Exit codes follow
-../shared/CONTRACT.md: 0 finished, 2 unusable input (also: `--out` held by
+builds a `RunSettings`, and hands over to the engine. Exit codes (the README's
+"Exit codes"): 0 finished, 2 unusable input (also: `--out` held by
 another run, or holding data without its state), 3 repos were attempted and
 none landed, 1 unexpected fatal error; a run stopped by SIGINT/SIGTERM exits
 130/143 after committing.
