@@ -19,6 +19,9 @@ COLLECTIONS = (
     "app.bsky.feed.repost",
     "app.bsky.graph.follow",
     "app.bsky.actor.profile",
+    "app.bsky.graph.block",
+    "app.bsky.graph.list",
+    "app.bsky.graph.listitem",
     "com.example.thing",
 )
 
