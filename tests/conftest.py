@@ -12,6 +12,16 @@ import pytest
 from tests.fixture_paths import FIXTURES
 
 
+def _system_tmpdir() -> str:
+    import tempfile
+
+    return str(Path(tempfile.gettempdir()).resolve())
+
+
+# Before a worker gets its own (below): pytest's tmp_path lives under this one.
+_SYSTEM_TMP = _system_tmpdir()
+
+
 def _own_tmpdir_per_xdist_worker() -> None:
     """Under pytest-xdist (`make test` runs several workers), each worker and the
     runs it starts get a temporary directory of their own: machine-wide state kept
@@ -76,7 +86,11 @@ def _guard_reads_outside_repo() -> None:
 
     repo = str(REPO_ROOT) + os.sep
     beside = str(REPO_ROOT.parent) + os.sep
-    allowed = (repo, str(Path(tempfile.gettempdir()).resolve()) + os.sep)
+    allowed = (
+        repo,
+        str(Path(tempfile.gettempdir()).resolve()) + os.sep,
+        _SYSTEM_TMP + os.sep,
+    )
 
     def hook(event: str, args: tuple[object, ...]) -> None:
         if event not in ("open", "os.listdir", "os.scandir") or not args:
