@@ -175,6 +175,9 @@ class Backfill:
         self.lane = SinkLane()
         self._failed_in_batch: list[str] = []
         self._commit_queued = False
+        # Rows handed to the writer's thread since the last commit was submitted: the
+        # writer's own batch lags behind what is queued, so the row budget is kept here.
+        self._rows_since_commit = 0
         self._fatal: Exception | None = None
         # List-mode repos whose committed-to-be pages were thrown away with a refused
         # batch: their fetch must start again from the store's cursor.
@@ -808,11 +811,13 @@ class Backfill:
     ) -> bool:
         """A finished repo into the open batch (done at the next commit)."""
         self._check_poisoned(extract.did)
+        self._rows_since_commit += sum(t.num_rows for t in extract.tables.values())
         return self._sink_call("add", lambda: self.sink.add(extract, done, cursors))
 
     def land_partial(self, extract: RepoExtract, cursors: list[tuple[str, str | None]]) -> bool:
         """Part of a repo still being fetched (list mode) into the open batch."""
         self._check_poisoned(extract.did)
+        self._rows_since_commit += sum(t.num_rows for t in extract.tables.values())
         return self._sink_call("add_partial", lambda: self.sink.add_partial(extract, cursors))
 
     def _fail(
@@ -853,8 +858,15 @@ class Backfill:
 
     def _maybe_commit(self) -> None:
         """Submit a commit when the open batch is due (at most one queued at a time)."""
-        if self._commit_queued or self._fatal is not None or not self.sink.should_commit():
+        if self._fatal is not None:
             return
+        # The row budget submits a commit after the adds that filled it (in order, so
+        # batches keep their size however far the writer is behind); the writer's own
+        # test (its time budget) only when no commit is queued already.
+        full = self._rows_since_commit >= self.settings.commit_rows
+        if not full and (self._commit_queued or not self.sink.should_commit()):
+            return
+        self._rows_since_commit = 0
         self._commit_queued = True
         sink = self.sink
 
