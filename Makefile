@@ -52,7 +52,7 @@ sanitize: install
 		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		BSKY_BACKFILL_NATIVE_FROM=$(abspath $(ASAN_DIR)) \
-		$(BIN)/pytest -q -p no:cacheprovider tests/repo/test_native.py tests/repo/test_native_fuzz.py
+		$(BIN)/pytest -q -p no:cacheprovider tests/repo/test_native.py tests/repo/test_native_fuzz.py tests/repo/test_native_walk.py
 
 test: lint typecheck unit sanitize
 

@@ -65,13 +65,13 @@ def run_cli(
 
 @pytest.fixture(params=["native", "python"])
 def verify_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test twice: with verification's C loops (repo/native.py), and with
+    """Run a test twice: with the C loops (repo/native.py), and with
     them switched off so their Python twins run (where the extension is not
     built, both runs take the Python path)."""
     from bsky_backfill.repo import native
 
     if request.param == "python":
-        for name in ("mismatched", "frame_index", "off_layer"):
+        for name in ("mismatched", "frame_index", "off_layer", "walk_leaves", "has_float"):
             monkeypatch.setattr(native, name, None)
     return str(request.param)
 

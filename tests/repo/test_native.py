@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,6 +38,20 @@ def test_the_extension_is_built() -> None:
     if not native.NATIVE:
         require_in_ci("bsky_backfill.repo._native was not built (C compiler, OpenSSL headers)")
     assert native.mismatched is not None and native.frame_index is not None
+
+
+def test_the_pure_python_switch_turns_every_loop_off() -> None:
+    """`BSKY_BACKFILL_PURE_PYTHON` (the whole-pipeline test runs with it) really
+    leaves every C function unused, in a fresh interpreter as a run starts one."""
+    code = (
+        "from bsky_backfill.repo import native as n; "
+        "print(n.NATIVE, n.mismatched, n.frame_index, n.off_layer, n.has_float, n.walk_leaves)"
+    )
+    env = {**os.environ, native.PURE_PYTHON_ENV: "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["False", "None", "None", "None", "None", "None"]
 
 
 def test_the_sanitized_build_is_the_one_loaded() -> None:

@@ -39,7 +39,7 @@ from bsky_backfill.repo import native
 from bsky_backfill.repo.commit import read_commit
 from bsky_backfill.repo.gcpause import gc_paused
 from bsky_backfill.repo.lazy import LazyBlocks, _frame_index, map_file, read_car_lazy
-from bsky_backfill.repo.mst import key_height, walk_mst, walk_verified
+from bsky_backfill.repo.mst import key_height, mst_leaves, verified_leaves, walk_mst, walk_verified
 from bsky_backfill.repo.verify import failed, verify_commit
 from bsky_backfill.sinks.batch import EncodedFile, SinkConfig, encode_tables
 
@@ -167,30 +167,29 @@ def extract_part(
     """A part's tables and dead letters, reading its blocks from the CAR bytes."""
     with gc_paused():
         blocks = LazyBlocks(data, index, verify=plan.check_hashes)
-        leaves: Iterable[tuple[str, bytes]]
+        out = RecordColumns(plan.did, filt)
+        keys: dict[str, bytes] = {}
         if plan.subtree is None:
-            leaves = plan.leaves or []
+            wanted, cids, seen = mst_leaves(plan.leaves or [], out.wanted, keys)
         elif plan.verify:
-            leaves = walk_verified(
+            wanted, cids, seen = verified_leaves(
                 blocks,
                 plan.subtree,
                 set(),
+                out.wanted,
+                keys,
                 layer=plan.layer,
                 after=plan.after,
                 before=plan.before,
             )
         else:
             leaves = walk_mst(blocks, plan.subtree, after=plan.after, before=plan.before)
-        out = RecordColumns(plan.did, filt)
-        seen = [0]
-        keys: dict[str, bytes] = {}
-        out.add_many(_wanted_records(blocks, leaves, out, seen, None, keys))  # type: ignore[arg-type]
+            wanted, cids, seen = mst_leaves(leaves, out.wanted, keys)
+        out.add_many(_wanted_records(blocks, wanted, cids, out, None))
         tables, dead_letters = out.finish()
         key_index = packed_index(plan.did, keys, filt, tables, dead_letters)
-        del out, blocks, leaves, keys
-    return RepoExtract(
-        plan.did, plan.rev, tables, dead_letters, records_seen=seen[0], keys=key_index
-    )
+        del out, blocks, keys, wanted, cids
+    return RepoExtract(plan.did, plan.rev, tables, dead_letters, records_seen=seen, keys=key_index)
 
 
 # A helper process's index of the CAR it is working on: (file identity, index).

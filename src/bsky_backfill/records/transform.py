@@ -28,7 +28,7 @@ Unwanted collections are skipped on the key alone, before any other work.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import libipld
@@ -39,8 +39,8 @@ from bsky_backfill.repo.car import Undecodable, read_car
 from bsky_backfill.repo.commit import read_commit
 from bsky_backfill.repo.diff import pack_index, unlanded_keys, verdicts_of
 from bsky_backfill.repo.gcpause import gc_paused
-from bsky_backfill.repo.mst import walk_mst
-from bsky_backfill.repo.verify import check_blocks, failed, verify_commit, walk_verified
+from bsky_backfill.repo.mst import mst_leaves, verified_leaves, walk_mst
+from bsky_backfill.repo.verify import check_blocks, failed, verify_commit
 
 __all__ = ["extract_repo"]
 
@@ -70,31 +70,31 @@ def extract_repo(
         if commit.did != did:
             raise failed(f"commit is for {commit.did!r:.100}, not the requested {did}")
         out = RecordColumns(did, filt)
-        seen = [0]
         keys: dict[str, bytes] = {}
+        rows: Iterable[_Row]
         if verify:
             verify_commit(car, commit, signing_key)
             nodes: set[bytes] = set()
             used: list[bytes] = []
-            leaves = walk_verified(car.blocks, commit.data, nodes)
+            wanted, cids, seen = verified_leaves(car.blocks, commit.data, nodes, out.wanted, keys)
             # Materialised, so that the tree and every block the rows come from
             # are checked before a single row is built.
-            rows: Iterable[_Row] = list(_wanted_records(car.blocks, leaves, out, seen, used, keys))
+            rows = list(_wanted_records(car.blocks, wanted, cids, out, used))
             check_blocks(data, car, nodes, used)
         else:
-            leaves = walk_mst(car.blocks, commit.data)
-            rows = _wanted_records(car.blocks, leaves, out, seen, None, keys)
+            wanted, cids, seen = mst_leaves(walk_mst(car.blocks, commit.data), out.wanted, keys)
+            rows = _wanted_records(car.blocks, wanted, cids, out, None)
         out.add_many(rows)
         tables, dead_letters = out.finish()
         # Drop the decoded blocks while the collector is still paused: reference
         # counting frees them, and the GC never scans them.
-        del car, out, leaves, rows
+        del car, out, rows, wanted, cids
     return RepoExtract(
         did=did,
         rev=commit.rev,
         tables=tables,
         dead_letters=dead_letters,
-        records_seen=seen[0],
+        records_seen=seen,
         keys=packed_index(did, keys, filt, tables, dead_letters),
     )
 
@@ -128,31 +128,22 @@ def _unlanded(
 
 
 def _wanted_records(
-    blocks: dict[bytes, Any],
-    leaves: Iterable[tuple[str, bytes]],
+    blocks: Mapping[bytes, Any],
+    keys: list[str],
+    cids: list[bytes],
     out: RecordColumns,
-    seen: list[int],
     used: list[bytes] | None,
-    keys: dict[str, bytes] | None = None,
 ) -> Iterator[_Row]:
-    """MST leaves -> `(collection, rkey, cid, record)` for wanted collections.
+    """The leaves of wanted collections (repo.mst `Leaves`) -> `(collection, rkey, cid, record)`.
 
     Decode-level problems of a single record (block absent, not valid
     DAG-CBOR or not a map, link not a CID) are dead-lettered here. The raw
     CIDs of the records yielded go to `used` (when verifying, for their
-    hash check). `seen[0]` ends as the number of keys; every key and its CID go
-    to `keys` (the repo's key index, for `run --refresh`).
+    hash check).
     """
-    wanted = out.wanted
     keep = None if used is None else used.append
-    n = 0
-    for key, value_cid in leaves:
-        n += 1
-        if keys is not None:
-            keys[key] = value_cid
+    for key, value_cid in zip(keys, cids, strict=True):
         collection, _, rkey = key.partition("/")
-        if collection not in wanted:
-            continue
         record = blocks.get(value_cid)
         if record.__class__ is dict:
             try:
@@ -178,4 +169,3 @@ def _wanted_records(
             cid_text = None
         uri = f"at://{out.did}/{collection}/{rkey}"
         out.reject(uri, "decode", error, message, cid=cid_text, record=kept)
-    seen[0] = n

@@ -360,11 +360,366 @@ static PyObject *has_float(PyObject *self, PyObject *value) {
     return PyBool_FromLong(walk_float(value, 0));
 }
 
+
+/* ---- the verified MST walk (repo/mst.py `walk_verified`, whole trees) ---- */
+
+PyDoc_STRVAR(walk_leaves_doc,
+"walk_leaves(blocks, root, nodes, layer, after, before, wanted, keys)\n"
+"    -> (list[str], list[bytes], int) | str | None\n\n"
+"repo/mst.py `walk_verified` over the decoded `blocks` (a dict), without a\n"
+"cut: every node CID goes to the set `nodes`, every (key, CID) to the dict\n"
+"`keys` (or None); returns the keys and CIDs of the leaves whose collection\n"
+"is in the set `wanted`, and the number of leaves. A str is the reason the\n"
+"tree failed verification (worded as the Python walk words it). None: an\n"
+"argument is not of the common shape (nothing was touched): use Python.");
+
+/* A stack item: a leaf (key str, owned; value CID, borrowed from the decoded
+ * tree, which `blocks` keeps alive) or a node still to open (CID borrowed;
+ * layer -1 = not known yet, Python's None). */
+/* The MST's field names, interned once (module init). */
+static PyObject *S_e, *S_l, *S_p, *S_k, *S_v, *S_t;
+
+typedef struct {
+    int leaf;
+    long layer;
+    PyObject *a;
+    PyObject *b;
+} WalkItem;
+
+typedef struct {
+    WalkItem *items;
+    Py_ssize_t n, cap;
+} WalkStack;
+
+static int stack_push(WalkStack *s, int leaf, long layer, PyObject *a, PyObject *b) {
+    if (s->n == s->cap) {
+        Py_ssize_t cap = s->cap ? s->cap * 2 : 256;
+        WalkItem *grown = PyMem_Realloc(s->items, (size_t)cap * sizeof(WalkItem));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        s->items = grown;
+        s->cap = cap;
+    }
+    s->items[s->n++] = (WalkItem){leaf, layer, a, b};
+    return 0;
+}
+
+static void stack_free(WalkStack *s) {
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        if (s->items[i].leaf) Py_DECREF(s->items[i].a);
+    }
+    PyMem_Free(s->items);
+    s->items = NULL;
+    s->n = s->cap = 0;
+}
+
+/* MST height of a key: leading zero 2-bit chunks of sha256(key). */
+static long key_height(const unsigned char *key, size_t n) {
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    sha256(key, n, md);
+    long zeros = 0;
+    for (int j = 0; j < SHA256_DIGEST_LENGTH; j++) {
+        if (md[j] == 0) {
+            zeros += 8;
+            continue;
+        }
+        zeros += __builtin_clz((unsigned int)md[j]) - 24;
+        break;
+    }
+    return zeros / 2;
+}
+
+/* `text` % repr(obj)[:200] as the walk's failure reason (a str), or NULL. */
+static PyObject *reason1(const char *fmt, PyObject *obj) {
+    PyObject *r = PyObject_Repr(obj);
+    if (r == NULL) return NULL;
+    PyObject *cut = PyUnicode_Substring(r, 0, 200);
+    Py_DECREF(r);
+    if (cut == NULL) return NULL;
+    PyObject *out = PyUnicode_FromFormat(fmt, cut);
+    Py_DECREF(cut);
+    return out;
+}
+
+static PyObject *reason2(const char *fmt, PyObject *x, PyObject *y) {
+    PyObject *rx = PyObject_Repr(x);
+    PyObject *ry = rx == NULL ? NULL : PyObject_Repr(y);
+    PyObject *cx = ry == NULL ? NULL : PyUnicode_Substring(rx, 0, 200);
+    PyObject *cy = cx == NULL ? NULL : PyUnicode_Substring(ry, 0, 200);
+    PyObject *out = cy == NULL ? NULL : PyUnicode_FromFormat(fmt, cx, cy);
+    Py_XDECREF(rx);
+    Py_XDECREF(ry);
+    Py_XDECREF(cx);
+    Py_XDECREF(cy);
+    return out;
+}
+
+/* Python's `a <= b` for two ASCII strs. */
+static int ascii_le(PyObject *a, PyObject *b) {
+    Py_ssize_t na = PyUnicode_GET_LENGTH(a), nb = PyUnicode_GET_LENGTH(b);
+    int c = memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)(na < nb ? na : nb));
+    return c < 0 || (c == 0 && na <= nb);
+}
+
+static int is_ascii_str(PyObject *o) {
+    return PyUnicode_CheckExact(o) && PyUnicode_IS_COMPACT_ASCII(o);
+}
+
+/* The walk proper. Returns the result tuple, a reason str, or NULL (error). */
+static PyObject *walk(PyObject *blocks, PyObject *root, PyObject *nodes, long layer0,
+                      PyObject *after, PyObject *before, PyObject *wanted, PyObject *keys) {
+    WalkStack st = {NULL, 0, 0};
+    WalkStack pend = {NULL, 0, 0};
+    unsigned char *prev = NULL;
+    Py_ssize_t prev_cap = 0;
+    PyObject *out_keys = PyList_New(0), *out_cids = PyList_New(0);
+    PyObject *last = after;
+    Py_INCREF(last);
+    PyObject *result = NULL;
+    /* The collection of the previous leaf and whether it is wanted: keys come
+     * sorted, so a collection's keys are contiguous and the set is asked once
+     * per collection, not per key. */
+    PyObject *coll = NULL;
+    int coll_wanted = 0;
+    Py_ssize_t count = 0;
+    const int is_root = layer0 < 0;
+    if (out_keys == NULL || out_cids == NULL) goto error;
+    if (stack_push(&st, 0, layer0, root, NULL) < 0) goto error;
+
+    while (st.n > 0) {
+        WalkItem item = st.items[--st.n];
+        if (item.leaf) {
+            PyObject *key = item.a; /* owned, now by this frame */
+            if (ascii_le(key, last)) {
+                result = reason2("MST keys out of order: %U after %U", key, last);
+                Py_DECREF(key);
+                goto done;
+            }
+            Py_DECREF(last);
+            last = key;
+            count++;
+            if (keys != Py_None && PyDict_SetItem(keys, key, item.b) < 0) goto error;
+            const char *k = (const char *)PyUnicode_DATA(key);
+            Py_ssize_t kn = PyUnicode_GET_LENGTH(key);
+            const char *slash = memchr(k, '/', (size_t)kn);
+            Py_ssize_t cn = slash ? slash - k : kn;
+            if (coll == NULL || PyUnicode_GET_LENGTH(coll) != cn ||
+                memcmp(PyUnicode_DATA(coll), k, (size_t)cn) != 0) {
+                Py_XDECREF(coll);
+                coll = PyUnicode_DecodeASCII(k, cn, NULL);
+                if (coll == NULL) goto error;
+                coll_wanted = PySet_Contains(wanted, coll);
+                if (coll_wanted < 0) goto error;
+            }
+            if (coll_wanted) {
+                if (PyList_Append(out_keys, key) < 0 || PyList_Append(out_cids, item.b) < 0)
+                    goto error;
+            }
+            continue;
+        }
+        long layer = item.layer;
+        PyObject *cid = item.a;
+        int had = PySet_Contains(nodes, cid);
+        if (had < 0) goto error;
+        if (had) {
+            result = PyUnicode_FromString("an MST node is reached twice");
+            goto done;
+        }
+        if (PySet_Add(nodes, cid) < 0) goto error;
+        PyObject *node = PyDict_GetItemWithError(blocks, cid);
+        if (node == NULL && PyErr_Occurred()) goto error;
+        if (node == NULL || node == Py_None) {
+            result = PyUnicode_FromString("an MST node is missing from the CAR");
+            goto done;
+        }
+        PyObject *entries = NULL, *left = NULL;
+        if (PyDict_CheckExact(node) && PyDict_GET_SIZE(node) == 2) {
+            entries = PyDict_GetItemWithError(node, S_e);
+            left = PyDict_GetItemWithError(node, S_l);
+        }
+        if (entries == NULL || left == NULL || !PyList_CheckExact(entries) ||
+            (left != Py_None && !PyBytes_CheckExact(left))) {
+            result = reason1("malformed MST node: %U", node);
+            goto done;
+        }
+        Py_ssize_t ne = PyList_GET_SIZE(entries);
+        if (ne > 0) {
+            if (layer < 0) {
+                PyObject *first = PyList_GET_ITEM(entries, 0);
+                PyObject *k = PyDict_CheckExact(first) ? PyDict_GetItemWithError(first, S_k) : NULL;
+                PyObject *p = PyDict_CheckExact(first) ? PyDict_GetItemWithError(first, S_p) : NULL;
+                int bad = 1;
+                if (k != NULL && PyBytes_CheckExact(k)) {
+                    PyObject *zero = PyLong_FromLong(0);
+                    if (zero == NULL) goto error;
+                    bad = PyObject_RichCompareBool(p ? p : Py_None, zero, Py_NE);
+                    Py_DECREF(zero);
+                    if (bad < 0) goto error;
+                }
+                if (bad) {
+                    result = reason1("malformed first MST entry: %U", first);
+                    goto done;
+                }
+                layer = key_height((const unsigned char *)PyBytes_AS_STRING(k),
+                                   (size_t)PyBytes_GET_SIZE(k));
+            }
+        } else if (left == Py_None && (!is_root || PyObject_RichCompareBool(cid, root, Py_NE) != 0)) {
+            result = PyUnicode_FromString("an MST node below the root is empty");
+            goto done;
+        }
+        long child = layer < 0 ? -1 : layer - 1;
+        Py_ssize_t plen = 0;
+        PyObject *off_key = NULL; /* the first key not on this layer, as bytes */
+        for (Py_ssize_t i = 0; i < ne; i++) {
+            PyObject *e = PyList_GET_ITEM(entries, i);
+            PyObject *p = NULL, *k = NULL, *v = NULL, *t = NULL;
+            if (PyDict_CheckExact(e) && PyDict_GET_SIZE(e) == 4) {
+                p = PyDict_GetItemWithError(e, S_p);
+                k = PyDict_GetItemWithError(e, S_k);
+                v = PyDict_GetItemWithError(e, S_v);
+                t = PyDict_GetItemWithError(e, S_t);
+            }
+            Py_ssize_t pv = -1;
+            if (p != NULL && PyLong_CheckExact(p)) {
+                int overflow = 0;
+                long long x = PyLong_AsLongLongAndOverflow(p, &overflow);
+                if (!overflow && x >= 0 && x <= plen) pv = (Py_ssize_t)x;
+            }
+            if (p == NULL || k == NULL || v == NULL || t == NULL || pv < 0 ||
+                !PyBytes_CheckExact(k) || !PyBytes_CheckExact(v)) {
+                Py_XDECREF(off_key);
+                result = reason1("malformed MST entry: %U", e);
+                goto done;
+            }
+            const unsigned char *kb = (const unsigned char *)PyBytes_AS_STRING(k);
+            Py_ssize_t kn = PyBytes_GET_SIZE(k);
+            if (pv < plen && kn > 0 && kb[0] == prev[pv]) {
+                Py_XDECREF(off_key);
+                result = reason1("MST key prefix not fully compressed: %U", e);
+                goto done;
+            }
+            Py_ssize_t n = pv + kn;
+            if (n > prev_cap) {
+                Py_ssize_t cap = n * 2 + 64;
+                unsigned char *grown = PyMem_Realloc(prev, (size_t)cap);
+                if (grown == NULL) {
+                    Py_XDECREF(off_key);
+                    PyErr_NoMemory();
+                    goto error;
+                }
+                prev = grown;
+                prev_cap = cap;
+            }
+            if (kn) memcpy(prev + pv, kb, (size_t)kn);
+            plen = n;
+            int ascii = 1;
+            for (Py_ssize_t j = 0; j < n; j++) {
+                if (prev[j] >= 0x80) {
+                    ascii = 0;
+                    break;
+                }
+            }
+            if (!ascii) {
+                Py_XDECREF(off_key);
+                PyObject *raw = PyBytes_FromStringAndSize((const char *)prev, n);
+                if (raw == NULL) goto error;
+                result = reason1("MST key is not ASCII: %U", raw);
+                Py_DECREF(raw);
+                goto done;
+            }
+            if (off_key == NULL && key_height(prev, (size_t)n) != layer) {
+                off_key = PyBytes_FromStringAndSize((const char *)prev, n);
+                if (off_key == NULL) goto error;
+            }
+            PyObject *key = PyUnicode_DecodeASCII((const char *)prev, n, NULL);
+            if (key == NULL || stack_push(&pend, 1, 0, key, v) < 0) {
+                Py_XDECREF(key);
+                Py_XDECREF(off_key);
+                goto error;
+            }
+            if (t != Py_None) {
+                if (!PyBytes_CheckExact(t) || layer == 0) {
+                    Py_XDECREF(off_key);
+                    result = reason1("malformed MST entry (subtree): %U", e);
+                    goto done;
+                }
+                if (stack_push(&pend, 0, child, t, NULL) < 0) {
+                    Py_XDECREF(off_key);
+                    goto error;
+                }
+            }
+        }
+        if (off_key != NULL) {
+            PyObject *r = PyObject_Repr(off_key);
+            PyObject *c = r == NULL ? NULL : PyUnicode_Substring(r, 0, 200);
+            result = c == NULL ? NULL : PyUnicode_FromFormat("MST key %U is not on layer %ld", c, layer);
+            Py_XDECREF(r);
+            Py_XDECREF(c);
+            Py_DECREF(off_key);
+            if (result == NULL) goto error;
+            goto done;
+        }
+        /* The node's items onto the stack in reverse, so they pop in key order. */
+        for (Py_ssize_t i = pend.n - 1; i >= 0; i--) {
+            WalkItem *w = &pend.items[i];
+            if (stack_push(&st, w->leaf, w->layer, w->a, w->b) < 0) goto error;
+            pend.n = i; /* the key's reference now belongs to `st` */
+        }
+        pend.n = 0;
+        if (left != Py_None) {
+            if (layer == 0) {
+                result = PyUnicode_FromString("an MST node on layer 0 has a subtree");
+                goto done;
+            }
+            if (stack_push(&st, 0, child, left, NULL) < 0) goto error;
+        }
+    }
+    if (before != Py_None && ascii_le(before, last)) {
+        result = reason2("MST key %U sorts after the next key %U", last, before);
+        goto done;
+    }
+    result = Py_BuildValue("(OOn)", out_keys, out_cids, count);
+    goto done;
+error:
+    Py_CLEAR(result);
+done:
+    stack_free(&st);
+    stack_free(&pend);
+    PyMem_Free(prev);
+    Py_XDECREF(coll);
+    Py_XDECREF(last);
+    Py_XDECREF(out_keys);
+    Py_XDECREF(out_cids);
+    return result;
+}
+
+static PyObject *walk_leaves(PyObject *self, PyObject *args) {
+    PyObject *blocks, *root, *nodes, *layer, *after, *before, *wanted, *keys;
+    if (!PyArg_ParseTuple(args, "OOOOOOOO", &blocks, &root, &nodes, &layer, &after, &before,
+                          &wanted, &keys))
+        return NULL;
+    long layer0 = -1;
+    if (layer != Py_None) {
+        if (!PyLong_CheckExact(layer)) Py_RETURN_NONE;
+        int overflow = 0;
+        layer0 = PyLong_AsLongAndOverflow(layer, &overflow);
+        if (overflow || layer0 < 0 || layer0 > 127) Py_RETURN_NONE;
+    }
+    if (!PyDict_CheckExact(blocks) || !PyBytes_CheckExact(root) || !PySet_CheckExact(nodes) ||
+        !is_ascii_str(after) || (before != Py_None && !is_ascii_str(before)) ||
+        !PyAnySet_CheckExact(wanted) || (keys != Py_None && !PyDict_CheckExact(keys)))
+        Py_RETURN_NONE;
+    return walk(blocks, root, nodes, layer0, after, before, wanted, keys);
+}
+
 static PyMethodDef methods[] = {
     {"has_float", has_float, METH_O, has_float_doc},
     {"mismatched", mismatched, METH_VARARGS, mismatched_doc},
     {"frame_index", frame_index, METH_VARARGS, frame_index_doc},
     {"off_layer", off_layer, METH_VARARGS, off_layer_doc},
+    {"walk_leaves", walk_leaves, METH_VARARGS, walk_leaves_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -374,4 +729,12 @@ static struct PyModuleDef module = {
     -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__native(void) {
+    PyObject **names[] = {&S_e, &S_l, &S_p, &S_k, &S_v, &S_t};
+    const char *texts[] = {"e", "l", "p", "k", "v", "t"};
+    for (int i = 0; i < 6; i++) {
+        *names[i] = PyUnicode_InternFromString(texts[i]);
+        if (*names[i] == NULL) return NULL;
+    }
+    return PyModule_Create(&module);
+}

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Set
 from typing import Any
 
 from bsky_backfill.errors import RepoInvalid
 from bsky_backfill.repo import native
 
-__all__ = ["key_height", "walk_mst", "walk_verified"]
+__all__ = ["Leaves", "key_height", "mst_leaves", "verified_leaves", "walk_mst", "walk_verified"]
 
 _sha256 = hashlib.sha256
 
@@ -128,6 +128,60 @@ def walk_mst(
             stack.append((child, left))
     if before is not None and last >= before:
         raise _invalid(f"MST key {last!r:.200} sorts after the next key {before!r:.200}")
+
+
+# -- leaves of wanted collections ----------------------------------------------
+
+Leaves = tuple[list[str], list[bytes], int]
+"""The keys and record CIDs of the leaves of wanted collections, in key order,
+and the number of leaves of the tree (wanted or not)."""
+
+
+def verified_leaves(
+    blocks: Mapping[bytes, Any],
+    root: bytes,
+    nodes: set[bytes],
+    wanted: Set[str],
+    keys: dict[str, bytes] | None,
+    *,
+    layer: int | None = None,
+    after: str = "",
+    before: str | None = None,
+) -> Leaves:
+    """`walk_verified` of a whole tree (or a part's subtree), its leaves sorted out at once.
+
+    Every key and its CID go to `keys` (the repo's key index, for refresh);
+    the leaves whose collection is in `wanted` are returned. In C when built
+    (repo/_native.c `walk_leaves`: one call per repo instead of a generator
+    step, a tuple and a `partition` per key), else the Python walk below; both
+    raise the same VerificationFailed with the same words.
+    """
+    walk = native.walk_leaves
+    if walk is not None:
+        got = walk(blocks, root, nodes, layer, after, before, wanted, keys)
+        if got.__class__ is str:
+            raise _failed(got)
+        if got is not None:
+            return got  # type: ignore[return-value]
+    leaves = walk_verified(blocks, root, nodes, layer=layer, after=after, before=before)
+    return mst_leaves(leaves, wanted, keys)
+
+
+def mst_leaves(
+    leaves: Iterable[tuple[str, bytes]], wanted: Set[str], keys: dict[str, bytes] | None
+) -> Leaves:
+    """A walk's `(key, CID)` pairs -> `Leaves` (and every pair into `keys`)."""
+    out_keys: list[str] = []
+    out_cids: list[bytes] = []
+    n = 0
+    for key, cid in leaves:
+        n += 1
+        if keys is not None:
+            keys[key] = cid
+        if key.partition("/")[0] in wanted:
+            out_keys.append(key)
+            out_cids.append(cid)
+    return out_keys, out_cids, n
 
 
 # -- verified walk ------------------------------------------------------------
