@@ -88,6 +88,7 @@ def extract_repo(
         tables, dead_letters = out.finish()
         # Drop the decoded blocks while the collector is still paused: reference
         # counting frees them, and the GC never scans them.
+        n_wanted = len(wanted)
         del car, out, rows, wanted, cids
     return RepoExtract(
         did=did,
@@ -95,7 +96,7 @@ def extract_repo(
         tables=tables,
         dead_letters=dead_letters,
         records_seen=seen,
-        keys=packed_index(did, keys, filt, tables, dead_letters),
+        keys=packed_index(did, keys, filt, tables, dead_letters, n_wanted),
     )
 
 
@@ -105,9 +106,11 @@ def packed_index(
     filt: RecordFilter,
     tables: dict[str, Any],
     dead_letters: list[DeadLetter],
+    wanted_keys: int,
 ) -> bytes:
-    """The key index of a repo (or of a big repo's part) as stored (repo.diff.pack_index)."""
-    return pack_index(keys, _unlanded(did, keys, filt, tables, dead_letters))
+    """The key index of a repo (or of a big repo's part) as stored (repo.diff.pack_index);
+    `wanted_keys`: how many of `keys` are of wanted collections (the walk counted them)."""
+    return pack_index(keys, _unlanded(did, keys, filt, tables, dead_letters, wanted_keys))
 
 
 def _unlanded(
@@ -116,15 +119,14 @@ def _unlanded(
     filt: RecordFilter,
     tables: dict[str, Any],
     dead_letters: list[DeadLetter],
+    wanted_keys: int,
 ) -> dict[str, str]:
     """Keys of wanted collections with no row -> their dead letter's "stage/code"
     ("" outside the window)."""
-    rows = sum(t.num_rows for t in tables.values())
-    wanted = filt.collections
-    if rows == sum(1 for k in keys if k.partition("/")[0] in wanted):
+    if sum(t.num_rows for t in tables.values()) == wanted_keys:
         return {}  # all landed: the usual case, no set built
     landed = (f"{c}/{r}" for c, t in tables.items() for r in t["rkey"].to_pylist())
-    return unlanded_keys(keys, wanted, landed, verdicts_of(did, dead_letters))
+    return unlanded_keys(keys, filt.collections, landed, verdicts_of(did, dead_letters))
 
 
 def _wanted_records(
