@@ -222,6 +222,7 @@ _CEILINGS = (
     ("extract_verify", "extract-verify", 1),
     ("tight", "tight", 1),
     ("tight_2proc", "tight", 2),
+    ("decode_floor", "decode-floor", 1),
 )
 
 

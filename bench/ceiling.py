@@ -9,7 +9,11 @@ variant, so its peak RSS and CPU are measured alone:
 * `extract-verify`: the same with verification on (signature, block hashes,
   MST structure), as the product runs by default;
 * `tight`: `bench.tight.TightExtractor`, a hand-tightened loop producing the
-  same tables (same schema, same rows), to show what the product could reach.
+  same tables (same schema, same rows), to show what the product could reach;
+* `decode-floor`: `libipld.decode_car` of every CAR and nothing else (GC off:
+  no walk, no checks, no rows, no Parquet), the floor per record that issue
+  18's target is measured against (product CPU per record <= 2x this, in the
+  same run). Its `records` are the manifest's record counts.
 
 Neither does HTTP, DID resolution, state transactions or fsync: that is the
 point of a ceiling. Timed: from the first file read to the last Parquet file
@@ -21,12 +25,14 @@ closed (interpreter start-up and imports excluded, which the product pays).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import libipld
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -38,7 +44,7 @@ from bsky_backfill.records.transform import extract_repo
 from bsky_backfill.sinks.deadletters import dead_letter_table
 
 ROW_GROUP_ROWS = 128 * 1024
-VARIANTS = ("extract", "extract-verify", "tight")
+VARIANTS = ("extract", "extract-verify", "tight", "decode-floor")
 
 
 class ParquetSink:
@@ -121,6 +127,8 @@ def run(cars: Path, out: Path, variant: str, shard: tuple[int, int]) -> dict[str
     """Extract every CAR of the manifest (this shard of it) into `out`; the figures."""
     filt = RecordFilter(collections=frozenset(DEFAULT_COLLECTIONS))
     items = shard_items(read_manifest(cars), *shard)
+    if variant == "decode-floor":
+        return _decode_floor(items)
     sink = ParquetSink(out)
     dead: list[DeadLetter] = []
     tight = TightExtractor(filt, sink.add) if variant == "tight" else None
@@ -158,6 +166,32 @@ def run(cars: Path, out: Path, variant: str, shard: tuple[int, int]) -> dict[str
         "car_bytes": read_bytes,
         "loop_s": loop_s,
         "fallback_repos": tight.fallbacks if tight is not None else None,
+    }
+
+
+def _decode_floor(items: list[CarFile]) -> dict[str, Any]:
+    """Decode every CAR with libipld and drop it: the per-record floor of any Python
+    tool built on libipld (`loop_cpu_s` is the loop's own CPU, start-up excluded)."""
+    read_bytes = 0
+    gc.disable()
+    start, cpu = time.perf_counter(), time.process_time()
+    try:
+        for item in items:
+            data = item.path.read_bytes()
+            read_bytes += len(data)
+            libipld.decode_car(data)
+    finally:
+        gc.enable()
+    return {
+        "variant": "decode-floor",
+        "repos": len(items),
+        "repos_failed": 0,
+        "records": sum(item.records for item in items),
+        "dead_letters": 0,
+        "car_bytes": read_bytes,
+        "loop_s": time.perf_counter() - start,
+        "loop_cpu_s": time.process_time() - cpu,
+        "fallback_repos": None,
     }
 
 

@@ -70,6 +70,16 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
     out["cpu: ceiling_extract_verify / product_default"] = _ratio(
         _cpu(result, "ceiling", "extract_verify"), _cpu(result, "product", "default")
     )
+    # Issue 18: product CPU per record against the decode floor (libipld.decode_car
+    # alone, its loop's CPU), both in this run.
+    floor = _get(result, ("ceiling", "decode_floor"))
+    floor_us = None
+    if floor and floor.get("loop_cpu_s") and floor.get("records"):
+        floor_us = floor["loop_cpu_s"] / floor["records"] * 1e6
+    out["decode floor, CPU us per record"] = None if floor_us is None else round(floor_us, 2)
+    cpu_prod = _cpu(result, "product", "default")
+    per_floor = None if floor_us is None or not cpu_prod else round(cpu_prod / floor_us, 2)
+    out["cpu: product_default / decode_floor"] = per_floor
     product = result.get("product", {})
     # The memory target is about one process backfilling the 1M-record repo; with
     # --workers N each process (leader, follower, helper) is held to it on its own.
@@ -107,6 +117,9 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
             None if validate_cost is None else validate_cost < 0.1
         ),
         "rate-bound >= 90% of budget (slowest host)": _check(rate.get("min_of_budget"), 0.9),
+        "product CPU per record <= 2x the decode floor (issue 18)": (
+            None if per_floor is None else per_floor <= 2.0
+        ),
     }
     return out
 
@@ -131,6 +144,7 @@ _ROWS = [
     ("ceiling: extract_repo + verify", ("ceiling", "extract_verify")),
     ("ceiling: hand-tight loop", ("ceiling", "tight")),
     ("ceiling: hand-tight, 2 processes", ("ceiling", "tight_2proc")),
+    ("floor: libipld.decode_car alone", ("ceiling", "decode_floor")),
     ("baseline: seed listRecords, 0.05s", ("baseline",)),
 ]
 

@@ -68,6 +68,8 @@ def _merge(parts: list[tuple[ChildResult, dict[str, Any]]], variant: str) -> dic
     )
     if parts[0][1].get("fallback_repos") is not None:
         row["fallback_repos"] = sum(d["fallback_repos"] for _, d in parts)
+    if parts[0][1].get("loop_cpu_s") is not None:  # the decode floor: the loop's own CPU
+        row["loop_cpu_s"] = round(sum(d["loop_cpu_s"] for _, d in parts), 3)
     return row
 
 
