@@ -7,6 +7,10 @@ differently), so the bench can show how far the product's hot path is from
 what this machine can do. Checked value by value against `extract_repo` on a
 200-repo simulated network (every table equal once sorted by uri, the same
 dead letters); each bench run checks that both land the expected row count.
+Two things it leaves out, so it is a ceiling rather than a twin: lexicon
+validation (issue 17; `extract_repo` with `validate=False` is its match) and
+verification. The typed columns come from the product's own extractors
+(records/columns.py), so they cannot drift from the product's schema.
 
 What it does differently from the product (ideas for the pipeline):
 
@@ -43,6 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bsky_backfill.models import DeadLetter, RecordFilter
+from bsky_backfill.records.columns import _EXTRACTORS, _N_COMMON, _build_extra
 from bsky_backfill.records.json import RecordEncodeError, encode_default
 from bsky_backfill.records.lexicon import CREATED_AT_REQUIRED
 from bsky_backfill.records.schema import TIMESTAMP, schema_for
@@ -53,7 +58,6 @@ from bsky_backfill.syntax import datetime_micros
 __all__ = ["TightExtractor"]
 
 _STRING = pa.string()
-_LANGS = pa.list_(_STRING)
 # RE2 forms of the product's checks (syntax.py); RE2 has no look-arounds, so
 # the "-00:00" offset and the "." / ".." record keys are excluded separately.
 _DT_RE = (
@@ -65,9 +69,6 @@ _DOTS = pa.array([".", ".."])
 _SORT_KEYS = orjson.OPT_SORT_KEYS  # as records.json: same text from CAR and listRecords
 _dumps = orjson.dumps
 _encode_cid = libipld.encode_cid
-_POST = "app.bsky.feed.post"
-_SUBJECT_REF = frozenset({"app.bsky.feed.like", "app.bsky.feed.repost"})
-_SUBJECT_DID = frozenset({"app.bsky.graph.follow", "app.bsky.graph.block"})
 
 
 class _Unusual(Exception):
@@ -308,40 +309,19 @@ def _json_column(rs: list[Any]) -> pa.Array:
 
 
 def _extras(c: str, rs: list[dict[str, Any]]) -> list[list[Any]]:
-    """The collection's typed columns as raw values (types are settled at the flush)."""
-    if c == _POST:
-        replies = [r.get("reply") for r in rs]
-        if replies.count(None) == len(replies):
-            roots: list[Any] = [None] * len(rs)
-            parents = roots
-        else:
-            roots = [_ref_uri(x, "root") for x in replies]
-            parents = [_ref_uri(x, "parent") for x in replies]
-        return [[r.get("text") for r in rs], [r.get("langs") for r in rs], roots, parents]
-    if c in _SUBJECT_REF:
-        subjects = [r.get("subject") for r in rs]
-        return [
-            [s.get("uri") if s.__class__ is dict else None for s in subjects],
-            [s.get("cid") if s.__class__ is dict else None for s in subjects],
-        ]
-    if c in _SUBJECT_DID:
-        return [[r.get("subject") for r in rs]]
-    return []
-
-
-def _ref_uri(reply: Any, which: str) -> Any:
-    if reply.__class__ is not dict:
-        return None
-    ref = reply.get(which)
-    return ref.get("uri") if ref.__class__ is dict else None
+    """The collection's typed columns as raw values, by the product's own extractors
+    (records/columns.py: the same derivation from the record, so the same values)."""
+    width = len(schema_for(c)) - _N_COMMON
+    cols: tuple[list[Any], ...] = tuple([] for _ in range(width))
+    extract = _EXTRACTORS.get(c)
+    if extract is not None:
+        for r in rs:
+            extract(r, cols)
+    return list(cols)
 
 
 def _extra(c: str, i: int, values: list[Any]) -> pa.Array:
-    if c == _POST and i == 1:  # langs: a list of strings, else null
-        return _typed(
-            values, _LANGS, lambda v: v.__class__ is list and all(x.__class__ is str for x in v)
-        )
-    return _strings(values)
+    return _build_extra(values, schema_for(c).field(_N_COMMON + i).type)
 
 
 def _strings(values: list[Any]) -> pa.Array:
