@@ -66,8 +66,9 @@ class Flag:
     """click's parameter name (the key of its dict); "" = the file key."""
     metavar: str | None = None
     invert: bool = False
-    """The flag states the field's opposite (`--no-verify` sets `verify` false); the
-    field's docstring is the flag's help."""
+    """The flag states the field's opposite (`--no-verify` sets `verify` false)."""
+    help: str = ""
+    """The flag's help where the field's docstring does not fit it (an inverted flag)."""
     switch: bool = False
     """`--x/--no-x`, unset unless given (the default is decided at run time)."""
     joined: bool = False
@@ -125,12 +126,14 @@ class RunOptions(BaseModel):
     and 429s always win."""
     allow_private_hosts: bool = False
     """Allow loopback/private PDS hosts."""
-    verify: Annotated[bool, Flag("--no-verify", invert=True)] = True
-    """Skip commit-signature / MST verification."""
-    validate_records: Annotated[bool, Flag("--no-validate", invert=True)] = Field(
-        default=True, alias="validate"
-    )
-    """Skip lexicon validation of records."""
+    verify: Annotated[
+        bool, Flag("--no-verify", invert=True, help="Skip commit-signature / MST verification.")
+    ] = True
+    """Check commit signatures and MST structure."""
+    validate_records: Annotated[
+        bool, Flag("--no-validate", invert=True, help="Skip lexicon validation of records.")
+    ] = Field(default=True, alias="validate")
+    """Check records against their bundled lexicon (keyword `validate`)."""
     workers: Annotated[int, Field(ge=1, le=1024), Flag(metavar="N")] = 1
     """Processes on this machine (PDS hosts are split between them)."""
     refresh: bool = False
@@ -321,7 +324,7 @@ def run_flags(command: Callable[..., Any]) -> Callable[..., Any]:
         spec, default = option.spec, DEFAULTS[option.dest]
         kwargs: dict[str, Any] = {
             "default": default,
-            "help": option.field.description,
+            "help": spec.help or option.field.description,
             "metavar": spec.metavar,
             "show_default": default not in (None, False, ()),
         }
