@@ -14,12 +14,18 @@ does, with keyword arguments instead of flags:
     ).run()
     print(summary.records, summary.dead_letters)
 
-Option names are the flags' names with underscores (`rate_limit`,
-`allow_private_hosts`, `max_car_size`, ...), plus `dids` (a list of DIDs),
-`verify` (the opposite of --no-verify), `validate` (the opposite of
---no-validate) and lists for `collections` and `pds`.
+The keyword arguments are the fields of `run_options.RunOptions` (the model
+the flags, the config file and the environment are made from), with its
+defaults: the flags' names with underscores (`rate_limit`,
+`allow_private_hosts`, `max_car_size`, ...), except `dids` (a list of DIDs or
+handles, as --did), `dids_file` (--dids), `verify` and `validate` (the
+opposites of --no-verify and --no-validate); lists or comma-separated strings
+for `collections` and `pds`; dates or datetimes for `since` and `until`.
 Bad values raise `bsky_backfill.errors.UsageError` before anything is written,
-naming the parameter (`since='2024/01/01' is not ...`), not the CLI flag.
+naming the parameter (`since='2024/01/01': ...`), not the CLI flag. The
+command's own options (progress display, metrics server, log format) are not
+arguments here. `handle_txt` is no option but a hook: an async
+`name -> [TXT strings]` used instead of DNS (tests, embedded networks).
 
 `run()` blocks until the run ends, also where an event loop is already
 running in the calling thread (Jupyter, IPython): the run then gets its own
@@ -31,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import re
 import threading
 from collections.abc import Iterable
@@ -42,18 +47,17 @@ from bsky_backfill.engine.manager import Backfill as _Engine
 from bsky_backfill.engine.manager import RunSummary
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.errors import UsageError
-from bsky_backfill.options import DEFAULTS, RETRY_DEFAULT, settings_from_options
+from bsky_backfill.options import build_settings
+from bsky_backfill.run_options import OPTIONS, RUN_OPTION_NAMES, from_keywords
 
 __all__ = ["Backfill", "RunSummary"]
 
-_RENAMED = {"dids": "did_list", "config": "config_file"}
-_NOT_OPTIONS = {
-    "progress", "metrics_port", "metrics_host", "log_format", "config_file", "no_verify",
-    "no_validate",
-}  # fmt: skip
-# CLI flags whose parameter is not the flag's name with underscores.
-_PARAMETER_OF_FLAG = {"--dids": "dids_file", "--did": "dids", "--no-verify": "verify=False",
-                     "--no-validate": "validate=False"}  # fmt: skip
+# Checks after the model's (options.py, sources.py) name flags: told as parameters.
+_PARAMETER_OF_FLAG = {
+    o.flag: f"{o.api}=False" if o.spec.invert else o.api
+    for o in OPTIONS
+    if o.name in RUN_OPTION_NAMES
+}
 _FLAG = re.compile(r"--[a-z][a-z0-9-]*")
 
 
@@ -72,50 +76,16 @@ def _in_parameters(error: UsageError) -> UsageError:
     return UsageError(text)
 
 
-def _when(value: object) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    raise UsageError(f"expected an ISO 8601 string, date or datetime, got {value!r}")
-
-
 class Backfill:
     """One backfill, configured like `bsky-backfill run`; `run()` returns a `RunSummary`."""
 
-    def __init__(self, **options: Any) -> None:
-        opts = dict(DEFAULTS)
-        opts["progress"] = False
-        for name, value in options.items():
-            key = _RENAMED.get(name, name)
-            if name in ("verify", "validate"):
-                opts[f"no_{name}"] = not value
-                continue
-            if key not in DEFAULTS or key in _NOT_OPTIONS:
-                raise UsageError(f"unknown option {name!r} for Backfill")
-            opts[key] = value
-        if opts["collections"] is not None and not isinstance(opts["collections"], str):
-            opts["collections"] = ",".join(opts["collections"])
-        # retry_failed=True: the default codes; a list: those codes (like --retry-failed).
-        retry = opts["retry_failed"]
-        if retry is True:
-            opts["retry_failed"] = RETRY_DEFAULT
-        elif retry is False:
-            opts["retry_failed"] = None
-        elif retry is not None and not isinstance(retry, str):
-            opts["retry_failed"] = ",".join(retry) or RETRY_DEFAULT
-        for key in ("did_list", "pds"):
-            if isinstance(opts[key], str):
-                opts[key] = (opts[key],)
-            opts[key] = tuple(opts[key])
-        opts["since"], opts["until"] = _when(opts["since"]), _when(opts["until"])
-        opts["out"] = str(opts["out"])
+    def __init__(self, *, handle_txt: Any = None, **options: Any) -> None:
         self.settings: RunSettings
         self.source: DidSource | None
         try:
-            self.settings, self.source = settings_from_options(opts)
+            self.settings, self.source = build_settings(
+                from_keywords(options), handle_txt=handle_txt
+            )
         except UsageError as e:
             raise _in_parameters(e) from None
 
@@ -146,9 +116,8 @@ class Backfill:
 
     @staticmethod
     def options() -> Iterable[str]:
-        """The option names `Backfill(...)` accepts."""
-        names = {_RENAMED.get(k, k) for k in DEFAULTS} - _NOT_OPTIONS - {"did_list"}
-        return sorted(names | {"dids", "verify", "validate"})
+        """The option names `Backfill(...)` accepts (`handle_txt` aside)."""
+        return sorted(o.api for o in OPTIONS if o.name in RUN_OPTION_NAMES)
 
 
 def _run_in_thread(engine: _Engine) -> RunSummary:

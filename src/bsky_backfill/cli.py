@@ -30,9 +30,9 @@ from bsky_backfill.engine.manager import Backfill, RunSummary
 from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.errors import UsageError
 from bsky_backfill.observe import setup_logging, start_observers
-from bsky_backfill.options import RETRY_DEFAULT, check_out_writable, settings_from_options
+from bsky_backfill.options import check_out_writable, settings_from_options
 from bsky_backfill.output import nothing_landed_line, print_status, print_summary, start_line
-from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
+from bsky_backfill.run_options import run_flags
 from bsky_backfill.settings_file import dataset_options, merge_options
 from bsky_backfill.state.open import redact
 from bsky_backfill.state.runlock import live_holder
@@ -48,9 +48,6 @@ EXIT_NOTHING_LANDED = 3
 def _fail_usage(message: str) -> NoReturn:
     click.echo(f"bsky-backfill: error: {message}", err=True)
     sys.exit(EXIT_USAGE)
-
-
-_DEFAULT_TYPES = ", ".join(sorted(c.removeprefix("app.bsky.") for c in DEFAULT_COLLECTIONS))
 
 
 # -- commands ------------------------------------------------------------------------
@@ -97,221 +94,12 @@ def cli(ctx: click.Context) -> None:
 
 @cli.command()
 @_verbose
-@click.option(
-    "--dids",
-    "dids_file",
-    metavar="FILE",
-    help="Accounts, one per line: DIDs, handles, at:// URIs or bsky.app profile URLs "
-    "(# comments; - = stdin).",
-)
-@click.option(
-    "--did", "did_list", multiple=True, metavar="DID", help="A DID or handle (repeatable)."
-)
-@click.option("--all-from-plc", is_flag=True, help="Every DID in the PLC directory.")
-@click.option("--from-relay", metavar="URL", help="Every repo the relay's hosts list.")
-@click.option("--pds", multiple=True, metavar="URL", help="Every repo on this PDS (repeatable).")
-@click.option(
-    "--collections",
-    metavar="NSID[,NSID...]",
-    help="Record types to keep; patterns like app.bsky.feed.* allowed. Default: every "
-    f"app.bsky type: {_DEFAULT_TYPES}.",
-)
-@click.option("--since", metavar="ISO8601", help="Keep records with createdAt >= since.")
-@click.option("--until", metavar="ISO8601", help="Keep records with createdAt < until.")
-@click.option(
-    "--out",
-    default="bsky-data",
-    show_default=True,
-    metavar="DIR",
-    help="The dataset: one Parquet table per collection, _deadletters, _state.",
-)
-@click.option("--queue", metavar="URL", help="State store; default SQLite under OUT/_state.")
-@click.option(
-    "--plc-url",
-    default="https://plc.directory",
-    show_default=True,
-    metavar="URL",
-    help="The PLC directory that resolves did:plc DIDs.",
-)
-@click.option(
-    "--dns-server",
-    metavar="HOST[:PORT]",
-    help="DNS server for handles' _atproto TXT records (default: the system's).",
-)
-@click.option(
-    "--method",
-    type=click.Choice(["car", "list"]),
-    default="car",
-    show_default=True,
-    help="car: each repo whole (getRepo), verified; list: listRecords pages per collection.",
-)
-@click.option(
-    "--rate-limit",
-    type=float,
-    default=10.0,
-    show_default=True,
-    metavar="N",
-    help="Requests per second per PDS host (0: no limit); the host's RateLimit "
-    "headers and 429s always win.",
-)
-@click.option("--allow-private-hosts", is_flag=True, help="Allow loopback/private PDS hosts.")
-@click.option("--no-verify", is_flag=True, help="Skip commit-signature / MST verification.")
-@click.option("--no-validate", is_flag=True, help="Skip lexicon validation of records.")
-@click.option("--progress/--no-progress", default=None, help="Live progress (default: on a TTY).")
-@click.option(
-    "--metrics-port", type=int, metavar="N", help="Serve Prometheus metrics on this port."
-)
-@click.option(
-    "--metrics-host",
-    default="127.0.0.1",
-    show_default=True,
-    metavar="ADDR",
-    help="Address the metrics server listens on (0.0.0.0: every interface).",
-)
-@click.option(
-    "--workers",
-    type=int,
-    default=1,
-    show_default=True,
-    metavar="N",
-    help="Processes on this machine (PDS hosts are split between them).",
-)
-@click.option("--refresh", is_flag=True, help="Fetch only what changed since the last run.")
-@click.option("--compact", is_flag=True,
-              help="When the run has finished, compact the dataset (see `compact`).")  # fmt: skip
+@run_flags
 @click.option(
     "--config",
     "config_file",
     metavar="FILE.toml",
     help="Any flag from a TOML file (flags > BSKY_BACKFILL_* env > file).",
-)
-@click.option(
-    "--host-concurrency",
-    type=int,
-    default=4,
-    show_default=True,
-    metavar="N",
-    help="Repos fetched at once from one host.",
-)
-@click.option(
-    "--commit-rows",
-    type=int,
-    default=200_000,
-    show_default=True,
-    metavar="N",
-    help="Commit the open batch at this many rows...",
-)
-@click.option(
-    "--commit-seconds",
-    type=float,
-    default=10.0,
-    show_default=True,
-    metavar="S",
-    help="...or when it is this old.",
-)
-@click.option(
-    "--connect-timeout",
-    type=float,
-    default=10.0,
-    show_default=True,
-    metavar="S",
-    help="Seconds to wait for a connection to a host.",
-)
-@click.option(
-    "--read-timeout",
-    type=float,
-    default=60.0,
-    show_default=True,
-    metavar="S",
-    help="Abandon a request after this long without a byte, or when its answer is not "
-    "complete within twice this plus 1 s per 50 kB received (retried).",
-)
-@click.option(
-    "--max-car-size",
-    default="4GiB",
-    show_default=True,
-    metavar="SIZE",
-    help="Dead-letter repos whose CAR is larger (RepoTooLarge).",
-)
-@click.option(
-    "--max-attempts",
-    type=int,
-    default=6,
-    show_default=True,
-    metavar="N",
-    help="Attempts per repo for transient errors before it is dead-lettered.",
-)
-@click.option(
-    "--retry-base",
-    type=float,
-    default=2.0,
-    show_default=True,
-    metavar="S",
-    help="First retry delay; doubles per attempt (with jitter).",
-)
-@click.option(
-    "--retry-cap",
-    type=float,
-    default=3600.0,
-    show_default=True,
-    metavar="S",
-    help="Longest delay between two attempts, and longest pause of a failing host.",
-)
-@click.option(
-    "--give-up-after",
-    default="24h",
-    show_default=True,
-    metavar="DURATION",
-    help="A repo (or host) failing transiently is dead-lettered only after this long "
-    "and --max-attempts tries (e.g. 90s, 30m, 24h; 0: tries alone).",
-)
-@click.option(
-    "--unreachable-after",
-    default="10m",
-    show_default=True,
-    metavar="DURATION",
-    help="Give up on the PLC directory, a relay or a --pds host that has not answered "
-    "once in this run after this long (likely a wrong URL).",
-)
-@click.option(
-    "--retry-failed",
-    "retry_failed",
-    is_flag=False,
-    flag_value=RETRY_DEFAULT,
-    default=None,
-    metavar="[CODE,...]",
-    help="First put failed repos back to pending: every code but verdicts about the repo "
-    "(RepoTakendown, VerificationFailed, ...), or the codes named. Their dead letters "
-    "stay as history (_superseded) and are counted once.",
-)
-@click.option(
-    "--stream-size",
-    default="64MiB",
-    show_default=True,
-    metavar="SIZE",
-    help="Repos at least this big are extracted in parts (bounded memory).",
-)
-@click.option(
-    "--max-retry-after",
-    type=float,
-    default=3600.0,
-    show_default=True,
-    metavar="S",
-    help="Longest pause a host's Retry-After / RateLimit-Reset can impose (longer ones are cut).",
-)
-@click.option(
-    "--global-host-rate",
-    type=int,
-    default=None,
-    metavar="N",
-    help="Requests/s per host for all workers together (PostgreSQL queue; shared egress IP).",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Log lines on stderr: human text or JSON lines.",
 )
 @click.pass_context
 def run(ctx: click.Context, /, **opts: Any) -> None:

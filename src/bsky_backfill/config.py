@@ -1,8 +1,10 @@
 """One frozen, typed settings object for a run; every field documented.
 
-Where it sits: cli.py (and, later, a config file or the Python API) builds a
-`RunSettings`; the engine reads nothing else. Validation of user input that
-pydantic cannot express (DID lines, NSIDs) happens in cli.py and sources.
+Where it sits: options.py builds a `RunSettings` from the user's options (the
+flags, a config file, the environment or `Backfill(...)`'s arguments, all of
+one model: run_options.py); the engine reads nothing else. Defaults here are
+those of the options (tests/cli/test_options_model.py holds them equal), for
+the settings that tests, the demo and benchmarks build directly.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -38,7 +40,7 @@ class RunSettings(BaseModel):
     """State store URL; None = SQLite at OUT/_state/state.sqlite."""
     plc_url: str = "https://plc.directory"
     """PLC directory (trusted: the operator chose it)."""
-    method: str = "car"
+    method: Literal["car", "list"] = "car"
     """`car` (com.atproto.sync.getRepo) or `list` (com.atproto.repo.listRecords)."""
     collections: frozenset[str] = frozenset()
     """Collections to keep; set by the CLI (default: the app.bsky record types)."""

@@ -211,6 +211,30 @@ def test_recover_puts_in_progress_back(store: StateStore) -> None:
     assert len(store.claim("h1", 10, T0)) == 4
 
 
+def test_recover_takes_back_only_claims_and_keeps_their_bookkeeping(store: StateStore) -> None:
+    """`StateStore.recover`'s one meaning: orphaned claims (here the store's own) go
+    back to pending as they were; pending, done and failed repos are not touched."""
+    a, b, c, d, e = dids(5)
+    resolved(store, {"h1": [a, b, c, d, e]})
+    claimed = {t.did for t in store.claim("h1", 5, T0)}
+    assert claimed == {a, b, c, d, e}
+    later = T0 + dt.timedelta(hours=1)
+    store.retry_later(a, 2, T0, "Http503")  # attempts 2 and a failure time...
+    store.retry_later(e, 1, later, "Http503")  # ...and a repo not due yet
+    (again,) = store.claim("h1", 1, T0)  # a, claimed again
+    store.commit([], [RepoDone(b, "rev-b", 1)], [RepoFailed(c, "RepoTakendown", "gone")], [])
+    assert store.recover() == 2  # a and d
+    assert store.recover() == 0
+    counts = store.counts()
+    assert (counts[RepoState.DONE], counts[RepoState.FAILED]) == (1, 1)
+    assert counts[RepoState.PENDING] == 3 and counts.get(RepoState.IN_PROGRESS, 0) == 0
+    back = {t.did: t for t in store.claim("h1", 5, T0)}
+    assert set(back) == {a, d}  # e keeps its due time
+    assert (back[a].attempts, back[a].failing_since) == (again.attempts, again.failing_since)
+    assert back[a].attempts == 2 and back[a].failing_since is not None
+    assert {t.did for t in store.claim("h1", 5, later)} == {e}
+
+
 def test_naive_datetimes_are_refused(store: StateStore) -> None:
     with pytest.raises(ValueError, match="naive"):
         store.claim("h1", 1, dt.datetime(2024, 1, 1))

@@ -1,6 +1,6 @@
 """The collections a user means: NSID patterns, typo warnings, empty-collection lines.
 
-Where it sits in the flow: `options.parse_collections` expands `--collections`
+Where it sits in the flow: `options.build_settings` expands `--collections`
 (exact NSIDs and patterns like `app.bsky.feed.*`) into the set of exact names
 the run wants (`RecordFilter.collections`, a frozenset: the hot path checks a
 record key's collection with one set lookup); the engine logs

@@ -27,10 +27,11 @@ if TYPE_CHECKING:
 class SinkConfig:
     """How the sink batches and lays out files."""
 
-    commit_rows: int = 500_000
+    commit_rows: int = 200_000
     """Commit once the open batch holds this many rows (records, dead letters, `_accounts`).
-    Files are closed at each commit, so this also bounds how big files get."""
-    commit_seconds: float = 30.0
+    Files are closed at each commit, so this also bounds how big files get. The
+    defaults are `run`'s (--commit-rows, --commit-seconds; a test holds them equal)."""
+    commit_seconds: float = 10.0
     """...or once its first row is this old: bounds the work a crash throws away."""
     row_group_rows: int = 128 * 1024
     """Rows per Parquet row group; rows are buffered (as Arrow) up to this per table."""

@@ -1,8 +1,8 @@
 """Compaction: a table's many small committed files rewritten as few large, sorted ones.
 
 Where it sits: `bsky-backfill compact` (and `run --compact` at the end of a
-run). A run commits one file per table per batch (every ~500k rows or 30 s),
-so a whole-network dataset is ~1M files of a few MB, each covering every DID
+run). A run commits one file per table per batch (every --commit-rows rows or
+--commit-seconds), so a whole-network dataset is ~1M files of a few MB, each covering every DID
 and every month: a reader can skip nothing. Compaction reads the files a run
 wrote (`part-*.parquet`) of one table, sorts their rows by month of
 `created_at`, then `did`, then `rkey` (`uri` where a table has no `rkey`), and

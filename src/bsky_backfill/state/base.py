@@ -6,8 +6,9 @@ sink commit marks repos done/failed *in the same transaction* that records the
 committed Parquet files. That single transaction is what makes a crash at any
 moment lose nothing and duplicate nothing (see sinks/parquet.py).
 
-`StateStore` is the Protocol every backend implements (SQLite here; PostgreSQL
-later) and one shared test suite checks. Methods are synchronous and short:
+`StateStore` is the Protocol every backend implements (state/sqlite.py,
+state/postgres.py; their shared row logic in state/common.py) and one shared
+test suite checks (tests/state/test_store_contract.py). Methods are synchronous and short:
 each is one small transaction.
 """
 
@@ -182,22 +183,6 @@ class StatusReport:
     paused_hosts: list[HostPause] = field(default_factory=list)
 
 
-def view_counts(
-    by_collection: Iterable[tuple[str, int]], deletions: Iterable[tuple[str, str, int]]
-) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    """`StatusReport`'s record counts from the rows committed per collection and the
-    `_deletions` rows per (collection, reason): (current view, deleted, updated)."""
-    records = {str(k): int(v) for k, v in by_collection}
-    deleted: dict[str, int] = {}
-    updated: dict[str, int] = {}
-    for collection, reason, n in deletions:
-        into = deleted if reason == "deleted" else updated
-        into[collection] = into.get(collection, 0) + int(n)
-        if collection in records:
-            records[collection] -= int(n)
-    return records, deleted, updated
-
-
 class StateStore(Protocol):
     """The durable queue. Times are aware UTC datetimes."""
 
@@ -252,9 +237,20 @@ class StateStore(Protocol):
         ...
 
     def recover(self) -> int:
-        """Start-up: every in_progress repo (left by a crash) goes back to pending.
+        """Take back orphaned claims: every in-progress repo whose claimer cannot still
+        be working on it goes back to pending, its attempts, failure time and due time
+        as they were (a claim is no attempt). Returns how many; a second call at
+        once finds none. Pending, done and failed repos are never touched.
 
-        Returns how many were recovered."""
+        Orphans are this store's own claims and those of claimers known to be gone.
+        A backend that records a live claimer per repo (PostgreSQL: leases) knows
+        the gone ones by their expired leases and leaves live workers' claims
+        alone. One that does not (SQLite) counts every claim as an orphan: its
+        caller calls it only while no other process of the run can hold a claim
+        (the dataset's run lock is held: at start-up before worker processes
+        start, or once every one of them has exited).
+
+        The engine calls it at start-up, so a crash loses no repo."""
         ...
 
     def commit(

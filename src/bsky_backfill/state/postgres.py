@@ -9,9 +9,9 @@ Leases. A claim marks repos in_progress with `lease_owner` (this store's
 `owner`, unique per process by default) and `lease_expires_at` (the DB clock
 + `lease`, default 2 min, or `?lease_seconds=N` in the URL). A worker that
 dies (kill -9, machine lost) stops renewing; once its leases expire, any
-other worker puts its repos back to pending. So, unlike SQLite's, `recover()`
-(start-up) only takes back expired repos and this owner's own, never a live
-worker's; `reclaim_expired()` (any time) only expired ones.
+other worker puts its repos back to pending. `recover()` (start-up; see
+`StateStore.recover`) takes back expired repos and this owner's own, never a
+live worker's; `reclaim_expired()` (any time) only expired ones.
 
 Upkeep rides on the calls a scheduler makes anyway: `claim`, `commit` and
 `pending_hosts` renew this worker's leases (at most every `lease / 10`) and
@@ -75,6 +75,7 @@ from bsky_backfill.state.base import (
     RepoTask,
     StatusReport,
 )
+from bsky_backfill.state.common import keep_verified, task, task_columns
 from bsky_backfill.state.errors import LeaseLostError, StateStoreError, StateStoreUnavailable
 from bsky_backfill.state.postgres_conn import (
     PostgresConnectError,
@@ -151,13 +152,6 @@ def _columns(identities: Iterable[Identity]) -> list[list[Any]]:
         [i.handle for i in last],
         [i.handle_verified for i in last],
     ]
-
-
-# A handle verified once stays verified while the document still names it (the
-# same DID listed by handle and as a DID: whichever resolves last must not undo it).
-_KEEP_VERIFIED = (
-    "{new}.handle_verified OR coalesce(r.handle = {new}.handle AND r.handle_verified, false)"
-)
 
 
 def _utc(t: Any) -> dt.datetime:
@@ -275,7 +269,9 @@ class PostgresStateStore:
                        ON CONFLICT (did) DO UPDATE SET
                          pds = excluded.pds, host = excluded.host,
                          signing_key = excluded.signing_key, handle = excluded.handle,
-                         handle_verified = {_KEEP_VERIFIED.format(new="excluded")},
+                         handle_verified = {
+                        keep_verified("excluded.handle", "excluded.handle_verified", "r")
+                    },
                          updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
                        WHERE r.state = 'pending'
                        RETURNING xmax = 0""",
@@ -321,7 +317,8 @@ class PostgresStateStore:
         with self._tx() as cur:
             cur.execute(
                 f"""UPDATE repos AS r SET pds = u.pds, host = u.host, signing_key = u.key,
-                     handle = u.handle, handle_verified = {_KEEP_VERIFIED.format(new="u")},
+                     handle = u.handle,
+                     handle_verified = {keep_verified("u.handle", "u.handle_verified", "r")},
                      updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
                    FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
                      %s::boolean[]) AS u(did, pds, host, key, handle, handle_verified)
@@ -376,7 +373,7 @@ class PostgresStateStore:
             # LOCKED lets concurrent claimers pass each other's rows by, and
             # a row changed meanwhile is re-checked against the WHERE clause.
             cur.execute(
-                """WITH picked AS (
+                f"""WITH picked AS (
                      SELECT did FROM repos
                      WHERE state = 'pending' AND host = %(host)s AND next_attempt_at <= %(now)s
                      ORDER BY next_attempt_at LIMIT %(limit)s
@@ -384,26 +381,11 @@ class PostgresStateStore:
                    UPDATE repos AS r SET state = 'in_progress', updated_at = now(),
                      lease_owner = %(me)s, lease_expires_at = clock_timestamp() + %(lease)s
                    FROM picked WHERE r.did = picked.did
-                   RETURNING r.did, r.pds, r.host, r.signing_key, r.attempts, r.refresh, r.rev,
-                     r.first_failed_at, r.handle, r.handle_verified""",
+                   RETURNING {task_columns("r")}""",
                 {"host": host, "now": now, "limit": limit, "me": self.owner, "lease": self.lease},
             )
             rows = cur.fetchall()
-        return [
-            RepoTask(
-                did=r[0],
-                pds=r[1],
-                host=r[2],
-                signing_key=r[3],
-                attempts=r[4],
-                refresh=bool(r[5]),
-                since=r[6] if r[5] else None,
-                failing_since=None if r[7] is None else _utc(r[7]),
-                handle=r[8],
-                handle_verified=bool(r[9]),
-            )
-            for r in rows
-        ]
+        return [task(r, _utc) for r in rows]
 
     @_patient
     def withdraw(self, dids: Sequence[str]) -> list[str]:
@@ -461,8 +443,8 @@ class PostgresStateStore:
 
     @_patient
     def recover(self) -> int:
-        """Start-up: repos whose lease expired (their worker died), and this owner's own,
-        go back to pending. Unlike SQLite, live workers' repos are left alone.
+        """`StateStore.recover`: the orphans are repos whose lease expired (their worker
+        died) and this owner's own; live workers' repos are left alone.
 
         Returns how many. Call once at start; later, `reclaim_expired()`."""
         with self._tx() as cur:
@@ -573,10 +555,9 @@ class PostgresStateStore:
         i = identity
         with self._tx() as cur:
             cur.execute(
-                """UPDATE repos AS r SET pds = %(pds)s, host = %(host)s,
+                f"""UPDATE repos AS r SET pds = %(pds)s, host = %(host)s,
                      signing_key = %(key)s, handle = %(handle)s,
-                     handle_verified = %(verified)s
-                       OR coalesce(r.handle = %(handle)s AND r.handle_verified, false),
+                     handle_verified = {keep_verified("%(handle)s", "%(verified)s", "r")},
                      updated_at = now()
                    WHERE did = %(did)s""",
                 {"pds": i.pds, "host": i.host, "key": i.signing_key, "handle": i.handle,

@@ -7,7 +7,6 @@ lease fence has locked the batch's repos); `report` builds `status()`.
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 from collections.abc import Sequence
 
@@ -16,13 +15,11 @@ from bsky_backfill.state.base import (
     CommittedFile,
     FailedRepo,
     HostPause,
-    HostStatus,
     RepoDone,
     RepoFailed,
-    RepoState,
     StatusReport,
-    view_counts,
 )
+from bsky_backfill.state.common import CommitRows, StatusRows, reopened_counts, status_report
 from bsky_backfill.state.errors import FilesChangedError
 from bsky_backfill.state.postgres_upkeep import Cursor, state_counts
 
@@ -62,18 +59,19 @@ def record(
     cursors: Sequence[tuple[str, str | None]],
 ) -> None:
     """Files, repo states, dead-letter counts and cursors of one commit (one transaction)."""
+    rows = CommitRows.of(files, done, failed, dead_letters, cursors)
     # A path committed twice would duplicate rows: the PRIMARY KEY fails the
     # whole transaction instead.
-    if files:
+    if rows.files:
         cur.executemany(
             """INSERT INTO files(path, collection, rows, committed_by)
                VALUES (%s, %s, %s, %s)""",
-            [(f.path, f.collection, f.rows, owner) for f in files],
+            [(*f, owner) for f in rows.files],
         )
     # Upserts: the files above hold these repos' rows whatever the queue
-    # thought, so the ledger says done even for a DID never enqueued. Sorted,
-    # like every multi-row write here, so two commits lock in the same order.
-    if done:
+    # thought, so the ledger says done even for a DID never enqueued. In `did`
+    # order, like every multi-row write here, so two commits lock in one order.
+    if rows.done:
         cur.executemany(
             """INSERT INTO repos(did, state, rev, records) VALUES (%s, 'done', %s, %s)
                ON CONFLICT (did) DO UPDATE SET state = 'done', refresh = false,
@@ -81,42 +79,32 @@ def record(
                  records = excluded.records, error_code = NULL, last_error = NULL,
                  error_stage = NULL, first_failed_at = NULL,
                  lease_owner = NULL, lease_expires_at = NULL, updated_at = now()""",
-            [(d.did, d.rev, d.records) for d in sorted(done, key=lambda d: d.did)],
+            rows.done,
         )
     # The key index rides in the same transaction as the rows it describes; a
     # repo landed without one (list mode) drops a stale one.
-    indexed = sorted((d for d in done if d.keys is not None), key=lambda d: d.did)
-    if indexed:
+    if rows.keys:
         cur.executemany(
             """INSERT INTO repo_keys(did, keys) VALUES (%s, %s)
                ON CONFLICT (did) DO UPDATE SET keys = excluded.keys""",
-            [(d.did, d.keys) for d in indexed],
+            rows.keys,
         )
-    unindexed = sorted(d.did for d in done if d.keys is None)
-    if unindexed:
-        cur.execute("DELETE FROM repo_keys WHERE did = ANY(%s)", (unindexed,))
-    dropped: collections.Counter[tuple[str, str]] = collections.Counter()
-    for d in done:
-        for stage, code, n in d.superseded:
-            dropped[(stage, code)] += n
-    if dropped:
+    if rows.unkeyed:
+        cur.execute("DELETE FROM repo_keys WHERE did = ANY(%s)", (rows.unkeyed,))
+    if rows.superseded:
         cur.executemany(
             """UPDATE dead_letter_counts SET count = greatest(count - %s, 0)
                WHERE stage = %s AND code = %s""",
-            [(n, stage, code) for (stage, code), n in sorted(dropped.items())],
+            rows.superseded,
         )
-    gone: collections.Counter[tuple[str, str]] = collections.Counter()
-    for d in done:
-        for collection, reason, n in d.deletions:
-            gone[(collection, reason)] += n
-    if gone:
+    if rows.deletions:
         cur.executemany(
             """INSERT INTO deletion_counts(collection, reason, count) VALUES (%s, %s, %s)
                ON CONFLICT (collection, reason)
                DO UPDATE SET count = deletion_counts.count + excluded.count""",
-            [(c, r, n) for (c, r), n in sorted(gone.items())],
+            rows.deletions,
         )
-    if failed:
+    if rows.failed:
         cur.executemany(
             """INSERT INTO repos(did, state, error_code, error_stage, last_error)
                VALUES (%s, 'failed', %s, %s, %s)
@@ -124,32 +112,26 @@ def record(
                  error_code = excluded.error_code, error_stage = excluded.error_stage,
                  last_error = excluded.last_error,
                  lease_owner = NULL, lease_expires_at = NULL, updated_at = now()""",
-            [
-                (f.did, f.code, f.stage or None, f.message)
-                for f in sorted(failed, key=lambda f: f.did)
-            ],
+            rows.failed,
         )
-    letters = sorted(collections.Counter((d.stage, d.error) for d in dead_letters).items())
-    if letters:
+    if rows.dead_letters:
         cur.executemany(
             """INSERT INTO dead_letter_counts(stage, code, count) VALUES (%s, %s, %s)
                ON CONFLICT (stage, code) DO UPDATE
                SET count = dead_letter_counts.count + excluded.count""",
-            [(stage, code, n) for (stage, code), n in letters],
+            rows.dead_letters,
         )
     # Cursors whose progress these files hold (list mode's page cursors): set
     # or, for None, deleted together with them, never apart.
-    upserts = sorted((k, v) for k, v in cursors if v is not None)
-    if upserts:
+    if rows.cursors:
         cur.executemany(
             """INSERT INTO cursors(source, cursor) VALUES (%s, %s)
                ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor,
                  updated_at = now()""",
-            upserts,
+            rows.cursors,
         )
-    deletes = sorted((k,) for k, v in cursors if v is None)
-    if deletes:
-        cur.executemany("DELETE FROM cursors WHERE source = %s", deletes)
+    if rows.cursors_dropped:
+        cur.execute("DELETE FROM cursors WHERE source = ANY(%s)", (rows.cursors_dropped,))
 
 
 def report(cur: Cursor) -> StatusReport:
@@ -167,18 +149,6 @@ def report(cur: Cursor) -> StatusReport:
            GROUP BY code ORDER BY sum(count) DESC, code"""
     )
     by_code = cur.fetchall()
-    hosts: dict[str, HostStatus] = {}
-    for state, (by_host, _) in counts.items():
-        for host, n in by_host.items():
-            h = hosts.setdefault(host, HostStatus(host=host))
-            h.total += n
-            if state == RepoState.DONE:
-                h.done += n
-            elif state == RepoState.FAILED:
-                h.failed += n
-            else:  # pending or in_progress: not finished yet
-                h.pending += n
-    total = {s: t for s, (_, t) in counts.items()}
     cur.execute(
         """SELECT count(*) FROM repos
            WHERE state = 'in_progress' AND lease_expires_at < clock_timestamp()"""
@@ -189,28 +159,24 @@ def report(cur: Cursor) -> StatusReport:
         """SELECT coalesce(error_code, '?'), count(*) FROM repos WHERE state = 'failed'
            GROUP BY 1 ORDER BY count(*) DESC, 1"""
     )
-    failed_by_code = {str(k): int(v) for k, v in cur.fetchall()}
+    failed_by_code = cur.fetchall()
     cur.execute("SELECT code, count(*) FROM superseded GROUP BY code ORDER BY count(*) DESC, code")
-    superseded = {str(k): int(v) for k, v in cur.fetchall()}
+    superseded = cur.fetchall()
     paused = pauses(cur)
     cur.execute("SELECT collection, reason, count FROM deletion_counts")
     gone = [(str(c), str(r), int(n)) for c, r, n in cur.fetchall()]
-    view = view_counts(by_collection, gone)
-    return StatusReport(
-        total=sum(total.values()),
-        done=total[RepoState.DONE],
-        failed=total[RepoState.FAILED],
-        pending=total[RepoState.PENDING],
-        in_progress=total[RepoState.IN_PROGRESS],
-        records_by_collection=view[0],
-        deleted_by_collection=view[1],
-        updated_by_collection=view[2],
-        dead_letters_by_code={k: int(v) for k, v in by_code if v},
-        hosts=sorted(hosts.values(), key=lambda h: (-h.total, h.host)),
-        interrupted=min(interrupted, total[RepoState.IN_PROGRESS]),
-        failed_by_code=failed_by_code,
-        superseded_by_code=superseded,
-        paused_hosts=paused,
+    return status_report(
+        StatusRows(
+            states={str(s): total for s, (_, total) in counts.items()},
+            hosts=[(h, s, n) for s, (by_host, _) in counts.items() for h, n in by_host.items()],
+            files=by_collection,
+            deletions=gone,
+            dead_letters=by_code,
+            failed=failed_by_code,
+            superseded=superseded,
+            pauses=paused,
+            interrupted=interrupted,
+        )
     )
 
 
@@ -254,8 +220,7 @@ def reopen(
     )
     back = {row[0] for row in cur.fetchall()}
     reopened = [r for r in wanted if r.did in back]
-    counts = collections.Counter((r.stage, r.code) for r in reopened)
-    for (stage, code), n in sorted(counts.items()):
+    for stage, code, n in reopened_counts(reopened):
         if not stage:  # failed before stages were kept: the likeliest one
             cur.execute(
                 """SELECT stage FROM dead_letter_counts WHERE code = %s AND count > 0

@@ -22,7 +22,6 @@ and state (`host_counts`) are kept by triggers, so progress polling and
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import datetime as dt
 import itertools
@@ -37,14 +36,21 @@ from bsky_backfill.state.base import (
     CommittedFile,
     FailedRepo,
     HostPause,
-    HostStatus,
     Identity,
     RepoDone,
     RepoFailed,
     RepoState,
     RepoTask,
     StatusReport,
-    view_counts,
+)
+from bsky_backfill.state.common import (
+    CommitRows,
+    StatusRows,
+    keep_verified,
+    reopened_counts,
+    status_report,
+    task,
+    task_columns,
 )
 from bsky_backfill.state.errors import FilesChangedError, StateStoreError
 from bsky_backfill.state.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
@@ -84,16 +90,8 @@ def _mapped() -> Iterator[None]:
         raise StateStoreError(f"state store: {e}") from e
 
 
-# A handle verified once stays verified while the document still names it (the
-# same DID listed by handle and as a DID: whichever resolves last must not undo it).
-_KEEP_VERIFIED = (
-    "{new}.handle_verified"
-    " OR coalesce(repos.handle = {new}.handle AND repos.handle_verified, false)"
-)
-_SET_IDENTITY = """UPDATE repos SET pds = :pds, host = :host, signing_key = :key,
-    handle = :handle,
-    handle_verified = :verified
-      OR coalesce(repos.handle = :handle AND repos.handle_verified, false),
+_SET_IDENTITY = f"""UPDATE repos SET pds = :pds, host = :host, signing_key = :key,
+    handle = :handle, handle_verified = {keep_verified(":handle", ":verified", "repos")},
     updated_at = :now
   WHERE did = :did"""
 
@@ -236,7 +234,9 @@ class SqliteStateStore:
                        ON CONFLICT(did) DO UPDATE SET
                          pds = excluded.pds, host = excluded.host,
                          signing_key = excluded.signing_key, handle = excluded.handle,
-                         handle_verified = {_KEEP_VERIFIED.format(new="excluded")},
+                         handle_verified = {
+                        keep_verified("excluded.handle", "excluded.handle_verified", "repos")
+                    },
                          updated_at = excluded.updated_at
                        WHERE repos.state = 'pending'""",
                     [
@@ -313,24 +313,15 @@ class SqliteStateStore:
             # One statement: selection and state change cannot interleave with
             # another claimer, so no repo is handed out twice.
             rows = c.execute(
-                """UPDATE repos SET state = 'in_progress', updated_at = ?
+                f"""UPDATE repos SET state = 'in_progress', updated_at = ?
                    WHERE did IN (
                      SELECT did FROM repos
                      WHERE state = 'pending' AND host = ? AND next_attempt_at <= ?
                      ORDER BY next_attempt_at LIMIT ?)
-                   RETURNING did, pds, host, signing_key, attempts, refresh, rev,
-                     first_failed_at, handle, handle_verified""",
+                   RETURNING {task_columns()}""",
                 (now_us, host, now_us, limit),
             ).fetchall()
-        return [
-            RepoTask(
-                did=r[0], pds=r[1], host=r[2], signing_key=r[3], attempts=r[4],
-                refresh=bool(r[5]), since=r[6] if r[5] else None,
-                failing_since=None if r[7] is None else _from_us(r[7]),
-                handle=r[8], handle_verified=bool(r[9]),
-            )
-            for r in rows
-        ]  # fmt: skip
+        return [task(r, _from_us) for r in rows]
 
     def withdraw(self, dids: Sequence[str]) -> list[str]:
         with self._write() as c:
@@ -369,6 +360,8 @@ class SqliteStateStore:
             )
 
     def recover(self) -> int:
+        """`StateStore.recover`: no claimer is recorded, so every in-progress repo is
+        taken back (the caller holds the run lock with no worker process alive)."""
         with self._write() as c:
             cur = c.execute(
                 """UPDATE repos SET state = 'pending', updated_at = ?
@@ -388,13 +381,13 @@ class SqliteStateStore:
         cursors: Sequence[tuple[str, str | None]] = (),
     ) -> None:
         now = _now_us()
-        letters = collections.Counter((d.stage, d.error) for d in dead_letters)
+        rows = CommitRows.of(files, done, failed, dead_letters, cursors)
         with self._write(durable=True) as c:
             # A path committed twice is a bug that would duplicate rows: the
             # PRIMARY KEY makes the whole transaction fail instead.
             c.executemany(
                 "INSERT INTO files(path, collection, rows, committed_at) VALUES (?, ?, ?, ?)",
-                [(f.path, f.collection, f.rows, now) for f in files],
+                [(*f, now) for f in rows.files],
             )
             # Upserts: the files above hold these repos' rows whatever the queue
             # thought, so the ledger must say done even for a DID never enqueued.
@@ -406,31 +399,19 @@ class SqliteStateStore:
                      records = excluded.records, error_code = NULL, last_error = NULL,
                      error_stage = NULL, first_failed_at = NULL,
                      updated_at = excluded.updated_at""",
-                [(d.did, d.rev, d.records, now) for d in done],
+                [(*d, now) for d in rows.done],
             )
-            # The key index rides in the same transaction as the rows it describes;
-            # a repo landed without one (list mode) drops a stale one.
-            c.executemany(
-                "INSERT OR REPLACE INTO repo_keys(did, keys) VALUES (?, ?)",
-                [(d.did, d.keys) for d in done if d.keys is not None],
-            )
-            c.executemany(
-                "DELETE FROM repo_keys WHERE did = ?",
-                [(d.did,) for d in done if d.keys is None],
-            )
-            gone: collections.Counter[tuple[str, str]] = collections.Counter()
-            for d in done:
-                for collection, reason, n in d.deletions:
-                    gone[(collection, reason)] += n
+            c.executemany("INSERT OR REPLACE INTO repo_keys(did, keys) VALUES (?, ?)", rows.keys)
+            c.executemany("DELETE FROM repo_keys WHERE did = ?", [(d,) for d in rows.unkeyed])
             c.executemany(
                 """UPDATE dead_letter_counts SET count = max(0, count - ?)
                    WHERE stage = ? AND code = ?""",
-                [(n, stage, code) for d in done for stage, code, n in d.superseded],
+                rows.superseded,
             )
             c.executemany(
                 """INSERT INTO deletion_counts(collection, reason, count) VALUES (?, ?, ?)
                    ON CONFLICT(collection, reason) DO UPDATE SET count = count + excluded.count""",
-                [(col, reason, n) for (col, reason), n in gone.items()],
+                rows.deletions,
             )
             c.executemany(
                 """INSERT INTO repos(did, state, error_code, error_stage, last_error, updated_at)
@@ -438,20 +419,19 @@ class SqliteStateStore:
                    ON CONFLICT(did) DO UPDATE SET state = 'failed',
                      error_code = excluded.error_code, error_stage = excluded.error_stage,
                      last_error = excluded.last_error, updated_at = excluded.updated_at""",
-                [(f.did, f.code, f.stage or None, f.message, now) for f in failed],
+                [(*f, now) for f in rows.failed],
             )
             c.executemany(
                 """INSERT INTO dead_letter_counts(stage, code, count) VALUES (?, ?, ?)
                    ON CONFLICT(stage, code) DO UPDATE SET count = count + excluded.count""",
-                [(stage, code, n) for (stage, code), n in letters.items()],
+                rows.dead_letters,
             )
             c.executemany(
                 "INSERT OR REPLACE INTO cursors(source, cursor, updated_at) VALUES (?, ?, ?)",
-                [(key, value, now) for key, value in cursors if value is not None],
+                [(*kv, now) for kv in rows.cursors],
             )
             c.executemany(
-                "DELETE FROM cursors WHERE source = ?",
-                [(key,) for key, value in cursors if value is None],
+                "DELETE FROM cursors WHERE source = ?", [(k,) for k in rows.cursors_dropped]
             )
 
     def committed_files(self) -> list[CommittedFile]:
@@ -545,31 +525,17 @@ class SqliteStateStore:
                 pauses = c.execute("SELECT host, until, reason FROM host_pauses").fetchall()
             finally:
                 c.rollback()
-        hosts: dict[str, HostStatus] = {}
-        for host, state, n in by_host:
-            h = hosts.setdefault(host, HostStatus(host=host))
-            h.total += n
-            if state == RepoState.DONE:
-                h.done += n
-            elif state == RepoState.FAILED:
-                h.failed += n
-            else:  # pending or in_progress: not finished yet
-                h.pending += n
-        view = view_counts(by_collection, gone)
-        return StatusReport(
-            total=sum(counts.values()),
-            done=counts.get(RepoState.DONE, 0),
-            failed=counts.get(RepoState.FAILED, 0),
-            pending=counts.get(RepoState.PENDING, 0),
-            in_progress=counts.get(RepoState.IN_PROGRESS, 0),
-            records_by_collection=view[0],
-            deleted_by_collection=view[1],
-            updated_by_collection=view[2],
-            dead_letters_by_code={k: int(v) for k, v in by_code if v},
-            hosts=sorted(hosts.values(), key=lambda h: (-h.total, h.host)),
-            failed_by_code={str(k or "?"): int(v) for k, v in failed_by_code},
-            superseded_by_code={k: int(v) for k, v in superseded},
-            paused_hosts=[_pause(*row) for row in pauses],
+        return status_report(
+            StatusRows(
+                states=counts,
+                hosts=by_host,
+                files=by_collection,
+                deletions=gone,
+                dead_letters=by_code,
+                failed=failed_by_code,
+                superseded=superseded,
+                pauses=[_pause(*row) for row in pauses],
+            )
         )
 
     # -- long runs: failures, supersession, host pauses ---------------------------------
@@ -654,9 +620,7 @@ class SqliteStateStore:
                 )
                 if cur.rowcount:
                     reopened.append(r)
-            for (stage, code), n in collections.Counter(
-                (r.stage, r.code) for r in reopened
-            ).items():
+            for stage, code, n in reopened_counts(reopened):
                 if not stage:  # failed before stages were kept: the likeliest one
                     row = c.execute(
                         """SELECT stage FROM dead_letter_counts WHERE code = ? AND count > 0
