@@ -33,11 +33,12 @@ Other pre-lexicon shapes (2023 follows with `subject: {did, declarationCid}`,
 
 Rules checked: required properties, nullable, types (an int is never a bool),
 `$type` of union members (closed unions refuse unknown types; open unions
-accept them unchecked), refs, string formats (via `bsky_backfill.syntax`, the
-functions the interop vectors test), `minLength`/`maxLength` (UTF-8 bytes),
-`minGraphemes`/`maxGraphemes`, `enum`/`const`, array `minLength`/`maxLength`,
-integer `minimum`/`maximum`/`enum`/`const`, byte-string lengths, `unknown`
-(must be a map) and the blob shape. `knownValues`, blob `accept`/`maxSize`
+accept them unchecked), refs, string formats (`records.formats`: the C twins
+of `bsky_backfill.syntax`'s checks, which the interop vectors test),
+`minLength`/`maxLength` (UTF-8 bytes), `minGraphemes`/`maxGraphemes`,
+`enum`/`const`, array `minLength`/`maxLength`, integer
+`minimum`/`maximum`/`enum`/`const`, byte-string lengths, `unknown` (must be
+a map) and the blob shape. `knownValues`, blob `accept`/`maxSize`
 and the record-key type are not enforced (the reference validator does not
 enforce them when reading records either).
 """
@@ -53,7 +54,7 @@ from typing import Any
 
 import libipld
 
-from bsky_backfill import syntax
+from bsky_backfill.records.formats import FORMATS
 from bsky_backfill.records.validate_codegen import FastCheck, generate
 
 __all__ = [
@@ -123,19 +124,9 @@ def _kind(value: Any) -> str:
 
 # --- string formats and graphemes --------------------------------------------
 
-_FORMATS: dict[str, Callable[[str], bool]] = {
-    "at-identifier": syntax.is_valid_at_identifier,
-    "at-uri": syntax.is_valid_at_uri,
-    "cid": syntax.is_valid_cid,
-    "datetime": syntax.is_valid_datetime,
-    "did": syntax.is_valid_did,
-    "handle": syntax.is_valid_handle,
-    "language": syntax.is_valid_language,
-    "nsid": syntax.is_valid_nsid,
-    "record-key": syntax.is_valid_record_key,
-    "tid": syntax.is_valid_tid,
-    "uri": syntax.is_valid_uri,
-}
+# The C checks where built (records/formats.py); the regexes of `syntax` else.
+_FORMATS = FORMATS
+_is_valid_cid = FORMATS["cid"]
 
 
 def _extends(ch: str) -> bool:
@@ -517,7 +508,7 @@ def _is_link(value: Any) -> bool:
         return True
     if value.__class__ is dict and len(value) == 1:
         link = value.get("$link")
-        return link.__class__ is str and syntax.is_valid_cid(link)
+        return link.__class__ is str and _is_valid_cid(link)
     return False
 
 
@@ -539,7 +530,7 @@ def _check_blob(value: Any) -> Invalid | None:
             return Invalid("blob size is missing or not a non-negative integer")
         return None
     cid = value.get("cid")
-    if "$type" not in value and cid.__class__ is str and syntax.is_valid_cid(cid):
+    if "$type" not in value and cid.__class__ is str and _is_valid_cid(cid):
         return None  # the legacy 2023 blob: {"cid": "...", "mimeType": "..."}
     return Invalid(f"expected a blob, got {_kind(value)}")
 
