@@ -26,7 +26,8 @@ Rules (the `createdAt` window is [since, until)):
 
 * `$type` must equal the collection and the record key must be valid, else
   dead letter (stage validate, InvalidRecord).
-* Collections with a bundled lexicon (`records.validate`): the record must be
+* Collections with a bundled lexicon (`records.validate`): the record key must
+  be of the lexicon's key type (`tid`, `nsid`, `literal:self`) and the record
   valid under it (unless `RecordFilter.validate` is off, `--no-validate`),
   else dead letter with the path and rule in the message.
 * Every validate-stage dead letter keeps the record's `cid` and its JSON.
@@ -54,7 +55,7 @@ from bsky_backfill.records.datamodel import has_float as _has_float
 from bsky_backfill.records.json import RecordEncodeError, encode_default, to_json
 from bsky_backfill.records.lexicon import CREATED_AT_REQUIRED, window_applies
 from bsky_backfill.records.schema import TIMESTAMP, schema_for
-from bsky_backfill.records.validate import Validator, record_checks
+from bsky_backfill.records.validate import Validator, record_checks, record_key_check
 from bsky_backfill.records.validate_codegen import FastCheck
 from bsky_backfill.syntax import RECORD_KEY_RE, datetime_micros, datetime_value
 
@@ -239,6 +240,8 @@ class _Collection:
         "explain",
         "extract",
         "extras",
+        "key_ok",
+        "key_rule",
         "name",
         "prefix",
         "required",
@@ -258,6 +261,9 @@ class _Collection:
         checks = record_checks(name, trust_created_at=True) if validate else None
         self.validator: FastCheck | None = None if checks is None else checks[0]
         self.explain: Validator | None = None if checks is None else checks[1]
+        key = record_key_check(name) if validate else None
+        self.key_ok: Callable[[str], bool] | None = None if key is None else key[0]
+        self.key_rule = "" if key is None else key[1]
         self.extras: tuple[list[Any], ...] = tuple([] for _ in range(len(self.schema) - _N_COMMON))
 
 
@@ -353,6 +359,9 @@ class RecordColumns:
                 continue
             if _rkey_ok(rkey) is None:
                 invalid(collection, rkey, "record key is not valid", cid, record)
+                continue
+            if cols.key_ok is not None and not cols.key_ok(rkey):
+                invalid(collection, rkey, f"record key {rkey!r} {cols.key_rule}", cid, record)
                 continue
             created = record.get("createdAt")
             when = datetime_value(created) if created.__class__ is str else None

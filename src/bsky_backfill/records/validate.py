@@ -38,9 +38,10 @@ of `bsky_backfill.syntax`'s checks, which the interop vectors test),
 `minLength`/`maxLength` (UTF-8 bytes), `minGraphemes`/`maxGraphemes`,
 `enum`/`const`, array `minLength`/`maxLength`, integer
 `minimum`/`maximum`/`enum`/`const`, byte-string lengths, `unknown` (must be
-a map) and the blob shape. `knownValues`, blob `accept`/`maxSize`
-and the record-key type are not enforced (the reference validator does not
-enforce them when reading records either).
+a map), the blob shape, `accept` and `maxSize`. `knownValues` are not
+enforced: the spec makes them open (a value the lexicon does not list is
+allowed). The lexicon's record-key type (`tid`, `nsid`, `literal:self`) is
+`record_key_check`, which records/columns.py applies to the rkey.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from bsky_backfill.records.validate_codegen import FastCheck, generate
 __all__ = [
     "LEXICON_VERSION",
     "Invalid",
+    "KeyCheck",
     "Validator",
     "compile_pairs",
     "compile_records",
@@ -67,6 +69,7 @@ __all__ = [
     "known_record_types",
     "load_lexicons",
     "record_checks",
+    "record_key_check",
     "validator_for",
 ]
 
@@ -648,6 +651,27 @@ def record_checks(
     """The hot path's form of `validator_for`: (is it valid?, why not?) as two
     functions, so a valid record costs one call; None without a bundled lexicon."""
     return _bundled_pairs(trust_created_at).get(collection)
+
+
+KeyCheck = tuple[Callable[[str], bool], str]
+"""(does a record key fit, the rule it broke as a dead letter's message suffix)."""
+
+
+@functools.cache
+def record_key_check(collection: str) -> KeyCheck | None:
+    """The record lexicon's key type as a check of the rkey (records/columns.py
+    calls it per record, after the record-key syntax): `tid`, `nsid` or
+    `literal:<value>`. None for key type `any` (the syntax is all it asks),
+    for a type the spec does not name, and without a bundled lexicon."""
+    main = load_lexicons().get(collection, {}).get("defs", {}).get("main", {})
+    key = main.get("key") if main.get("type") == "record" else None
+    if key in ("tid", "nsid"):
+        what = "a TID" if key == "tid" else "an NSID"
+        return _FORMATS[key], f"is not {what} (the lexicon's key type is {key})"
+    if isinstance(key, str) and key.startswith("literal:"):
+        literal = key.removeprefix("literal:")
+        return literal.__eq__, f"is not {literal!r} (the lexicon's key type is {key})"
+    return None
 
 
 def validator_for(collection: str, *, trust_created_at: bool = False) -> Validator | None:
