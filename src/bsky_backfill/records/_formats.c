@@ -28,6 +28,38 @@
 #define IS_DIGIT(c) ((c) >= '0' && (c) <= '9')
 #define IS_ALNUM(c) (IS_ALPHA(c) || IS_DIGIT(c))
 
+/* Character classes of the formats, one bit each, for the per-character
+ * loops (one load and a test instead of a chain of comparisons). Filled at
+ * import; only ASCII strings reach a lookup. */
+enum {
+    C_DID = 1,    /* a DID's identifier: [a-zA-Z0-9._:%-] */
+    C_LABEL = 2,  /* a DNS label or NSID segment: [a-zA-Z0-9-] */
+    C_RKEY = 4,   /* a record key: [a-zA-Z0-9_~.:-] */
+    C_CID = 8,    /* a CID string: [a-zA-Z0-9+=] */
+    C_SCHEME = 16 /* a URI scheme after its first letter: [a-zA-Z0-9+.-] */
+};
+static unsigned char CLASS[128];
+
+static void fill_classes(void) {
+    for (int c = 0; c < 128; c++) {
+        int alnum = IS_ALNUM(c);
+        unsigned char bits = 0;
+        if (alnum || c == '.' || c == '_' || c == ':' || c == '%' || c == '-') bits |= C_DID;
+        if (alnum || c == '-') bits |= C_LABEL;
+        if (alnum || c == '_' || c == '~' || c == '.' || c == ':' || c == '-') bits |= C_RKEY;
+        if (alnum || c == '+' || c == '=') bits |= C_CID;
+        if (alnum || c == '+' || c == '.' || c == '-') bits |= C_SCHEME;
+        CLASS[c] = bits;
+    }
+}
+
+/* Whether every one of p[0:n] (ASCII) is of class `bit`. */
+static inline int all_in(const unsigned char *p, Py_ssize_t n, unsigned char bit) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!(CLASS[p[i]] & bit)) return 0;
+    return 1;
+}
+
 /* The string's ASCII bytes and length, or NULL when it is not an ASCII str
  * (*n is then -1 for a non-str, which raises TypeError as the regex would). */
 static const unsigned char *ascii_of(PyObject *s, Py_ssize_t *n) {
@@ -70,20 +102,13 @@ static int did_ok(const unsigned char *p, Py_ssize_t n) {
     while (i < n && IS_LOWER(p[i])) i++;
     if (i == 4 || i >= n || p[i] != ':') return 0;
     i++;
-    if (i >= n) return 0;
-    for (; i < n; i++) {
-        unsigned char c = p[i];
-        if (!(IS_ALNUM(c) || c == '.' || c == '_' || c == ':' || c == '%' || c == '-')) return 0;
-    }
+    if (i >= n || !all_in(p + i, n - i, C_DID)) return 0;
     return p[n - 1] != ':' && p[n - 1] != '%';
 }
 
 /* A DNS label: 1-63 of [a-zA-Z0-9-], not starting or ending with '-'. */
 static int label_ok(const unsigned char *p, Py_ssize_t n) {
-    if (n < 1 || n > 63 || p[0] == '-' || p[n - 1] == '-') return 0;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (!(IS_ALNUM(p[i]) || p[i] == '-')) return 0;
-    return 1;
+    return n >= 1 && n <= 63 && p[0] != '-' && p[n - 1] != '-' && all_in(p, n, C_LABEL);
 }
 
 /* At least two labels, the last starting with a letter; at most 253 characters. */
@@ -147,11 +172,7 @@ static int tid_ok(const unsigned char *p, Py_ssize_t n) {
 static int record_key_ok(const unsigned char *p, Py_ssize_t n) {
     if (n < 1 || n > 512) return 0;
     if ((n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.')) return 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = p[i];
-        if (!(IS_ALNUM(c) || c == '_' || c == '~' || c == '.' || c == ':' || c == '-')) return 0;
-    }
-    return 1;
+    return all_in(p, n, C_RKEY);
 }
 
 /* --- AT-URI ------------------------------------------------------------- */
@@ -165,13 +186,14 @@ static int at_uri_ok(const unsigned char *p, Py_ssize_t n) {
     Py_ssize_t lens[3];
     int count = 0;
     Py_ssize_t start = 5;
-    for (Py_ssize_t i = 5; i <= n; i++) {
-        if (i < n && p[i] != '/') continue;
-        if (count == 3 || i == start) return 0;
+    while (start <= n) {
+        const unsigned char *slash = memchr(p + start, '/', (size_t)(n - start));
+        Py_ssize_t end = slash == NULL ? n : slash - p;
+        if (count == 3 || end == start) return 0;
         parts[count] = p + start;
-        lens[count] = i - start;
+        lens[count] = end - start;
         count++;
-        start = i + 1;
+        start = end + 1;
     }
     if (!at_identifier_ok(parts[0], lens[0])) return 0;
     if (count > 1 && !nsid_ok(parts[1], lens[1])) return 0;
@@ -184,9 +206,7 @@ static int at_uri_ok(const unsigned char *p, Py_ssize_t n) {
 static int cid_ok(const unsigned char *p, Py_ssize_t n) {
     if (n < 8 || n > 256) return 0;
     if (p[0] == 'Q' && p[1] == 'm' && p[2] == 'b') return 0;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (!(IS_ALNUM(p[i]) || p[i] == '+' || p[i] == '=')) return 0;
-    return 1;
+    return all_in(p, n, C_CID);
 }
 
 /* --- datetime ----------------------------------------------------------- */
@@ -411,7 +431,7 @@ static PyObject *is_valid_uri(PyObject *self, PyObject *s) {
     for (; i < n; i++) {
         c = PyUnicode_READ(kind, data, i);
         if (c == ':') break;
-        if (!(c < 128 && (IS_ALNUM(c) || c == '+' || c == '.' || c == '-'))) Py_RETURN_FALSE;
+        if (!(c < 128 && (CLASS[c] & C_SCHEME))) Py_RETURN_FALSE;
     }
     if (i >= n) Py_RETURN_FALSE;
     i++;
@@ -455,4 +475,7 @@ static struct PyModuleDef module = {
     "The lexicon string-format checks in C (see records/formats.py).", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__formats(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__formats(void) {
+    fill_classes();
+    return PyModule_Create(&module);
+}
