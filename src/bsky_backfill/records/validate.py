@@ -595,15 +595,23 @@ def compile_records(
 
 
 def compile_pairs(
-    docs: dict[str, dict[str, Any]], *, trust_created_at: bool = False
+    docs: dict[str, dict[str, Any]],
+    *,
+    trust_created_at: bool = False,
+    formats: dict[str, Callable[[str], bool]] | None = None,
 ) -> dict[str, tuple[FastCheck, Check]]:
-    """NSID -> (generated valid/invalid check, explaining closure) per record type."""
+    """NSID -> (generated valid/invalid check, explaining closure) per record type.
+
+    `formats`: the string-format checks of the generated code (default: the
+    ones in use); tests pass `records.formats.PYTHON` to cover the code
+    generated for a machine without the C checks.
+    """
     compiler = _Compiler(docs, trust_created_at=trust_created_at)
     fast = generate(
         docs,
         compiler.lookup,
         compiler.compile,
-        _FORMATS,
+        _FORMATS if formats is None else formats,
         grapheme_count,
         _is_link,
         trust_created_at=trust_created_at,
