@@ -668,9 +668,10 @@ KeyCheck = tuple[Callable[[str], bool], str]
 @functools.cache
 def record_key_check(collection: str) -> KeyCheck | None:
     """The record lexicon's key type as a check of the rkey (records/columns.py
-    calls it per record, after the record-key syntax): `tid`, `nsid` or
-    `literal:<value>`. None for key type `any` (the syntax is all it asks),
-    for a type the spec does not name, and without a bundled lexicon."""
+    calls it per record): `tid`, `nsid` or `literal:<value>`, each of which
+    accepts only valid record keys, so it stands in for the syntax check.
+    None for key type `any` (the syntax is all it asks), for a type the spec
+    does not name, and without a bundled lexicon."""
     main = load_lexicons().get(collection, {}).get("defs", {}).get("main", {})
     key = main.get("key") if main.get("type") == "record" else None
     if key in ("tid", "nsid"):
@@ -678,6 +679,8 @@ def record_key_check(collection: str) -> KeyCheck | None:
         return _FORMATS[key], f"is not {what} (the lexicon's key type is {key})"
     if isinstance(key, str) and key.startswith("literal:"):
         literal = key.removeprefix("literal:")
+        if not _FORMATS["record-key"](literal):  # the caller relies on it (columns.py)
+            raise ValueError(f"{collection}: key type {key!r} is not a valid record key")
         return literal.__eq__, f"is not {literal!r} (the lexicon's key type is {key})"
     return None
 
