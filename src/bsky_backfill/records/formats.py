@@ -1,7 +1,8 @@
 """The lexicon string-format checks: the C ones when they were built, else Python's.
 
 Where it sits: `records.validate` takes `FORMATS` (lexicon format name ->
-check) for both the generated validators and the explaining closures. The
+check) for both the generated validators and the explaining closures, and
+`records.columns` its `record-key` check for every record's key. The
 Python checks of `bsky_backfill.syntax` are the reference (`PYTHON`); the C
 module (records/_formats.c) answers the same on every string and is only
 faster: a scan where Python runs a regex. `NATIVE` says which is in use (the
