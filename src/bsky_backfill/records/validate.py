@@ -127,8 +127,7 @@ def _kind(value: Any) -> str:
 
 # --- string formats and graphemes --------------------------------------------
 
-# The C checks where built (records/formats.py); the regexes of `syntax` else.
-_FORMATS = FORMATS
+# FORMATS: the C checks where built (records/formats.py), else `syntax`'s regexes.
 _is_valid_cid = FORMATS["cid"]
 
 
@@ -319,7 +318,7 @@ class _Compiler:
 
     def _c_string(self, d: dict[str, Any], nsid: str) -> Check:
         fmt = d.get("format")
-        valid = None if fmt is None else _FORMATS.get(fmt)
+        valid = None if fmt is None else FORMATS.get(fmt)
         if fmt is not None and valid is None:
             raise ValueError(f"{nsid}: unknown string format {fmt!r}")
         max_bytes = d.get("maxLength")
@@ -480,7 +479,7 @@ def _fast_kind(d: dict[str, Any]) -> tuple[int, Any]:
     kind = d.get("type")
     if kind == "string" and not any(k in d for k in _LIMITS):
         fmt = d.get("format")
-        return (_STR, None) if fmt is None else (_FMT, _FORMATS.get(fmt))
+        return (_STR, None) if fmt is None else (_FMT, FORMATS.get(fmt))
     if kind == "integer" and not any(k in d for k in ("minimum", "maximum", "enum", "const")):
         return _INT, None
     if kind == "boolean" and "const" not in d:
@@ -611,7 +610,7 @@ def compile_pairs(
         docs,
         compiler.lookup,
         compiler.compile,
-        _FORMATS if formats is None else formats,
+        FORMATS if formats is None else formats,
         grapheme_count,
         _is_link,
         trust_created_at=trust_created_at,
@@ -676,10 +675,10 @@ def record_key_check(collection: str) -> KeyCheck | None:
     key = main.get("key") if main.get("type") == "record" else None
     if key in ("tid", "nsid"):
         what = "a TID" if key == "tid" else "an NSID"
-        return _FORMATS[key], f"is not {what} (the lexicon's key type is {key})"
+        return FORMATS[key], f"is not {what} (the lexicon's key type is {key})"
     if isinstance(key, str) and key.startswith("literal:"):
         literal = key.removeprefix("literal:")
-        if not _FORMATS["record-key"](literal):  # the caller relies on it (columns.py)
+        if not FORMATS["record-key"](literal):  # the caller relies on it (columns.py)
             raise ValueError(f"{collection}: key type {key!r} is not a valid record key")
         return literal.__eq__, f"is not {literal!r} (the lexicon's key type is {key})"
     return None
