@@ -10,7 +10,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 
 .PHONY: install install-runtime run test lint typecheck unit sanitize bench clean
 
-$(RUNTIME_STAMP): pyproject.toml setup.py src/bsky_backfill/repo/_native.c
+$(RUNTIME_STAMP): pyproject.toml setup.py src/bsky_backfill/repo/_native.c src/bsky_backfill/records/_formats.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip >/dev/null
 	$(BIN)/python -m pip install -e .
@@ -38,9 +38,10 @@ typecheck: install
 unit: install
 	$(BIN)/pytest -q -n 3
 
-# The C extension built with AddressSanitizer and UBSan (into build/asan, never
-# the installed copy) and its twin and fuzz tests run against it: an out-of-bounds
-# read or undefined behaviour on any generated or mutated CAR aborts the run.
+# The C extensions built with AddressSanitizer and UBSan (into build/asan, never
+# the installed copy) and their twin and fuzz tests run against them: an
+# out-of-bounds read or undefined behaviour on any generated or mutated CAR, or
+# on any fuzzed string a format check reads, aborts the run.
 ASAN_DIR := build/asan
 sanitize: install
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
@@ -52,7 +53,8 @@ sanitize: install
 		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		BSKY_BACKFILL_NATIVE_FROM=$(abspath $(ASAN_DIR)) \
-		$(BIN)/pytest -q -p no:cacheprovider tests/repo/test_native.py tests/repo/test_native_fuzz.py tests/repo/test_native_walk.py
+		$(BIN)/pytest -q -p no:cacheprovider tests/repo/test_native.py tests/repo/test_native_fuzz.py \
+		tests/repo/test_native_walk.py tests/records/test_formats_twin.py
 
 test: lint typecheck unit sanitize
 

@@ -1,9 +1,11 @@
-"""Build step for the one C extension; everything else is in pyproject.toml.
+"""Build step for the two C extensions; everything else is in pyproject.toml.
 
-`bsky_backfill.repo._native` (verification's per-block hashing loops, see
-src/bsky_backfill/repo/_native.c) is optional: without a C compiler or the
-OpenSSL headers the install still succeeds and the same checks run in Python
-(repo/native.py picks whichever is there), only slower.
+Both are optional: without a C compiler (or, for the first, the OpenSSL
+headers) the install still succeeds and the same checks run in Python, only
+slower. `bsky_backfill.repo._native` holds verification's per-block hashing
+loops (src/bsky_backfill/repo/_native.c; repo/native.py picks whichever is
+there); `bsky_backfill.records._formats` the lexicon string-format checks
+(src/bsky_backfill/records/_formats.c; records/formats.py picks).
 """
 
 from setuptools import Extension, setup
@@ -16,6 +18,12 @@ setup(
             libraries=["crypto"],
             extra_compile_args=["-O2"],
             optional=True,
-        )
+        ),
+        Extension(
+            "bsky_backfill.records._formats",
+            ["src/bsky_backfill/records/_formats.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
     ]
 )

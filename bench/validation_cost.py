@@ -9,10 +9,12 @@ lists). Each input is extracted `--rounds` times with `RecordFilter(validate=Tru
 and with `validate=False`, the two interleaved so drift on a shared machine hits
 both; the figure is the lowest process CPU time of each (time.process_time, so
 neighbours on the machine move it less than wall time); the validators'
-memories of valid values are emptied before every pass, so a pass meets its
-values for the first time, as a backfill does. Also printed: the
+memories of valid values (kept only with the Python format checks) are
+emptied before every pass, so a pass meets its values for the first time, as
+a backfill does. Also printed: the
 validators alone over the same decoded records (what validation adds per record,
-without the rest of the extraction). Ratio = validate / no-validate, same run.
+without the rest of the extraction), and whether the string-format checks are
+the C ones (records/formats.py). Ratio = validate / no-validate, same run.
 Not a test: numbers depend on the machine and what else runs on it.
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bsky_backfill.models import RecordFilter
+from bsky_backfill.records import formats
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS, KNOWN_COLLECTIONS
 from bsky_backfill.records.transform import extract_repo
 from bsky_backfill.records.validate import record_checks
@@ -98,6 +101,8 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    checks = "C (records/_formats.c)" if formats.NATIVE else "Python (syntax.py's regexes)"
+    print(f"string-format checks: {checks}")
     data = BSKY_APP.read_bytes()
     measure("bsky-app.car (real)", [(data, read_commit(read_car(data)).did)], args.rounds, 40)
     scenario = Scenario(seed=17, accounts=args.accounts, hosts=2, mean_records=200)

@@ -2,7 +2,8 @@
 
 Where it sits in the flow: the CLI validates user input with these (DIDs,
 NSIDs, `--since/--until`) before anything is written, and `records/` uses
-`RECORD_KEY_RE` and `datetime_value` on every record (the hot path). All
+`datetime_value` on every record (the hot path); the lexicon formats and the
+record key have C twins there (records/formats.py), tested equal. All
 patterns are compiled once at import; every check is a `fullmatch` (never `$`,
 which would accept a trailing newline) plus, where the spec needs it, a few
 cheap semantic checks. Rules follow the atproto specs and are driven by the

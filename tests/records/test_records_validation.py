@@ -2,8 +2,9 @@
 
 Repos are built with `repo.build` (a real MST over DAG-CBOR blocks), so the
 whole extract_repo path runs exactly as on a fetched CAR. These tests pin the
-checks made without lexicon validation (`--no-validate`); the last one shows
-what validation adds (tests/records/test_lexicon_validation.py has the rest).
+checks made without lexicon validation (`--no-validate`); the last ones show
+what validation adds, record keys of the lexicon's key type among it
+(tests/records/test_lexicon_validation.py has the rest).
 """
 
 from __future__ import annotations
@@ -201,9 +202,14 @@ def test_lexicon_validation_adds_dead_letters_that_keep_the_record(car: bytes) -
     added = {u: d for u, d in _letters(x.dead_letters).items() if u not in without}
     assert added == {
         f"{POST}/3aaaaaaaaaa27": ("validate", "InvalidRecord"),
+        f"{POST}/3aaaaaaaaaa28": ("validate", "InvalidRecord"),
         "app.bsky.feed.like/3aaaaaaaaac22": ("validate", "InvalidRecord"),
     }
     by_uri = {d.uri.partition(DID + "/")[2]: d for d in x.dead_letters if d.uri}
+    # '8' is not base32-sortable: a record key, but not the TID a post's lexicon asks.
+    assert by_uri[f"{POST}/3aaaaaaaaaa28"].message == (
+        "record key '3aaaaaaaaaa28' is not a TID (the lexicon's key type is tid)"
+    )
     like = by_uri["app.bsky.feed.like/3aaaaaaaaac22"]
     assert like.message == "subject: expected com.atproto.repo.strongRef, got string"
     assert like.cid == libipld.encode_cid(cid_for(RECORDS["app.bsky.feed.like/3aaaaaaaaac22"]))
@@ -215,3 +221,77 @@ def test_lexicon_validation_adds_dead_letters_that_keep_the_record(car: bytes) -
     assert (block.stage, block.record) == ("decode", "[1,2]")
     assert block.cid == libipld.encode_cid(cid_for([1, 2]))
     assert (by_uri[MISSING].cid, by_uri[MISSING].record) == (None, None)
+
+
+GENERATOR = {
+    "$type": "app.bsky.feed.generator",
+    "did": "did:web:feeds.example.com",
+    "displayName": "A feed",
+    "createdAt": T0,
+}
+SCHEMA = {"$type": "com.atproto.lexicon.schema", "lexicon": 1}
+PROFILE = {"$type": "app.bsky.actor.profile", "displayName": "A"}
+LIKE = {
+    "$type": "app.bsky.feed.like",
+    "subject": {
+        "uri": f"at://{DID}/{POST}/3aaaaaaaaaa22",
+        "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm",
+    },
+    "createdAt": T0,
+}
+KEYED: dict[str, tuple[dict[str, Any], str | None]] = {
+    # key type tid
+    "app.bsky.feed.like/3aaaaaaaaac22": (LIKE, None),
+    "app.bsky.feed.like/3kaaaaaaaac2z": (LIKE, None),
+    "app.bsky.feed.like/self": (
+        LIKE,
+        "record key 'self' is not a TID (the lexicon's key type is tid)",
+    ),
+    "app.bsky.feed.like/kaaaaaaaaac22": (LIKE, "is not a TID"),  # top bit set
+    "app.bsky.feed.like/3aaaaaaaaac2": (LIKE, "is not a TID"),  # 12 characters
+    "app.bsky.feed.like/3AAAAAAAAAC22": (LIKE, "is not a TID"),
+    # key type literal:self
+    "app.bsky.actor.profile/self": (PROFILE, None),
+    "app.bsky.actor.profile/3aaaaaaaaac22": (
+        PROFILE,
+        "record key '3aaaaaaaaac22' is not 'self' (the lexicon's key type is literal:self)",
+    ),
+    "app.bsky.actor.profile/Self": (PROFILE, "is not 'self'"),
+    # key type nsid
+    "com.atproto.lexicon.schema/app.bsky.feed.post": (SCHEMA, None),
+    "com.atproto.lexicon.schema/3aaaaaaaaac22": (
+        SCHEMA,
+        "record key '3aaaaaaaaac22' is not an NSID (the lexicon's key type is nsid)",
+    ),
+    "com.atproto.lexicon.schema/app.bsky": (SCHEMA, "is not an NSID"),
+    # key type any: every valid record key
+    "app.bsky.feed.generator/whats-hot": (GENERATOR, None),
+    "app.bsky.feed.generator/3aaaaaaaaac22": (GENERATOR, None),
+    "app.bsky.feed.generator/a:b~c_d.e": (GENERATOR, None),
+    # no lexicon: no key type
+    "net.example.thing/Self": ({"$type": "net.example.thing"}, None),
+    # not a record key at all: the syntax's message, key type or not
+    "app.bsky.feed.like/3aaaaaaaaa!22": (LIKE, "record key is not valid"),
+    "net.example.thing/a!b": ({"$type": "net.example.thing"}, "record key is not valid"),
+}
+SYNTAX_ONLY = {"app.bsky.feed.like/3aaaaaaaaa!22", "net.example.thing/a!b"}
+
+
+def test_record_keys_follow_the_lexicon_key_type() -> None:
+    """Each record lexicon names its key type (tid, literal:self, nsid, any): a
+    record under another key is invalid, with the rule in the message."""
+    car = build_repo(DID, {key: value for key, (value, _) in KEYED.items()})
+    wanted = frozenset(key.partition("/")[0] for key in KEYED)
+    x = extract_repo(car, DID, RecordFilter(wanted))
+    messages = {d.uri.partition(DID + "/")[2]: d.message for d in x.dead_letters if d.uri}
+    assert {d.stage for d in x.dead_letters} == {"validate"}
+    assert messages.keys() == {key for key, (_, why) in KEYED.items() if why is not None}
+    for key, (_, why) in KEYED.items():
+        if why is not None:
+            assert why in messages[key], (key, messages[key])
+    landed = {f"{c}/{k}" for c, t in x.tables.items() for k in t.column("rkey").to_pylist()}
+    assert landed == {key for key, (_, why) in KEYED.items() if why is None}
+    # --no-validate keeps only the record-key syntax.
+    unchecked = extract_repo(car, DID, RecordFilter(wanted, validate=False))
+    assert {d.uri.partition(DID + "/")[2] for d in unchecked.dead_letters} == SYNTAX_ONLY
+    assert sum(t.num_rows for t in unchecked.tables.values()) == len(KEYED) - len(SYNTAX_ONLY)

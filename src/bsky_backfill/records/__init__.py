@@ -5,4 +5,7 @@ columns.py    RecordColumns: validation rules + column accumulation (CAR and lis
 json.py       decoded DAG-CBOR -> atproto JSON ($link / $bytes)
 schema.py     the output schemas (contract columns) and the dead-letter table
 lexicon.py    constants read from the Lexicons (default collections, createdAt rules)
+validate.py   lexicon validation: bundled lexicons -> per-record checks (+ record-key types)
+validate_codegen.py  the generated fast path of those checks
+formats.py    the string-format checks: C (_formats.c) when built, else syntax.py's
 """

@@ -26,7 +26,8 @@ Rules (the `createdAt` window is [since, until)):
 
 * `$type` must equal the collection and the record key must be valid, else
   dead letter (stage validate, InvalidRecord).
-* Collections with a bundled lexicon (`records.validate`): the record must be
+* Collections with a bundled lexicon (`records.validate`): the record key must
+  be of the lexicon's key type (`tid`, `nsid`, `literal:self`) and the record
   valid under it (unless `RecordFilter.validate` is off, `--no-validate`),
   else dead letter with the path and rule in the message.
 * Every validate-stage dead letter keeps the record's `cid` and its JSON.
@@ -51,12 +52,13 @@ import pyarrow as pa
 
 from bsky_backfill.models import DeadLetter, RecordFilter
 from bsky_backfill.records.datamodel import has_float as _has_float
+from bsky_backfill.records.formats import FORMATS
 from bsky_backfill.records.json import RecordEncodeError, encode_default, to_json
 from bsky_backfill.records.lexicon import CREATED_AT_REQUIRED, window_applies
 from bsky_backfill.records.schema import TIMESTAMP, schema_for
-from bsky_backfill.records.validate import Validator, record_checks
+from bsky_backfill.records.validate import Validator, record_checks, record_key_check
 from bsky_backfill.records.validate_codegen import FastCheck
-from bsky_backfill.syntax import RECORD_KEY_RE, datetime_micros, datetime_value
+from bsky_backfill.syntax import datetime_micros, datetime_value
 
 __all__ = ["RecordColumns"]
 
@@ -65,7 +67,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _N_COMMON = 7
 _dumps = orjson.dumps
 _SORT_KEYS = orjson.OPT_SORT_KEYS  # same text from a CAR and from listRecords
-_rkey_ok = RECORD_KEY_RE.fullmatch
+_rkey_ok = FORMATS["record-key"]  # C where built: ~20 ns a key against ~140 for the regex
 
 # --- typed columns, one extractor per collection family -----------------------
 # Each appends exactly one value to each of its lists, None when the field is
@@ -239,6 +241,8 @@ class _Collection:
         "explain",
         "extract",
         "extras",
+        "key_ok",
+        "key_rule",
         "name",
         "prefix",
         "required",
@@ -258,6 +262,9 @@ class _Collection:
         checks = record_checks(name, trust_created_at=True) if validate else None
         self.validator: FastCheck | None = None if checks is None else checks[0]
         self.explain: Validator | None = None if checks is None else checks[1]
+        key = record_key_check(name) if validate else None
+        self.key_ok: Callable[[str], bool] | None = None if key is None else key[0]
+        self.key_rule = "" if key is None else key[1]
         self.extras: tuple[list[Any], ...] = tuple([] for _ in range(len(self.schema) - _N_COMMON))
 
 
@@ -351,8 +358,17 @@ class RecordColumns:
                 message = f"$type is {rtype!r:.100}, expected the collection"
                 invalid(collection, rkey, message, cid, record)
                 continue
-            if _rkey_ok(rkey) is None:
-                invalid(collection, rkey, "record key is not valid", cid, record)
+            key_ok = cols.key_ok
+            if key_ok is None:
+                if not _rkey_ok(rkey):
+                    invalid(collection, rkey, "record key is not valid", cid, record)
+                    continue
+            elif not key_ok(rkey):  # the lexicon's key type implies the syntax
+                if _rkey_ok(rkey):
+                    message = f"record key {rkey!r} {cols.key_rule}"
+                else:
+                    message = "record key is not valid"
+                invalid(collection, rkey, message, cid, record)
                 continue
             created = record.get("createdAt")
             when = datetime_value(created) if created.__class__ is str else None

@@ -33,13 +33,15 @@ Other pre-lexicon shapes (2023 follows with `subject: {did, declarationCid}`,
 
 Rules checked: required properties, nullable, types (an int is never a bool),
 `$type` of union members (closed unions refuse unknown types; open unions
-accept them unchecked), refs, string formats (via `bsky_backfill.syntax`, the
-functions the interop vectors test), `minLength`/`maxLength` (UTF-8 bytes),
-`minGraphemes`/`maxGraphemes`, `enum`/`const`, array `minLength`/`maxLength`,
-integer `minimum`/`maximum`/`enum`/`const`, byte-string lengths, `unknown`
-(must be a map) and the blob shape. `knownValues`, blob `accept`/`maxSize`
-and the record-key type are not enforced (the reference validator does not
-enforce them when reading records either).
+accept them unchecked), refs, string formats (`records.formats`: the C twins
+of `bsky_backfill.syntax`'s checks, which the interop vectors test),
+`minLength`/`maxLength` (UTF-8 bytes), `minGraphemes`/`maxGraphemes`,
+`enum`/`const`, array `minLength`/`maxLength`, integer
+`minimum`/`maximum`/`enum`/`const`, byte-string lengths, `unknown` (must be
+a map), the blob shape, `accept` and `maxSize`. `knownValues` are not
+enforced: the spec makes them open (a value the lexicon does not list is
+allowed). The lexicon's record-key type (`tid`, `nsid`, `literal:self`) is
+`record_key_check`, which records/columns.py applies to the rkey.
 """
 
 from __future__ import annotations
@@ -53,12 +55,13 @@ from typing import Any
 
 import libipld
 
-from bsky_backfill import syntax
+from bsky_backfill.records.formats import FORMATS
 from bsky_backfill.records.validate_codegen import FastCheck, generate
 
 __all__ = [
     "LEXICON_VERSION",
     "Invalid",
+    "KeyCheck",
     "Validator",
     "compile_pairs",
     "compile_records",
@@ -66,6 +69,7 @@ __all__ = [
     "known_record_types",
     "load_lexicons",
     "record_checks",
+    "record_key_check",
     "validator_for",
 ]
 
@@ -123,19 +127,8 @@ def _kind(value: Any) -> str:
 
 # --- string formats and graphemes --------------------------------------------
 
-_FORMATS: dict[str, Callable[[str], bool]] = {
-    "at-identifier": syntax.is_valid_at_identifier,
-    "at-uri": syntax.is_valid_at_uri,
-    "cid": syntax.is_valid_cid,
-    "datetime": syntax.is_valid_datetime,
-    "did": syntax.is_valid_did,
-    "handle": syntax.is_valid_handle,
-    "language": syntax.is_valid_language,
-    "nsid": syntax.is_valid_nsid,
-    "record-key": syntax.is_valid_record_key,
-    "tid": syntax.is_valid_tid,
-    "uri": syntax.is_valid_uri,
-}
+# FORMATS: the C checks where built (records/formats.py), else `syntax`'s regexes.
+_is_valid_cid = FORMATS["cid"]
 
 
 def _extends(ch: str) -> bool:
@@ -325,7 +318,7 @@ class _Compiler:
 
     def _c_string(self, d: dict[str, Any], nsid: str) -> Check:
         fmt = d.get("format")
-        valid = None if fmt is None else _FORMATS.get(fmt)
+        valid = None if fmt is None else FORMATS.get(fmt)
         if fmt is not None and valid is None:
             raise ValueError(f"{nsid}: unknown string format {fmt!r}")
         max_bytes = d.get("maxLength")
@@ -486,7 +479,7 @@ def _fast_kind(d: dict[str, Any]) -> tuple[int, Any]:
     kind = d.get("type")
     if kind == "string" and not any(k in d for k in _LIMITS):
         fmt = d.get("format")
-        return (_STR, None) if fmt is None else (_FMT, _FORMATS.get(fmt))
+        return (_STR, None) if fmt is None else (_FMT, FORMATS.get(fmt))
     if kind == "integer" and not any(k in d for k in ("minimum", "maximum", "enum", "const")):
         return _INT, None
     if kind == "boolean" and "const" not in d:
@@ -517,7 +510,7 @@ def _is_link(value: Any) -> bool:
         return True
     if value.__class__ is dict and len(value) == 1:
         link = value.get("$link")
-        return link.__class__ is str and syntax.is_valid_cid(link)
+        return link.__class__ is str and _is_valid_cid(link)
     return False
 
 
@@ -539,7 +532,7 @@ def _check_blob(value: Any) -> Invalid | None:
             return Invalid("blob size is missing or not a non-negative integer")
         return None
     cid = value.get("cid")
-    if "$type" not in value and cid.__class__ is str and syntax.is_valid_cid(cid):
+    if "$type" not in value and cid.__class__ is str and _is_valid_cid(cid):
         return None  # the legacy 2023 blob: {"cid": "...", "mimeType": "..."}
     return Invalid(f"expected a blob, got {_kind(value)}")
 
@@ -601,15 +594,23 @@ def compile_records(
 
 
 def compile_pairs(
-    docs: dict[str, dict[str, Any]], *, trust_created_at: bool = False
+    docs: dict[str, dict[str, Any]],
+    *,
+    trust_created_at: bool = False,
+    formats: dict[str, Callable[[str], bool]] | None = None,
 ) -> dict[str, tuple[FastCheck, Check]]:
-    """NSID -> (generated valid/invalid check, explaining closure) per record type."""
+    """NSID -> (generated valid/invalid check, explaining closure) per record type.
+
+    `formats`: the string-format checks of the generated code (default: the
+    ones in use); tests pass `records.formats.PYTHON` to cover the code
+    generated for a machine without the C checks.
+    """
     compiler = _Compiler(docs, trust_created_at=trust_created_at)
     fast = generate(
         docs,
         compiler.lookup,
         compiler.compile,
-        _FORMATS,
+        FORMATS if formats is None else formats,
         grapheme_count,
         _is_link,
         trust_created_at=trust_created_at,
@@ -657,6 +658,30 @@ def record_checks(
     """The hot path's form of `validator_for`: (is it valid?, why not?) as two
     functions, so a valid record costs one call; None without a bundled lexicon."""
     return _bundled_pairs(trust_created_at).get(collection)
+
+
+KeyCheck = tuple[Callable[[str], bool], str]
+"""(does a record key fit, the rule it broke as a dead letter's message suffix)."""
+
+
+@functools.cache
+def record_key_check(collection: str) -> KeyCheck | None:
+    """The record lexicon's key type as a check of the rkey (records/columns.py
+    calls it per record): `tid`, `nsid` or `literal:<value>`, each of which
+    accepts only valid record keys, so it stands in for the syntax check.
+    None for key type `any` (the syntax is all it asks), for a type the spec
+    does not name, and without a bundled lexicon."""
+    main = load_lexicons().get(collection, {}).get("defs", {}).get("main", {})
+    key = main.get("key") if main.get("type") == "record" else None
+    if key in ("tid", "nsid"):
+        what = "a TID" if key == "tid" else "an NSID"
+        return FORMATS[key], f"is not {what} (the lexicon's key type is {key})"
+    if isinstance(key, str) and key.startswith("literal:"):
+        literal = key.removeprefix("literal:")
+        if not FORMATS["record-key"](literal):  # the caller relies on it (columns.py)
+            raise ValueError(f"{collection}: key type {key!r} is not a valid record key")
+        return literal.__eq__, f"is not {literal!r} (the lexicon's key type is {key})"
+    return None
 
 
 def validator_for(collection: str, *, trust_created_at: bool = False) -> Validator | None:

@@ -12,10 +12,12 @@ Why generated code: a closure per definition costs a Python call per field
 and per nesting level (a post's validation was ~40 % of its extraction); the
 generated function is straight-line code with objects, arrays, unions and
 refs inlined (a recursive ref becomes a call), so the remaining calls are the
-string-format checks. Those are memoised: a value that passed once (a DID, a
-language, a repeated subject) is a set lookup afterwards, and the common
-AT-URI shape (`at://did:plc:.../nsid/rkey`) is one precompiled regex before
-the full check. Blobs, byte strings, CID links and `unknown` (rare) call the
+string-format checks. Where the C checks were built (records/formats.py)
+each is one call, cheaper than anything put in front of it. Without them
+the regex checks are memoised: a value that passed once (a DID, a language,
+a repeated subject) is a set lookup afterwards, and the common AT-URI shape
+(`at://did:plc:.../nsid/rkey`) is one precompiled regex before the full
+check. Blobs, byte strings, CID links and `unknown` (rare) call the
 explaining checks directly.
 """
 
@@ -81,6 +83,8 @@ def _memo(valid: Callable[[str], bool]) -> tuple[set[str], Any]:
     return seen, check
 
 
+_BUILTIN = type(len)
+
 _MAX_INLINE_DEPTH = 8
 
 # CIDv1 of a sha2-256 digest (36 bytes), dag-cbor or raw codec: what a PDS
@@ -129,7 +133,11 @@ class _Generator:
         known = self.formats.get(fmt)
         if known is None:
             valid = self.valid_formats[fmt]
-            if fmt in _MEMOISED:
+            if valid.__class__ is _BUILTIN:
+                # A C check (records/_formats.c) costs less than a set lookup
+                # of a fresh string (its hash) plus the add: no memory.
+                known = ("", self.const(valid, "F"))
+            elif fmt in _MEMOISED:
                 seen, check = _memo(valid)
                 known = ("{v} not in " + self.const(seen, "S"), self.const(check, "F"))
             elif fmt in _COMMON:
