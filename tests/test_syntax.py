@@ -75,6 +75,19 @@ def test_datetime_full_validity() -> None:
         assert syntax.parse_datetime(ln) is None, ln
 
 
+def test_datetime_offsets_are_rfc3339_numoffsets() -> None:
+    """An offset is 00-23 hours and 00-59 minutes: `fromisoformat` alone would add up
+    "+05:99" into a valid-looking instant; both the hot and the exact path refuse it."""
+    for offset in ("+05:60", "+05:99", "-01:75", "+24:00", "+99:00"):
+        value = f"2024-03-01T12:00:00{offset}"
+        assert not syntax.is_valid_datetime(value), value
+        assert syntax.datetime_micros(value) is None, value
+    for offset in ("+23:59", "-23:59", "+05:30", "+00:00"):
+        value = f"2024-03-01T12:00:00{offset}"
+        assert syntax.is_valid_datetime(value), value
+        assert syntax.datetime_micros(value) is not None, value
+
+
 def test_parse_datetime_values() -> None:
     for ln in _lines("datetime_syntax_valid.txt"):
         parsed = syntax.parse_datetime(ln)

@@ -256,11 +256,12 @@ _DT_STRICT = re.compile(
     r"T([01][0-9]|2[0-3]):([0-5][0-9]):([0-5][0-9])(?:\.([0-9]{1,20}))?"
     r"(?:Z|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))"
 )
-# The hot-path shape: as _DT_SYNTAX, but hours 00-23 and no "-00:00" offset, so
-# that `fromisoformat` alone settles the rest (and Python versions agree).
+# The hot-path shape: as _DT_SYNTAX, but hours 00-23, an offset of 00-23 hours and
+# 00-59 minutes (RFC 3339's time-numoffset; `fromisoformat` would add up "+05:99")
+# and no "-00:00", so that `fromisoformat` alone settles the rest.
 _DT_SHAPE = re.compile(
     r"\d\d\d\d-\d\d-\d\dT(?:[01]\d|2[0-3]):\d\d:\d\d(?:\.\d{1,20})?"
-    r"(?:Z|(?!-00:00)[+-]\d\d:\d\d)",
+    r"(?:Z|(?!-00:00)[+-](?:[01]\d|2[0-3]):[0-5]\d)",
     re.ASCII,
 )
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)

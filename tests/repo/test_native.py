@@ -44,14 +44,15 @@ def test_the_pure_python_switch_turns_every_loop_off() -> None:
     """`BSKY_BACKFILL_PURE_PYTHON` (the whole-pipeline test runs with it) really
     leaves every C function unused, in a fresh interpreter as a run starts one."""
     code = (
-        "from bsky_backfill.repo import native as n; "
-        "print(n.NATIVE, n.mismatched, n.frame_index, n.off_layer, n.has_float, n.walk_leaves)"
+        "from bsky_backfill.repo import native as n; from bsky_backfill.records import formats; "
+        "print(n.NATIVE, n.mismatched, n.frame_index, n.off_layer, n.has_float, n.walk_leaves, "
+        "formats.NATIVE, formats.FORMATS == formats.PYTHON)"
     )
     env = {**os.environ, native.PURE_PYTHON_ENV: "1"}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    assert out.stdout.split() == ["False", "None", "None", "None", "None", "None"]
+    assert out.stdout.split() == ["False", "None", "None", "None", "None", "None", "False", "True"]
 
 
 def test_the_sanitized_build_is_the_one_loaded() -> None:

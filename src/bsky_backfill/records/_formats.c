@@ -235,12 +235,10 @@ static long long days_from_civil(int y, int m, int d) {
 
 /* syntax.is_valid_datetime: the shape
  *   YYYY-MM-DDTHH:MM:SS[.f{1,20}](Z|+HH:MM|-HH:MM), hours 00-23, not -00:00,
- * then real calendar values. The reference decides the values in two steps
- * (datetime.fromisoformat, then its exact path for what that refuses), and
- * this follows the union of the two: for years 0001 and later an offset is
- * valid when under 24 hours, whatever its minute digits (fromisoformat adds
- * them up); year 0000 needs offset minutes 00-59 and an instant not before
- * 0000-01-01T00:00:00Z. */
+ * then real calendar values, an offset of 00-23 hours and 00-59 minutes (RFC
+ * 3339's time-numoffset), and for year 0000 an instant not before
+ * 0000-01-01T00:00:00Z (the reference's exact path; later years are all
+ * within range whatever the offset). */
 static int datetime_ok(const unsigned char *p, Py_ssize_t n) {
     int year, month, day, hour, minute, second, oh = 0, om = 0;
     if (n < 20) return 0;
@@ -269,8 +267,8 @@ static int datetime_ok(const unsigned char *p, Py_ssize_t n) {
     if (hour > 23 || minute > 59 || second > 59 || month < 1 || month > 12 || day < 1) return 0;
     static const int dim[13] = {0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     if (day > (month == 2 && is_leap(year) ? 29 : dim[month])) return 0;
-    if (year >= 1) return oh * 60 + om < 24 * 60;
     if (oh > 23 || om > 59) return 0;
+    if (year >= 1) return 1;
     long long secs = days_from_civil(year, month, day) * 86400LL + hour * 3600 + minute * 60 +
                      second;
     long long offset = oh * 3600LL + om * 60LL;

@@ -11,9 +11,11 @@ benchmark prints it; tests compare both on the same inputs).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from bsky_backfill import syntax
+from bsky_backfill.repo.native import PURE_PYTHON_ENV
 
 __all__ = ["FORMATS", "NATIVE", "PYTHON"]
 
@@ -36,8 +38,10 @@ FORMATS: dict[str, Callable[[str], bool]]
 """The checks in use: C where built, else `PYTHON`."""
 
 try:
+    if os.environ.get(PURE_PYTHON_ENV):  # a whole run on the reference checks
+        raise ImportError(PURE_PYTHON_ENV)
     from bsky_backfill.records import _formats  # type: ignore[attr-defined]
-except ImportError:  # not built (no C compiler): the regex checks
+except ImportError:  # not built (no C compiler), or switched off: the regex checks
     FORMATS = dict(PYTHON)
     NATIVE = False
 else:
