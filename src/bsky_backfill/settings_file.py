@@ -128,6 +128,13 @@ def merge_options(
 ) -> dict[str, Any]:
     """Lay file, environment and command line over each other: flag > env > file > default.
 
+    Why not click's `default_map` + `auto_envvar_prefix`: click would name the
+    variables after the command (`BSKY_BACKFILL_RUN_RATE_LIMIT`, where the contract
+    says `BSKY_BACKFILL_RATE_LIMIT`), parse a list variable by splitting on spaces,
+    and word a bad value as a bad flag; here every layer is checked by the model
+    (`RunFileOptions`) and an error names the file key or the variable. click's own
+    `get_parameter_source` still tells which flags were given.
+
     `cli_opts` is click's dict for `run` (parameter names as keys); `explicitly_set`
     the parameter names given on the command line, which the CLI computes as
 
