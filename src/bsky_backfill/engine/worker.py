@@ -138,7 +138,7 @@ class RepoWorker:
                 extra={"host": slot.host, "did": task.did},
             )
             run.count_rows(extract)
-            run._maybe_commit()
+            run.commits.maybe_commit()
         except TerminalError as e:
             slot.failed += 1
             log.info(
@@ -314,7 +314,7 @@ class RepoWorker:
         if not self.run.land_partial(part, [(key, value)]):
             raise RepoInvalid("the dataset writer failed", code="InternalError")
         self.run.count_rows(part)
-        self.run._maybe_commit()
+        self.run.commits.maybe_commit()
 
     async def _refresh(self, slot: HostSlot, task: RepoTask) -> tuple[RepoExtract, RepoTask] | None:
         """What changed since the last landed revision (engine/refresh.py), and the
