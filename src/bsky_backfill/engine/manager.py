@@ -72,7 +72,14 @@ from bsky_backfill.records.collections import collection_warnings, empty_collect
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.sinks.parquet import CommitSummary, DatasetWriter, SinkConfig
 from bsky_backfill.sinks.provenance import file_metadata
-from bsky_backfill.state.base import Account, RepoDone, RepoState, StateStore, StatusReport
+from bsky_backfill.state.base import (
+    Account,
+    Identity,
+    RepoDone,
+    RepoState,
+    StateStore,
+    StatusReport,
+)
 from bsky_backfill.state.open import open_store, store_exists
 from bsky_backfill.state.runlock import RunLock, check_state_present
 from bsky_backfill.xrpc.breaker import BreakerBoard
@@ -146,7 +153,7 @@ class Backfill:
         self.slots: dict[str, HostSlot] = self.scheduler.slots
         # The writer's thread (landing.py): every sink operation runs there, in order.
         self.lane = SinkLane()
-        self.unexpected = UnexpectedErrors()
+        self.bugs = UnexpectedErrors()
         # Every file this run writes says which version and filters made it.
         self.file_metadata = file_metadata(
             sorted(settings.collections), settings.since, settings.until, settings.method
@@ -359,7 +366,7 @@ class Backfill:
             )  # fmt: skip
             resolve = ResolveLoop(
                 self.settings, store, self.client, self.resolver, self.handles,
-                self.breakers, commits, self.flow, self.unexpected,
+                self.breakers, commits, self.flow, self.bugs,
             )  # fmt: skip
             loops.append(asyncio.create_task(source.run(), name="source"))
             loops.append(asyncio.create_task(resolve.run(), name="resolve"))
@@ -383,36 +390,63 @@ class Backfill:
         for tick in self.on_tick:
             tick(self)
 
-    # -- what the per-repo work reports (worker.py) ------------------------------------
-    def wake(self) -> None:
-        self.flow.wake()
-
+    # -- RepoOutcomes: what the per-repo work reports (worker.py) -----------------------
     def land(
         self, extract: RepoExtract, done: RepoDone, cursors: list[tuple[str, str | None]]
     ) -> bool:
-        """A finished repo into the open batch (done at the next commit)."""
-        return self.commits.land(extract, done, cursors)
+        if not self.commits.land(extract, done, cursors):
+            return False
+        self.stats.repos_done += 1
+        self._count_rows(extract)
+        self.commits.maybe_commit()
+        return True
 
     def land_partial(self, extract: RepoExtract, cursors: list[tuple[str, str | None]]) -> bool:
-        """Part of a repo still being fetched (list mode) into the open batch."""
-        return self.commits.land_partial(extract, cursors)
+        if not self.commits.land_partial(extract, cursors):
+            return False
+        self._count_rows(extract)
+        self.commits.maybe_commit()
+        return True
 
-    def count_rows(self, extract: RepoExtract) -> None:
-        """Live counters for rows handed to the sink (the dataset counts at commit)."""
-        self.count({c: t.num_rows for c, t in extract.tables.items()}, extract.dead_letters)
+    def landed_alone(self, summary: CommitSummary) -> None:
+        self.stats.repos_done += 1
+        for hook in self.on_commit:
+            hook(summary)
 
     def count(self, rows: Mapping[str, int], dead_letters: Iterable[DeadLetter]) -> None:
-        """`count_rows` for rows counted by collection (parts encoded elsewhere)."""
         for collection, n in rows.items():
             self.stats.records[collection] += n
         for letter in dead_letters:
             self.stats.dead_letters[letter.error] += 1
 
-    def fail_repo(self, did: str, error: TerminalError, account: Account | None = None) -> None:
+    def _count_rows(self, extract: RepoExtract) -> None:
+        """Live counters for rows handed to the sink (the dataset counts at commit)."""
+        self.count({c: t.num_rows for c, t in extract.tables.items()}, extract.dead_letters)
+
+    def fail(self, did: str, error: TerminalError, account: Account | None) -> None:
         self.commits.dead_letter(did, error.stage, error.code, error.message, account)
 
-    def log_unexpected(self, error: BaseException, did: str, where: str) -> None:
-        self.unexpected.log(error, did, where)
+    def retry(
+        self, did: str, attempts: int, when: dt.datetime, why: str, *, held: bool = False
+    ) -> None:
+        if held:
+            self.stats.repos_held += 1
+        else:
+            self.stats.repos_retried += 1
+        self.store.retry_later(did, attempts, when, why)
+
+    def unexpected(self, error: BaseException, did: str, where: str) -> None:
+        self.bugs.log(error, did, where)
+
+    def decoded(self, seconds: float) -> None:
+        for hook in self.on_decode:
+            hook(seconds)
+
+    async def resolve(self, did: str) -> Identity:
+        return await self.resolver.resolve(did)
+
+    def wake(self) -> None:
+        self.flow.wake()
 
     # -- the summary ----------------------------------------------------------------------
     def _summary(self, store: StateStore) -> RunSummary:
