@@ -1,6 +1,6 @@
 """The open batch, from the event loop's side: adds, dead letters, commits, refusals.
 
-Where it sits: between the loops that finish repos (worker.py, and the source
+Where it sits: between the loops that finish repos (repo_task.py, and the source
 and resolver loops for repos that fail before they are claimed) and the
 dataset writer's thread (landing.py). Every sink operation is *submitted* to
 that thread in order; its outcome comes back here, on the loop:

@@ -3,7 +3,7 @@
 Where it sits: created by the run (manager.py) and handed to each loop. The
 source loop (source_loop.py) and the resolver (resolve_loop.py) wake the
 scheduler (scheduler.py) when they have stored new work and say when they are
-done; a finishing repo (worker.py) wakes it too, so a freed slot is refilled
+done; a finishing repo (repo_task.py) wakes it too, so a freed slot is refilled
 at once instead of at the next timer. All of it lives on the event loop's
 thread.
 """

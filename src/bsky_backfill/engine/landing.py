@@ -1,6 +1,6 @@
 """The dataset writer's own thread: every sink operation off the event loop, in order.
 
-Where it sits: between the engine (manager.py, worker.py) and its
+Where it sits: between the engine (manager.py, repo_task.py) and its
 `sinks.parquet.DatasetWriter`. Handing a finished repo to the writer encodes
 Parquet (CPU), and a commit closes files, fsyncs them, runs the store's commit
 transaction and renames (disk, and on `s3://` network round trips). On the

@@ -7,7 +7,7 @@ resolvers), wires the stages, and reports a `RunSummary`:
     DidSource ──enqueue──▶ StateStore ◀──claim per host── Scheduler
      (source_loop.py)          ▲                          (scheduler.py)
                                │                              │
-          resolve (resolve_loop.py)              HostSlot tasks (worker.py)
+          resolve (resolve_loop.py)              HostSlot tasks (repo_task.py)
                                                               │
                 Commits ──▶ DatasetWriter.commit ◀── land ────┘
               (commits.py)  (files + repo states in one transaction)
@@ -22,7 +22,7 @@ writer (adds, commits, recovery) runs on the writer's own thread, in order
 the leader also starts followers and takes over what dead ones left
 (takeover.py).
 
-The per-repo work (worker.py) sees the run only through `RepoOutcomes`, which
+The per-repo work (repo_task.py) sees the run only through `RepoOutcomes`, which
 `Backfill` implements: where a repo's outcome goes, and what it may read.
 
 Long runs: a run holds its `--out` (state/runlock.py) and refuses a dataset
@@ -49,10 +49,12 @@ from typing import cast
 
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.commits import Commits, recover_sink
-from bsky_backfill.engine.cpu import Extractor
+from bsky_backfill.engine.decode_pool import Extractor
 from bsky_backfill.engine.flow import Flow
-from bsky_backfill.engine.helpers import HelperPool
 from bsky_backfill.engine.landing import SinkLane
+from bsky_backfill.engine.part_pool import HelperPool
+from bsky_backfill.engine.processes import Role
+from bsky_backfill.engine.repo_task import RepoWorker
 from bsky_backfill.engine.resolve_loop import ResolveLoop
 from bsky_backfill.engine.retry_failed import reopen_failed
 from bsky_backfill.engine.scheduler import Scheduler
@@ -61,8 +63,6 @@ from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.engine.stats import RunStats
 from bsky_backfill.engine.takeover import INTAKE, Peers
 from bsky_backfill.engine.unexpected import UnexpectedErrors
-from bsky_backfill.engine.worker import RepoWorker
-from bsky_backfill.engine.workers import Role
 from bsky_backfill.errors import TerminalError, UsageError
 from bsky_backfill.identity.dns import TxtLookup, parse_server, system_nameserver, udp_txt_lookup
 from bsky_backfill.identity.handle import HandleResolver
@@ -241,7 +241,7 @@ class Backfill:
             self._records_before = dict(before.records_by_collection)
             extractor = Extractor()
             # Big repos' parts spread over the cores the user gave: this process and
-            # N-1 helper processes (helpers.py).
+            # N-1 helper processes (part_pool.py).
             helpers = HelperPool(settings.workers - 1) if settings.workers > 1 else None
             spool = SpoolDir.open(spool_root(settings.out, settings.state_path.parent))
             try:
@@ -390,7 +390,7 @@ class Backfill:
         for tick in self.on_tick:
             tick(self)
 
-    # -- RepoOutcomes: what the per-repo work reports (worker.py) -----------------------
+    # -- RepoOutcomes: what the per-repo work reports (repo_task.py) -----------------------
     def land(
         self, extract: RepoExtract, done: RepoDone, cursors: list[tuple[str, str | None]]
     ) -> bool:

@@ -5,7 +5,7 @@ Where it sits: stage 3 of the run (manager.py), after the source loop
 their host. Each host has a `HostSlot` (xrpc/slot.py: its concurrency, its
 request rate, its circuit breaker); the scheduler claims from the store, per
 host, as many due repos as the slot has room for, and runs each in a task
-(`RepoWorker.process`, worker.py). A slow or throttled host only ever holds
+(`RepoWorker.process`, repo_task.py). A slow or throttled host only ever holds
 its own capacity; `--max-active-hosts` bounds how many hosts are worked at once.
 
 A paused host (its breaker open) gets nothing but, once its pause is over, one

@@ -1,6 +1,6 @@
 """`--workers N`: one run's processes, seen from one of them; and taking over orphans.
 
-Where it sits: the run (manager.py) starts its followers here (workers.py
+Where it sits: the run (manager.py) starts its followers here (processes.py
 spawns them) and waits for them at its end; the scheduler (scheduler.py) asks
 here, whenever it has nothing to claim, whether work held by another process
 can still come back, and takes orphans over when their owner is gone:
@@ -29,8 +29,8 @@ from multiprocessing.process import BaseProcess
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.commits import Commits, recover_sink
 from bsky_backfill.engine.flow import Flow
+from bsky_backfill.engine.processes import Role, join_followers, spawn_followers, stop_followers
 from bsky_backfill.engine.stats import RunStats
-from bsky_backfill.engine.workers import Role, join_followers, spawn_followers, stop_followers
 from bsky_backfill.state.base import RepoState, StateStore
 
 log = logging.getLogger("bsky_backfill")

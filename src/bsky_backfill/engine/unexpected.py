@@ -1,7 +1,7 @@
 """Exceptions outside the error tree (a bug, an unmapped library error), logged once.
 
 Where it sits: the resolver (resolve_loop.py) and the per-repo task
-(worker.py) retry such an exception like a transient error; before they do,
+(repo_task.py) retry such an exception like a transient error; before they do,
 they report it here, so a bug that hits every repo logs its traceback once per
 place it comes from and one line each time after.
 """

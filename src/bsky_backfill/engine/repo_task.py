@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Protocol
 
 from bsky_backfill.config import RunSettings
-from bsky_backfill.engine.cpu import Extractor
-from bsky_backfill.engine.helpers import HelperPool
-from bsky_backfill.engine.listing import ListFetcher
+from bsky_backfill.engine.decode_pool import Extractor
+from bsky_backfill.engine.list_fetch import ListFetcher
+from bsky_backfill.engine.part_pool import HelperPool
 from bsky_backfill.engine.refresh import LandedIndex, NeedsWholeRepo, refresh_diff
 from bsky_backfill.errors import RepoInvalid, TerminalError, TransientError
 from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
