@@ -1,7 +1,9 @@
 """The work on one repo: fetch, extract, hand to the sink; or retry, or dead-letter.
 
-Where it sits: the scheduler (manager.py) claims a repo for a host and runs
-`RepoWorker.process` in that host's slot. The repo ends in exactly one of:
+Where it sits: the scheduler (scheduler.py) claims a repo for a host and runs
+`RepoWorker.process` in that host's slot; what comes of the repo goes back to
+the run through `RepoOutcomes` (manager.py implements it). The repo ends in
+exactly one of:
   - added to the sink's open batch (done at the next commit);
   - back to pending with a retry time (a transient error, or any exception we
     did not map: a bug is not the repo's fault), unless both of its budgets
@@ -460,9 +462,6 @@ class RepoWorker:
             body.discard()
             with contextlib.suppress(OSError):
                 os.unlink(path)
-
-    async def _fetch(self, slot: HostSlot, task: RepoTask, since: str | None = None) -> bytes:
-        return await self._read(await self._fetch_body(slot, task, since))
 
     async def _fetch_body(self, slot: HostSlot, task: RepoTask, since: str | None = None) -> Body:
         return await through_rate_limits(
