@@ -39,10 +39,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 import signal
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
@@ -50,6 +48,7 @@ from typing import cast
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.commits import Commits, recover_sink
 from bsky_backfill.engine.decode_pool import Extractor
+from bsky_backfill.engine.filters import check_filters
 from bsky_backfill.engine.flow import Flow
 from bsky_backfill.engine.landing import SinkLane
 from bsky_backfill.engine.part_pool import HelperPool
@@ -63,7 +62,7 @@ from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.engine.stats import RunStats
 from bsky_backfill.engine.takeover import INTAKE, Peers
 from bsky_backfill.engine.unexpected import UnexpectedErrors
-from bsky_backfill.errors import TerminalError, UsageError
+from bsky_backfill.errors import TerminalError
 from bsky_backfill.identity.dns import TxtLookup, parse_server, system_nameserver, udp_txt_lookup
 from bsky_backfill.identity.handle import HandleResolver
 from bsky_backfill.identity.resolver import DidResolver, host_key
@@ -199,7 +198,8 @@ class Backfill:
                 # A typo in --collections lands nothing of it: say so before any work.
                 for line in collection_warnings(settings.collections):
                     log.warning("%s", line)
-                self._check_settings(store)
+                # A refresh that names no filters takes the dataset's own.
+                self.settings = check_filters(self.settings, store)
                 settings = self.settings  # a refresh may take the dataset's filters
                 recovered = store.recover()
                 if recovered:
@@ -323,37 +323,6 @@ class Backfill:
     def _operator_hosts(self) -> list[str]:
         """The endpoints the operator named: a shorter budget while they never answered."""
         return [host_key(url) for url in operator_hosts(self.settings)]
-
-    def _check_settings(self, store: StateStore) -> None:
-        """A dataset holds one filter; resuming with another would mix two datasets."""
-        settings = self.settings
-        fingerprint = json.dumps(
-            {
-                "collections": sorted(settings.collections),
-                "since": settings.since.isoformat() if settings.since else None,
-                "until": settings.until.isoformat() if settings.until else None,
-                "method": settings.method,
-            },
-            sort_keys=True,
-        )
-        existing = store.get_meta("filter")
-        if existing is None:
-            store.set_meta("filter", fingerprint)
-        elif existing != fingerprint:
-            if settings.refresh and not settings.filters_given:
-                self.settings = _with_filters(settings, existing)
-                sys.stderr.write(f"refresh: using the dataset's own filters: {_shown(existing)}\n")
-                return
-            choice = (
-                "run --refresh without --collections/--since/--until to use the dataset's own"
-                if settings.refresh
-                else "repeat the dataset's filters exactly"
-            )
-            raise UsageError(
-                f"--out {settings.out} holds a backfill with other filters "
-                f"({_shown(existing)}; this run asks for {_shown(fingerprint)}): "
-                f"{choice}, or use another --out for the new filters"
-            )
 
     async def _run_loops(self) -> None:
         """The stages as concurrent tasks; the scheduler's return ends them all."""
@@ -534,29 +503,3 @@ def follower_main(settings: RunSettings, index: int, count: int, log_level: int)
 
 
 __all__ = ["Backfill", "RunSummary"]
-
-
-def _shown(fingerprint: str) -> str:
-    """A filter fingerprint as the flags that make it (for messages)."""
-    f = json.loads(fingerprint)
-    parts = [f"--collections {','.join(f.get('collections') or []) or '(none)'}"]
-    parts += [f"--{k} {f[k]}" for k in ("since", "until") if f.get(k)]
-    parts.append(f"--method {f.get('method')}")
-    return " ".join(parts)
-
-
-def _with_filters(settings: RunSettings, fingerprint: str) -> RunSettings:
-    """`settings` with the dataset's own filters (a refresh that named none)."""
-    f = json.loads(fingerprint)
-
-    def when(v: str | None) -> dt.datetime | None:
-        return None if v is None else dt.datetime.fromisoformat(v)
-
-    return settings.model_copy(
-        update={
-            "collections": frozenset(f.get("collections") or ()),
-            "since": when(f.get("since")),
-            "until": when(f.get("until")),
-            "method": f.get("method", settings.method),
-        }
-    )
