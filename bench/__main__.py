@@ -19,6 +19,9 @@ own child process (peak RSS and CPU of that child alone, `bench.proc`):
 4. **ratios** between them, the machine, the date and library versions.
 5. **rate-bound**: 8 hosts x many tiny repos with `--rate-limit 10` and no
    server limits (`bench.ratebound`): achieved requests/s per host vs 10/s.
+6. **import time**: `import bsky_backfill.syntax` and `bsky-backfill --version`
+   in fresh interpreters, best of 7, against `python -c pass`
+   (`bench.import_time`, with an `-X importtime` summary).
 
 Figures go to stdout (side by side) and to a JSON file (default
 bench/results/latest.json). Not a test: figures depend on the machine and
@@ -40,6 +43,7 @@ from typing import Any
 
 from bench.cars import dump_cars
 from bench.ceiling import read_manifest
+from bench.import_time import run_import_time
 from bench.machine import machine_info
 from bench.proc import ROOT, start_spawner, stop_spawner
 from bench.product import run_product
@@ -103,7 +107,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--skip",
         action="append",
         default=[],
-        choices=["workers", "no-verify", "no-validate", "ceiling", "baseline", "rate"],
+        choices=["workers", "no-verify", "no-validate", "ceiling", "baseline", "rate", "import"],
         help="leave out a part (repeatable)",
     )
     parser.add_argument(
@@ -204,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             result["rate_bound"] = run_rate_bound(MODES[mode]["rate_repos_per_host"], CACHE, work)
             phases["rate_bound"] = round(time.perf_counter() - t, 1)
+        if "import" not in skip:
+            say("import time: fresh interpreters, best of 7 ...")
+            t = time.perf_counter()
+            result["import_time"] = run_import_time()
+            phases["import_time"] = round(time.perf_counter() - t, 1)
     finally:
         stop_spawner()
         if not args.keep:

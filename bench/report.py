@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.import_time import print_import_time
+
 GIB_MIB = 1024.0
 
 
@@ -101,6 +103,9 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
     if cpu_default and cpu_nv:
         validate_cost = round(cpu_default / cpu_nv - 1, 3)
     out["validation cost (cpu: default / no_validate - 1)"] = validate_cost
+    imports = result.get("import_time", {})
+    out["import: syntax process / bare interpreter"] = imports.get("syntax_process / bare_python")
+    out["import: --version / bare interpreter"] = imports.get("version_process / bare_python")
     like_for_like = out["product_no_verify / ceiling_best"]
     scaling = out["product_workers_2 / product_default"]
     out["targets"] = {
@@ -220,4 +225,6 @@ def print_report(result: dict[str, Any]) -> None:
             f"(slowest {rate['min_of_budget']:.0%} of budget); whole run incl. start-up "
             f"{_fmt(rate['whole_run_requests_per_s_per_host'], '.1f')} req/s per host"
         )
+    if result.get("import_time"):
+        print_import_time(result["import_time"])
     print(f"\nbench took {result['bench_seconds']:.0f}s; phases: {result['phases_s']}")

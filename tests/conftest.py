@@ -25,7 +25,7 @@ _SYSTEM_TMP = _system_tmpdir()
 def _own_tmpdir_per_xdist_worker() -> None:
     """Under pytest-xdist (`make test` runs several workers), each worker and the
     runs it starts get a temporary directory of their own: machine-wide state kept
-    there (the helper-process slots of engine/helpers.py) then belongs to one
+    there (the helper-process slots of engine/part_pool.py) then belongs to one
     worker's tests, as it would to one machine. Set before anything asks
     `tempfile` for its directory (it remembers the first answer)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")

@@ -94,7 +94,7 @@ OUTSIDE_THE_TREE = {
     # an OSError, because it is raised inside aiohttp's connect; xrpc/client.py maps it
     "bsky_backfill.xrpc.ssrf.BlockedAddressOSError",
     # control flow inside a refresh (a diff lacking a block: fetch the whole repo);
-    # engine/worker.py catches it, it never reaches a user
+    # engine/repo_task.py catches it, it never reaches a user
     "bsky_backfill.engine.refresh.NeedsWholeRepo",
 }
 

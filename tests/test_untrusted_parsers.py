@@ -32,7 +32,7 @@ from bsky_backfill.engine.enumerate.plc import (
     settle_page,
 )
 from bsky_backfill.engine.enumerate.relay import RelaySource
-from bsky_backfill.engine.listing import ListFetcher, SeenKeys, page_older_than
+from bsky_backfill.engine.list_fetch import ListFetcher, SeenKeys, page_older_than
 from bsky_backfill.errors import BackfillError, ResolveError
 from bsky_backfill.identity.document import parse_did_document
 from bsky_backfill.identity.resolver import host_key

@@ -28,7 +28,7 @@ one boundary each (xrpc/, repo/, state/) with `raise ... from e`.
 Every error that dead-letters carries a stable `code` and the `stage` it belongs to.
 Any other exception is a bug or an unmapped library error: the engine treats it
 as transient (code `InternalError`, bounded like every transient error) and logs
-its traceback once (xrpc/retry.py, engine/worker.py).
+its traceback once (xrpc/retry.py, engine/unexpected.py).
 Messages often quote what a server said: they are made safe on the way in
 (control characters escaped, at most a few KB; see safetext.py).
 """

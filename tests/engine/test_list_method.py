@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from bsky_backfill.engine.listing import tid_time
+from bsky_backfill.engine.list_fetch import tid_time
 from bsky_backfill.simulate import Scenario, run_network_in_thread
 from tests.conftest import run_cli
 from tests.dataset import assert_matches_truth, collections_in, read_rows

@@ -26,7 +26,7 @@ import duckdb
 import pytest
 
 from bsky_backfill import Backfill
-from bsky_backfill.engine.cpu import Extractor
+from bsky_backfill.engine.decode_pool import Extractor
 from bsky_backfill.identity.resolver import DidResolver, host_key
 from bsky_backfill.simulate import Scenario, SimNetwork, run_network_in_thread
 from bsky_backfill.sinks.superseded import CURRENT_DEAD_LETTERS

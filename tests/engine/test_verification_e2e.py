@@ -144,7 +144,7 @@ def test_big_repo_path_verifies_and_lands_the_same(tmp_path: Path, workers: str)
     """With --stream-size 1 every repo takes the big-repo path (lazy CAR, parts, own
     commit): the same repos fail verification, the same records land. With
     --workers 2 the parts are extracted (and their record blocks checked) in
-    helper processes (engine/helpers.py)."""
+    helper processes (engine/part_pool.py)."""
     out = tmp_path / "streamed"
     with run_network_in_thread(SCENARIO) as net:
         dids = tmp_path / "dids.txt"

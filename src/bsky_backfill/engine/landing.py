@@ -1,9 +1,10 @@
 """The dataset writer's own thread: every sink operation off the event loop, in order.
 
-Where it sits: between the engine (manager.py, worker.py) and its
-`sinks.parquet.DatasetWriter`. Handing a finished repo to the writer encodes
-Parquet (CPU), and a commit closes files, fsyncs them, runs the store's commit
-transaction and renames (disk, and on `s3://` network round trips). On the
+Where it sits: between the engine's open batch (commits.py; the run's start
+and end in manager.py) and its `sinks.parquet.DatasetWriter`. Handing a
+finished repo to the writer encodes Parquet (CPU), and a commit closes files,
+fsyncs them, runs the store's commit transaction and renames (disk, and on
+`s3://` network round trips). On the
 event loop each of those stalled every host's downloads while it ran. Here the
 engine *submits* them: one thread runs them one after another in the order
 they were submitted (the writer is not thread-safe, and a commit must see

@@ -1,7 +1,8 @@
 """`run --refresh`: land what changed in repos that landed before, record what went.
 
-Where it sits: the worker's path for a repo the store marked `refresh`
-(`StateStore.mark_refresh`). Two ways, both verified exactly as a full fetch:
+Where it sits: the per-repo task's path (repo_task.py) for a repo the store
+marked `refresh` (`StateStore.mark_refresh`). Two ways, both verified exactly
+as a full fetch:
 
 * **Diff** (the repo has a key index in the store, `StateStore.repo_keys`,
   written by the commit that landed it): the worker asks for `getRepo

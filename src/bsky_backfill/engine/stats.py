@@ -1,4 +1,4 @@
-"""Live counters of one run, read by the summary, progress and (later) metrics.
+"""Live counters of one run, read by the summary, the progress lines and the metrics.
 
 Where it sits: the engine and the HTTP client update it as things happen;
 nothing in the core reads it back to make decisions.

@@ -1,9 +1,9 @@
 """Read a DID document: the `#atproto_pds` endpoint and the `#atproto` signing key.
 
-Where it sits: identity resolution (plc.py, web.py) fetches a document; this
-module picks the two things the backfill needs out of it. Services and keys are
-chosen by their `id` fragment, never by position: real documents list other
-services first.
+Where it sits: identity resolution (resolver.py: did:plc and did:web) fetches
+a document; this module picks the two things the backfill needs out of it.
+Services and keys are chosen by their `id` fragment, never by position: real
+documents list other services first.
 
 The signing key is normalised to a `did:key:z...` string (what verification
 later parses), also for the legacy `EcdsaSecp256k1VerificationKey2019` /

@@ -8,7 +8,7 @@ the MST and cuts the tree into parts: each subtree `SPLIT_LAYER` layers above
 the leaves (~16k keys on average at fanout 4) is a part, and the few keys
 above them are one more. `extract_part` walks one part's subtree and turns its
 records into tables. Parts are independent, so with `--workers N` they are
-extracted in helper processes (engine/helpers.py, `extract_part_file`, which
+extracted in helper processes (engine/part_pool.py, `extract_part_file`, which
 reads the spooled CAR file) on every core; one process alone runs them one
 after the other (`stream_repo`).
 
@@ -17,7 +17,7 @@ same checks as a whole tree (its layer is known from the top walk), and its
 keys must sort strictly between the keys around it in the top walk, so the
 concatenated parts are exactly one well-formed, strictly ordered tree.
 
-Each part goes to a writer of its own (engine/worker.py) that commits the
+Each part goes to a writer of its own (engine/repo_task.py) that commits the
 repo only after the last part, so a repo is still landed whole or not at all:
 a repo that fails verification anywhere lands nothing.
 """

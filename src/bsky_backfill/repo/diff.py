@@ -57,7 +57,6 @@ __all__ = [
 ]
 
 _CID_PREFIX = b"\x01\x71\x12\x20"  # CIDv1, dag-cbor, sha2-256, 32 bytes
-_MAX_LAYER = 127  # a sha256 has 128 2-bit chunks
 
 
 def failed(reason: str) -> RepoInvalid:

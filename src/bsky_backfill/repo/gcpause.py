@@ -22,7 +22,7 @@ from contextlib import contextmanager
 __all__ = ["gc_paused"]
 
 # The collector switch is process-wide while extraction may run on several
-# threads (engine/cpu.py uses a thread pool): a shared count makes the first
+# threads (engine/decode_pool.py uses a thread pool): a shared count makes the first
 # section in pause it and the last one out resume it, so one thread never
 # re-enables the collector under another that is still decoding.
 _lock = threading.Lock()

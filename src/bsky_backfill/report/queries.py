@@ -213,7 +213,7 @@ def merge_hosts(repos: list[HostStatus], records: dict[str, int]) -> list[HostCo
 
 
 def _filters(recorded: str | None) -> dict[str, Any] | None:
-    """The filter the runs recorded in the store (engine/manager.py `_check_settings`)."""
+    """The filter the runs recorded in the store (engine/filters.py `check_filters`)."""
     if recorded is None:
         return None
     try:

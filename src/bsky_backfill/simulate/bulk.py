@@ -261,21 +261,5 @@ class BulkNetwork:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=30)
 
-    def serve_forever(self, ready_file: str | None = None) -> None:
-        """Serve in this process until killed (the benchmark runs it as a child);
-        writes `plc_url host_url...` to `ready_file` once listening."""
-
-        async def main() -> None:
-            await self._start()
-            if ready_file is not None:
-                with open(ready_file + ".part", "w") as fh:
-                    fh.write(" ".join([self.plc_url, *self.host_urls]))
-                import os
-
-                os.replace(ready_file + ".part", ready_file)
-            await asyncio.Event().wait()
-
-        asyncio.run(main())
-
 
 __all__ = ["BulkNetwork", "bulk_did", "bulk_index"]

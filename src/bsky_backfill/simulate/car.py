@@ -116,9 +116,6 @@ class RepoImage:
     commit_block: bytes
     records: dict[str, list[tuple[str, bytes, int, int]]] = field(default_factory=dict)
 
-    def record_block(self, start: int, end: int) -> bytes:
-        return self.car[start:end]
-
     @property
     def record_count(self) -> int:
         return sum(len(v) for v in self.records.values())

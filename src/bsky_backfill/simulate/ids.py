@@ -103,10 +103,6 @@ def format_utc(micros: int, digits: int) -> str:
     return f"{prefix}{hours:02d}:{minutes:02d}:{secs:02d}Z"
 
 
-def micros_to_datetime(micros: int) -> dt.datetime:
-    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
-
-
 def datetime_to_micros(value: dt.datetime) -> int:
     delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds

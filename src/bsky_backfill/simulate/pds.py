@@ -165,7 +165,6 @@ class PdsHost:
         for start in range(0, end, CHUNK):
             chunk = view[start : min(start + CHUNK, end)]
             await response.write(chunk)
-            self.policy.stats.record_bytes(self.name, len(chunk))
         if fault == "truncate" and request.transport is not None:
             # Drop the connection mid-body: the client never sees the final chunk.
             request.transport.abort()

@@ -272,7 +272,6 @@ def policy_middleware(
         endpoint = endpoint_of(request)
         label = endpoint or "unexpected"
         status = 500
-        stats.enter(host)
         try:
             if endpoint is None:
                 stats.record_unexpected(host, request.method, request.path_qs)
@@ -309,7 +308,6 @@ def policy_middleware(
             raise
         finally:
             stats.record(host, label, status)
-            stats.leave(host)
 
     return middleware
 

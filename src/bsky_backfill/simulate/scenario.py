@@ -30,8 +30,6 @@ from bsky_backfill.simulate.content import (
     REPOST,
 )
 
-AccountStatus = Literal["takendown", "deactivated", "suspended", "notfound"]
-
 #: Scenario knobs that damage an account's repo (each names `SimAccount.damage`).
 DAMAGE_KNOBS = ("tampered_record", "foreign_commit", "missing_mst_node", "broken_records")
 

@@ -29,9 +29,6 @@ class RequestStats:
         self._lock = threading.Lock()
         self._counts: Counter[tuple[str, str, int]] = Counter()
         self._faults: Counter[tuple[str, str]] = Counter()
-        self._bytes: Counter[str] = Counter()
-        self._inflight: Counter[str] = Counter()
-        self._max_inflight: Counter[str] = Counter()
         self._unexpected: list[UnexpectedRequest] = []
 
     # -- written by the servers ---------------------------------------------------
@@ -44,23 +41,9 @@ class RequestStats:
         with self._lock:
             self._faults[(host, kind)] += 1
 
-    def record_bytes(self, host: str, n: int) -> None:
-        with self._lock:
-            self._bytes[host] += n
-
     def record_unexpected(self, host: str, method: str, path: str) -> None:
         with self._lock:
             self._unexpected.append(UnexpectedRequest(host, method, path))
-
-    def enter(self, host: str) -> None:
-        with self._lock:
-            self._inflight[host] += 1
-            if self._inflight[host] > self._max_inflight[host]:
-                self._max_inflight[host] = self._inflight[host]
-
-    def leave(self, host: str) -> None:
-        with self._lock:
-            self._inflight[host] -= 1
 
     # -- read by tests ----------------------------------------------------------------
 
@@ -91,16 +74,6 @@ class RequestStats:
         with self._lock:
             return dict(self._faults)
 
-    def bytes_sent(self, host: str | None = None) -> int:
-        """getRepo body bytes written (all hosts when `host` is None)."""
-        with self._lock:
-            return sum(n for h, n in self._bytes.items() if host is None or h == host)
-
-    def max_inflight(self, host: str) -> int:
-        """The most requests this host was answering at once."""
-        with self._lock:
-            return self._max_inflight[host]
-
     @property
     def unexpected(self) -> list[UnexpectedRequest]:
         with self._lock:
@@ -110,6 +83,4 @@ class RequestStats:
         with self._lock:
             self._counts.clear()
             self._faults.clear()
-            self._bytes.clear()
-            self._max_inflight.clear()
             self._unexpected.clear()

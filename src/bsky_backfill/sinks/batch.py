@@ -130,7 +130,7 @@ def encode_tables(
     """One Parquet file per table, encoded as the writer would write it (record
     tables stamped with `provenance`, (rev, fetched_at), when given).
 
-    Where it sits: big repos' parts built in helper processes (engine/helpers.py)
+    Where it sits: big repos' parts built in helper processes (engine/part_pool.py)
     come back as these, so the Parquet encoding (zstd over the JSON column,
     the costliest step after decoding) runs on every core and the bytes that
     cross the process boundary are the compressed ones; the writer adopts them

@@ -50,6 +50,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from bsky_backfill import __version__
 from bsky_backfill.sinks.batch import SinkConfig
 from bsky_backfill.sinks.parquet import DatasetWriter
 from bsky_backfill.sinks.provenance import FILTER_KEY, VERSION_KEY, with_file_metadata
@@ -154,8 +155,6 @@ def compact_dataset(
 
 
 def _file_metadata(store: StateStore) -> tuple[tuple[str, str], ...]:
-    from bsky_backfill import __version__
-
     return ((VERSION_KEY, __version__), (FILTER_KEY, store.get_meta("filter") or "{}"))
 
 

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 
 import pyarrow as pa
 
+from bsky_backfill import __version__
+
 __all__ = [
     "PROVENANCE_FIELDS",
     "file_metadata",
@@ -63,8 +65,6 @@ def file_metadata(
     method: str | None = None,
 ) -> tuple[tuple[str, str], ...]:
     """The key-value metadata every file of a run carries: tool version and filters."""
-    from bsky_backfill import __version__
-
     filt = {
         "collections": sorted(collections) if collections is not None else None,
         "since": since.isoformat() if since else None,

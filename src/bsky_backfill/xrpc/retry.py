@@ -19,7 +19,7 @@ to an hour; dlt treats unknown exceptions as retryable):
   transient too, bounded like the rest: the repo is not condemned for our bug;
 - terminal errors (the host's verdict on the repo, a broken CAR, a refused
   address) are never retried within a run; `run --retry-failed` brings them
-  back by hand (`RETRIED_BY_DEFAULT` says which without naming their codes).
+  back by hand (`retried_by_default` says which without naming their codes).
 
 Not an attempt at all: a 429 (the host slot waits) and `HostPaused` (the
 host's circuit breaker holds its repos; xrpc/breaker.py).

@@ -1,4 +1,4 @@
-"""Helper processes for big repos (engine/helpers.py): same parts as in-process, and a
+"""Helper processes for big repos (engine/part_pool.py): same parts as in-process, and a
 helper that dies costs a retry, not the run."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bsky_backfill.engine.helpers import HelperPool
+from bsky_backfill.engine.part_pool import HelperPool
 from bsky_backfill.errors import TransientError
 from bsky_backfill.models import RecordFilter
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
@@ -77,7 +77,7 @@ def test_helper_slots_are_shared_by_the_machine(tmp_path: Path) -> None:
     """Every process's pool draws on one set of machine-wide slots (flock files), so
     N `--workers` processes never start N x (N-1) helpers; a dead holder's slots
     come back (the kernel drops its locks)."""
-    from bsky_backfill.engine.helpers import MachineSlots
+    from bsky_backfill.engine.part_pool import MachineSlots
 
     slots = MachineSlots(count=3, directory=str(tmp_path / "slots"))
     a, b, c = slots.take(2), slots.take(2), slots.take(2)
@@ -86,7 +86,7 @@ def test_helper_slots_are_shared_by_the_machine(tmp_path: Path) -> None:
     assert len(slots.take(5)) == 2
     # Another process holding slots, then killed: its slots are free again.
     script = (
-        "import sys, time; from bsky_backfill.engine.helpers import MachineSlots;"
+        "import sys, time; from bsky_backfill.engine.part_pool import MachineSlots;"
         f"held = MachineSlots(3, {str(tmp_path / 'other')!r}).take(3);"
         "print(len(held), flush=True); time.sleep(60)"
     )
@@ -106,7 +106,7 @@ def test_helper_slots_are_shared_by_the_machine(tmp_path: Path) -> None:
 
 
 def test_a_pool_without_a_free_slot_builds_nothing_itself(tmp_path: Path) -> None:
-    from bsky_backfill.engine.helpers import MachineSlots
+    from bsky_backfill.engine.part_pool import MachineSlots
 
     slots = MachineSlots(count=1, directory=str(tmp_path / "slots"))
     taken = slots.take(1)

@@ -1,9 +1,11 @@
 """Where CPU-bound extraction runs: off the event loop, so downloads keep flowing.
 
-Where it sits: the worker hands a fetched CAR to `Extractor.extract`, which
-runs `records.transform.extract_repo` (decode, MST walk, validate, build Arrow
-tables) in a dedicated thread. libipld and pyarrow do the heavy lifting in
-native code; the thread keeps the asyncio loop responsive while they do.
+Where it sits: the per-repo task (repo_task.py) hands a fetched CAR to
+`Extractor.extract`, which runs `records.transform.extract_repo` (decode, MST
+walk, validate, build Arrow tables) in a dedicated thread of this process.
+libipld and pyarrow do the heavy lifting in native code; the thread keeps the
+asyncio loop responsive while they do. (A big repo's parts may also go to other
+processes: part_pool.py; more processes on the whole run: processes.py.)
 """
 
 from __future__ import annotations

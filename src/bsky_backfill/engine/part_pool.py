@@ -1,7 +1,7 @@
 """Helper processes for big repos: a repo of a million records on more than one core.
 
 Where it sits: with `--workers N` (N > 1), the process that fetched a big repo
-(engine/worker.py `_land_big`) keeps the short serial part, checking the
+(engine/repo_task.py `_land_big`) keeps the short serial part, checking the
 commit and cutting the MST into subtrees (`records.stream.plan_parts`), and
 sends each part here; a helper walks that subtree from the spooled CAR file
 (with the same checks), decodes and checks its records, builds the Arrow

@@ -1,6 +1,6 @@
 """`--method list`: a repo's records through describeRepo + listRecords paging.
 
-Where it sits: the alternative to getRepo in the worker (worker.py picks it by
+Where it sits: the alternative to getRepo in the worker (repo_task.py picks it by
 `RunSettings.method`). It is the original research pipeline's way, kept first
 class: a user who wants one small collection from millions of repos spends
 one request per 100 records of that collection instead of downloading whole

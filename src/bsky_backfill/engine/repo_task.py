@@ -1,7 +1,9 @@
 """The work on one repo: fetch, extract, hand to the sink; or retry, or dead-letter.
 
-Where it sits: the scheduler (manager.py) claims a repo for a host and runs
-`RepoWorker.process` in that host's slot. The repo ends in exactly one of:
+Where it sits: the scheduler (scheduler.py) claims a repo for a host and runs
+`RepoWorker.process` in that host's slot; what comes of the repo goes back to
+the run through `RepoOutcomes` (manager.py implements it). The repo ends in
+exactly one of:
   - added to the sink's open batch (done at the next commit);
   - back to pending with a retry time (a transient error, or any exception we
     did not map: a bug is not the repo's fault), unless both of its budgets
@@ -26,33 +28,95 @@ import os
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from bsky_backfill.engine.cpu import Extractor
-from bsky_backfill.engine.helpers import HelperPool
-from bsky_backfill.engine.listing import ListFetcher
+from bsky_backfill.config import RunSettings
+from bsky_backfill.engine.decode_pool import Extractor
+from bsky_backfill.engine.list_fetch import ListFetcher
+from bsky_backfill.engine.part_pool import HelperPool
 from bsky_backfill.engine.refresh import LandedIndex, NeedsWholeRepo, refresh_diff
 from bsky_backfill.errors import RepoInvalid, TerminalError, TransientError
-from bsky_backfill.models import RepoExtract, utcnow
+from bsky_backfill.models import DeadLetter, RepoExtract, utcnow
 from bsky_backfill.records.stream import BigRepo, BuiltPart, PartPlan, extract_part, plan_parts
 from bsky_backfill.repo.diff import merge_indexes, unpack_index
 from bsky_backfill.repo.lazy import map_file
-from bsky_backfill.sinks.parquet import DatasetWriter, SinkConfig
+from bsky_backfill.sinks.parquet import CommitSummary, DatasetWriter, SinkConfig
 from bsky_backfill.sinks.storage import DELETIONS, SUPERSEDED
-from bsky_backfill.state.base import RepoDone, RepoTask
+from bsky_backfill.state.base import Account, Identity, RepoDone, RepoTask, StateStore
 from bsky_backfill.xrpc.body import Body
 from bsky_backfill.xrpc.breaker import Breaker, BreakerState, is_host_failure
 from bsky_backfill.xrpc.client import XrpcClient
 from bsky_backfill.xrpc.retry import error_code, error_summary, next_attempt
 from bsky_backfill.xrpc.slot import HostSlot, through_rate_limits
 
-if TYPE_CHECKING:
-    from bsky_backfill.engine.manager import Backfill
-
 log = logging.getLogger("bsky_backfill.worker")
+
+
+class RepoOutcomes(Protocol):
+    """What the work on one repo needs of its run (manager.py `Backfill` implements
+    it): where each outcome goes, and the little it reads."""
+
+    @property
+    def settings(self) -> RunSettings: ...
+
+    @property
+    def store(self) -> StateStore:
+        """Cursors, key indexes, identities, and retry times are read and written here."""
+        ...
+
+    @property
+    def file_metadata(self) -> tuple[tuple[str, str], ...]:
+        """What every file of the run carries (big repos' own writers too)."""
+        ...
+
+    def land(
+        self, extract: RepoExtract, done: RepoDone, cursors: list[tuple[str, str | None]]
+    ) -> bool:
+        """A finished repo into the open batch, counted (done at the next commit).
+        False when the dataset writer failed: the run is stopping."""
+        ...
+
+    def land_partial(self, extract: RepoExtract, cursors: list[tuple[str, str | None]]) -> bool:
+        """List mode: a repo's finished pages into the open batch, counted."""
+        ...
+
+    def landed_alone(self, summary: CommitSummary) -> None:
+        """A big repo committed by its own writer (its parts were counted)."""
+        ...
+
+    def count(self, rows: Mapping[str, int], dead_letters: Iterable[DeadLetter]) -> None:
+        """Live counters for a big repo's part (records by collection, dead letters)."""
+        ...
+
+    def fail(self, did: str, error: TerminalError, account: Account | None) -> None:
+        """Dead-letter the whole repo (lands with the next commit)."""
+        ...
+
+    def retry(
+        self, did: str, attempts: int, when: dt.datetime, why: str, *, held: bool = False
+    ) -> None:
+        """Back to pending, due at `when`, with `attempts` spent; `held`: its host is
+        paused (no attempt spent), else a retry."""
+        ...
+
+    def unexpected(self, error: BaseException, did: str, where: str) -> None:
+        """An exception outside the error tree, logged (once with its traceback)."""
+        ...
+
+    def decoded(self, seconds: float) -> None:
+        """A CAR took `seconds` to extract (the run's `on_decode` hooks)."""
+        ...
+
+    async def resolve(self, did: str) -> Identity:
+        """The DID's identity as it is now (a refresh checks for moves and new keys)."""
+        ...
+
+    def wake(self) -> None:
+        """A slot has room again: the scheduler looks at once."""
+        ...
 
 
 class RepoWorker:
@@ -60,12 +124,12 @@ class RepoWorker:
 
     def __init__(
         self,
-        run: Backfill,
+        outcomes: RepoOutcomes,
         client: XrpcClient,
         extractor: Extractor,
         helpers: HelperPool | None = None,
     ) -> None:
-        self.run = run
+        self.outcomes = run = outcomes
         self.client = client
         self.extractor = extractor
         self.helpers = helpers
@@ -85,7 +149,7 @@ class RepoWorker:
         self.big_sink = dataclasses.replace(_BIG_SINK, file_metadata=run.file_metadata)
 
     async def process(self, slot: HostSlot, task: RepoTask) -> None:
-        run = self.run
+        run = self.outcomes
         try:
             cursors: list[tuple[str, str | None]] = []
             fetched_at = utcnow()  # the rows' `fetched_at` (sinks/provenance.py)
@@ -111,8 +175,7 @@ class RepoWorker:
                     verify=run.settings.verify,
                 )
                 del data
-                for hook in run.on_decode:
-                    hook(time.perf_counter() - started)
+                run.decoded(time.perf_counter() - started)
             if extract.fetched_at is None:
                 extract = dataclasses.replace(extract, fetched_at=fetched_at)
             done = RepoDone(
@@ -127,7 +190,6 @@ class RepoWorker:
             extract.keys = None  # held by `done` alone until the commit
             if not run.land(extract, done, cursors):
                 return
-            run.stats.repos_done += 1
             slot.done += 1
             log.debug(
                 "landed %s from %s: %d records at rev %s",
@@ -137,8 +199,6 @@ class RepoWorker:
                 extract.rev,
                 extra={"host": slot.host, "did": task.did},
             )
-            run.count_rows(extract)
-            run._maybe_commit()
         except TerminalError as e:
             slot.failed += 1
             log.info(
@@ -148,11 +208,11 @@ class RepoWorker:
                 error_summary(e),
                 extra={"host": slot.host, "did": task.did},
             )
-            run.fail_repo(task.did, e, task.account)
+            run.fail(task.did, e, task.account)
         except TransientError as e:
             self._retry_or_fail(slot, task, e)
         except Exception as e:  # a bug or an unmapped library error: retried, bounded
-            self.run.log_unexpected(e, task.did, slot.host)
+            run.unexpected(e, task.did, slot.host)
             self._retry_or_fail(slot, task, e)
         finally:
             slot.active -= 1
@@ -165,7 +225,7 @@ class RepoWorker:
         writer of its own, committed alone once every part is written (and
         verified), so memory stays bounded and the repo still lands whole or not
         at all. With helper processes the parts are built on every core."""
-        run = self.run
+        run = self.outcomes
         size = body.size
         writer = DatasetWriter(run.settings.out, run.store, self.big_sink)
         got = _Parts(fetched_at=fetched_at)
@@ -206,10 +266,8 @@ class RepoWorker:
             if path is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-        run.stats.repos_done += 1
+        run.landed_alone(summary)
         slot.done += 1
-        for hook in run.on_commit:
-            hook(summary)
         log.info(
             "%s: big repo (%d MB) landed in %d parts (%d in helpers): %d rows",
             task.did,
@@ -220,7 +278,7 @@ class RepoWorker:
         )
 
     async def _plan(self, data: mmap.mmap, task: RepoTask) -> BigRepo:
-        verify = self.run.settings.verify
+        verify = self.outcomes.settings.verify
         return await self.extractor.call(
             functools.partial(plan_parts, signing_key=task.signing_key, verify=verify),
             data,
@@ -255,7 +313,8 @@ class RepoWorker:
         part = await self.extractor.call(work)
         got.rows += part.row_count
         got.keys.append(part.keys)
-        self.run.count_rows(part)  # on the loop: the counters are not thread-safe
+        # On the loop: the counters are not thread-safe.
+        self.outcomes.count(_rows(part), part.dead_letters)
 
     async def _parts_shared(
         self,
@@ -302,7 +361,7 @@ class RepoWorker:
         rows = part.rows
         got.rows += sum(rows.values())
         got.keys.append(part.keys)
-        self.run.count(rows, part.dead_letters)
+        self.outcomes.count(rows, part.dead_letters)
 
     def forget_progress(self, did: str) -> None:
         """Drop list-mode progress held in memory (its pages were refused)."""
@@ -311,10 +370,8 @@ class RepoWorker:
 
     def _partial(self, part: RepoExtract, key: str, value: str) -> None:
         """List mode: a big repo's finished pages go to the open batch with their cursor."""
-        if not self.run.land_partial(part, [(key, value)]):
+        if not self.outcomes.land_partial(part, [(key, value)]):
             raise RepoInvalid("the dataset writer failed", code="InternalError")
-        self.run.count_rows(part)
-        self.run._maybe_commit()
 
     async def _refresh(self, slot: HostSlot, task: RepoTask) -> tuple[RepoExtract, RepoTask] | None:
         """What changed since the last landed revision (engine/refresh.py), and the
@@ -323,11 +380,11 @@ class RepoWorker:
         The DID is resolved again first: the account may have moved to another
         host or rotated its key since it landed (the commit must verify against
         the key it has now)."""
-        identity = await self.run.resolver.resolve(task.did)
+        identity = await self.outcomes.resolve(task.did)
         # A handle verified before stays so while the document still names it.
         verified = task.handle_verified and identity.handle == task.handle
         identity = dataclasses.replace(identity, handle_verified=verified)
-        store = self.run.store
+        store = self.outcomes.store
         if (identity.pds, identity.host, identity.signing_key, identity.handle) != (
             task.pds,
             task.host,
@@ -355,7 +412,7 @@ class RepoWorker:
             index, unlanded = unpack_index(blob)
         landed: dict[str, str] | None = None
         judged: dict[tuple[str, str], str] = {}
-        if index is None and "://" in self.run.settings.out:
+        if index is None and "://" in self.outcomes.settings.out:
             # The fallback reads the local dataset; a remote one is not scanned.
             raise RepoInvalid(
                 "this repo has no key index (landed with --method list, or before indexes) "
@@ -373,7 +430,7 @@ class RepoWorker:
             landed=landed,
             judged=judged,
             signing_key=task.signing_key,
-            verify=self.run.settings.verify,
+            verify=self.outcomes.settings.verify,
         )
         try:
             since = task.since if index is not None else None
@@ -393,7 +450,7 @@ class RepoWorker:
         but mapped from its spooled file, each block decoded (and hash-checked)
         only when reached."""
         body = await self._fetch_body(slot, task, since)
-        if not (body.size and body.size >= self.run.settings.stream_bytes):
+        if not (body.size and body.size >= self.outcomes.settings.stream_bytes):
             data = await self._read(body)
             return await self.extractor.call(call, data, task.did, self.filter)
         path = await asyncio.to_thread(_on_disk, body, self.client)
@@ -405,9 +462,6 @@ class RepoWorker:
             body.discard()
             with contextlib.suppress(OSError):
                 os.unlink(path)
-
-    async def _fetch(self, slot: HostSlot, task: RepoTask, since: str | None = None) -> bytes:
-        return await self._read(await self._fetch_body(slot, task, since))
 
     async def _fetch_body(self, slot: HostSlot, task: RepoTask, since: str | None = None) -> Body:
         return await through_rate_limits(
@@ -424,20 +478,17 @@ class RepoWorker:
         """A retryable failure (transient, or unknown): back to pending with a retry
         time, or, both budgets spent, dead-lettered. A failure of a paused host is no
         attempt: the repo waits for the host's pause to end."""
-        run = self.run
+        run = self.outcomes
         breaker = self._breaker(slot)
         now = utcnow()
         if breaker.holds(error):
             # Not an attempt and no failure time: the host is down, not the repo.
-            run.stats.repos_held += 1
             resume = max(now, breaker.resume_time())
-            run.store.retry_later(task.did, task.attempts, resume, error_summary(error))
+            run.retry(task.did, task.attempts, resume, error_summary(error), held=True)
             return
         if breaker.state is BreakerState.GIVEN_UP and is_host_failure(error):
             slot.failed += 1
-            run.fail_repo(
-                task.did, _final(error, f"{breaker.host}: {breaker.reason}"), task.account
-            )
+            run.fail(task.did, _final(error, f"{breaker.host}: {breaker.reason}"), task.account)
             return
         attempt = task.attempts + 1
         since = task.failing_since or now
@@ -453,13 +504,17 @@ class RepoWorker:
                 extra={"host": slot.host, "did": task.did},
             )
             slot.failed += 1
-            run.fail_repo(task.did, _final(error), task.account)
+            run.fail(task.did, _final(error), task.account)
             return
-        run.stats.repos_retried += 1
-        run.store.retry_later(task.did, attempt, when, error_summary(error))
+        run.retry(task.did, attempt, when, error_summary(error))
 
     def _breaker(self, slot: HostSlot) -> Breaker:
         return self.client.breakers.get(slot.host)
+
+
+def _rows(extract: RepoExtract) -> dict[str, int]:
+    """Rows per collection of an extract (for the live counters)."""
+    return {c: t.num_rows for c, t in extract.tables.items()}
 
 
 def _deletion_counts(extract: RepoExtract) -> tuple[tuple[str, str, int], ...]:

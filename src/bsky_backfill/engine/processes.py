@@ -2,9 +2,10 @@
 
 Where it sits: the leader (the process the user started) runs `Backfill` as
 usual and, once its start-up recovery is done, spawns N-1 followers with
-`spawn_followers`. Each follower runs `Backfill` with a `Role` that skips the
-leader's duties (start-up recovery, reading the source, resolving DIDs) and
-claims repos only of the hosts it owns.
+`spawn_followers` (takeover.py), each running `manager.follower_main`. Each
+follower runs `Backfill` with a `Role` that skips the leader's duties
+(start-up recovery, reading the source, resolving DIDs) and claims repos only
+of the hosts it owns.
 
 Why hosts are split between processes rather than shared: a PDS limits
 requests per client IP, and every process here has the same IP. With each
@@ -21,6 +22,7 @@ import multiprocessing
 import os
 import signal
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 
@@ -45,30 +47,18 @@ class Role:
         return self.count == 1 or zlib.crc32(host.encode()) % self.count == self.index
 
 
-def _follower_main(settings: RunSettings, index: int, count: int, log_level: int) -> None:
-    """Entry point of a follower process (spawned: a fresh interpreter)."""
-    from bsky_backfill.engine.manager import Backfill
-
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    async def main() -> None:
-        backfill = Backfill(settings, None, role=Role(index, count))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, backfill.request_stop)
-        await backfill.run()
-
-    asyncio.run(main())
-
-
-def spawn_followers(settings: RunSettings, count: int) -> list[BaseProcess]:
-    """Start processes 1..count-1 (the caller is process 0)."""
+def spawn_followers(
+    settings: RunSettings, count: int, main: Callable[[RunSettings, int, int, int], None]
+) -> list[BaseProcess]:
+    """Start processes 1..count-1 (the caller is process 0), each running
+    `main(settings, index, count, log level)`: a module-level function (the spawn
+    start method imports it by name in the new interpreter)."""
     ctx = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
     processes: list[BaseProcess] = []
     for index in range(1, count):
         proc = ctx.Process(
-            target=_follower_main,
+            target=main,
             args=(settings.model_copy(update={"handle_txt": None}), index, count, level),
             name=f"bsky-backfill-worker-{index}",
             daemon=False,

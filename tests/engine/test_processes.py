@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bsky_backfill.engine.workers import Role
+from bsky_backfill.engine.processes import Role
 from bsky_backfill.simulate import Scenario, run_network_in_thread
 from tests.conftest import run_cli
 from tests.dataset import assert_matches_truth

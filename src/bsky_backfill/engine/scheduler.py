@@ -1,0 +1,173 @@
+"""Per-host scheduling: claim due repos for each host while its slot has room.
+
+Where it sits: stage 3 of the run (manager.py), after the source loop
+(source_loop.py) and the resolver (resolve_loop.py) have stored repos with
+their host. Each host has a `HostSlot` (xrpc/slot.py: its concurrency, its
+request rate, its circuit breaker); the scheduler claims from the store, per
+host, as many due repos as the slot has room for, and runs each in a task
+(`RepoWorker.process`, repo_task.py). A slow or throttled host only ever holds
+its own capacity; `--max-active-hosts` bounds how many hosts are worked at once.
+
+A paused host (its breaker open) gets nothing but, once its pause is over, one
+probe; its repos wait in the store without spending attempts. Pause changes
+are written to the store for `status`. The scheduler also pushes back: while
+the dataset writer's thread is behind (landing.py), it claims nothing.
+
+When nothing can be claimed and intake is over, the open batch is committed, and
+the run ends once nothing is due and no other process may hand work back
+(takeover.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Coroutine
+
+from bsky_backfill.config import RunSettings
+from bsky_backfill.engine.commits import Commits
+from bsky_backfill.engine.flow import Flow
+from bsky_backfill.engine.takeover import Peers
+from bsky_backfill.models import utcnow
+from bsky_backfill.state.base import HostPause, RepoTask, StateStore
+from bsky_backfill.xrpc.breaker import Breaker, BreakerBoard, BreakerState
+from bsky_backfill.xrpc.shared import SharedHostBudget
+from bsky_backfill.xrpc.slot import HostSlot
+
+Process = Callable[[HostSlot, RepoTask], Coroutine[object, object, None]]
+"""Works on one claimed repo in its host's slot (`RepoWorker.process`)."""
+
+
+class Scheduler:
+    """Every host's slot, and the loop that fills them."""
+
+    def __init__(self, settings: RunSettings, breakers: BreakerBoard, flow: Flow) -> None:
+        self.settings = settings
+        self.breakers = breakers
+        self.flow = flow
+        self.slots: dict[str, HostSlot] = {}
+        self.working: set[asyncio.Task[None]] = set()
+        """The repos being worked on (cancelled when the run ends)."""
+        self._store: StateStore | None = None
+        # Pause changes not yet in the store (for `status`), and hosts recorded there.
+        self._pause_changes: dict[str, HostPause] = {}
+        self._pauses_recorded: set[str] = set()
+        breakers.listeners.append(self._on_breaker)
+
+    def open(self, store: StateStore) -> None:
+        """The run's store: claims, pause records, and hosts' shared budgets come from it."""
+        self._store = store
+
+    @property
+    def store(self) -> StateStore:
+        if self._store is None:
+            raise RuntimeError("the scheduler has no store yet")
+        return self._store
+
+    def slot(self, host: str) -> HostSlot:
+        slot = self.slots.get(host)
+        if slot is None:
+            shared = None
+            take = getattr(self._store, "take_host_tokens", None)
+            if self.settings.global_host_rate and take is not None:
+                shared = SharedHostBudget(host, self.settings.global_host_rate, take)
+            slot = self.slots[host] = HostSlot(
+                host, self.settings.rate_limit, self.settings.host_concurrency, shared
+            )
+            slot.breaker = self.breakers.get(host)
+        return slot
+
+    # -- host pauses --------------------------------------------------------------------
+    def _on_breaker(self, breaker: Breaker) -> None:
+        """A host was paused, resumed or given up: note it for `status` (written by the
+        scheduler) and make it visible in the live view."""
+        until = breaker.resume_time() if breaker.state is BreakerState.OPEN else None
+        self._pause_changes[breaker.host] = HostPause(breaker.host, until, breaker.reason)
+        if breaker.paused():
+            self.slot(breaker.host)  # the PLC directory or a relay has no slot otherwise
+
+    def _flush_pauses(self) -> None:
+        if not self._pause_changes:
+            return
+        changes = list(self._pause_changes.values())
+        self._pause_changes.clear()
+        self.store.set_host_pauses(changes)
+        for pause in changes:
+            if pause.reason:
+                self._pauses_recorded.add(pause.host)
+            else:
+                self._pauses_recorded.discard(pause.host)
+
+    def clear_pauses(self) -> None:
+        """At the end of a run its pauses are over (the next run learns afresh)."""
+        self._pause_changes.clear()
+        if self._pauses_recorded:
+            with contextlib.suppress(Exception):
+                self.store.set_host_pauses(
+                    [HostPause(h, None, "") for h in sorted(self._pauses_recorded)]
+                )
+            self._pauses_recorded.clear()
+
+    # -- the loop -------------------------------------------------------------------------
+    async def loop(
+        self, commits: Commits, peers: Peers, process: Process, tick: Callable[[], None]
+    ) -> None:
+        """Claim and start work until the run is stopped or nothing is left anywhere;
+        `tick` runs every turn (the run's `on_tick` hooks)."""
+        store, lane, flow = self.store, commits.lane, self.flow
+        while not flow.stopping:
+            if lane.full:  # the writer is behind: fetch no more until it catches up
+                await lane.room()
+                continue
+            now = utcnow()
+            claimed = 0
+            held: list[Breaker] = []
+            active_hosts = sum(1 for s in self.slots.values() if s.active)
+            self._flush_pauses()
+            for host in store.pending_hosts(now):
+                if not peers.role.owns(host):
+                    continue
+                slot = self.slot(host)
+                if not slot.active and active_hosts >= self.settings.max_active_hosts:
+                    continue
+                room = slot.concurrency - slot.active
+                # A paused host gets nothing but, once its pause is over, one probe.
+                allowed = self.breakers.get(host).claimable(slot.active)
+                if allowed is not None:
+                    room = min(room, allowed)
+                    if allowed == 0:
+                        held.append(self.breakers.get(host))
+                if room <= 0:
+                    continue
+                tasks = store.claim(host, room, now)
+                if tasks and not slot.active:
+                    active_hosts += 1
+                for task in tasks:
+                    slot.active += 1
+                    claimed += 1
+                    work = asyncio.create_task(process(slot, task))
+                    self.working.add(work)
+                    work.add_done_callback(self.working.discard)
+            tick()
+            if not claimed and not self.working and flow.intake_done:
+                if commits.sink.batch_repos or lane.backlog:
+                    # Idle with an open batch: make it durable now rather than at the
+                    # timer, so the store's view of what is left is exact.
+                    await commits.commit_now()
+                    continue
+                if peers.orphaned:
+                    peers.take_over(store, commits)
+                    continue
+                due = store.next_due()
+                if due is None:
+                    if peers.others_finished(store, commits):
+                        return
+                    await flow.wait(1.0)
+                    continue
+                wait = (due - utcnow()).total_seconds()
+                if wait <= 0 and held:  # due, but their hosts are paused: until one resumes
+                    wait = min(b.resume_at for b in held) - time.time()
+                await flow.wait(min(5.0, max(0.05, wait)))
+                continue
+            await flow.wait(0.5)
