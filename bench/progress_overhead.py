@@ -34,7 +34,7 @@ from rich.console import Console
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.manager import Backfill
 from bsky_backfill.engine.sources import DidSource
-from bsky_backfill.observe import start_observers
+from bsky_backfill.observe.start import start_observers
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.simulate import Scenario, SimNetwork, run_network_in_thread
 

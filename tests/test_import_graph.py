@@ -117,9 +117,9 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 def test_the_package_has_no_import_cycle() -> None:
     graph = import_graph()
     assert len(graph) > 50  # the walk saw the package
-    assert "bsky_backfill.engine.manager" in graph["bsky_backfill.cli"] or any(
-        "bsky_backfill.engine" in target for target in graph["bsky_backfill.cli"]
-    )
+    # It saw real edges (the CLI imports the engine inside its commands, lazily).
+    assert "bsky_backfill.run_options" in graph["bsky_backfill.cli"]
+    assert "bsky_backfill.engine.scheduler" in graph["bsky_backfill.engine.manager"]
     assert cycles(graph) == []
 
 

@@ -25,19 +25,20 @@ import click
 from click.core import ParameterSource
 
 from bsky_backfill import __version__
-from bsky_backfill.config import RunSettings
-from bsky_backfill.engine.manager import Backfill, RunSummary
-from bsky_backfill.engine.sources import DidSource
 from bsky_backfill.errors import UsageError
-from bsky_backfill.observe import setup_logging, start_observers
-from bsky_backfill.options import check_out_writable, settings_from_options
-from bsky_backfill.output import nothing_landed_line, print_status, print_summary, start_line
+from bsky_backfill.observe.logs import setup_logging
 from bsky_backfill.run_options import run_flags
 from bsky_backfill.settings_file import dataset_options, merge_options
 from bsky_backfill.state.open import redact
 from bsky_backfill.state.runlock import live_holder
 
+# The engine and what it pulls in (aiohttp, pyarrow, duckdb: ~0.5 s) are imported
+# inside the commands that use them, so `--help`, `--version` and a usage error
+# answer without loading them (bench/import_time.py measures it).
 if TYPE_CHECKING:
+    from bsky_backfill.config import RunSettings
+    from bsky_backfill.engine.manager import RunSummary
+    from bsky_backfill.engine.sources import DidSource
     from bsky_backfill.sinks.compact import CompactReport
 
 EXIT_USAGE = 2
@@ -108,6 +109,9 @@ def run(ctx: click.Context, /, **opts: Any) -> None:
     Every flag can also come from a TOML file (--config) or a BSKY_BACKFILL_<FLAG>
     environment variable; a flag on the command line wins over the environment,
     which wins over the file."""
+    from bsky_backfill.options import settings_from_options
+    from bsky_backfill.output import nothing_landed_line, print_summary, start_line
+
     explicitly_set = {
         name for name in ctx.params if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
     }
@@ -142,6 +146,9 @@ def _run_engine(
     metrics_host: str = "127.0.0.1",
     announce: str | None = None,
 ) -> RunSummary:
+    from bsky_backfill.engine.manager import Backfill
+    from bsky_backfill.observe.start import start_observers
+
     async def main() -> RunSummary:
         backfill = Backfill(settings, source)
         observers = start_observers(
@@ -231,6 +238,7 @@ def status(
     ctx: click.Context, /, out: str, queue: str | None, config_file: str | None, as_json: bool
 ) -> None:
     """Progress of the backfill in OUT (or --queue)."""
+    from bsky_backfill.output import print_status
     from bsky_backfill.state.open import open_store, store_exists
 
     out, queue = _where(ctx, out, queue, config_file)
@@ -265,6 +273,7 @@ def status(
 def demo(out: str | None, accounts: int, hosts: int) -> None:
     """Backfill an embedded, simulated AT Protocol network and show the result."""
     from bsky_backfill.demo import run_demo
+    from bsky_backfill.options import check_out_writable
 
     out_path = Path(out) if out else Path(tempfile.mkdtemp(prefix="bsky-backfill-demo-"))
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.manager import Backfill
-from bsky_backfill.observe import RunMetrics
+from bsky_backfill.observe.metrics import RunMetrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "examples" / "grafana-dashboard.json"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}

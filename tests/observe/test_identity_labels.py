@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.manager import Backfill, RunSummary
 from bsky_backfill.engine.sources import DidSource
-from bsky_backfill.observe import RunMetrics
+from bsky_backfill.observe.metrics import RunMetrics
 from bsky_backfill.simulate import Scenario, run_network_in_thread
 from tests.observe.test_metrics_run import by_label, scrape
 

@@ -21,8 +21,8 @@ from rich.console import Console
 from bsky_backfill.config import RunSettings
 from bsky_backfill.engine.manager import Backfill, RunSummary
 from bsky_backfill.engine.sources import DidSource
-from bsky_backfill.observe import ProgressDisplay, RunMetrics
-from bsky_backfill.observe.progress import HOST_COLUMNS
+from bsky_backfill.observe.metrics import RunMetrics
+from bsky_backfill.observe.progress import HOST_COLUMNS, ProgressDisplay
 from bsky_backfill.simulate import RateLimit, Scenario, run_network_in_thread
 from bsky_backfill.simulate.truth import APP_BSKY_COLLECTIONS
 

@@ -57,6 +57,7 @@ from bsky_backfill.xrpc.body import (
 )
 from bsky_backfill.xrpc.breaker import BreakerBoard, Outcome
 from bsky_backfill.xrpc.ratelimit import MAX_WAIT_SECONDS, bounded_rate_headers, reset_at
+from bsky_backfill.xrpc.resolver_guard import resolver_for
 from bsky_backfill.xrpc.slot import GET_REPO, HostSlot
 from bsky_backfill.xrpc.ssrf import REFUSED, AddressPolicy, BlockedAddressOSError, parse_endpoint
 
@@ -136,7 +137,7 @@ class XrpcClient:
         connector = aiohttp.TCPConnector(
             limit=self.settings.max_connections,
             limit_per_host=0,
-            resolver=self.guard.resolver(),
+            resolver=resolver_for(self.guard),
             socket_factory=self.guard.socket_factory(),
         )
         self._untrusted = aiohttp.ClientSession(

@@ -15,7 +15,11 @@ thing here and another on the wire. Two checks:
 * at connect time, `AddressPolicy.socket_factory` refuses to open a socket to
   any non-public address, whatever led there (an IP literal, a name whose DNS
   answer changed since the check, a path nobody checked), and
-  `GuardedResolver` drops such addresses from DNS answers.
+  `GuardedResolver` (xrpc/resolver_guard.py, the one piece that needs
+  aiohttp) drops such addresses from DNS answers.
+
+This module imports no aiohttp, so the option checks (`parse_endpoint`) and
+`bsky-backfill --help` do not load the HTTP stack.
 
 Hosts that are not ASCII must normalise to a public DNS name: one that turns
 into an address, or into something that is not a host name, is refused.
@@ -40,8 +44,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yarl
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 
 from bsky_backfill.errors import BlockedAddress
 
@@ -282,10 +284,6 @@ class AddressPolicy:
         """For aiohttp's connector: open sockets only to public addresses (None: no guard)."""
         return None if self.allow_private else guarded_socket
 
-    def resolver(self) -> AbstractResolver | None:
-        """For aiohttp's connector: a resolver that drops non-public answers."""
-        return None if self.allow_private else GuardedResolver()
-
 
 def guarded_socket(addr_info: Any) -> socket.socket:
     """aiohappyeyeballs' socket factory: refuses a non-public destination before any
@@ -312,28 +310,3 @@ async def check_endpoint(
     """Raise BlockedAddress unless `url` is an http(s) URL we may contact
     (a one-off `AddressPolicy`; the engine uses the client's)."""
     await AddressPolicy(allow_private, trusted).check(url, lookup)
-
-
-class GuardedResolver(AbstractResolver):
-    """aiohttp resolver that drops non-public addresses (defence against DNS rebinding)."""
-
-    def __init__(self, inner: AbstractResolver | None = None) -> None:
-        self._inner = inner or DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results if blocked_reason(ipaddress.ip_address(r["host"])) is None]
-        if not allowed:
-            raise BlockedAddressOSError(f"{REFUSED}: {host} resolves only to non-public addresses")
-        return allowed
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    def __repr__(self) -> str:  # pragma: no cover - debugging aid
-        return f"GuardedResolver({self._inner!r})"
-
-    def __getattr__(self, name: str) -> Any:  # pragma: no cover - passthrough
-        return getattr(self._inner, name)
