@@ -4,7 +4,10 @@ Where this sits: `generator.py` hands each account's `(collection/rkey,
 record CID)` pairs here; the resulting root CID goes into the signed commit
 (`car.py`) and the node blocks into the CAR. The product walks the same tree
 to learn each record's key, so the builder must be byte-exact with the
-reference implementations (a test rebuilds a real repo's root CID).
+reference implementations (a test rebuilds a real repo's root CID). The nodes
+are built by the package's one MST builder (`repo.build.build_nodes`, which a
+refresh also uses); this module adds the simulator's own needs: the order a
+reader meets the blocks in (one of the CAR block orders it serves).
 
 The structure, per the atproto repository spec:
 
@@ -26,21 +29,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import libipld
-
+from bsky_backfill.repo.build import Leaf, build_nodes, common_prefix_len, encode_block
 from bsky_backfill.repo.mst import key_height
-from bsky_backfill.simulate.ids import cid_for_block
 
-
-def common_prefix_len(a: bytes, b: bytes) -> int:
-    """Length of the shared byte prefix of `a` and `b` (used for key compression)."""
-    n = min(len(a), len(b))
-    # XOR the common-length prefixes as big-endian ints: the highest set bit sits
-    # in the first differing byte. Much faster than a Python loop over bytes.
-    x = int.from_bytes(a[:n], "big") ^ int.from_bytes(b[:n], "big")
-    return n - (x.bit_length() + 7) // 8
+__all__ = ["MstTree", "build_mst", "common_prefix_len", "key_height"]
 
 
 @dataclass(slots=True)
@@ -57,51 +50,40 @@ class MstTree:
     order: list[bytes] = field(default_factory=list)
 
 
-class _Builder:
-    def __init__(self, keys: list[bytes], values: list[bytes]) -> None:
-        self.keys = keys
-        self.values = values
-        self.heights = [key_height(k) for k in keys]
-        self.tree = MstTree(root=b"")
-
-    def node(self, lo: int, hi: int, level: int) -> bytes:
-        """Encode the node at `level` covering keys[lo:hi] (all of height <= level)."""
-        heights, keys, values, order = self.heights, self.keys, self.values, self.tree.order
-        at_level = [i for i in range(lo, hi) if heights[i] == level]
-        slot = len(order)
-        order.append(b"")  # the node precedes its children; filled in once encoded
-        entries: list[dict[str, Any]] = []
-        if not at_level:
-            left: bytes | None = self.node(lo, hi, level - 1)
-        else:
-            first = at_level[0]
-            left = self.node(lo, first, level - 1) if first > lo else None
-            prev = b""
-            for j, i in enumerate(at_level):
-                order.append(values[i])
-                end = at_level[j + 1] if j + 1 < len(at_level) else hi
-                right = self.node(i + 1, end, level - 1) if end > i + 1 else None
-                key = keys[i]
-                p = common_prefix_len(prev, key)
-                entries.append({"p": p, "k": key[p:], "v": values[i], "t": right})
-                prev = key
-        data = libipld.encode_dag_cbor({"l": left, "e": entries})
-        cid = cid_for_block(data)
-        self.tree.nodes[cid] = data
-        order[slot] = cid
-        return cid
-
-
 def build_mst(items: Sequence[tuple[str, bytes]]) -> MstTree:
     """Build the MST for `items`: (key "collection/rkey", record CID), sorted by key, unique."""
     keys = [k.encode() for k, _ in items]
     for a, b in itertools.pairwise(keys):
         if a >= b:
             raise ValueError(f"MST keys must be sorted and unique: {a!r} >= {b!r}")
-    builder = _Builder(keys, [v for _, v in items])
-    if not keys:
-        data = libipld.encode_dag_cbor({"l": None, "e": []})
-        cid = cid_for_block(data)
+    leaves: list[Leaf] = [(k, v, key_height(k)) for k, (_, v) in zip(keys, items, strict=True)]
+    tree = MstTree(root=b"")
+    # Per node: its left subtree and its entries' (record CID, right subtree).
+    shape: dict[bytes, tuple[bytes | None, list[tuple[bytes, bytes | None]]]] = {}
+
+    def keep(
+        cid: bytes, data: bytes, layer: int, under: list[Leaf], subs: list[bytes | None]
+    ) -> None:
+        tree.nodes[cid] = data
+        values = [v for _, v, height in under if height >= layer]
+        shape[cid] = (subs[0], list(zip(values, subs[1:], strict=True)))
+
+    if not leaves:
+        cid, data = encode_block({"l": None, "e": []})
         return MstTree(root=cid, nodes={cid: data}, order=[cid])
-    builder.tree.root = builder.node(0, len(keys), max(builder.heights))
-    return builder.tree
+    tree.root = build_nodes(leaves, max(h for _, _, h in leaves), keep)
+    # Pre-order with the records in between: node, left, (record, right) ...
+    stack: list[tuple[bytes, bool]] = [(tree.root, True)]
+    while stack:
+        cid, is_node = stack.pop()
+        tree.order.append(cid)
+        if not is_node:
+            continue
+        left, entries = shape[cid]
+        then: list[tuple[bytes, bool]] = [] if left is None else [(left, True)]
+        for value, right in entries:
+            then.append((value, False))
+            if right is not None:
+                then.append((right, True))
+        stack.extend(reversed(then))
+    return tree
