@@ -303,29 +303,35 @@ PyDoc_STRVAR(off_layer_doc,
 "Index of the first key (bytes) whose MST height (leading zero 2-bit chunks\n"
 "of sha256(key)) is not `layer`, or -1 when all are on it.");
 
+/* MST height of a key: leading zero 2-bit chunks of sha256(key). */
+static long key_height(const unsigned char *key, size_t n) {
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    sha256(key, n, md);
+    long zeros = 0;
+    for (int j = 0; j < SHA256_DIGEST_LENGTH; j++) {
+        if (md[j] == 0) {
+            zeros += 8;
+            continue;
+        }
+        zeros += __builtin_clz((unsigned int)md[j]) - 24;
+        break;
+    }
+    return zeros / 2;
+}
+
 static PyObject *off_layer(PyObject *self, PyObject *args) {
     PyObject *keys;
     long layer;
     if (!PyArg_ParseTuple(args, "O!l", &PyList_Type, &keys, &layer)) return NULL;
     Py_ssize_t n = PyList_GET_SIZE(keys);
-    unsigned char md[SHA256_DIGEST_LENGTH];
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *key = PyList_GET_ITEM(keys, i);
         if (!PyBytes_Check(key)) {
             PyErr_SetString(PyExc_TypeError, "MST keys must be bytes");
             return NULL;
         }
-        sha256((const unsigned char *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key), md);
-        long zeros = 0;
-        for (int j = 0; j < SHA256_DIGEST_LENGTH; j++) {
-            if (md[j] == 0) {
-                zeros += 8;
-                continue;
-            }
-            zeros += __builtin_clz((unsigned int)md[j]) - 24;
-            break;
-        }
-        if (zeros / 2 != layer) return PyLong_FromSsize_t(i);
+        const unsigned char *k = (const unsigned char *)PyBytes_AS_STRING(key);
+        if (key_height(k, (size_t)PyBytes_GET_SIZE(key)) != layer) return PyLong_FromSsize_t(i);
     }
     return PyLong_FromLong(-1);
 }
@@ -413,22 +419,6 @@ static void stack_free(WalkStack *s) {
     PyMem_Free(s->items);
     s->items = NULL;
     s->n = s->cap = 0;
-}
-
-/* MST height of a key: leading zero 2-bit chunks of sha256(key). */
-static long key_height(const unsigned char *key, size_t n) {
-    unsigned char md[SHA256_DIGEST_LENGTH];
-    sha256(key, n, md);
-    long zeros = 0;
-    for (int j = 0; j < SHA256_DIGEST_LENGTH; j++) {
-        if (md[j] == 0) {
-            zeros += 8;
-            continue;
-        }
-        zeros += __builtin_clz((unsigned int)md[j]) - 24;
-        break;
-    }
-    return zeros / 2;
 }
 
 /* `text` % repr(obj)[:200] as the walk's failure reason (a str), or NULL. */
