@@ -68,6 +68,9 @@ _N_COMMON = 7
 _dumps = orjson.dumps
 _SORT_KEYS = orjson.OPT_SORT_KEYS  # same text from a CAR and from listRecords
 _rkey_ok = FORMATS["record-key"]  # C where built: ~20 ns a key against ~140 for the regex
+# createdAt's validity (C where built, ~40 ns against ~0.5 us for the regex and
+# fromisoformat of `datetime_value`, whose value only a time window needs).
+_datetime_ok = FORMATS["datetime"]
 
 # --- typed columns, one extractor per collection family -----------------------
 # Each appends exactly one value to each of its lists, None when the field is
@@ -343,6 +346,7 @@ class RecordColumns:
         current = self._current
         invalid = self._invalid
         has_float = _has_float
+        datetime_ok = _datetime_ok
         for collection, rkey, cid, record in items:
             cols = get_cols(collection)
             if cols is None:
@@ -371,7 +375,12 @@ class RecordColumns:
                 invalid(collection, rkey, message, cid, record)
                 continue
             created = record.get("createdAt")
-            when = datetime_value(created) if created.__class__ is str else None
+            if created.__class__ is not str or not datetime_ok(created):
+                when = None
+            elif cols.windowed:  # the value is needed only to place it in the window
+                when = datetime_value(created)
+            else:
+                when = True
             if when is None:
                 if cols.required:
                     what = "missing" if created is None else f"not valid: {created!r:.64}"
@@ -388,7 +397,7 @@ class RecordColumns:
                 if problem is not None:
                     invalid(collection, rkey, problem, cid, record)
                     continue
-            if when is not None and cols.windowed and not self._in_window(when):
+            if when is not None and when is not True and not self._in_window(when):
                 continue
             if has_float(record):
                 message = "record holds a float (the data model has none)"
