@@ -23,6 +23,9 @@ from bsky_backfill.models import RecordFilter
 from bsky_backfill.records.lexicon import DEFAULT_COLLECTIONS
 from bsky_backfill.records.schema import schema_for
 from bsky_backfill.records.transform import extract_repo
+from bsky_backfill.repo.build import build_repo, cid_for
+from bsky_backfill.repo.diff import unlanded_keys, unpack_index, verdicts_of
+from bsky_backfill.simulate.ids import tid
 from tests.fixture_paths import FIXTURES
 
 BSKY_APP = FIXTURES / "car" / "laravel-bluesky" / "bsky-app.car"
@@ -297,3 +300,34 @@ def test_tables_are_independent_of_input(bsky_app: bytes) -> None:
     table = x.tables["app.bsky.feed.post"]
     assert isinstance(table, pa.Table) and table.num_rows == 472
     assert pa.concat_tables([table, table]).num_rows == 944
+
+
+def test_key_index_names_every_key_without_a_row() -> None:
+    """The key index's unlanded keys (what a refresh must not count as deleted rows)
+    equal wanted keys minus landed rows, each with its dead letter's verdict, ""
+    outside the window; the fast path (dead letters + window skips) and the
+    row-set path agree."""
+    did = "did:plc:abcdefghijklmnopqrstuvwx"
+    cid = libipld.encode_cid(cid_for({"x": 1}))
+    records: dict[str, Any] = {}
+    for i in range(40):
+        year = 2023 + i % 3  # the window keeps 2024 only
+        records[f"app.bsky.feed.like/{tid(1_700_000_000_000_000 + i, 0)}"] = {
+            "$type": "app.bsky.feed.like" if i % 7 else "app.bsky.feed.post",  # some invalid
+            "createdAt": f"{year}-05-01T00:00:00Z",
+            "subject": {"uri": f"at://{did}/app.bsky.feed.post/3kx2wbfhyvq2a", "cid": cid},
+        }
+    records["app.bsky.graph.follow/3l00000000001"] = {"$type": "x"}  # not wanted
+    filt = RecordFilter(
+        collections=frozenset({"app.bsky.feed.like"}),
+        since=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+        until=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+    )
+    out = extract_repo(build_repo(did, records), did, filt)
+    keys, unlanded = unpack_index(out.keys)
+    rkeys = out.tables["app.bsky.feed.like"]["rkey"].to_pylist()
+    landed = [f"app.bsky.feed.like/{r}" for r in rkeys]
+    expected = unlanded_keys(keys, filt.collections, landed, verdicts_of(did, out.dead_letters))
+    assert unlanded == expected
+    assert set(unlanded.values()) == {"", "validate/InvalidRecord"}
+    assert len(unlanded) + len(landed) == 40

@@ -285,6 +285,8 @@ class RecordColumns:
         self._window_on = self._since is not None or self._until is not None
         self._cols: dict[str, _Collection] = {}
         self.dead_letters: list[DeadLetter] = []
+        self.outside_window: list[str] = []
+        """Keys of the records left out by the time window (no row, no dead letter)."""
         # Repo-wide common columns (uri, rkey, cid, createdAt text, record JSON);
         # `_runs` marks where each run of one collection's rows starts.
         self._uris: list[str] = []
@@ -398,6 +400,7 @@ class RecordColumns:
                     invalid(collection, rkey, problem, cid, record)
                     continue
             if when is not None and when is not True and not self._in_window(when):
+                self.outside_window.append(f"{collection}/{rkey}")
                 continue
             if has_float(record):
                 message = "record holds a float (the data model has none)"

@@ -187,7 +187,7 @@ def extract_part(
             wanted, cids, seen = mst_leaves(leaves, out.wanted, keys)
         out.add_many(_wanted_records(blocks, wanted, cids, out, None))
         tables, dead_letters = out.finish()
-        key_index = packed_index(plan.did, keys, filt, tables, dead_letters, len(wanted))
+        key_index = packed_index(plan.did, keys, filt, tables, out, len(wanted))
         del out, blocks, keys, wanted, cids
     return RepoExtract(plan.did, plan.rev, tables, dead_letters, records_seen=seen, keys=key_index)
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import libipld
 
-from bsky_backfill.models import DeadLetter, RecordFilter, RepoExtract
+from bsky_backfill.models import RecordFilter, RepoExtract
 from bsky_backfill.records.columns import RecordColumns
 from bsky_backfill.repo.car import Undecodable, read_car
 from bsky_backfill.repo.commit import read_commit
@@ -86,9 +86,9 @@ def extract_repo(
             rows = _wanted_records(car.blocks, wanted, cids, out, None)
         out.add_many(rows)
         tables, dead_letters = out.finish()
+        key_index = packed_index(did, keys, filt, tables, out, len(wanted))
         # Drop the decoded blocks while the collector is still paused: reference
         # counting frees them, and the GC never scans them.
-        n_wanted = len(wanted)
         del car, out, rows, wanted, cids
     return RepoExtract(
         did=did,
@@ -96,7 +96,7 @@ def extract_repo(
         tables=tables,
         dead_letters=dead_letters,
         records_seen=seen,
-        keys=packed_index(did, keys, filt, tables, dead_letters, n_wanted),
+        keys=key_index,
     )
 
 
@@ -105,12 +105,12 @@ def packed_index(
     keys: dict[str, bytes],
     filt: RecordFilter,
     tables: dict[str, Any],
-    dead_letters: list[DeadLetter],
+    out: RecordColumns,
     wanted_keys: int,
 ) -> bytes:
     """The key index of a repo (or of a big repo's part) as stored (repo.diff.pack_index);
     `wanted_keys`: how many of `keys` are of wanted collections (the walk counted them)."""
-    return pack_index(keys, _unlanded(did, keys, filt, tables, dead_letters, wanted_keys))
+    return pack_index(keys, _unlanded(did, keys, filt, tables, out, wanted_keys))
 
 
 def _unlanded(
@@ -118,15 +118,21 @@ def _unlanded(
     keys: dict[str, bytes],
     filt: RecordFilter,
     tables: dict[str, Any],
-    dead_letters: list[DeadLetter],
+    out: RecordColumns,
     wanted_keys: int,
 ) -> dict[str, str]:
     """Keys of wanted collections with no row -> their dead letter's "stage/code"
     ("" outside the window)."""
-    if sum(t.num_rows for t in tables.values()) == wanted_keys:
+    rows = sum(t.num_rows for t in tables.values())
+    if rows == wanted_keys:
         return {}  # all landed: the usual case, no set built
+    verdicts = verdicts_of(did, out.dead_letters)
+    if rows + len(verdicts) + len(out.outside_window) == wanted_keys:
+        # Every key without a row is accounted for by a dead letter or the window
+        # (as it must be: nothing is dropped silently): no pass over the rows.
+        return {**verdicts, **dict.fromkeys(out.outside_window, "")}
     landed = (f"{c}/{r}" for c, t in tables.items() for r in t["rkey"].to_pylist())
-    return unlanded_keys(keys, filt.collections, landed, verdicts_of(did, dead_letters))
+    return unlanded_keys(keys, filt.collections, landed, verdicts)
 
 
 def _wanted_records(
