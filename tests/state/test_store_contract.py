@@ -24,9 +24,11 @@ from bsky_backfill.state.base import (
     FailedRepo,
     HostPause,
     Identity,
+    ReclaimsExpiredLeases,
     RepoDone,
     RepoFailed,
     RepoState,
+    SharesHostBudget,
     StateStore,
 )
 from bsky_backfill.state.errors import FilesChangedError, StateStoreError
@@ -648,3 +650,11 @@ def test_handles_ride_with_the_identity_and_a_verified_one_stays_verified(
     store.retry_later(c, 0, T0, "again")
     again = {t.did: (t.handle, t.handle_verified) for t in store.claim("h1", 10, T0)}
     assert again == {a: ("a.test", True), c: ("c.test", False)}
+
+
+def test_backend_only_capabilities_are_declared(store: StateStore) -> None:
+    """What only PostgreSQL does is a capability Protocol the engine checks with
+    `isinstance` (engine/takeover.py, engine/scheduler.py)."""
+    shared = isinstance(store, PostgresStateStore)
+    assert isinstance(store, ReclaimsExpiredLeases) is shared
+    assert isinstance(store, SharesHostBudget) is shared

@@ -30,7 +30,7 @@ from bsky_backfill.engine.commits import Commits
 from bsky_backfill.engine.flow import Flow
 from bsky_backfill.engine.takeover import Peers
 from bsky_backfill.models import utcnow
-from bsky_backfill.state.base import HostPause, RepoTask, StateStore
+from bsky_backfill.state.base import HostPause, RepoTask, SharesHostBudget, StateStore
 from bsky_backfill.xrpc.breaker import Breaker, BreakerBoard, BreakerState
 from bsky_backfill.xrpc.shared import SharedHostBudget
 from bsky_backfill.xrpc.slot import HostSlot
@@ -69,9 +69,11 @@ class Scheduler:
         slot = self.slots.get(host)
         if slot is None:
             shared = None
-            take = getattr(self._store, "take_host_tokens", None)
-            if self.settings.global_host_rate and take is not None:
-                shared = SharedHostBudget(host, self.settings.global_host_rate, take)
+            store = self._store
+            if self.settings.global_host_rate and isinstance(store, SharesHostBudget):
+                shared = SharedHostBudget(
+                    host, self.settings.global_host_rate, store.take_host_tokens
+                )
             slot = self.slots[host] = HostSlot(
                 host, self.settings.rate_limit, self.settings.host_concurrency, shared
             )

@@ -31,7 +31,7 @@ from bsky_backfill.engine.commits import Commits, recover_sink
 from bsky_backfill.engine.flow import Flow
 from bsky_backfill.engine.processes import Role, join_followers, spawn_followers, stop_followers
 from bsky_backfill.engine.stats import RunStats
-from bsky_backfill.state.base import RepoState, StateStore
+from bsky_backfill.state.base import ReclaimsExpiredLeases, RepoState, StateStore
 
 log = logging.getLogger("bsky_backfill")
 
@@ -97,9 +97,8 @@ class Peers:
         and takes orphans over when it can tell their owner is gone."""
         if store.counts().get(RepoState.IN_PROGRESS, 0) == 0:
             return True
-        reclaim = getattr(store, "reclaim_expired", None)
-        if reclaim is not None:
-            reclaim()  # PostgreSQL: expired leases of dead workers go back to pending
+        if isinstance(store, ReclaimsExpiredLeases):
+            store.reclaim_expired()  # PostgreSQL: dead workers' repos go back to pending
             return False
         if self.role.leader and self.followers and self.role.count > 1:
             if not self.alive():

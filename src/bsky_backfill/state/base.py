@@ -9,7 +9,9 @@ moment lose nothing and duplicate nothing (see sinks/parquet.py).
 `StateStore` is the Protocol every backend implements (state/sqlite.py,
 state/postgres.py; their shared row logic in state/common.py) and one shared
 test suite checks (tests/state/test_store_contract.py). Methods are synchronous and short:
-each is one small transaction.
+each is one small transaction. What only some backends can do is a small
+capability Protocol of its own (`ReclaimsExpiredLeases`, `SharesHostBudget`),
+which the engine tests a store against with `isinstance`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import datetime as dt
 import enum
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from bsky_backfill.models import DeadLetter
 
@@ -375,3 +377,28 @@ class StateStore(Protocol):
     def set_meta(self, key: str, value: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+# -- capabilities only some backends have ------------------------------------------------
+
+
+@runtime_checkable
+class ReclaimsExpiredLeases(Protocol):
+    """A store whose claims carry leases that expire (PostgreSQL): a dead worker's
+    repos can be put back at any time, while live workers keep theirs. The engine
+    calls it while it waits on work other processes hold (engine/takeover.py)."""
+
+    def reclaim_expired(self) -> int:
+        """Repos whose lease expired go back to pending; returns how many."""
+        ...
+
+
+@runtime_checkable
+class SharesHostBudget(Protocol):
+    """A store that keeps a per-host request budget for every worker of a cluster
+    (PostgreSQL, `--global-host-rate`: xrpc/shared.py)."""
+
+    def take_host_tokens(self, host: str, want: int, per_second: int) -> tuple[int, float]:
+        """Up to `want` requests to `host` from this second's shared budget of
+        `per_second`. Returns (granted, seconds until the next second starts)."""
+        ...
