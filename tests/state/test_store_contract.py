@@ -383,6 +383,32 @@ def test_commit_sets_and_deletes_cursors_with_its_files(store: StateStore) -> No
     assert store.get_cursor("list:did:plc:b") == "p2"
 
 
+def test_claim_starts_the_biggest_known_repos_first(store: StateStore) -> None:
+    """A repo's CAR size, recorded when it landed, orders the next run's claims of its
+    host: known sizes biggest first, then unknown ones in due order."""
+    a, b, c, d, e, f, g = dids(7)
+    resolved(store, {"h1": [a, b, c, d, e, f], "h2": [g]})
+    store.claim("h1", 6, T0)
+    store.claim("h2", 1, T0)
+    sizes = {a: 10, b: 9_000, c: None, d: 300, e: 70_000, g: 1 << 40}
+    store.commit([], [RepoDone(x, "r1", 1, car_bytes=n) for x, n in sizes.items()], [], [])
+    store.retry_later(f, 1, T0, "timeout")  # never landed: its size is unknown
+    assert store.mark_refresh() == 6
+    store.retry_later(e, 0, T0 + dt.timedelta(hours=1), "paused")  # the biggest, not due
+    order = []
+    while batch := store.claim("h1", 1, T0):
+        order += [t.did for t in batch]
+    assert order == [b, d, a, c, f]  # c was due at once (refresh), f at T0
+    assert [t.did for t in store.claim("h1", 5, T0 + dt.timedelta(hours=1))] == [e]
+    # A landing whose size is not known (a refresh's diff, list mode) keeps the
+    # size stored before; one claim fills its limit across both groups.
+    store.commit([], [RepoDone(x, "r2", 1) for x in (a, b, c, d, e)], [], [])
+    store.commit([], [RepoDone(f, "r2", 1, car_bytes=20)], [], [])
+    assert store.mark_refresh() == 6
+    assert {t.did for t in store.claim("h1", 4, T0)} == {e, b, d, f}
+    assert [t.did for t in store.claim("h1", 4, T0)] == [a, c]
+
+
 def test_mark_refresh_reopens_done_repos_with_their_rev(store: StateStore) -> None:
     resolved(store, {"h1": ["did:plc:a", "did:plc:b", "did:plc:c"]})
     a, b, c = sorted(store.claim("h1", 3, T0), key=lambda t: t.did)

@@ -113,6 +113,10 @@ class RepoDone:
     refresh found the records changed or gone): no longer counted."""
     account: Account | None = None
     """The repo's `_accounts` details (None: unknown, the row has nulls)."""
+    car_bytes: int | None = None
+    """The size of the repo's whole CAR as fetched (None: not known here, e.g. a
+    refresh's diff or list mode; the size stored before is kept). A later run's
+    `claim` starts a host's biggest repos first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +218,9 @@ class StateStore(Protocol):
         ...
 
     def claim(self, host: str, limit: int, now: dt.datetime) -> list[RepoTask]:
-        """Atomically move up to `limit` due, resolved, pending repos of `host` to in_progress."""
+        """Atomically move up to `limit` due, resolved, pending repos of `host` to in_progress:
+        those whose size is known (`RepoDone.car_bytes` of an earlier landing) biggest
+        first, then the others, each group in due order."""
         ...
 
     def withdraw(self, dids: Sequence[str]) -> list[str]:

@@ -134,6 +134,22 @@ def _patient(
     return call
 
 
+# A claim's two picks, each along its own partial index in the order it wants, so
+# each stops after `limit` due rows (it skips only the few repos backing off):
+# repos of known size (repos_claim_sized: landed before, a refresh or a retry),
+# biggest first, then those of unknown size (repos_claim) in due order.
+_CLAIM = (
+    """SELECT did FROM repos
+       WHERE state = 'pending' AND car_bytes IS NOT NULL AND host = %(host)s
+         AND next_attempt_at <= %(now)s
+       ORDER BY car_bytes DESC, next_attempt_at LIMIT %(limit)s""",
+    """SELECT did FROM repos
+       WHERE state = 'pending' AND host = %(host)s AND next_attempt_at <= %(now)s
+         AND car_bytes IS NULL
+       ORDER BY next_attempt_at LIMIT %(limit)s""",
+)
+
+
 def _aware(t: dt.datetime) -> dt.datetime:
     if t.tzinfo is None:
         raise ValueError(f"naive datetime {t!r}: the state store wants aware UTC datetimes")
@@ -369,22 +385,24 @@ class PostgresStateStore:
         now = _aware(now)
         with self._tx() as cur:
             self._maintain(cur)
-            # The CTE runs once (FOR UPDATE keeps it from being inlined); SKIP
-            # LOCKED lets concurrent claimers pass each other's rows by, and
+            # Known sizes first, biggest first, then the rest in due order (see
+            # _CLAIM). Each CTE runs once (FOR UPDATE keeps it from being inlined);
+            # SKIP LOCKED lets concurrent claimers pass each other's rows by, and
             # a row changed meanwhile is re-checked against the WHERE clause.
-            cur.execute(
-                f"""WITH picked AS (
-                     SELECT did FROM repos
-                     WHERE state = 'pending' AND host = %(host)s AND next_attempt_at <= %(now)s
-                     ORDER BY next_attempt_at LIMIT %(limit)s
-                     FOR UPDATE SKIP LOCKED)
-                   UPDATE repos AS r SET state = 'in_progress', updated_at = now(),
-                     lease_owner = %(me)s, lease_expires_at = clock_timestamp() + %(lease)s
-                   FROM picked WHERE r.did = picked.did
-                   RETURNING {task_columns("r")}""",
-                {"host": host, "now": now, "limit": limit, "me": self.owner, "lease": self.lease},
-            )
-            rows = cur.fetchall()
+            rows: list[tuple[Any, ...]] = []
+            for pick in _CLAIM:
+                if len(rows) >= limit:
+                    break
+                cur.execute(
+                    f"""WITH picked AS ({pick} FOR UPDATE SKIP LOCKED)
+                       UPDATE repos AS r SET state = 'in_progress', updated_at = now(),
+                         lease_owner = %(me)s, lease_expires_at = clock_timestamp() + %(lease)s
+                       FROM picked WHERE r.did = picked.did
+                       RETURNING {task_columns("r")}""",
+                    {"host": host, "now": now, "limit": limit - len(rows), "me": self.owner,
+                     "lease": self.lease},
+                )  # fmt: skip
+                rows += cur.fetchall()
         return [task(r, _utc) for r in rows]
 
     @_patient

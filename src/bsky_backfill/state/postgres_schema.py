@@ -197,5 +197,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE repos ADD COLUMN handle TEXT",
         "ALTER TABLE repos ADD COLUMN handle_verified BOOLEAN NOT NULL DEFAULT false",
     ),
+    (
+        # Big repos first (issue 18): the size of each landed repo's whole CAR in
+        # bytes (NULL: unknown), and the partial index claim() walks to start a
+        # host's known-size repos biggest first. Partial, so repos never landed (a
+        # first run) cost it nothing; repos_claim keeps serving the others.
+        "ALTER TABLE repos ADD COLUMN car_bytes BIGINT",
+        """CREATE INDEX repos_claim_sized ON repos(host, car_bytes DESC, next_attempt_at)
+            WHERE state = 'pending' AND car_bytes IS NOT NULL""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
