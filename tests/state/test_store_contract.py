@@ -684,3 +684,69 @@ def test_backend_only_capabilities_are_declared(store: StateStore) -> None:
     shared = isinstance(store, PostgresStateStore)
     assert isinstance(store, ReclaimsExpiredLeases) is shared
     assert isinstance(store, SharesHostBudget) is shared
+
+
+# -- host leases (issue 18) ----------------------------------------------------------
+
+
+def test_a_host_is_leased_to_one_owner_of_a_team_at_a_time(backend: Factory) -> None:
+    first, second = backend(), backend()  # two processes of one team
+    minute = dt.timedelta(minutes=1)
+    assert first.acquire_host("team", "h1", "p1", T0, T0 + minute)
+    assert not second.acquire_host("team", "h1", "p2", T0, T0 + minute)
+    assert second.acquire_host("team", "h2", "p2", T0, T0 + minute)
+    # The owner renews; another team (another machine's run) has leases of its own.
+    assert first.acquire_host("team", "h1", "p1", T0 + minute / 2, T0 + 2 * minute)
+    assert second.acquire_host("other", "h1", "q1", T0, T0 + minute)
+    # A release by someone else's name changes nothing; the owner's frees the host.
+    second.release_host("team", "h1", "p2")
+    assert not second.acquire_host("team", "h1", "p2", T0 + minute, T0 + 2 * minute)
+    first.release_host("team", "h1", "p1")
+    assert second.acquire_host("team", "h1", "p2", T0 + minute, T0 + 2 * minute)
+    assert not first.acquire_host("team", "h1", "p1", T0 + minute, T0 + 2 * minute)
+
+
+def test_an_expired_host_lease_goes_to_whoever_asks(backend: Factory) -> None:
+    """A killed process stops renewing: once its lease is over, another takes the host."""
+    first, second = backend(), backend()
+    until = T0 + dt.timedelta(seconds=30)
+    assert first.acquire_host("team", "h1", "p1", T0, until)
+    assert not second.acquire_host("team", "h1", "p2", until - dt.timedelta(microseconds=1), T0)
+    assert second.acquire_host("team", "h1", "p2", until, until + dt.timedelta(seconds=30))
+    # The one that lost it cannot renew: its renewal says so.
+    assert not first.acquire_host("team", "h1", "p1", until, until + dt.timedelta(seconds=30))
+
+
+def test_release_hosts_frees_an_owner_or_a_whole_team(backend: Factory) -> None:
+    store = backend()
+    later = T0 + dt.timedelta(minutes=1)
+    for host, owner in (("h1", "p1"), ("h2", "p1"), ("h3", "p2")):
+        assert store.acquire_host("team", host, owner, T0, later)
+    assert store.acquire_host("other", "h1", "q1", T0, later)
+    assert store.release_hosts("team", "p1") == 2  # p1's end
+    assert store.acquire_host("team", "h1", "p3", T0, later)
+    assert not store.acquire_host("team", "h3", "p3", T0, later)
+    assert store.release_hosts("team") == 2  # a take-over: every process of it is gone
+    assert store.acquire_host("team", "h3", "p4", T0, later)
+    # The other team's lease was left alone.
+    assert not store.acquire_host("other", "h1", "q2", T0, later)
+    assert store.release_hosts("nobody", "p1") == 0
+
+
+def test_racing_processes_never_share_a_host(backend: Factory) -> None:
+    stores = [backend() for _ in range(3)]
+    hosts = [f"pds{i}" for i in range(60)]
+    won: list[list[str]] = [[] for _ in stores]
+    later = T0 + dt.timedelta(minutes=1)
+
+    def race(i: int) -> None:
+        for host in hosts:
+            if stores[i].acquire_host("team", host, f"p{i}", T0, later):
+                won[i].append(host)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(h for w in won for h in w) == sorted(hosts)

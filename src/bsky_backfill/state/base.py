@@ -380,6 +380,28 @@ class StateStore(Protocol):
         """Hosts recorded as paused (the live run's view, as of its last change)."""
         ...
 
+    # -- host leases: which process of a `--workers` team works a host (issue 18) -------
+
+    def acquire_host(
+        self, team: str, host: str, owner: str, now: dt.datetime, until: dt.datetime
+    ) -> bool:
+        """Lease `host` to `owner` among the processes of `team` (one `--workers` run on
+        one machine: they share one IP, so one of them at a time paces a host) until
+        `until`. True if the host was free, its lease had expired (by `now`), or it
+        was already `owner`'s (then the lease is renewed); False while another owner
+        holds it. Times come from the team's machine (one clock for every caller)."""
+        ...
+
+    def release_host(self, team: str, host: str, owner: str) -> None:
+        """Give `host` up if `owner` holds it (another process of the team may take it)."""
+        ...
+
+    def release_hosts(self, team: str, owner: str | None = None) -> int:
+        """Give up every host `owner` holds in `team` (its end), or with None every
+        host of the team (no other process of it is left: a take-over). Returns how
+        many leases went."""
+        ...
+
     def set_meta(self, key: str, value: str) -> None: ...
 
     def close(self) -> None: ...

@@ -657,6 +657,47 @@ class PostgresStateStore:
         with self._tx() as cur:
             return ledger.pauses(cur)
 
+    # -- host leases ---------------------------------------------------------------
+
+    @_patient
+    def acquire_host(
+        self, team: str, host: str, owner: str, now: dt.datetime, until: dt.datetime
+    ) -> bool:
+        # The caller's clock, not the database's: only one machine's processes (a
+        # team) contend for a lease. ON CONFLICT makes two acquirers queue on the row.
+        with self._tx() as cur:
+            # Expired leases go first, whichever team left them (a run that was killed).
+            cur.execute(
+                "DELETE FROM host_leases WHERE host = %s AND until <= %s", (host, _aware(now))
+            )
+            cur.execute(
+                """INSERT INTO host_leases AS l(host, team, owner, until)
+                   VALUES (%s, %s, %s, %s)
+                   ON CONFLICT (host, team) DO UPDATE SET until = excluded.until
+                   WHERE l.owner = excluded.owner
+                   RETURNING owner""",
+                (host, team, owner, _aware(until)),
+            )
+            return cur.fetchone() is not None
+
+    @_patient
+    def release_host(self, team: str, host: str, owner: str) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                "DELETE FROM host_leases WHERE host = %s AND team = %s AND owner = %s",
+                (host, team, owner),
+            )
+
+    @_patient
+    def release_hosts(self, team: str, owner: str | None = None) -> int:
+        with self._tx() as cur:
+            cur.execute(
+                """DELETE FROM host_leases
+                   WHERE team = %s AND (%s::text IS NULL OR owner = %s)""",
+                (team, owner, owner),
+            )
+            return cur.rowcount
+
     # -- small tables ------------------------------------------------------------
 
     @_patient

@@ -679,6 +679,37 @@ class SqliteStateStore:
             rows = self._conn.execute("SELECT host, until, reason FROM host_pauses").fetchall()
         return [_pause(*row) for row in rows]
 
+    # -- host leases ---------------------------------------------------------------
+
+    def acquire_host(
+        self, team: str, host: str, owner: str, now: dt.datetime, until: dt.datetime
+    ) -> bool:
+        with self._write() as c:
+            # Expired leases go first, whichever team left them (a run that was killed).
+            c.execute("DELETE FROM host_leases WHERE host = ? AND until <= ?", (host, _to_us(now)))
+            row = c.execute(
+                """INSERT INTO host_leases(host, team, owner, until) VALUES (?, ?, ?, ?)
+                   ON CONFLICT(host, team) DO UPDATE SET until = excluded.until
+                   WHERE host_leases.owner = excluded.owner
+                   RETURNING owner""",
+                (host, team, owner, _to_us(until)),
+            ).fetchone()
+        return row is not None
+
+    def release_host(self, team: str, host: str, owner: str) -> None:
+        with self._write() as c:
+            c.execute(
+                "DELETE FROM host_leases WHERE host = ? AND team = ? AND owner = ?",
+                (host, team, owner),
+            )
+
+    def release_hosts(self, team: str, owner: str | None = None) -> int:
+        with self._write() as c:
+            return c.execute(
+                "DELETE FROM host_leases WHERE team = ? AND (? IS NULL OR owner = ?)",
+                (team, owner, owner),
+            ).rowcount
+
     # -- small tables ------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:

@@ -159,5 +159,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE INDEX repos_claim_sized ON repos(host, car_bytes DESC, next_attempt_at)
             WHERE state = 'pending' AND car_bytes IS NOT NULL""",
     ),
+    (
+        # Host leases (issue 18): which process of a `--workers` team (one run on
+        # one machine) works a host now, until when. A few rows per live host, so
+        # no index beyond the key.
+        """CREATE TABLE host_leases (
+            host TEXT NOT NULL,
+            team TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            until INTEGER NOT NULL,
+            PRIMARY KEY (host, team)
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
