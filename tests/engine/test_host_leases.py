@@ -24,13 +24,21 @@ class Process:
         self.leases = HostLeases("team", 2)
         self.in_flight: dict[str, int] = {}
         self.paused: set[str] = set()
+        self.full = False  # as many hosts active as --max-active-hosts allows
 
     def turn(self, due: list[str], now: dt.datetime) -> list[str]:
         """A scheduler turn: settle, then the due hosts it may claim on."""
         self.leases.settle(
-            self.store, due, now, lambda h: self.in_flight.get(h, 0), self.paused.__contains__
+            self.store,
+            due,
+            now,
+            lambda h: self.in_flight.get(h, 0),
+            self.paused.__contains__,
+            full=self.full,
         )
-        return [h for h in due if self.leases.may_claim(self.store, h, now)]
+        # As the scheduler: a process that is full starts no other host.
+        busy = [h for h in due if not self.full or self.in_flight.get(h)]
+        return [h for h in busy if self.leases.may_claim(self.store, h, now)]
 
 
 @pytest.fixture
@@ -94,6 +102,19 @@ def test_a_killed_process_loses_its_hosts_when_their_leases_end(
     assert b.turn(["h1"], end - SECOND) == []  # before the lease is over: a's
     assert b.leases.held == {}
     assert b.turn(["h1"], end + SECOND) == ["h1"]
+
+
+def test_a_process_with_no_room_gives_back_the_hosts_it_cannot_work(
+    team: tuple[Process, Process],
+) -> None:
+    a, b = team
+    hosts = ["h1", "h2", "h3", "h4"]
+    assert a.turn(hosts, T0) == ["h1", "h2"]
+    a.in_flight = {"h1": 1}  # h2 is due, but a works as many hosts as it may
+    a.full = True
+    assert a.turn(hosts, T0 + SECOND) == ["h1"]
+    assert list(a.leases.held) == ["h1"]
+    assert b.turn(hosts, T0 + SECOND) == ["h2", "h3"]
 
 
 def test_a_process_at_its_end_frees_every_host(team: tuple[Process, Process]) -> None:

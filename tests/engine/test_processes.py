@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
+
+import pytest
 
 from bsky_backfill.simulate import Scenario, run_network_in_thread
 from tests.conftest import run_cli
 from tests.dataset import assert_matches_truth
+from tests.state.pg import fresh_schema_url
 
 
 def test_two_workers_give_the_exact_ground_truth(tmp_path: Path) -> None:
@@ -32,19 +36,24 @@ def test_two_workers_give_the_exact_ground_truth(tmp_path: Path) -> None:
     assert len(writers) >= 2, "only one process wrote files"
 
 
-def test_hosts_go_to_whichever_process_has_room(tmp_path: Path) -> None:
+@pytest.mark.parametrize("queue", ["sqlite", "postgresql"])
+def test_hosts_go_to_whichever_process_has_room(tmp_path: Path, queue: str) -> None:
     """Hosts are leased at claim time, not split by a hash: with uneven hosts (one
     holds a giant repo) both processes work, each host paced by one of them at a
     time, and the output is exactly the truth."""
     scenario = Scenario(seed=43, accounts=42, hosts=3, mean_records=30, giant_repo=5000)
     out = tmp_path / "out"
-    with run_network_in_thread(scenario) as net:
+    with contextlib.ExitStack() as stack:
+        net = stack.enter_context(run_network_in_thread(scenario))
+        queue_args = (
+            ["--queue", stack.enter_context(fresh_schema_url())] if queue != "sqlite" else []
+        )
         dids = tmp_path / "dids.txt"
         dids.write_text("\n".join(net.truth.input_dids) + "\n")
         result = run_cli(
             "run", "-v", "--dids", str(dids), "--out", str(out), "--plc-url", net.plc_url,
             "--allow-private-hosts", "--no-progress", "--workers", "2", "--rate-limit", "4",
-            "--host-concurrency", "1",
+            "--host-concurrency", "1", *queue_args,
         )  # fmt: skip
         truth = net.truth
     assert result.returncode == 0, result.stderr

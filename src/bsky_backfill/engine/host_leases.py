@@ -73,12 +73,16 @@ class HostLeases:
         now: dt.datetime,
         in_flight: Callable[[str], int],
         pinned: Callable[[str], bool],
+        *,
+        full: bool = False,
     ) -> None:
         """At each turn, before claiming: work out this process's share of the hosts
         with due work (`due`), pick hosts to drain if it holds more, give back held
         hosts with nothing in flight that are drained or have nothing due, and renew
         the others. `in_flight`: this process's repos of a host being worked on;
-        `pinned`: the host's breaker is not closed (it stays)."""
+        `pinned`: the host's breaker is not closed (it stays); `full`: the process
+        works as many hosts as it may (`--max-active-hosts`), so a held host with
+        nothing in flight goes back rather than wait for room here."""
         with_work = len(set(due) | self.held.keys())
         self._share = max(1, -(-with_work // self.processes))
         excess = len(self.held) - self._share
@@ -86,7 +90,7 @@ class HostLeases:
         self._draining = set(movable[: max(0, excess)])
         for host in list(self.held):
             idle = in_flight(host) == 0 and not pinned(host)
-            if idle and (host not in due or host in self._draining):
+            if idle and (full or host not in due or host in self._draining):
                 self._give_back(store, host)
             elif self.held[host] - now < _RENEW_BEFORE:
                 self._renew(store, host, now)

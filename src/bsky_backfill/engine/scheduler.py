@@ -159,13 +159,17 @@ class Scheduler:
             now = utcnow()
             claimed = 0
             held: list[Breaker] = []
-            elsewhere = False  # due work on hosts another process holds
             active_hosts = sum(1 for s in self.slots.values() if s.active)
             self._flush_pauses()
-            due_hosts = store.pending_hosts(now) if peers.together(store) else {}
+            together = peers.together(store)
+            due_hosts = store.pending_hosts(now) if together else {}
+            # Due work this process may not claim yet: on hosts another process holds,
+            # or before its followers have started.
+            elsewhere = not together
             hosts = peers.hosts
             if hosts is not None:
-                hosts.settle(store, due_hosts, now, self._in_flight, self._pinned)
+                full = active_hosts >= self.settings.max_active_hosts
+                hosts.settle(store, due_hosts, now, self._in_flight, self._pinned, full=full)
             for host in due_hosts:
                 if not self._in_flight(host) and active_hosts >= self.settings.max_active_hosts:
                     continue
@@ -211,7 +215,7 @@ class Scheduler:
                 wait = (due - utcnow()).total_seconds()
                 if wait <= 0 and held:  # due, but their hosts are paused: until one resumes
                     wait = min(b.resume_at for b in held) - time.time()
-                if wait <= 0 and elsewhere:  # due, on other processes' hosts: until one is free
+                if wait <= 0 and elsewhere:  # due, but not for this process yet: look again soon
                     wait = 0.5
                 await flow.wait(min(5.0, max(0.05, wait)))
                 continue
