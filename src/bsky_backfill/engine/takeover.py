@@ -88,7 +88,8 @@ class Peers:
         """Whether this process may claim yet. The leader waits (resolving meanwhile)
         until every follower's scheduler runs, or one has exited: a follower takes a
         second or two to start, and a leader that began alone would hold every host
-        with work by then (host_leases.py), leaving it nothing to do on a short run."""
+        with work by then (host_leases.py), leaving the followers nothing to do on a
+        short run."""
         if not self._together and self.role.leader:
             started = all(
                 store.get_meta(f"{STARTED}{i}") == self.role.team for i in range(1, self.role.count)
