@@ -76,7 +76,7 @@ class RunSettings(BaseModel):
     compact: bool = False
     """Compact the dataset once the run has finished (sinks/compact.py)."""
     workers: int = 1
-    """Processes on this machine (hosts are split between them)."""
+    """Processes on this machine (each host is worked by one of them at a time)."""
     verify: bool = True
     """Check commit signatures and MST structure (--no-verify turns it off)."""
     validate_records: bool = True

@@ -135,7 +135,7 @@ class RunOptions(BaseModel):
     ] = Field(default=True, alias="validate")
     """Check records against their bundled lexicon (keyword `validate`)."""
     workers: Annotated[int, Field(ge=1, le=1024), Flag(metavar="N")] = 1
-    """Processes on this machine (PDS hosts are split between them)."""
+    """Processes on this machine (each PDS host is worked by one of them at a time)."""
     refresh: bool = False
     """Fetch only what changed since the last run."""
     compact: bool = False

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 from pathlib import Path
 
-from bsky_backfill.engine.processes import Role
+import pytest
+
 from bsky_backfill.simulate import Scenario, run_network_in_thread
 from tests.conftest import run_cli
 from tests.dataset import assert_matches_truth
-
-
-def test_hosts_are_split_between_processes() -> None:
-    hosts = [f"pds{i}.example:443" for i in range(200)]
-    roles = [Role(i, 3) for i in range(3)]
-    for host in hosts:
-        assert sum(role.owns(host) for role in roles) == 1
-    shares = [sum(role.owns(h) for h in hosts) for role in roles]
-    assert min(shares) > 40, shares  # every process gets a fair share
-    assert all(Role(0, 1).owns(h) for h in hosts)
+from tests.state.pg import fresh_schema_url
 
 
 def test_two_workers_give_the_exact_ground_truth(tmp_path: Path) -> None:
@@ -40,6 +34,41 @@ def test_two_workers_give_the_exact_ground_truth(tmp_path: Path) -> None:
     assert requests == answered
     writers = {p.name.split("-")[2] for p in out.rglob("part-*.parquet")}
     assert len(writers) >= 2, "only one process wrote files"
+
+
+@pytest.mark.parametrize("queue", ["sqlite", "postgresql"])
+def test_hosts_go_to_whichever_process_has_room(tmp_path: Path, queue: str) -> None:
+    """Hosts are leased at claim time, not split by a hash: with uneven hosts (one
+    holds a giant repo) both processes work, each host paced by one of them at a
+    time, and the output is exactly the truth."""
+    scenario = Scenario(seed=43, accounts=42, hosts=3, mean_records=30, giant_repo=5000)
+    out = tmp_path / "out"
+    with contextlib.ExitStack() as stack:
+        net = stack.enter_context(run_network_in_thread(scenario))
+        queue_args = (
+            ["--queue", stack.enter_context(fresh_schema_url())] if queue != "sqlite" else []
+        )
+        dids = tmp_path / "dids.txt"
+        dids.write_text("\n".join(net.truth.input_dids) + "\n")
+        result = run_cli(
+            "run", "-v", "--dids", str(dids), "--out", str(out), "--plc-url", net.plc_url,
+            "--allow-private-hosts", "--no-progress", "--workers", "2", "--rate-limit", "4",
+            "--host-concurrency", "1", *queue_args,
+        )  # fmt: skip
+        truth = net.truth
+    assert result.returncode == 0, result.stderr
+    assert_matches_truth(out, truth.expected_rows(), truth.expected_dead_letters())
+    # Each process says how many repos it claimed (scheduler.py), on its way out.
+    claims = {
+        int(m[1]): (int(m[2]), int(m[3]))
+        for m in re.finditer(
+            r"process (\d) of 2: claimed (\d+) repos on (\d+) hosts it took", result.stderr
+        )
+    }
+    assert set(claims) == {0, 1}, result.stderr
+    assert all(repos > 0 and hosts > 0 for repos, hosts in claims.values()), claims
+    landed = sum(1 for d in truth.accounts if truth.fetchable(d))
+    assert sum(repos for repos, _ in claims.values()) >= landed
 
 
 def children_running_spawn_main(pid: int) -> list[int]:

@@ -3,6 +3,8 @@ and records the deleted ones in `_deletions`; nothing is fetched twice."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 from bsky_backfill.simulate import Scenario, run_network_in_thread
@@ -26,6 +28,13 @@ def current_view(out: Path) -> dict[str, dict[str, object]]:
     return view
 
 
+def car_sizes(out: Path) -> dict[str, int | None]:
+    """Each landed repo's recorded CAR size (the state store's `car_bytes`)."""
+    with contextlib.closing(sqlite3.connect(out / "_state" / "state.sqlite")) as con:
+        rows = con.execute("SELECT did, car_bytes FROM repos WHERE state = 'done'").fetchall()
+    return dict(rows)
+
+
 def record_files(out: Path) -> list[Path]:
     """Every committed file but `_accounts` (sinks/accounts.py)."""
     return sorted(p for p in out.rglob("*.parquet") if "_accounts" not in p.parts)
@@ -41,6 +50,10 @@ def test_refresh_lands_new_records_and_records_deletions(tmp_path: Path) -> None
                 "--allow-private-hosts", "--no-progress", "--rate-limit", "0"]  # fmt: skip
         first = run_cli(*args)
         assert first.returncode == 0, first.stderr
+        # Every repo fetched whole has its size recorded: the next run starts the
+        # biggest first (state store `claim`).
+        sizes = car_sizes(out)
+        assert sizes and all(n is not None and n > 0 for n in sizes.values()), sizes
         before = current_view(out)
         landed = net.truth.expected_rows()
         with_posts = sorted({r.did for r in landed.values() if r.collection == POST})
@@ -55,6 +68,7 @@ def test_refresh_lands_new_records_and_records_deletions(tmp_path: Path) -> None
         refresh = run_cli(*refresh_args)
         assert refresh.returncode == 0, refresh.stderr
         refetched = net.stats.count(endpoint=GET_REPO) - requests_before
+        assert car_sizes(out) == sizes  # a refresh fetches diffs: the sizes stay
         files_after_refresh = record_files(out)
         seen = len(read_rows(out, "_accounts", "did"))
         again = run_cli(*refresh_args)

@@ -24,9 +24,11 @@ from bsky_backfill.state.base import (
     FailedRepo,
     HostPause,
     Identity,
+    ReclaimsExpiredLeases,
     RepoDone,
     RepoFailed,
     RepoState,
+    SharesHostBudget,
     StateStore,
 )
 from bsky_backfill.state.errors import FilesChangedError, StateStoreError
@@ -381,6 +383,32 @@ def test_commit_sets_and_deletes_cursors_with_its_files(store: StateStore) -> No
     assert store.get_cursor("list:did:plc:b") == "p2"
 
 
+def test_claim_starts_the_biggest_known_repos_first(store: StateStore) -> None:
+    """A repo's CAR size, recorded when it landed, orders the next run's claims of its
+    host: known sizes biggest first, then unknown ones in due order."""
+    a, b, c, d, e, f, g = dids(7)
+    resolved(store, {"h1": [a, b, c, d, e, f], "h2": [g]})
+    store.claim("h1", 6, T0)
+    store.claim("h2", 1, T0)
+    sizes = {a: 10, b: 9_000, c: None, d: 300, e: 70_000, g: 1 << 40}
+    store.commit([], [RepoDone(x, "r1", 1, car_bytes=n) for x, n in sizes.items()], [], [])
+    store.retry_later(f, 1, T0, "timeout")  # never landed: its size is unknown
+    assert store.mark_refresh() == 6
+    store.retry_later(e, 0, T0 + dt.timedelta(hours=1), "paused")  # the biggest, not due
+    order = []
+    while batch := store.claim("h1", 1, T0):
+        order += [t.did for t in batch]
+    assert order == [b, d, a, c, f]  # c was due at once (refresh), f at T0
+    assert [t.did for t in store.claim("h1", 5, T0 + dt.timedelta(hours=1))] == [e]
+    # A landing whose size is not known (a refresh's diff, list mode) keeps the
+    # size stored before; one claim fills its limit across both groups.
+    store.commit([], [RepoDone(x, "r2", 1) for x in (a, b, c, d, e)], [], [])
+    store.commit([], [RepoDone(f, "r2", 1, car_bytes=20)], [], [])
+    assert store.mark_refresh() == 6
+    assert {t.did for t in store.claim("h1", 4, T0)} == {e, b, d, f}
+    assert [t.did for t in store.claim("h1", 4, T0)] == [a, c]
+
+
 def test_mark_refresh_reopens_done_repos_with_their_rev(store: StateStore) -> None:
     resolved(store, {"h1": ["did:plc:a", "did:plc:b", "did:plc:c"]})
     a, b, c = sorted(store.claim("h1", 3, T0), key=lambda t: t.did)
@@ -648,3 +676,77 @@ def test_handles_ride_with_the_identity_and_a_verified_one_stays_verified(
     store.retry_later(c, 0, T0, "again")
     again = {t.did: (t.handle, t.handle_verified) for t in store.claim("h1", 10, T0)}
     assert again == {a: ("a.test", True), c: ("c.test", False)}
+
+
+def test_backend_only_capabilities_are_declared(store: StateStore) -> None:
+    """What only PostgreSQL does is a capability Protocol the engine checks with
+    `isinstance` (engine/takeover.py, engine/scheduler.py)."""
+    shared = isinstance(store, PostgresStateStore)
+    assert isinstance(store, ReclaimsExpiredLeases) is shared
+    assert isinstance(store, SharesHostBudget) is shared
+
+
+# -- host leases (issue 18) ----------------------------------------------------------
+
+
+def test_a_host_is_leased_to_one_owner_of_a_team_at_a_time(backend: Factory) -> None:
+    first, second = backend(), backend()  # two processes of one team
+    minute = dt.timedelta(minutes=1)
+    assert first.acquire_host("team", "h1", "p1", T0, T0 + minute)
+    assert not second.acquire_host("team", "h1", "p2", T0, T0 + minute)
+    assert second.acquire_host("team", "h2", "p2", T0, T0 + minute)
+    # The owner renews; another team (another machine's run) has leases of its own.
+    assert first.acquire_host("team", "h1", "p1", T0 + minute / 2, T0 + 2 * minute)
+    assert second.acquire_host("other", "h1", "q1", T0, T0 + minute)
+    # A release by someone else's name changes nothing; the owner's frees the host.
+    second.release_host("team", "h1", "p2")
+    assert not second.acquire_host("team", "h1", "p2", T0 + minute, T0 + 2 * minute)
+    first.release_host("team", "h1", "p1")
+    assert second.acquire_host("team", "h1", "p2", T0 + minute, T0 + 2 * minute)
+    assert not first.acquire_host("team", "h1", "p1", T0 + minute, T0 + 2 * minute)
+
+
+def test_an_expired_host_lease_goes_to_whoever_asks(backend: Factory) -> None:
+    """A killed process stops renewing: once its lease is over, another takes the host."""
+    first, second = backend(), backend()
+    until = T0 + dt.timedelta(seconds=30)
+    assert first.acquire_host("team", "h1", "p1", T0, until)
+    assert not second.acquire_host("team", "h1", "p2", until - dt.timedelta(microseconds=1), T0)
+    assert second.acquire_host("team", "h1", "p2", until, until + dt.timedelta(seconds=30))
+    # The one that lost it cannot renew: its renewal says so.
+    assert not first.acquire_host("team", "h1", "p1", until, until + dt.timedelta(seconds=30))
+
+
+def test_release_hosts_frees_an_owner_or_a_whole_team(backend: Factory) -> None:
+    store = backend()
+    later = T0 + dt.timedelta(minutes=1)
+    for host, owner in (("h1", "p1"), ("h2", "p1"), ("h3", "p2")):
+        assert store.acquire_host("team", host, owner, T0, later)
+    assert store.acquire_host("other", "h1", "q1", T0, later)
+    assert store.release_hosts("team", "p1") == 2  # p1's end
+    assert store.acquire_host("team", "h1", "p3", T0, later)
+    assert not store.acquire_host("team", "h3", "p3", T0, later)
+    assert store.release_hosts("team") == 2  # a take-over: every process of it is gone
+    assert store.acquire_host("team", "h3", "p4", T0, later)
+    # The other team's lease was left alone.
+    assert not store.acquire_host("other", "h1", "q2", T0, later)
+    assert store.release_hosts("nobody", "p1") == 0
+
+
+def test_racing_processes_never_share_a_host(backend: Factory) -> None:
+    stores = [backend() for _ in range(3)]
+    hosts = [f"pds{i}" for i in range(60)]
+    won: list[list[str]] = [[] for _ in stores]
+    later = T0 + dt.timedelta(minutes=1)
+
+    def race(i: int) -> None:
+        for host in hosts:
+            if stores[i].acquire_host("team", host, f"p{i}", T0, later):
+                won[i].append(host)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(h for w in won for h in w) == sorted(hosts)

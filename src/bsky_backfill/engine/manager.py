@@ -143,7 +143,7 @@ class Backfill:
     ) -> None:
         self.settings = settings
         self.source = source
-        self.peers = Peers(role or Role(0, settings.workers))
+        self.peers = Peers(role or Role.lead(settings.workers))
         self.stats = RunStats()
         self.flow = Flow()
         # Every host's circuit breaker (the client consults them on each request).
@@ -488,12 +488,12 @@ def operator_hosts(settings: RunSettings) -> list[str]:
     return [settings.plc_url, *(host_to_base_url(h.strip(), private) for h in named)]
 
 
-def follower_main(settings: RunSettings, index: int, count: int, log_level: int) -> None:
+def follower_main(settings: RunSettings, role: Role, log_level: int) -> None:
     """Entry point of a `--workers` follower process (spawned: a fresh interpreter)."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
-        backfill = Backfill(settings, None, role=Role(index, count))
+        backfill = Backfill(settings, None, role=role)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, backfill.request_stop)

@@ -4,14 +4,15 @@ Where it sits: the leader (the process the user started) runs `Backfill` as
 usual and, once its start-up recovery is done, spawns N-1 followers with
 `spawn_followers` (takeover.py), each running `manager.follower_main`. Each
 follower runs `Backfill` with a `Role` that skips the leader's duties
-(start-up recovery, reading the source, resolving DIDs) and claims repos only
-of the hosts it owns.
+(start-up recovery, reading the source, resolving DIDs).
 
-Why hosts are split between processes rather than shared: a PDS limits
-requests per client IP, and every process here has the same IP. With each
-host owned by exactly one process, that process's slot sees every request to
-the host and paces the host's budget exactly, as a single process would. With
-many hosts, the CPU-bound decoding spreads over all cores.
+Which process works which host is not fixed here: a PDS limits requests per
+client IP, and every process here has the same IP, so each host is worked by
+one process at a time (its slot paces the host's budget exactly, as a single
+process would), but which one is decided at claim time by who has room, under
+a lease in the state store shared by the run's processes, its `team`
+(host_leases.py). So the CPU-bound decoding spreads over all cores whichever
+hosts hold the work, and one big host does not leave a process idle.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import secrets
 import signal
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
@@ -37,29 +38,33 @@ class Role:
 
     index: int = 0
     count: int = 1
+    team: str = ""
+    """The run's id, shared by its processes: the scope of their host leases."""
 
     @property
     def leader(self) -> bool:
         return self.index == 0
 
-    def owns(self, host: str) -> bool:
-        """Whether this process works on `host` (a stable hash split)."""
-        return self.count == 1 or zlib.crc32(host.encode()) % self.count == self.index
+    @classmethod
+    def lead(cls, count: int) -> Role:
+        """The role of the process the user started, with a new team id."""
+        return cls(0, count, f"{os.getpid()}:{secrets.token_hex(4)}")
 
 
 def spawn_followers(
-    settings: RunSettings, count: int, main: Callable[[RunSettings, int, int, int], None]
+    settings: RunSettings, leader: Role, main: Callable[[RunSettings, Role, int], None]
 ) -> list[BaseProcess]:
-    """Start processes 1..count-1 (the caller is process 0), each running
-    `main(settings, index, count, log level)`: a module-level function (the spawn
+    """Start processes 1..count-1 of the leader's team (the caller is process 0), each
+    running `main(settings, role, log level)`: a module-level function (the spawn
     start method imports it by name in the new interpreter)."""
     ctx = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
     processes: list[BaseProcess] = []
-    for index in range(1, count):
+    for index in range(1, leader.count):
+        role = Role(index, leader.count, leader.team)
         proc = ctx.Process(
             target=main,
-            args=(settings.model_copy(update={"handle_txt": None}), index, count, level),
+            args=(settings.model_copy(update={"handle_txt": None}), role, level),
             name=f"bsky-backfill-worker-{index}",
             daemon=False,
         )

@@ -153,11 +153,13 @@ class RepoWorker:
         try:
             cursors: list[tuple[str, str | None]] = []
             fetched_at = utcnow()  # the rows' `fetched_at` (sinks/provenance.py)
+            car_bytes: int | None = None  # the whole repo's CAR, when fetched whole
             if task.refresh:
                 refreshed = await self._refresh(slot, task)
                 if refreshed is None:
                     return  # moved to another host: that host's slot takes it
-                extract, task = refreshed  # the task as resolved again (its `_accounts` row)
+                # The task as resolved again (its `_accounts` row).
+                extract, task, car_bytes = refreshed
             elif self.lister is not None:
                 extract, cursors = await self.lister.fetch(slot, task)
             else:
@@ -165,6 +167,7 @@ class RepoWorker:
                 if body.size and body.size >= run.settings.stream_bytes:
                     await self._land_big(slot, task, body, fetched_at)
                     return
+                car_bytes = body.size
                 data = await self._read(body)
                 started = time.perf_counter()
                 extract = await self.extractor.extract(
@@ -186,6 +189,7 @@ class RepoWorker:
                 deletions=_deletion_counts(extract),
                 superseded=_superseded_counts(extract),
                 account=task.account,
+                car_bytes=car_bytes,
             )
             extract.keys = None  # held by `done` alone until the commit
             if not run.land(extract, done, cursors):
@@ -251,7 +255,12 @@ class RepoWorker:
             indexes = [k for k in got.keys if k is not None]
             keys = merge_indexes(indexes) if len(indexes) == len(got.keys) else None
             done = RepoDone(
-                did=task.did, rev=big.rev, records=got.rows, keys=keys, account=task.account
+                did=task.did,
+                rev=big.rev,
+                records=got.rows,
+                keys=keys,
+                account=task.account,
+                car_bytes=size,
             )
             writer.add(RepoExtract(did=task.did, rev=big.rev, tables={}, dead_letters=[]), done)
             summary = await self.extractor.call(writer.commit)
@@ -373,9 +382,12 @@ class RepoWorker:
         if not self.outcomes.land_partial(part, [(key, value)]):
             raise RepoInvalid("the dataset writer failed", code="InternalError")
 
-    async def _refresh(self, slot: HostSlot, task: RepoTask) -> tuple[RepoExtract, RepoTask] | None:
-        """What changed since the last landed revision (engine/refresh.py), and the
-        task with the identity it has now.
+    async def _refresh(
+        self, slot: HostSlot, task: RepoTask
+    ) -> tuple[RepoExtract, RepoTask, int | None] | None:
+        """What changed since the last landed revision (engine/refresh.py), the task
+        with the identity it has now, and the repo's CAR size if it was fetched whole
+        (None: a diff since the landed revision).
 
         The DID is resolved again first: the account may have moved to another
         host or rotated its key since it landed (the commit must verify against
@@ -434,9 +446,9 @@ class RepoWorker:
         )
         try:
             since = task.since if index is not None else None
-            return await self._refresh_body(slot, task, since, call), task
+            return await self._refresh_body(slot, task, since, call)
         except NeedsWholeRepo:
-            return await self._refresh_body(slot, task, None, call), task
+            return await self._refresh_body(slot, task, None, call)
 
     async def _refresh_body(
         self,
@@ -444,20 +456,23 @@ class RepoWorker:
         task: RepoTask,
         since: str | None,
         call: Callable[..., RepoExtract],
-    ) -> RepoExtract:
+    ) -> tuple[RepoExtract, RepoTask, int | None]:
         """Fetch a refresh's CAR (a diff since `since`, or the whole repo) and apply
         `call` to it: in memory, or over `--stream-size` never read into memory
         but mapped from its spooled file, each block decoded (and hash-checked)
-        only when reached."""
+        only when reached. Returns the extract, `task`, and the CAR's size if it
+        is the whole repo."""
         body = await self._fetch_body(slot, task, since)
+        whole = body.size if since is None else None
         if not (body.size and body.size >= self.outcomes.settings.stream_bytes):
             data = await self._read(body)
-            return await self.extractor.call(call, data, task.did, self.filter)
+            return await self.extractor.call(call, data, task.did, self.filter), task, whole
         path = await asyncio.to_thread(_on_disk, body, self.client)
         try:
             with map_file(path) as mapped:
                 lazy = functools.partial(call, lazy=True)
-                return await self.extractor.call(lazy, mapped, task.did, self.filter)
+                extract = await self.extractor.call(lazy, mapped, task.did, self.filter)
+                return extract, task, whole
         finally:
             body.discard()
             with contextlib.suppress(OSError):

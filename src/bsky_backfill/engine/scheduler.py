@@ -7,6 +7,8 @@ request rate, its circuit breaker); the scheduler claims from the store, per
 host, as many due repos as the slot has room for, and runs each in a task
 (`RepoWorker.process`, repo_task.py). A slow or throttled host only ever holds
 its own capacity; `--max-active-hosts` bounds how many hosts are worked at once.
+With `--workers N`, a process claims on a host only while it holds the host's
+lease (host_leases.py): one process at a time paces each host.
 
 A paused host (its breaker open) gets nothing but, once its pause is over, one
 probe; its repos wait in the store without spending attempts. Pause changes
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Coroutine
 
@@ -30,13 +33,15 @@ from bsky_backfill.engine.commits import Commits
 from bsky_backfill.engine.flow import Flow
 from bsky_backfill.engine.takeover import Peers
 from bsky_backfill.models import utcnow
-from bsky_backfill.state.base import HostPause, RepoTask, StateStore
+from bsky_backfill.state.base import HostPause, RepoTask, SharesHostBudget, StateStore
 from bsky_backfill.xrpc.breaker import Breaker, BreakerBoard, BreakerState
 from bsky_backfill.xrpc.shared import SharedHostBudget
 from bsky_backfill.xrpc.slot import HostSlot
 
 Process = Callable[[HostSlot, RepoTask], Coroutine[object, object, None]]
 """Works on one claimed repo in its host's slot (`RepoWorker.process`)."""
+
+log = logging.getLogger("bsky_backfill.workers")
 
 
 class Scheduler:
@@ -53,6 +58,8 @@ class Scheduler:
         # Pause changes not yet in the store (for `status`), and hosts recorded there.
         self._pause_changes: dict[str, HostPause] = {}
         self._pauses_recorded: set[str] = set()
+        self.claims = 0
+        """Repos this process claimed during the run."""
         breakers.listeners.append(self._on_breaker)
 
     def open(self, store: StateStore) -> None:
@@ -69,9 +76,11 @@ class Scheduler:
         slot = self.slots.get(host)
         if slot is None:
             shared = None
-            take = getattr(self._store, "take_host_tokens", None)
-            if self.settings.global_host_rate and take is not None:
-                shared = SharedHostBudget(host, self.settings.global_host_rate, take)
+            store = self._store
+            if self.settings.global_host_rate and isinstance(store, SharesHostBudget):
+                shared = SharedHostBudget(
+                    host, self.settings.global_host_rate, store.take_host_tokens
+                )
             slot = self.slots[host] = HostSlot(
                 host, self.settings.rate_limit, self.settings.host_concurrency, shared
             )
@@ -109,12 +118,39 @@ class Scheduler:
                 )
             self._pauses_recorded.clear()
 
+    # -- host leases (--workers) ----------------------------------------------------------
+    def _in_flight(self, host: str) -> int:
+        slot = self.slots.get(host)
+        return 0 if slot is None else slot.active
+
+    def _pinned(self, host: str) -> bool:
+        """The host's breaker is not closed: its lease stays with this process."""
+        return self.breakers.get(host).paused()
+
     # -- the loop -------------------------------------------------------------------------
     async def loop(
         self, commits: Commits, peers: Peers, process: Process, tick: Callable[[], None]
     ) -> None:
         """Claim and start work until the run is stopped or nothing is left anywhere;
         `tick` runs every turn (the run's `on_tick` hooks)."""
+        role, hosts = peers.role, peers.hosts  # a take-over ends both (takeover.py)
+        peers.announce(self.store)
+        try:
+            await self._loop(commits, peers, process, tick)
+        finally:
+            if hosts is not None:
+                log.info(
+                    "process %d of %d: claimed %d repos on %d hosts it took",
+                    role.index, role.count, self.claims, hosts.taken,
+                )  # fmt: skip
+            if peers.hosts is not None:
+                # Best effort: leases not given back expire (host_leases.py).
+                with contextlib.suppress(Exception):
+                    peers.hosts.release_all(self.store)
+
+    async def _loop(
+        self, commits: Commits, peers: Peers, process: Process, tick: Callable[[], None]
+    ) -> None:
         store, lane, flow = self.store, commits.lane, self.flow
         while not flow.stopping:
             if lane.full:  # the writer is behind: fetch no more until it catches up
@@ -125,12 +161,22 @@ class Scheduler:
             held: list[Breaker] = []
             active_hosts = sum(1 for s in self.slots.values() if s.active)
             self._flush_pauses()
-            for host in store.pending_hosts(now):
-                if not peers.role.owns(host):
+            together = peers.together(store)
+            due_hosts = store.pending_hosts(now) if together else {}
+            # Due work this process may not claim yet: on hosts another process holds,
+            # or before its followers have started.
+            elsewhere = not together
+            hosts = peers.hosts
+            if hosts is not None:
+                full = active_hosts >= self.settings.max_active_hosts
+                hosts.settle(store, due_hosts, now, self._in_flight, self._pinned, full=full)
+            for host in due_hosts:
+                if not self._in_flight(host) and active_hosts >= self.settings.max_active_hosts:
+                    continue
+                if hosts is not None and not hosts.may_claim(store, host, now):
+                    elsewhere = elsewhere or hosts.leased_elsewhere(host)
                     continue
                 slot = self.slot(host)
-                if not slot.active and active_hosts >= self.settings.max_active_hosts:
-                    continue
                 room = slot.concurrency - slot.active
                 # A paused host gets nothing but, once its pause is over, one probe.
                 allowed = self.breakers.get(host).claimable(slot.active)
@@ -143,6 +189,7 @@ class Scheduler:
                 tasks = store.claim(host, room, now)
                 if tasks and not slot.active:
                     active_hosts += 1
+                self.claims += len(tasks)
                 for task in tasks:
                     slot.active += 1
                     claimed += 1
@@ -168,6 +215,8 @@ class Scheduler:
                 wait = (due - utcnow()).total_seconds()
                 if wait <= 0 and held:  # due, but their hosts are paused: until one resumes
                     wait = min(b.resume_at for b in held) - time.time()
+                if wait <= 0 and elsewhere:  # due, but not for this process yet: look again soon
+                    wait = 0.5
                 await flow.wait(min(5.0, max(0.05, wait)))
                 continue
             await flow.wait(0.5)

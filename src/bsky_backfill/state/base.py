@@ -9,7 +9,9 @@ moment lose nothing and duplicate nothing (see sinks/parquet.py).
 `StateStore` is the Protocol every backend implements (state/sqlite.py,
 state/postgres.py; their shared row logic in state/common.py) and one shared
 test suite checks (tests/state/test_store_contract.py). Methods are synchronous and short:
-each is one small transaction.
+each is one small transaction. What only some backends can do is a small
+capability Protocol of its own (`ReclaimsExpiredLeases`, `SharesHostBudget`),
+which the engine tests a store against with `isinstance`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import datetime as dt
 import enum
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from bsky_backfill.models import DeadLetter
 
@@ -111,6 +113,10 @@ class RepoDone:
     refresh found the records changed or gone): no longer counted."""
     account: Account | None = None
     """The repo's `_accounts` details (None: unknown, the row has nulls)."""
+    car_bytes: int | None = None
+    """The size of the repo's whole CAR as fetched (None: not known here, e.g. a
+    refresh's diff or list mode; the size stored before is kept). A later run's
+    `claim` starts a host's biggest repos first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +218,9 @@ class StateStore(Protocol):
         ...
 
     def claim(self, host: str, limit: int, now: dt.datetime) -> list[RepoTask]:
-        """Atomically move up to `limit` due, resolved, pending repos of `host` to in_progress."""
+        """Atomically move up to `limit` due, resolved, pending repos of `host` to in_progress:
+        those whose size is known (`RepoDone.car_bytes` of an earlier landing) biggest
+        first, then the others, each group in due order."""
         ...
 
     def withdraw(self, dids: Sequence[str]) -> list[str]:
@@ -372,6 +380,53 @@ class StateStore(Protocol):
         """Hosts recorded as paused (the live run's view, as of its last change)."""
         ...
 
+    # -- host leases: which process of a `--workers` team works a host (issue 18) -------
+
+    def acquire_host(
+        self, team: str, host: str, owner: str, now: dt.datetime, until: dt.datetime
+    ) -> bool:
+        """Lease `host` to `owner` among the processes of `team` (one `--workers` run on
+        one machine: they share one IP, so one of them at a time paces a host) until
+        `until`. True if the host was free, its lease had expired (by `now`), or it
+        was already `owner`'s (then the lease is renewed); False while another owner
+        holds it. Times come from the team's machine (one clock for every caller)."""
+        ...
+
+    def release_host(self, team: str, host: str, owner: str) -> None:
+        """Give `host` up if `owner` holds it (another process of the team may take it)."""
+        ...
+
+    def release_hosts(self, team: str, owner: str | None = None) -> int:
+        """Give up every host `owner` holds in `team` (its end), or with None every
+        host of the team (no other process of it is left: a take-over). Returns how
+        many leases went."""
+        ...
+
     def set_meta(self, key: str, value: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+# -- capabilities only some backends have ------------------------------------------------
+
+
+@runtime_checkable
+class ReclaimsExpiredLeases(Protocol):
+    """A store whose claims carry leases that expire (PostgreSQL): a dead worker's
+    repos can be put back at any time, while live workers keep theirs. The engine
+    calls it while it waits on work other processes hold (engine/takeover.py)."""
+
+    def reclaim_expired(self) -> int:
+        """Repos whose lease expired go back to pending; returns how many."""
+        ...
+
+
+@runtime_checkable
+class SharesHostBudget(Protocol):
+    """A store that keeps a per-host request budget for every worker of a cluster
+    (PostgreSQL, `--global-host-rate`: xrpc/shared.py)."""
+
+    def take_host_tokens(self, host: str, want: int, per_second: int) -> tuple[int, float]:
+        """Up to `want` requests to `host` from this second's shared budget of
+        `per_second`. Returns (granted, seconds until the next second starts)."""
+        ...

@@ -154,8 +154,9 @@ class CommitRows:
 
     files: list[tuple[str, str, int]]
     """(path, collection, rows) of the committed files."""
-    done: list[tuple[str, str | None, int]]
-    """(did, rev, records) of the repos landed: upserted as done, errors cleared."""
+    done: list[tuple[str, str | None, int, int | None]]
+    """(did, rev, records, CAR bytes) of the repos landed: upserted as done, errors
+    cleared (a size of None keeps the stored one)."""
     keys: list[tuple[str, bytes]]
     """(did, key index) stored with them."""
     unkeyed: list[str]
@@ -193,7 +194,7 @@ class CommitRows:
         letters = collections.Counter((d.stage, d.error) for d in dead_letters)
         return cls(
             files=[(f.path, f.collection, f.rows) for f in files],
-            done=[(d.did, d.rev, d.records) for d in landed],
+            done=[(d.did, d.rev, d.records, d.car_bytes) for d in landed],
             keys=[(d.did, d.keys) for d in landed if d.keys is not None],
             unkeyed=[d.did for d in landed if d.keys is None],
             superseded=[(n, s, c) for (s, c), n in sorted(superseded.items())],

@@ -134,6 +134,22 @@ def _patient(
     return call
 
 
+# A claim's two picks, each along its own partial index in the order it wants, so
+# each stops after `limit` due rows (it skips only the few repos backing off):
+# repos of known size (repos_claim_sized: landed before, a refresh or a retry),
+# biggest first, then those of unknown size (repos_claim) in due order.
+_CLAIM = (
+    """SELECT did FROM repos
+       WHERE state = 'pending' AND car_bytes IS NOT NULL AND host = %(host)s
+         AND next_attempt_at <= %(now)s
+       ORDER BY car_bytes DESC, next_attempt_at LIMIT %(limit)s""",
+    """SELECT did FROM repos
+       WHERE state = 'pending' AND host = %(host)s AND next_attempt_at <= %(now)s
+         AND car_bytes IS NULL
+       ORDER BY next_attempt_at LIMIT %(limit)s""",
+)
+
+
 def _aware(t: dt.datetime) -> dt.datetime:
     if t.tzinfo is None:
         raise ValueError(f"naive datetime {t!r}: the state store wants aware UTC datetimes")
@@ -369,22 +385,24 @@ class PostgresStateStore:
         now = _aware(now)
         with self._tx() as cur:
             self._maintain(cur)
-            # The CTE runs once (FOR UPDATE keeps it from being inlined); SKIP
-            # LOCKED lets concurrent claimers pass each other's rows by, and
+            # Known sizes first, biggest first, then the rest in due order (see
+            # _CLAIM). Each CTE runs once (FOR UPDATE keeps it from being inlined);
+            # SKIP LOCKED lets concurrent claimers pass each other's rows by, and
             # a row changed meanwhile is re-checked against the WHERE clause.
-            cur.execute(
-                f"""WITH picked AS (
-                     SELECT did FROM repos
-                     WHERE state = 'pending' AND host = %(host)s AND next_attempt_at <= %(now)s
-                     ORDER BY next_attempt_at LIMIT %(limit)s
-                     FOR UPDATE SKIP LOCKED)
-                   UPDATE repos AS r SET state = 'in_progress', updated_at = now(),
-                     lease_owner = %(me)s, lease_expires_at = clock_timestamp() + %(lease)s
-                   FROM picked WHERE r.did = picked.did
-                   RETURNING {task_columns("r")}""",
-                {"host": host, "now": now, "limit": limit, "me": self.owner, "lease": self.lease},
-            )
-            rows = cur.fetchall()
+            rows: list[tuple[Any, ...]] = []
+            for pick in _CLAIM:
+                if len(rows) >= limit:
+                    break
+                cur.execute(
+                    f"""WITH picked AS ({pick} FOR UPDATE SKIP LOCKED)
+                       UPDATE repos AS r SET state = 'in_progress', updated_at = now(),
+                         lease_owner = %(me)s, lease_expires_at = clock_timestamp() + %(lease)s
+                       FROM picked WHERE r.did = picked.did
+                       RETURNING {task_columns("r")}""",
+                    {"host": host, "now": now, "limit": limit - len(rows), "me": self.owner,
+                     "lease": self.lease},
+                )  # fmt: skip
+                rows += cur.fetchall()
         return [task(r, _utc) for r in rows]
 
     @_patient
@@ -638,6 +656,47 @@ class PostgresStateStore:
     def host_pauses(self) -> list[HostPause]:
         with self._tx() as cur:
             return ledger.pauses(cur)
+
+    # -- host leases ---------------------------------------------------------------
+
+    @_patient
+    def acquire_host(
+        self, team: str, host: str, owner: str, now: dt.datetime, until: dt.datetime
+    ) -> bool:
+        # The caller's clock, not the database's: only one machine's processes (a
+        # team) contend for a lease. ON CONFLICT makes two acquirers queue on the row.
+        with self._tx() as cur:
+            # Expired leases go first, whichever team left them (a run that was killed).
+            cur.execute(
+                "DELETE FROM host_leases WHERE host = %s AND until <= %s", (host, _aware(now))
+            )
+            cur.execute(
+                """INSERT INTO host_leases AS l(host, team, owner, until)
+                   VALUES (%s, %s, %s, %s)
+                   ON CONFLICT (host, team) DO UPDATE SET until = excluded.until
+                   WHERE l.owner = excluded.owner
+                   RETURNING owner""",
+                (host, team, owner, _aware(until)),
+            )
+            return cur.fetchone() is not None
+
+    @_patient
+    def release_host(self, team: str, host: str, owner: str) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                "DELETE FROM host_leases WHERE host = %s AND team = %s AND owner = %s",
+                (host, team, owner),
+            )
+
+    @_patient
+    def release_hosts(self, team: str, owner: str | None = None) -> int:
+        with self._tx() as cur:
+            cur.execute(
+                """DELETE FROM host_leases
+                   WHERE team = %s AND (%s::text IS NULL OR owner = %s)""",
+                (team, owner, owner),
+            )
+            return cur.rowcount
 
     # -- small tables ------------------------------------------------------------
 

@@ -73,9 +73,11 @@ def record(
     # order, like every multi-row write here, so two commits lock in one order.
     if rows.done:
         cur.executemany(
-            """INSERT INTO repos(did, state, rev, records) VALUES (%s, 'done', %s, %s)
+            """INSERT INTO repos(did, state, rev, records, car_bytes)
+               VALUES (%s, 'done', %s, %s, %s)
                ON CONFLICT (did) DO UPDATE SET state = 'done', refresh = false,
                  rev = coalesce(excluded.rev, repos.rev),
+                 car_bytes = coalesce(excluded.car_bytes, repos.car_bytes),
                  records = excluded.records, error_code = NULL, last_error = NULL,
                  error_stage = NULL, first_failed_at = NULL,
                  lease_owner = NULL, lease_expires_at = NULL, updated_at = now()""",

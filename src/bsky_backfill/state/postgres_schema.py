@@ -197,5 +197,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE repos ADD COLUMN handle TEXT",
         "ALTER TABLE repos ADD COLUMN handle_verified BOOLEAN NOT NULL DEFAULT false",
     ),
+    (
+        # Big repos first (issue 18): the size of each landed repo's whole CAR in
+        # bytes (NULL: unknown), and the partial index claim() walks to start a
+        # host's known-size repos biggest first. Partial, so repos never landed (a
+        # first run) cost it nothing; repos_claim keeps serving the others.
+        "ALTER TABLE repos ADD COLUMN car_bytes BIGINT",
+        """CREATE INDEX repos_claim_sized ON repos(host, car_bytes DESC, next_attempt_at)
+            WHERE state = 'pending' AND car_bytes IS NOT NULL""",
+    ),
+    (
+        # Host leases (issue 18): which process of a `--workers` team (one run on
+        # one machine) works a host now, until when (that machine's clock). A few
+        # rows per live host, so no index beyond the key.
+        """CREATE TABLE host_leases (
+            host TEXT NOT NULL,
+            team TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            until TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (host, team)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

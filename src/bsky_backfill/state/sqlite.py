@@ -96,6 +96,20 @@ _SET_IDENTITY = f"""UPDATE repos SET pds = :pds, host = :host, signing_key = :ke
   WHERE did = :did"""
 
 
+# A claim's two picks, each along its own partial index in the order it wants, so
+# each stops after `limit` due rows (it skips only the few repos backing off):
+# repos of known size (repos_claim_sized: landed before, a refresh or a retry),
+# biggest first, then those of unknown size (repos_claim) in due order.
+_CLAIM = (
+    """SELECT did FROM repos INDEXED BY repos_claim_sized
+       WHERE state = 'pending' AND car_bytes IS NOT NULL AND host = ? AND next_attempt_at <= ?
+       ORDER BY car_bytes DESC, next_attempt_at LIMIT ?""",
+    """SELECT did FROM repos INDEXED BY repos_claim
+       WHERE state = 'pending' AND host = ? AND next_attempt_at <= ? AND car_bytes IS NULL
+       ORDER BY next_attempt_at LIMIT ?""",
+)
+
+
 def _identity_params(i: Identity, now: int) -> dict[str, object]:
     return {
         "pds": i.pds, "host": i.host, "key": i.signing_key, "handle": i.handle,
@@ -309,18 +323,21 @@ class SqliteStateStore:
 
     def claim(self, host: str, limit: int, now: dt.datetime) -> list[RepoTask]:
         now_us = _to_us(now)
+        rows: list[tuple[object, ...]] = []
         with self._write() as c:
-            # One statement: selection and state change cannot interleave with
-            # another claimer, so no repo is handed out twice.
-            rows = c.execute(
-                f"""UPDATE repos SET state = 'in_progress', updated_at = ?
-                   WHERE did IN (
-                     SELECT did FROM repos
-                     WHERE state = 'pending' AND host = ? AND next_attempt_at <= ?
-                     ORDER BY next_attempt_at LIMIT ?)
-                   RETURNING {task_columns()}""",
-                (now_us, host, now_us, limit),
-            ).fetchall()
+            # Known sizes first, biggest first, then the rest in due order: two
+            # index walks that stop at the limit (see _CLAIM), never a sort of
+            # every pending repo. One write transaction: selection and state
+            # change cannot interleave with another claimer, so no repo is
+            # handed out twice.
+            for pick in _CLAIM:
+                if len(rows) >= limit:
+                    break
+                rows += c.execute(
+                    f"""UPDATE repos SET state = 'in_progress', updated_at = ?
+                       WHERE did IN ({pick}) RETURNING {task_columns()}""",
+                    (now_us, host, now_us, limit - len(rows)),
+                ).fetchall()
         return [task(r, _from_us) for r in rows]
 
     def withdraw(self, dids: Sequence[str]) -> list[str]:
@@ -392,10 +409,11 @@ class SqliteStateStore:
             # Upserts: the files above hold these repos' rows whatever the queue
             # thought, so the ledger must say done even for a DID never enqueued.
             c.executemany(
-                """INSERT INTO repos(did, state, rev, records, updated_at)
-                   VALUES (?, 'done', ?, ?, ?)
+                """INSERT INTO repos(did, state, rev, records, car_bytes, updated_at)
+                   VALUES (?, 'done', ?, ?, ?, ?)
                    ON CONFLICT(did) DO UPDATE SET state = 'done', refresh = 0,
                      rev = coalesce(excluded.rev, repos.rev),
+                     car_bytes = coalesce(excluded.car_bytes, repos.car_bytes),
                      records = excluded.records, error_code = NULL, last_error = NULL,
                      error_stage = NULL, first_failed_at = NULL,
                      updated_at = excluded.updated_at""",
@@ -660,6 +678,37 @@ class SqliteStateStore:
         with self._locked():
             rows = self._conn.execute("SELECT host, until, reason FROM host_pauses").fetchall()
         return [_pause(*row) for row in rows]
+
+    # -- host leases ---------------------------------------------------------------
+
+    def acquire_host(
+        self, team: str, host: str, owner: str, now: dt.datetime, until: dt.datetime
+    ) -> bool:
+        with self._write() as c:
+            # Expired leases go first, whichever team left them (a run that was killed).
+            c.execute("DELETE FROM host_leases WHERE host = ? AND until <= ?", (host, _to_us(now)))
+            row = c.execute(
+                """INSERT INTO host_leases(host, team, owner, until) VALUES (?, ?, ?, ?)
+                   ON CONFLICT(host, team) DO UPDATE SET until = excluded.until
+                   WHERE host_leases.owner = excluded.owner
+                   RETURNING owner""",
+                (host, team, owner, _to_us(until)),
+            ).fetchone()
+        return row is not None
+
+    def release_host(self, team: str, host: str, owner: str) -> None:
+        with self._write() as c:
+            c.execute(
+                "DELETE FROM host_leases WHERE host = ? AND team = ? AND owner = ?",
+                (host, team, owner),
+            )
+
+    def release_hosts(self, team: str, owner: str | None = None) -> int:
+        with self._write() as c:
+            return c.execute(
+                "DELETE FROM host_leases WHERE team = ? AND (? IS NULL OR owner = ?)",
+                (team, owner, owner),
+            ).rowcount
 
     # -- small tables ------------------------------------------------------------
 
