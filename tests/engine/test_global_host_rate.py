@@ -83,7 +83,8 @@ def test_postgres_connections_killed_mid_run_cost_a_pause(tmp_path: Path) -> Non
                         net.stats.count(endpoint="com.atproto.sync.getRepo") < threshold  # type: ignore[attr-defined]
                         or not admin.execute(
                             "SELECT 1 FROM pg_stat_activity"
-                            " WHERE application_name = %s AND state = 'idle'",
+                            " WHERE application_name = %s AND state = 'idle'"
+                            " AND state_change < clock_timestamp() - interval '20 milliseconds'",
                             (app,),
                         ).fetchall()
                     ):
@@ -92,9 +93,13 @@ def test_postgres_connections_killed_mid_run_cost_a_pause(tmp_path: Path) -> Non
                     # call on one certainly did not commit, and is retried. (One cut while
                     # its COMMIT is in flight has an unknown outcome: that run stops with
                     # exit 1 and the next one recovers; not what this test is about.)
+                    # Idle for a moment already (not just between two statements of a
+                    # call), so that none is likely to be inside its next COMMIT by the
+                    # time the signal lands.
                     rows = admin.execute(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                        " WHERE application_name = %s AND state = 'idle'",
+                        " WHERE application_name = %s AND state = 'idle'"
+                        " AND state_change < clock_timestamp() - interval '20 milliseconds'",
                         (app,),
                     ).fetchall()
                     killed.append(sum(1 for (ok,) in rows if ok))
