@@ -18,27 +18,30 @@ def _system_tmpdir() -> str:
     return str(Path(tempfile.gettempdir()).resolve())
 
 
-# Before a worker gets its own (below): pytest's tmp_path lives under this one.
+# The system's, before this process takes its own (below).
 _SYSTEM_TMP = _system_tmpdir()
 
 
-def _own_tmpdir_per_xdist_worker() -> None:
-    """Under pytest-xdist (`make test` runs several workers), each worker and the
-    runs it starts get a temporary directory of their own: machine-wide state kept
-    there (the helper-process slots of engine/part_pool.py) then belongs to one
-    worker's tests, as it would to one machine. Set before anything asks
-    `tempfile` for its directory (it remembers the first answer)."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker:
-        own = Path("/tmp") / f"bsky-backfill-tests-{worker}"
-        own.mkdir(parents=True, exist_ok=True)
-        os.environ["TMPDIR"] = str(own)
-        import tempfile
-
-        tempfile.tempdir = None  # asked again, it answers the worker's own directory
+_OWN_TMP_PREFIX = "/tmp/bsky-backfill-tests-"
 
 
-_own_tmpdir_per_xdist_worker()
+def _own_tmpdir() -> None:
+    """Each test process (every pytest-xdist worker, and the controller or a plain
+    `pytest`: "main") and the runs it starts get a temporary directory of their
+    own: machine-wide state kept there (the helper-process slots of
+    engine/part_pool.py) then belongs to one worker's tests, as it would to one
+    machine, and pytest's `tmp_path` lives under the controller's. Set before
+    anything asks `tempfile` for its directory (it remembers the first answer)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER") or "main"
+    own = Path(_OWN_TMP_PREFIX + worker)
+    own.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(own)
+    import tempfile
+
+    tempfile.tempdir = None  # asked again, it answers this process's own directory
+
+
+_own_tmpdir()
 
 
 @pytest.fixture(scope="session")
@@ -79,18 +82,20 @@ def verify_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 def _guard_reads_outside_repo() -> None:
     """Fail any test that reads beside the repository (a sibling `shared` folder): a fresh clone
     has nothing there. An audit hook sees every `open` and directory listing of this
-    test process; temporary directories stay allowed wherever they are."""
+    test process; the tests' temporary directories stay allowed."""
     import tempfile
 
     from tests.fixture_paths import REPO_ROOT
 
     repo = str(REPO_ROOT) + os.sep
     beside = str(REPO_ROOT.parent) + os.sep
-    allowed = (
-        repo,
-        str(Path(tempfile.gettempdir()).resolve()) + os.sep,
-        _SYSTEM_TMP + os.sep,
-    )
+    temp: tuple[str, ...] = (_SYSTEM_TMP + os.sep,)
+    if beside.startswith(temp[0]) or temp[0].startswith(beside):
+        # A checkout in the system's temporary directory (a fresh clone under /tmp):
+        # "anything temporary" would be "anything beside", so only the tests' own
+        # directories (above) and pytest's default ones stay allowed.
+        temp = (_OWN_TMP_PREFIX, f"{_SYSTEM_TMP}{os.sep}pytest-of-")
+    allowed = (repo, str(Path(tempfile.gettempdir()).resolve()) + os.sep, *temp)
 
     def hook(event: str, args: tuple[object, ...]) -> None:
         if event not in ("open", "os.listdir", "os.scandir") or not args:
