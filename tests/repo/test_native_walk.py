@@ -37,38 +37,28 @@ Walked = tuple[object, set[bytes], dict[str, bytes]]
 MUTANTS_PER_SEED = 120
 
 
-def _python(
+def _walk_both(
     blocks: dict[bytes, Any],
     root: bytes,
     layer: int | None,
     after: str,
     before: str | None,
     wanted: frozenset[str],
-) -> Walked:
-    nodes: set[bytes] = set()
-    keys: dict[str, bytes] = {}
-    try:
-        leaves = walk_verified(blocks, root, nodes, layer=layer, after=after, before=before)
-        got: object = mst_leaves(leaves, wanted, keys)
-    except RepoInvalid as e:
-        got = str(e)
-    return got, nodes, keys
-
-
-def _native(
-    blocks: dict[bytes, Any],
-    root: bytes,
-    layer: int | None,
-    after: str,
-    before: str | None,
-    wanted: frozenset[str],
-) -> Walked:
+) -> tuple[Walked, Walked]:
+    """The Python walk and the C walk of the same tree, each with its own nodes and keys."""
     assert native.walk_leaves is not None
-    nodes: set[bytes] = set()
-    keys: dict[str, bytes] = {}
-    got = native.walk_leaves(blocks, root, nodes, layer, after, before, wanted, keys)
-    assert got is not None, "the C walk refused a dict of blocks"
-    return got, nodes, keys
+    py_nodes: set[bytes] = set()
+    py_keys: dict[str, bytes] = {}
+    try:
+        leaves = walk_verified(blocks, root, py_nodes, layer=layer, after=after, before=before)
+        py: object = mst_leaves(leaves, wanted, py_keys)
+    except RepoInvalid as e:
+        py = str(e)
+    c_nodes: set[bytes] = set()
+    c_keys: dict[str, bytes] = {}
+    c = native.walk_leaves(blocks, root, c_nodes, layer, after, before, wanted, c_keys)
+    assert c is not None, "the C walk refused a dict of blocks"
+    return (py, py_nodes, py_keys), (c, c_nodes, c_keys)
 
 
 def _assert_alike(
@@ -81,8 +71,9 @@ def _assert_alike(
     before: str | None = None,
     wanted: frozenset[str] = frozenset(COLLECTIONS),
 ) -> object:
-    py, py_nodes, py_keys = _python(blocks, root, layer, after, before, wanted)
-    c, c_nodes, c_keys = _native(blocks, root, layer, after, before, wanted)
+    (py, py_nodes, py_keys), (c, c_nodes, c_keys) = _walk_both(
+        blocks, root, layer, after, before, wanted
+    )
     assert c == py, what
     if not isinstance(py, str):  # on failure, how far each got is not part of the contract
         assert c_nodes == py_nodes, what

@@ -378,12 +378,6 @@ class RecordColumns:
                 continue
             created = record.get("createdAt")
             if created.__class__ is not str or not datetime_ok(created):
-                when = None
-            elif cols.windowed:  # the value is needed only to place it in the window
-                when = datetime_value(created)
-            else:
-                when = True
-            if when is None:
                 if cols.required:
                     what = "missing" if created is None else f"not valid: {created!r:.64}"
                     invalid(collection, rkey, f"createdAt is {what}", cid, record)
@@ -399,9 +393,12 @@ class RecordColumns:
                 if problem is not None:
                     invalid(collection, rkey, problem, cid, record)
                     continue
-            if when is not None and when is not True and not self._in_window(when):
-                self.outside_window.append(f"{collection}/{rkey}")
-                continue
+            if created is not None and cols.windowed:
+                # Its value is needed only here, to place it in the window.
+                when = datetime_value(created)
+                if when is not None and not self._in_window(when):
+                    self.outside_window.append(f"{collection}/{rkey}")
+                    continue
             if has_float(record):
                 message = "record holds a float (the data model has none)"
                 invalid(collection, rkey, message, cid, record)
