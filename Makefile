@@ -10,7 +10,8 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 
 .PHONY: install install-runtime run test lint typecheck unit sanitize bench clean
 
-$(RUNTIME_STAMP): pyproject.toml setup.py src/bsky_backfill/repo/_native.c src/bsky_backfill/records/_formats.c
+$(RUNTIME_STAMP): pyproject.toml setup.py src/bsky_backfill/repo/_native.c src/bsky_backfill/records/_formats.c \
+		$(wildcard src/bsky_backfill/records/native/*.[ch])
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip >/dev/null
 	$(BIN)/python -m pip install -e .
