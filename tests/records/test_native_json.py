@@ -229,7 +229,9 @@ OTHER_LINKS = (
 )
 BYTES = (
     st.binary(max_size=70)
-    | st.builds(lambda first, rest: bytes([first]) + rest, st.sampled_from([0, 1, 0x12]), st.binary())
+    | st.builds(
+        lambda first, rest: bytes([first]) + rest, st.sampled_from([0, 1, 0x12]), st.binary()
+    )
     | st.builds(lambda d: b"\x01\x71\x12\x20" + d[:31], DIGEST)  # a CID cut short: plain bytes
 )
 LEAVES = st.none() | st.booleans() | INTS | TEXT | BYTES | LINKS | OTHER_LINKS
@@ -261,8 +263,10 @@ def _inside(value: Any, depth: int = 0) -> bool:
         return -(2**63) <= value <= 2**64 - 1
     if isinstance(value, bytes):
         if _is_link(value):
-            return len(value) == 36 and value[:2] in (b"\x01\x71", b"\x01\x55") and (
-                value[2:4] == b"\x12\x20"
+            return (
+                len(value) == 36
+                and value[:2] in (b"\x01\x71", b"\x01\x55")
+                and (value[2:4] == b"\x12\x20")
             )
         return value[:1] not in (b"\x00", b"\x01", b"\x12")
     if isinstance(value, list):
@@ -297,7 +301,9 @@ def test_big_maps(value: dict[str, Any]) -> None:
 
 @PROFILE
 @given(
-    st.lists(st.sampled_from(["list", "map"]), min_size=CB_MAX_DEPTH - 4, max_size=CB_MAX_DEPTH + 4),
+    st.lists(
+        st.sampled_from(["list", "map"]), min_size=CB_MAX_DEPTH - 4, max_size=CB_MAX_DEPTH + 4
+    ),
     TEXT,
     LEAVES | st.just([]) | st.just({}),
 )
@@ -318,7 +324,9 @@ def test_nesting_limit_exactly() -> None:
 
 
 @PROFILE
-@given(st.text(CHARS, min_size=1000, max_size=5000) | st.text(st.sampled_from(CONTROL), min_size=3000))
+@given(
+    st.text(CHARS, min_size=1000, max_size=5000) | st.text(st.sampled_from(CONTROL), min_size=3000)
+)
 def test_long_strings(text: str) -> None:
     """Long strings (the output buffer grows; escapes up to six bytes per input byte)."""
     _exactly_the_subset({"text": text, "t": [text, text]})

@@ -22,6 +22,7 @@ from bsky_backfill.repo import native
 from bsky_backfill.repo.build import build_repo
 from bsky_backfill.repo.car import read_car
 from bsky_backfill.repo.commit import read_commit
+from bsky_backfill.repo.lazy import read_car_lazy
 from bsky_backfill.repo.mst import mst_leaves, walk_verified
 from tests.ci import in_ci
 from tests.fixture_paths import CARS
@@ -185,7 +186,7 @@ def test_other_shapes_are_left_to_python() -> None:
     blocks, root = _repo(random.Random(1), 10)
     common: list[Any] = [blocks, root, set(), None, "", None, frozenset(COLLECTIONS), {}]
     odd = {
-        0: list(blocks.items()),  # not a dict of blocks (e.g. the lazy blocks of a big repo)
+        0: list(blocks.items()),  # neither a dict of blocks nor a mapping (repo/lazy.py)
         1: bytearray(root),
         2: frozenset(),
         3: 128,  # a layer no key can have
@@ -199,3 +200,25 @@ def test_other_shapes_are_left_to_python() -> None:
         args[i] = value
         assert native.walk_leaves(*args) is None, i
     assert native.walk_leaves(*common) is not None
+
+
+def test_lazy_blocks_walk_as_a_dict_does() -> None:
+    """The C walk reads a `LazyBlocks` (blocks decoded on access, repo/lazy.py) as it
+    reads the dict of a whole decoded CAR: same leaves, nodes and key index."""
+    rng = random.Random(7)
+    records = {f"{COLLECTIONS[i % len(COLLECTIONS)]}/{i:013d}": {"i": i} for i in range(400)}
+    car = build_repo("did:plc:lazywalk", records)
+    whole = read_car(car)
+    lazy = read_car_lazy(car)
+    root = read_commit(whole).data
+    wanted = frozenset(rng.sample(COLLECTIONS, 2))
+    assert native.walk_leaves is not None
+    got = []
+    for blocks in (whole.blocks, lazy.blocks):
+        nodes: set[bytes] = set()
+        keys: dict[str, bytes] = {}
+        got.append(
+            (native.walk_leaves(blocks, root, nodes, None, "", None, wanted, keys), nodes, keys)
+        )
+    assert got[0] == got[1]
+    assert got[0][0] is not None and len(got[0][0][0]) > 0

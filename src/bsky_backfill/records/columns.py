@@ -51,13 +51,21 @@ import orjson
 import pyarrow as pa
 
 from bsky_backfill.models import DeadLetter, RecordFilter
+from bsky_backfill.records import native
 from bsky_backfill.records.datamodel import has_float as _has_float
 from bsky_backfill.records.formats import FORMATS
 from bsky_backfill.records.json import RecordEncodeError, encode_default, to_json
 from bsky_backfill.records.lexicon import CREATED_AT_REQUIRED, window_applies
+from bsky_backfill.records.native_columns import FAMILIES, KEY_RULES, NativeRows, array_of
 from bsky_backfill.records.schema import TIMESTAMP, schema_for
-from bsky_backfill.records.validate import Validator, record_checks, record_key_check
+from bsky_backfill.records.validate import (
+    Validator,
+    record_checks,
+    record_key_check,
+    record_key_type,
+)
 from bsky_backfill.records.validate_codegen import FastCheck
+from bsky_backfill.records.validate_native import native_check
 from bsky_backfill.syntax import datetime_micros, datetime_value
 
 __all__ = ["RecordColumns"]
@@ -300,6 +308,7 @@ class RecordColumns:
         self._json_ends: list[int] = [0]
         self._runs: list[tuple[int, _Collection]] = []
         self._current: _Collection | None = None
+        self._native: list[NativeRows] = []
 
     def reject(
         self,
@@ -327,6 +336,51 @@ class RecordColumns:
         self.dead_letters.append(
             DeadLetter(self.did, uri, "validate", "InvalidRecord", message, cid=cid, record=text)
         )
+
+    def add_native(
+        self, data: Any, index: dict[bytes, int], keys: list[str], cids: list[bytes]
+    ) -> list[int] | None:
+        """The wanted leaves `keys`/`cids` (MST order) of the CAR `data` whose block
+        index is `index`, through the native pass (records/native/pass.c): the
+        records it lands become rows without a Python object each. Returns the
+        indices of the records it declined, which the caller sends through `add_many`
+        (the Python path, the reference), or None when the native pass is not
+        available (not built, or switched off): then every record goes that way.
+        """
+        run = native.records_pass
+        if run is None or not keys:
+            return None
+        try:
+            declined, outside, runs, colls, common = run(
+                data, index, keys, cids, self.did, self._native_plan,
+                self._since_us, self._until_us,
+            )  # fmt: skip
+        except OverflowError:  # columns past 32-bit offsets: all in Python
+            return None
+        self._native.append(NativeRows(runs, colls, common))
+        self.outside_window.extend(keys[i] for i in outside)
+        return declined  # type: ignore[no-any-return]
+
+    def _native_plan(self, name: str) -> tuple[int, int, str | None, bool, Any, bool]:
+        """pass.c's rules for a collection (its `coll_init`): typed-column family,
+        key rule and literal, window, compiled lexicon, and whether to decline
+        every record (validation on, a lexicon, but no native schema of it)."""
+        cols = self._collection(name)
+        rule, literal = 0, None
+        key = record_key_type(name) if self._validate else None
+        if key is not None and key.startswith("literal:"):
+            rule, literal = 3, key.removeprefix("literal:")
+        elif key is not None:
+            rule = KEY_RULES.get(key, 0)
+        schema = native_check(name) if cols.validator is not None else None
+        decline_all = cols.validator is not None and schema is None
+        return FAMILIES.get(name, 0), rule, literal, cols.windowed, schema, decline_all
+
+    def _collection(self, name: str) -> _Collection:
+        cols = self._cols.get(name)
+        if cols is None:
+            cols = self._cols[name] = _Collection(self.did, name, self._window_on, self._validate)
+        return cols
 
     def add(self, collection: str, rkey: str, cid: str, record: Any) -> None:
         """Validate one record of a wanted collection; keep it if it is in the window."""
@@ -433,10 +487,54 @@ class RecordColumns:
         return (since is None or when >= since) and (until is None or when < until)  # type: ignore[operator]
 
     def finish(self) -> tuple[dict[str, pa.Table], list[DeadLetter]]:
-        """Build one table per collection that kept at least one record."""
+        """Build one table per collection that kept at least one record: the rows
+        the native pass landed first, then those of the Python path."""
+        tables = self._native_tables()
+        for name, table in self._python_tables().items():
+            have = tables.get(name)
+            tables[name] = table if have is None else pa.concat_tables([have, table])
+        return tables, self.dead_letters
+
+    def _native_tables(self) -> dict[str, pa.Table]:
+        tables: dict[str, pa.Table] = {}
+        for rows in self._native:
+            did = None
+            for i, (name, n, typed) in enumerate(rows.typed):
+                if n == 0:
+                    continue
+                schema = schema_for(name)
+                if did is None or len(did) < n:
+                    did = pa.repeat(pa.scalar(self.did, _STRING), n)
+                spans = rows.spans(i)
+                if len(spans) == 1:
+                    start, stop = spans[0]
+                    uri, rkey, cid, created, record = (
+                        a.slice(start, stop - start) for a in rows.common
+                    )
+                else:
+                    idx = pa.array([j for a, b in spans for j in range(a, b)], pa.int64())
+                    uri, rkey, cid, created, record = (a.take(idx) for a in rows.common)
+                arrays = [
+                    uri,
+                    did.slice(0, n),
+                    pa.repeat(pa.scalar(name, _STRING), n),
+                    rkey,
+                    cid,
+                    created,
+                    record,
+                ]
+                arrays += [
+                    array_of(spec, schema.field(_N_COMMON + j).type) for j, spec in enumerate(typed)
+                ]
+                table = pa.Table.from_arrays(arrays, schema=schema)
+                have = tables.get(name)
+                tables[name] = table if have is None else pa.concat_tables([have, table])
+        return tables
+
+    def _python_tables(self) -> dict[str, pa.Table]:
         total = len(self._rkeys)
         if total == 0:
-            return {}, self.dead_letters
+            return {}
         common = (
             pa.array(self._uris, _STRING),
             pa.array(self._rkeys, _STRING),
@@ -452,7 +550,7 @@ class RecordColumns:
         tables: dict[str, pa.Table] = {}
         for cols, spans in ranges.items():
             tables[cols.name] = self._table(cols, common, spans)
-        return tables, self.dead_letters
+        return tables
 
     def _json_array(self, total: int) -> pa.Array:
         """The `record` column straight from the buffer (orjson only writes valid

@@ -185,7 +185,13 @@ def extract_part(
         else:
             leaves = walk_mst(blocks, plan.subtree, after=plan.after, before=plan.before)
             wanted, cids, seen = mst_leaves(leaves, out.wanted, keys)
-        out.add_many(_wanted_records(blocks, wanted, cids, out, None))
+        # The native pass first (unless each block must be hashed as it is read):
+        # what it declines goes the Python way.
+        declined = None if blocks.verify else out.add_native(data, index, wanted, cids)
+        rest, rest_cids = wanted, cids
+        if declined is not None:
+            rest, rest_cids = [wanted[i] for i in declined], [cids[i] for i in declined]
+        out.add_many(_wanted_records(blocks, rest, rest_cids, out, None))
         tables, dead_letters = out.finish()
         key_index = packed_index(plan.did, keys, filt, tables, out, len(wanted))
         del out, blocks, keys, wanted, cids

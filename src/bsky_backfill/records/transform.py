@@ -33,12 +33,15 @@ from typing import Any
 
 import libipld
 
+from bsky_backfill.errors import RepoInvalid, TransientError
 from bsky_backfill.models import RecordFilter, RepoExtract
+from bsky_backfill.records import native
 from bsky_backfill.records.columns import RecordColumns
-from bsky_backfill.repo.car import Undecodable, read_car
+from bsky_backfill.repo.car import CarBlocks, Undecodable, read_car
 from bsky_backfill.repo.commit import read_commit
 from bsky_backfill.repo.diff import pack_index, unlanded_keys, verdicts_of
 from bsky_backfill.repo.gcpause import gc_paused
+from bsky_backfill.repo.lazy import LazyBlocks, read_car_lazy
 from bsky_backfill.repo.mst import mst_leaves, verified_leaves, walk_mst
 from bsky_backfill.repo.verify import check_blocks, failed, verify_commit
 
@@ -65,7 +68,9 @@ def extract_repo(
     record key the MST reaches (wanted or not).
     """
     with gc_paused():
-        car = read_car(data)
+        car = _read_lazily(data) if native.records_pass is not None else None
+        if car is None:
+            car = read_car(data)
         commit = read_commit(car)
         if commit.did != did:
             raise failed(f"commit is for {commit.did!r:.100}, not the requested {did}")
@@ -79,11 +84,11 @@ def extract_repo(
             wanted, cids, seen = verified_leaves(car.blocks, commit.data, nodes, out.wanted, keys)
             # Materialised, so that the tree and every block the rows come from
             # are checked before a single row is built.
-            rows = list(_wanted_records(car.blocks, wanted, cids, out, used))
+            rows = list(_wanted_records(*_declined(data, car, wanted, cids, out, used), out, used))
             check_blocks(data, car, nodes, used)
         else:
             wanted, cids, seen = mst_leaves(walk_mst(car.blocks, commit.data), out.wanted, keys)
-            rows = _wanted_records(car.blocks, wanted, cids, out, None)
+            rows = _wanted_records(*_declined(data, car, wanted, cids, out, None), out, None)
         out.add_many(rows)
         tables, dead_letters = out.finish()
         key_index = packed_index(did, keys, filt, tables, out, len(wanted))
@@ -98,6 +103,42 @@ def extract_repo(
         records_seen=seen,
         keys=key_index,
     )
+
+
+def _read_lazily(data: bytes) -> CarBlocks | None:
+    """The CAR framed, not decoded (repo/lazy.py): the native pass reads record blocks
+    from the bytes, so only the MST nodes are ever decoded. None when the lazy
+    reader refuses it: `read_car` then reads it and words what is wrong."""
+    try:
+        return read_car_lazy(data)
+    except (RepoInvalid, TransientError, ValueError):
+        return None
+
+
+def _declined(
+    data: Any,
+    car: CarBlocks,
+    wanted: list[str],
+    cids: list[bytes],
+    out: RecordColumns,
+    used: list[bytes] | None,
+) -> tuple[Mapping[bytes, Any], list[str], list[bytes]]:
+    """The native pass over the wanted records when the blocks are read lazily;
+    what it declined (all of them without it) is left for `_wanted_records`.
+    Records it landed, or left out by the window, go to `used` for their hash check."""
+    blocks = car.blocks
+    if not isinstance(blocks, LazyBlocks) or blocks.verify:
+        return blocks, wanted, cids
+    declined = out.add_native(data, blocks.index, wanted, cids)
+    if declined is None:
+        return blocks, wanted, cids
+    if used is not None:
+        if declined:
+            skip = set(declined)
+            used.extend(c for i, c in enumerate(cids) if i not in skip)
+        else:
+            used.extend(cids)
+    return blocks, [wanted[i] for i in declined], [cids[i] for i in declined]
 
 
 def packed_index(

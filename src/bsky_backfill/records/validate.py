@@ -70,6 +70,7 @@ __all__ = [
     "load_lexicons",
     "record_checks",
     "record_key_check",
+    "record_key_type",
     "validator_for",
 ]
 
@@ -664,6 +665,14 @@ KeyCheck = tuple[Callable[[str], bool], str]
 """(does a record key fit, the rule it broke as a dead letter's message suffix)."""
 
 
+def record_key_type(collection: str) -> str | None:
+    """The key type a collection's bundled record lexicon declares (`tid`, `nsid`,
+    `any`, `literal:<value>`, ...), None without one."""
+    main = load_lexicons().get(collection, {}).get("defs", {}).get("main", {})
+    key = main.get("key") if main.get("type") == "record" else None
+    return key if isinstance(key, str) else None
+
+
 @functools.cache
 def record_key_check(collection: str) -> KeyCheck | None:
     """The record lexicon's key type as a check of the rkey (records/columns.py
@@ -671,8 +680,7 @@ def record_key_check(collection: str) -> KeyCheck | None:
     accepts only valid record keys, so it stands in for the syntax check.
     None for key type `any` (the syntax is all it asks), for a type the spec
     does not name, and without a bundled lexicon."""
-    main = load_lexicons().get(collection, {}).get("defs", {}).get("main", {})
-    key = main.get("key") if main.get("type") == "record" else None
+    key = record_key_type(collection)
     if key in ("tid", "nsid"):
         what = "a TID" if key == "tid" else "an NSID"
         return FORMATS[key], f"is not {what} (the lexicon's key type is {key})"

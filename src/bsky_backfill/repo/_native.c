@@ -372,7 +372,8 @@ static PyObject *has_float(PyObject *self, PyObject *value) {
 PyDoc_STRVAR(walk_leaves_doc,
 "walk_leaves(blocks, root, nodes, layer, after, before, wanted, keys)\n"
 "    -> (list[str], list[bytes], int) | str | None\n\n"
-"repo/mst.py `walk_verified` over the decoded `blocks` (a dict), without a\n"
+"repo/mst.py `walk_verified` over the decoded `blocks` (a dict, or a mapping\n"
+"that decodes on access, repo/lazy.py `LazyBlocks`), without a\n"
 "cut: every node CID goes to the set `nodes`, every (key, CID) to the dict\n"
 "`keys` (or None); returns the keys and CIDs of the leaves whose collection\n"
 "is in the set `wanted`, and the number of leaves. A str is the reason the\n"
@@ -465,6 +466,12 @@ static PyObject *walk(PyObject *blocks, PyObject *root, PyObject *nodes, long la
     unsigned char *prev = NULL;
     Py_ssize_t prev_cap = 0;
     PyObject *out_keys = PyList_New(0), *out_cids = PyList_New(0);
+    PyObject *keep = NULL;
+    if (!PyDict_CheckExact(blocks) && (keep = PyList_New(0)) == NULL) {
+        Py_XDECREF(out_keys);
+        Py_XDECREF(out_cids);
+        return NULL;
+    }
     PyObject *last = after;
     Py_INCREF(last);
     PyObject *result = NULL;
@@ -518,8 +525,23 @@ static PyObject *walk(PyObject *blocks, PyObject *root, PyObject *nodes, long la
             goto done;
         }
         if (PySet_Add(nodes, cid) < 0) goto error;
-        PyObject *node = PyDict_GetItemWithError(blocks, cid);
-        if (node == NULL && PyErr_Occurred()) goto error;
+        PyObject *node;
+        if (keep == NULL) {
+            node = PyDict_GetItemWithError(blocks, cid);
+            if (node == NULL && PyErr_Occurred()) goto error;
+        } else {
+            /* A lazy mapping (repo/lazy.py) decodes the node now: `keep` holds it
+             * while the stack borrows its CIDs and keys, as a dict would. */
+            node = PyObject_GetItem(blocks, cid);
+            if (node == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_KeyError)) goto error;
+                PyErr_Clear();
+            } else {
+                int rc = PyList_Append(keep, node);
+                Py_DECREF(node);
+                if (rc < 0) goto error;
+            }
+        }
         if (node == NULL || node == Py_None) {
             result = PyUnicode_FromString("an MST node is missing from the CAR");
             goto done;
@@ -682,6 +704,7 @@ done:
     Py_XDECREF(last);
     Py_XDECREF(out_keys);
     Py_XDECREF(out_cids);
+    Py_XDECREF(keep);
     return result;
 }
 
@@ -697,7 +720,9 @@ static PyObject *walk_leaves(PyObject *self, PyObject *args) {
         layer0 = PyLong_AsLongAndOverflow(layer, &overflow);
         if (overflow || layer0 < 0 || layer0 > 127) Py_RETURN_NONE;
     }
-    if (!PyDict_CheckExact(blocks) || !PyBytes_CheckExact(root) || !PySet_CheckExact(nodes) ||
+    int lazy = !PyDict_CheckExact(blocks) && !PyList_Check(blocks) && !PyTuple_Check(blocks) &&
+               PyMapping_Check(blocks);
+    if (!(PyDict_CheckExact(blocks) || lazy) || !PyBytes_CheckExact(root) || !PySet_CheckExact(nodes) ||
         !is_ascii_str(after) || (before != Py_None && !is_ascii_str(before)) ||
         !PyAnySet_CheckExact(wanted) || (keys != Py_None && !PyDict_CheckExact(keys)))
         Py_RETURN_NONE;
