@@ -37,6 +37,7 @@ setup(
         Extension(
             "bsky_backfill.records._formats",
             ["src/bsky_backfill/records/_formats.c"],
+            depends=["src/bsky_backfill/records/native/formats.h"],  # its scans
             extra_compile_args=["-O2"],
             optional=True,
         ),
