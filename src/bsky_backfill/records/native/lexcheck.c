@@ -830,6 +830,11 @@ done:
 }
 
 const lex_schema *lex_from_capsule(PyObject *obj) {
+    if (!PyCapsule_IsValid(obj, LEX_CAPSULE)) {
+        PyErr_Format(PyExc_TypeError, "expected a schema from lex_compile, got %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
     return PyCapsule_GetPointer(obj, LEX_CAPSULE);
 }
 
