@@ -376,7 +376,9 @@ DATA_MODEL = st.one_of(
     st.just({"$link": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}),
     st.just({"$bytes": "AAEC=="}),
     st.just({"$type": "blob", "ref": LINK, "mimeType": "image/png", "size": 5}),
-    st.just({"cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq", "mimeType": "a"}),
+    st.just(
+        {"cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq", "mimeType": "a"}
+    ),
 )
 
 
@@ -487,7 +489,12 @@ def test_formats_over_bytes_on_every_interop_line() -> None:
     assert len(SYNTAX_LINES) > 400
     for line in SYNTAX_LINES:
         _formats_agree(line)
-    for extra in ("https://e.com/a\u00a0b", "https://e.com/\u2028", "a:" + "é" * 8190, "a:" + "é" * 8191):
+    for extra in (
+        "https://e.com/a\u00a0b",
+        "https://e.com/\u2028",
+        "a:" + "é" * 8190,
+        "a:" + "é" * 8191,
+    ):
         _formats_agree(extra)
 
 

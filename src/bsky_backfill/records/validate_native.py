@@ -140,11 +140,13 @@ class _Describer:
             limits = ("minLength", "maxLength", "minGraphemes", "maxGraphemes")
             return ("string", fmt, *(_opt_int(d, k) for k in limits), enum, const)
         if kind == "integer":
-            enum = None
+            values = None
             if "enum" in d:
-                enum = tuple(int(v) for v in d["enum"] if isinstance(v, int | float) and v == int(v))
+                values = tuple(
+                    int(v) for v in d["enum"] if isinstance(v, int | float) and v == int(v)
+                )
             const = int(d["const"]) if "const" in d else None
-            return ("integer", _opt_int(d, "minimum"), _opt_int(d, "maximum"), enum, const)
+            return ("integer", _opt_int(d, "minimum"), _opt_int(d, "maximum"), values, const)
         if kind == "boolean":
             return ("boolean", bool(d["const"]) if "const" in d else None)
         if kind == "bytes":
