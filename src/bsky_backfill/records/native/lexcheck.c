@@ -323,8 +323,9 @@ static int walk_blob(const lex_schema *s, const lex_node *d, cb_cur *c) {
         uint32_t i = 0;
         for (; i < d->count; i++) {
             const lex_entry *e = &s->entries[d->first + i];
-            if ((e->flags & LE_PREFIX) ? (e->len <= mime_n && memcmp(s->pool + e->off, mime, e->len) == 0)
-                                       : entry_eq(s, e, mime, mime_n))
+            int prefix = (e->flags & LE_PREFIX) != 0;
+            if (prefix ? e->len <= mime_n && memcmp(s->pool + e->off, mime, e->len) == 0
+                       : entry_eq(s, e, mime, mime_n))
                 break;
         }
         if (i == d->count) return 0;
@@ -476,7 +477,8 @@ static Py_ssize_t add_entry(builder *b, PyObject *text, uint32_t node, uint32_t 
     Py_ssize_t n;
     const char *utf8 = PyUnicode_Check(text) ? PyUnicode_AsUTF8AndSize(text, &n) : NULL;
     if (utf8 == NULL) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "lexicon description: expected a str");
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "lexicon description: expected a str");
         return -1;
     }
     if (b->n_pool + (size_t)n > UINT32_MAX) {
@@ -542,7 +544,8 @@ static int read_object(builder *b, lex_node *d, PyObject *props) {
         PyObject *p = tuple_of(PyTuple_GET_ITEM(props, i), 4, "a property");
         uint32_t node;
         if (p == NULL || node_index(PyTuple_GET_ITEM(p, 1), b->n_nodes, &node) < 0) return -1;
-        int req = PyObject_IsTrue(PyTuple_GET_ITEM(p, 2)), null = PyObject_IsTrue(PyTuple_GET_ITEM(p, 3));
+        int req = PyObject_IsTrue(PyTuple_GET_ITEM(p, 2));
+        int null = PyObject_IsTrue(PyTuple_GET_ITEM(p, 3));
         if (req < 0 || null < 0) return -1;
         uint32_t flags = (req ? LE_REQUIRED : 0) | (null ? LE_NULLABLE : 0);
         Py_ssize_t at = add_entry(b, PyTuple_GET_ITEM(p, 0), node, flags);
