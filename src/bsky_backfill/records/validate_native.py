@@ -135,8 +135,8 @@ class _Describer:
                 raise ValueError(f"{nsid}: unknown string format {fmt!r}")
             enum = tuple(v for v in d["enum"] if v.__class__ is str) if "enum" in d else None
             const = d.get("const")
-            if const is not None and const.__class__ is not str:
-                const, enum = None, ()  # no string equals it
+            if "const" in d and const.__class__ is not str:
+                const, enum = None, ()  # no string equals it (the generated `!=` test)
             limits = ("minLength", "maxLength", "minGraphemes", "maxGraphemes")
             return ("string", fmt, *(_opt_int(d, k) for k in limits), enum, const)
         if kind == "integer":
