@@ -349,8 +349,10 @@ static int walk_object(const lex_schema *s, const lex_node *d, cb_cur *c, int de
         cb_head_t(c, &km, &kn);
         const unsigned char *k = c->p;
         c->p += kn;
-        while (prop < end && cb_key_cmp(s->pool + prop->off, prop->len, k, (size_t)kn) < 0) prop++;
-        if (prop < end && prop->len == kn && memcmp(s->pool + prop->off, k, (size_t)kn) == 0) {
+        int cmp = 1; /* one comparison per key and property passed, equality included */
+        while (prop < end && (cmp = cb_key_cmp(s->pool + prop->off, prop->len, k, (size_t)kn)) < 0)
+            prop++;
+        if (prop < end && cmp == 0) {
             required += (prop->flags & LE_REQUIRED) != 0;
             if ((prop->flags & LE_NULLABLE) && *c->p == 0xF6) { /* null */
                 c->p++;
