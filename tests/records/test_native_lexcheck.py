@@ -548,3 +548,25 @@ def test_lex_check_wants_a_compiled_schema() -> None:
         native.lex_check(object(), b"\xa0")
     with pytest.raises(TypeError):
         native.lex_check(native_check("app.bsky.feed.like"), "not bytes")
+
+
+def test_mutated_catalog_records() -> None:
+    """The interop catalog's record has every rule the bundled lexicons lack
+    (enum, const, nullable, bytes, closed unions, graphemes): damage it alone."""
+    judges = _catalog_judges()
+    seeds = [case["data"] for case in _vectors("record-data-valid.json")]
+    seen: Counter[str] = Counter()
+
+    @PROFILE
+    @given(st.data())
+    def run(data: st.DataObject) -> None:
+        record = data.draw(st.sampled_from(seeds))
+        damaged = _mutate(data, record)
+        if data.draw(st.booleans()):
+            damaged = _mutate(data, damaged)
+        block = _encode(damaged)
+        if block is not None:
+            seen[judges[record["$type"]](block)] += 1
+
+    run()
+    assert seen["valid"] > 100 and seen["invalid"] > 300 and seen["undecided"] > 50, seen
