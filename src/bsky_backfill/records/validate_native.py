@@ -135,18 +135,18 @@ class _Describer:
                 raise ValueError(f"{nsid}: unknown string format {fmt!r}")
             enum = tuple(v for v in d["enum"] if v.__class__ is str) if "enum" in d else None
             const = d.get("const")
-            if const is not None and const.__class__ is not str:
-                const, enum = None, ()  # no string equals it
+            if "const" in d and const.__class__ is not str:
+                const, enum = None, ()  # no string equals it (the generated `!=` test)
             limits = ("minLength", "maxLength", "minGraphemes", "maxGraphemes")
             return ("string", fmt, *(_opt_int(d, k) for k in limits), enum, const)
         if kind == "integer":
-            ints: tuple[int, ...] | None = None
+            values = None
             if "enum" in d:
-                ints = tuple(
+                values = tuple(
                     int(v) for v in d["enum"] if isinstance(v, int | float) and v == int(v)
                 )
             const = int(d["const"]) if "const" in d else None
-            return ("integer", _opt_int(d, "minimum"), _opt_int(d, "maximum"), ints, const)
+            return ("integer", _opt_int(d, "minimum"), _opt_int(d, "maximum"), values, const)
         if kind == "boolean":
             return ("boolean", bool(d["const"]) if "const" in d else None)
         if kind == "bytes":

@@ -323,8 +323,9 @@ static int walk_blob(const lex_schema *s, const lex_node *d, cb_cur *c) {
         uint32_t i = 0;
         for (; i < d->count; i++) {
             const lex_entry *e = &s->entries[d->first + i];
-            if ((e->flags & LE_PREFIX) ? (e->len <= mime_n && memcmp(s->pool + e->off, mime, e->len) == 0)
-                                       : entry_eq(s, e, mime, mime_n))
+            int prefix = (e->flags & LE_PREFIX) != 0;
+            if (prefix ? e->len <= mime_n && memcmp(s->pool + e->off, mime, e->len) == 0
+                       : entry_eq(s, e, mime, mime_n))
                 break;
         }
         if (i == d->count) return 0;
@@ -348,8 +349,10 @@ static int walk_object(const lex_schema *s, const lex_node *d, cb_cur *c, int de
         cb_head_t(c, &km, &kn);
         const unsigned char *k = c->p;
         c->p += kn;
-        while (prop < end && cb_key_cmp(s->pool + prop->off, prop->len, k, (size_t)kn) < 0) prop++;
-        if (prop < end && prop->len == kn && memcmp(s->pool + prop->off, k, (size_t)kn) == 0) {
+        int cmp = 1; /* one comparison per key and property passed, equality included */
+        while (prop < end && (cmp = cb_key_cmp(s->pool + prop->off, prop->len, k, (size_t)kn)) < 0)
+            prop++;
+        if (prop < end && cmp == 0) {
             required += (prop->flags & LE_REQUIRED) != 0;
             if ((prop->flags & LE_NULLABLE) && *c->p == 0xF6) { /* null */
                 c->p++;
@@ -476,7 +479,8 @@ static Py_ssize_t add_entry(builder *b, PyObject *text, uint32_t node, uint32_t 
     Py_ssize_t n;
     const char *utf8 = PyUnicode_Check(text) ? PyUnicode_AsUTF8AndSize(text, &n) : NULL;
     if (utf8 == NULL) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "lexicon description: expected a str");
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "lexicon description: expected a str");
         return -1;
     }
     if (b->n_pool + (size_t)n > UINT32_MAX) {
@@ -542,7 +546,8 @@ static int read_object(builder *b, lex_node *d, PyObject *props) {
         PyObject *p = tuple_of(PyTuple_GET_ITEM(props, i), 4, "a property");
         uint32_t node;
         if (p == NULL || node_index(PyTuple_GET_ITEM(p, 1), b->n_nodes, &node) < 0) return -1;
-        int req = PyObject_IsTrue(PyTuple_GET_ITEM(p, 2)), null = PyObject_IsTrue(PyTuple_GET_ITEM(p, 3));
+        int req = PyObject_IsTrue(PyTuple_GET_ITEM(p, 2));
+        int null = PyObject_IsTrue(PyTuple_GET_ITEM(p, 3));
         if (req < 0 || null < 0) return -1;
         uint32_t flags = (req ? LE_REQUIRED : 0) | (null ? LE_NULLABLE : 0);
         Py_ssize_t at = add_entry(b, PyTuple_GET_ITEM(p, 0), node, flags);
@@ -830,6 +835,11 @@ done:
 }
 
 const lex_schema *lex_from_capsule(PyObject *obj) {
+    if (!PyCapsule_IsValid(obj, LEX_CAPSULE)) {
+        PyErr_Format(PyExc_TypeError, "expected a schema from lex_compile, got %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
     return PyCapsule_GetPointer(obj, LEX_CAPSULE);
 }
 
