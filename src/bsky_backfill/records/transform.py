@@ -133,11 +133,11 @@ def _declined(
     if declined is None:
         return blocks, wanted, cids
     if used is not None:
-        if declined:
-            skip = set(declined)
-            used.extend(c for i, c in enumerate(cids) if i not in skip)
-        else:
-            used.extend(cids)
+        start = 0
+        for i in declined:  # few: slices between them, no per-record Python
+            used.extend(cids[start:i])
+            start = i + 1
+        used.extend(cids[start:])
     return blocks, [wanted[i] for i in declined], [cids[i] for i in declined]
 
 

@@ -230,12 +230,75 @@ static uint64_t enter(cb_cur *c) {
     return n;
 }
 
+/* The top-level fields the pass reads, found in one scan of the record map
+ * (each `cb_map_get` would scan from the start and skip every value before
+ * its key again). */
+enum { FD_TYPE, FD_CREATED, FD_TEXT, FD_LANGS, FD_REPLY, FD_EMBED, FD_FACETS, FD_TAGS,
+       FD_SUBJECT, FD_LIST, FD_POST, FD_N };
+static const char *const FIELD_NAMES[FD_N] = {"$type", "createdAt", "text", "langs", "reply",
+                                              "embed", "facets", "tags", "subject", "list",
+                                              "post"};
+
+typedef struct {
+    cb_cur at[FD_N];
+    unsigned found; /* bit i: field i is there */
+} fields;
+
+/* Scan the record map (accepted by cb_check) once for every field above. */
+static void scan_fields(cb_cur rec, fields *f) {
+    int major;
+    uint64_t n;
+    f->found = 0;
+    cb_head_t(&rec, &major, &n);
+    for (uint64_t i = 0; i < n; i++) {
+        int km;
+        uint64_t kn;
+        cb_head_t(&rec, &km, &kn);
+        const unsigned char *k = rec.p;
+        rec.p += kn;
+        if (kn >= 4 && kn <= 9) {
+            for (int id = 0; id < FD_N; id++) {
+                const char *name = FIELD_NAMES[id];
+                if (name[0] == (char)k[0] && strlen(name) == kn && memcmp(name, k, kn) == 0) {
+                    f->at[id] = rec;
+                    f->found |= 1u << id;
+                    break;
+                }
+            }
+        }
+        cb_skip_t(&rec);
+    }
+}
+
+/* Field `id` when present: 1 with *out at its value. */
+static inline int fget(const fields *f, int id, cb_cur *out) {
+    if (!(f->found & (1u << id))) return 0;
+    *out = f->at[id];
+    return 1;
+}
+
+static inline int ftext(const fields *f, int id, const unsigned char **s, size_t *n) {
+    cb_cur v;
+    return fget(f, id, &v) && cb_text(v, s, n);
+}
+
+static inline int fmap(const fields *f, int id, cb_cur *out) {
+    return fget(f, id, out) && cb_kind(*out, NULL) == CB_MAP;
+}
+
+static int put_ftext_or_null(scol *c, const fields *f, int id) {
+    const unsigned char *s;
+    size_t n;
+    if (ftext(f, id, &s, &n)) return scol_put(c, s, n);
+    return scol_null(c);
+}
+
 /* `langs`: a list of strings or null; 0 ok, 1 decline (an item that is not a
  * string: columns.py `_build_extra` decides it per repo), -1 error. */
-static int put_langs(lcol *c, cb_cur rec) {
+static int put_langs(lcol *c, const fields *f) {
     cb_cur v;
     uint64_t count;
-    if (!cb_map_get(rec, KEY("langs"), &v) || cb_kind(v, &count) != CB_ARRAY) return lcol_end(c, 0);
+    if (!fget(f, FD_LANGS, &v) || cb_kind(v, &count) != CB_ARRAY) return lcol_end(c, 0);
     uint64_t n = enter(&v);
     for (uint64_t i = 0; i < n; i++) {
         const unsigned char *s;
@@ -248,10 +311,10 @@ static int put_langs(lcol *c, cb_cur rec) {
 }
 
 /* Facet features of a post (mentions, links, tags) then its own `tags`. */
-static int put_facets(lcol *mentions, lcol *links, lcol *tags, cb_cur rec) {
+static int put_facets(lcol *mentions, lcol *links, lcol *tags, const fields *f) {
     cb_cur facets;
     uint64_t count;
-    if (cb_map_get(rec, KEY("facets"), &facets) && cb_kind(facets, &count) == CB_ARRAY) {
+    if (fget(f, FD_FACETS, &facets) && cb_kind(facets, &count) == CB_ARRAY) {
         uint64_t nf = enter(&facets);
         for (uint64_t i = 0; i < nf; i++) {
             cb_cur features;
@@ -284,7 +347,7 @@ static int put_facets(lcol *mentions, lcol *links, lcol *tags, cb_cur rec) {
         }
     }
     cb_cur extra;
-    if (cb_map_get(rec, KEY("tags"), &extra) && cb_kind(extra, &count) == CB_ARRAY) {
+    if (fget(f, FD_TAGS, &extra) && cb_kind(extra, &count) == CB_ARRAY) {
         uint64_t n = enter(&extra);
         for (uint64_t i = 0; i < n; i++) {
             const unsigned char *s;
@@ -299,14 +362,14 @@ static int put_facets(lcol *mentions, lcol *links, lcol *tags, cb_cur rec) {
 
 /* embed -> embed_type, quote_uri, quote_cid, external_uri, image_count
  * (columns.py `_extract_embed`). */
-static int put_embed(coll *c, cb_cur rec) {
+static int put_embed(coll *c, const fields *f) {
     scol *embed_type = &c->s[3], *quote_uri = &c->s[4], *quote_cid = &c->s[5],
          *external_uri = &c->s[6];
     ncol *images = &c->n;
     cb_cur embed, kind;
     const unsigned char *kt;
     size_t kn;
-    if (!map_at(rec, KEY("embed"), &embed) || !cb_map_get(embed, KEY("$type"), &kind) ||
+    if (!fmap(f, FD_EMBED, &embed) || !cb_map_get(embed, KEY("$type"), &kind) ||
         !cb_text(kind, &kt, &kn)) {
         if (scol_null(embed_type) < 0 || scol_null(quote_uri) < 0 || scol_null(quote_cid) < 0 ||
             scol_null(external_uri) < 0)
@@ -366,14 +429,14 @@ static int put_ref_uri(scol *c, cb_cur map, const char *key, size_t klen) {
 /* One record's typed columns: 0 ok, 1 decline, -1 error. Rows are appended
  * only once the record is sure to land (the caller checked everything else),
  * and a decline can come only from `langs`, checked first. */
-static int put_typed(coll *c, cb_cur rec) {
+static int put_typed(coll *c, const fields *f) {
     switch (c->family) {
     case F_POST: {
-        int r = put_langs(&c->l[0], rec);
+        int r = put_langs(&c->l[0], f);
         if (r != 0) return r;
         cb_cur reply;
-        int has_reply = map_at(rec, KEY("reply"), &reply);
-        if (put_text_or_null(&c->s[0], rec, KEY("text")) < 0) return -1;
+        int has_reply = fmap(f, FD_REPLY, &reply);
+        if (put_ftext_or_null(&c->s[0], f, FD_TEXT) < 0) return -1;
         if (has_reply) {
             if (put_ref_uri(&c->s[1], reply, KEY("root")) < 0 ||
                 put_ref_uri(&c->s[2], reply, KEY("parent")) < 0)
@@ -381,13 +444,13 @@ static int put_typed(coll *c, cb_cur rec) {
         } else if (scol_null(&c->s[1]) < 0 || scol_null(&c->s[2]) < 0) {
             return -1;
         }
-        r = put_embed(c, rec);
+        r = put_embed(c, f);
         if (r != 0) return r;
-        return put_facets(&c->l[1], &c->l[2], &c->l[3], rec);
+        return put_facets(&c->l[1], &c->l[2], &c->l[3], f);
     }
     case F_SUBJECT_REF: {
         cb_cur subject;
-        if (map_at(rec, KEY("subject"), &subject))
+        if (fmap(f, FD_SUBJECT, &subject))
             return put_text_or_null(&c->s[0], subject, KEY("uri")) < 0 ||
                            put_text_or_null(&c->s[1], subject, KEY("cid")) < 0
                        ? -1
@@ -395,14 +458,14 @@ static int put_typed(coll *c, cb_cur rec) {
         return scol_null(&c->s[0]) < 0 || scol_null(&c->s[1]) < 0 ? -1 : 0;
     }
     case F_SUBJECT_DID:
-        return put_text_or_null(&c->s[0], rec, KEY("subject"));
+        return put_ftext_or_null(&c->s[0], f, FD_SUBJECT);
     case F_LISTITEM:
-        return put_text_or_null(&c->s[0], rec, KEY("subject")) < 0 ||
-                       put_text_or_null(&c->s[1], rec, KEY("list")) < 0
+        return put_ftext_or_null(&c->s[0], f, FD_SUBJECT) < 0 ||
+                       put_ftext_or_null(&c->s[1], f, FD_LIST) < 0
                    ? -1
                    : 0;
     case F_POST_URI:
-        return put_text_or_null(&c->s[0], rec, KEY("post"));
+        return put_ftext_or_null(&c->s[0], f, FD_POST);
     default:
         return 0;
     }
@@ -410,10 +473,10 @@ static int put_typed(coll *c, cb_cur rec) {
 
 /* A post's langs decline is known only after reading it; check it before
  * anything is appended, so that a declined record leaves no partial row. */
-static int langs_ok(coll *c, cb_cur rec) {
+static int langs_ok(coll *c, const fields *f) {
     cb_cur v;
     uint64_t count;
-    if (c->family != F_POST || !cb_map_get(rec, KEY("langs"), &v) || cb_kind(v, &count) != CB_ARRAY)
+    if (c->family != F_POST || !fget(f, FD_LANGS, &v) || cb_kind(v, &count) != CB_ARRAY)
         return 1;
     uint64_t n = enter(&v);
     for (uint64_t i = 0; i < n; i++) {
@@ -685,11 +748,13 @@ static PyObject *records_pass(PyObject *self, PyObject *args) {
         if (cb_check(block, len) < 0) goto decline;
         cb_cur rec = {block, block + len};
         if (cb_kind(rec, NULL) != CB_MAP) goto decline;
+        fields f;
+        scan_fields(rec, &f);
         /* $type is the collection. */
         cb_cur v;
         const unsigned char *s;
         size_t sn;
-        if (!cb_map_get(rec, KEY("$type"), &v) || !cb_text(v, &s, &sn) || sn != (size_t)coll_n ||
+        if (!fget(&f, FD_TYPE, &v) || !cb_text(v, &s, &sn) || sn != (size_t)coll_n ||
             memcmp(s, key_b, sn) != 0)
             goto decline;
         /* The record key. */
@@ -707,12 +772,12 @@ static PyObject *records_pass(PyObject *self, PyObject *args) {
         const unsigned char *created;
         size_t created_n;
         int64_t micros;
-        if (!text_at(rec, KEY("createdAt"), &created, &created_n) ||
+        if (!ftext(&f, FD_CREATED, &created, &created_n) ||
             !datetime_ok(created, (Py_ssize_t)created_n) || !created_micros(created, created_n, &micros))
             goto decline;
         /* The lexicon. */
         if (cur->schema != NULL && !lex_valid(cur->schema, block, len)) goto decline;
-        if (!langs_ok(cur, rec)) goto decline;
+        if (!langs_ok(cur, &f)) goto decline;
         if (cur->windowed && ((has_since && micros < since) || (has_until && micros >= until))) {
             PyObject *at = PyLong_FromSsize_t(i);
             if (at == NULL || PyList_Append(outside, at) < 0) {
@@ -746,7 +811,7 @@ static PyObject *records_pass(PyObject *self, PyObject *args) {
             goto too_big;
         st.created.rows++;
         if (put_i64(&st.created.vals, micros) < 0 || put_u8(&st.created.valid, 1) < 0) goto nomem;
-        int tr = put_typed(cur, rec);
+        int tr = put_typed(cur, &f);
         if (tr != 0) goto too_big; /* langs was checked: only errors are left */
         cur->rows++;
         st.rows++;
