@@ -1,10 +1,38 @@
-/* records/native/json.c: a checked DAG-CBOR item -> atproto JSON text (to be written). */
+/*
+ * records/native/json.c: a checked DAG-CBOR item -> atproto JSON text.
+ *
+ * Where it sits: the native record path (pass.c) fills the `record` column
+ * with json_write's output; `cbor_json` (below) exposes it to Python for the
+ * twin tests and the benchmark. Its Python twin is
+ * `records.json.to_json_bytes(libipld.decode_dag_cbor(block))`, and the output
+ * must be the same bytes, so every rule here is orjson's:
+ *   - keys sorted bytewise (orjson's OPT_SORT_KEYS compares the UTF-8 text,
+ *     i.e. code point order), while DAG-CBOR stores them length first: each
+ *     map's entries are collected and re-sorted;
+ *   - strings: '"' and '\\' escaped, \b \t \n \f \r short, the other control
+ *     characters below 0x20 as \u00xx with lower-case hex; DEL, U+2028/9 and
+ *     all non-ASCII bytes written as they are, '/' not escaped;
+ *   - integers in decimal, no spaces anywhere;
+ *   - a link (tag 42) as {"$link":"b<base32 lower-case, unpadded, of the CID>"}
+ *     and a byte string as {"$bytes":"<standard base64, unpadded>"} (what
+ *     records/json.py's `encode_default` writes; cb_check declines byte strings
+ *     that libipld would read back as a CID, so every byte string here is
+ *     $bytes).
+ * Only bytes cb_check accepted reach json_write: it reads with cbor.h's
+ * trusted readers and bounds nothing again (cb_check bounded lengths, nesting
+ * depth and UTF-8).
+ */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #include "cbor.h"
 #include "json.h"
 
+/* Grow geometrically so that appending stays amortised O(1). */
 int jbuf_reserve(jbuf *out, size_t need) {
+    if (out->len > SIZE_MAX / 2 || need > SIZE_MAX / 2 - out->len) return -1; /* cannot be allocated anyway */
     if (out->len + need <= out->cap) return 0;
     size_t cap = out->cap ? out->cap : 4096;
     while (cap < out->len + need) cap *= 2;
@@ -15,11 +43,302 @@ int jbuf_reserve(jbuf *out, size_t need) {
     return 0;
 }
 
-int json_write(jbuf *out, const unsigned char *p, size_t n) {
-    (void)out;
-    (void)p;
-    (void)n;
-    return -2; /* not written yet: the caller declines */
+/* Per byte of a string: 0 written as is, else the letter of its escape
+ * ('u' for \u00xx). A table, so the scan costs one load per byte. */
+static const unsigned char ESCAPE[256] = {
+    'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'b', 't', 'n', 'u', 'f', 'r', 'u', 'u',
+    'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u',
+    0,   0,   '"', 0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
+    0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
+    0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,
+    0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   '\\', 0,  0,   0,
+    /* 0x60.. and every byte from 0x80 up: written as they are */
+};
+
+static const char HEX[] = "0123456789abcdef";
+
+/* Append s[0:n] as a JSON string, quotes included. Room is reserved once for
+ * the worst case (every byte a six-byte \u00xx), then runs that need no
+ * escape are copied whole. */
+static int write_string(jbuf *out, const unsigned char *s, size_t n) {
+    if (n > (SIZE_MAX - 2) / 6 || jbuf_reserve(out, n * 6 + 2) < 0) return -1;
+    char *w = out->buf + out->len;
+    *w++ = '"';
+    size_t i = 0;
+    while (i < n) {
+        size_t run = i;
+        while (run < n && ESCAPE[s[run]] == 0) run++;
+        memcpy(w, s + i, run - i);
+        w += run - i;
+        if (run == n) break;
+        unsigned char c = s[run];
+        unsigned char e = ESCAPE[c];
+        *w++ = '\\';
+        if (e == 'u') {
+            w[0] = 'u';
+            w[1] = '0';
+            w[2] = '0';
+            w[3] = HEX[c >> 4];
+            w[4] = HEX[c & 15];
+            w += 5;
+        } else {
+            *w++ = (char)e;
+        }
+        i = run + 1;
+    }
+    *w++ = '"';
+    out->len = (size_t)(w - out->buf);
+    return 0;
 }
 
-PyMethodDef bsky_json_methods[] = {{NULL, NULL, 0, NULL}};
+/* Append a literal (no escaping needed). */
+static int write_raw(jbuf *out, const char *s, size_t n) {
+    if (jbuf_reserve(out, n) < 0) return -1;
+    memcpy(out->buf + out->len, s, n);
+    out->len += n;
+    return 0;
+}
+
+/* Append an integer: `neg` means the CBOR negative -1 - v (v <= INT64_MAX
+ * after cb_check, so its magnitude v + 1 fits a uint64_t). */
+static int write_int(jbuf *out, uint64_t v, int neg) {
+    char tmp[21];
+    char *e = tmp + sizeof tmp;
+    char *d = e;
+    if (neg) v += 1;
+    do {
+        *--d = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    if (neg) *--d = '-';
+    return write_raw(out, d, (size_t)(e - d));
+}
+
+/* A link's CID bytes (after the 0x00 multibase-identity prefix) as
+ * {"$link":"b..."}: RFC 4648 base32, lower case, unpadded, what
+ * libipld.encode_cid writes for a CIDv1. */
+static int write_link(jbuf *out, const unsigned char *b, size_t n) {
+    static const char A32[] = "abcdefghijklmnopqrstuvwxyz234567";
+    static const char HEAD[] = "{\"$link\":\"b";
+    if (jbuf_reserve(out, sizeof HEAD - 1 + (n * 8 + 4) / 5 + 2) < 0) return -1;
+    char *w = out->buf + out->len;
+    memcpy(w, HEAD, sizeof HEAD - 1);
+    w += sizeof HEAD - 1;
+    uint64_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        acc = acc << 8 | b[i];
+        bits += 8;
+        while (bits >= 5) {
+            bits -= 5;
+            *w++ = A32[(acc >> bits) & 31];
+        }
+    }
+    if (bits > 0) *w++ = A32[(acc << (5 - bits)) & 31];
+    *w++ = '"';
+    *w++ = '}';
+    out->len = (size_t)(w - out->buf);
+    return 0;
+}
+
+/* A byte string as {"$bytes":"..."}: standard base64 alphabet, no padding
+ * (records/json.py strips the '='). */
+static int write_bytes(jbuf *out, const unsigned char *b, size_t n) {
+    static const char A64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    static const char HEAD[] = "{\"$bytes\":\"";
+    if (n > SIZE_MAX / 2 || jbuf_reserve(out, sizeof HEAD - 1 + (n + 2) / 3 * 4 + 2) < 0) return -1;
+    char *w = out->buf + out->len;
+    memcpy(w, HEAD, sizeof HEAD - 1);
+    w += sizeof HEAD - 1;
+    size_t i = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = (uint32_t)b[i] << 16 | (uint32_t)b[i + 1] << 8 | b[i + 2];
+        w[0] = A64[v >> 18];
+        w[1] = A64[(v >> 12) & 63];
+        w[2] = A64[(v >> 6) & 63];
+        w[3] = A64[v & 63];
+        w += 4;
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)b[i] << 16;
+        *w++ = A64[v >> 18];
+        *w++ = A64[(v >> 12) & 63];
+    } else if (n - i == 2) {
+        uint32_t v = (uint32_t)b[i] << 16 | (uint32_t)b[i + 1] << 8;
+        *w++ = A64[v >> 18];
+        *w++ = A64[(v >> 12) & 63];
+        *w++ = A64[(v >> 6) & 63];
+    }
+    *w++ = '"';
+    *w++ = '}';
+    out->len = (size_t)(w - out->buf);
+    return 0;
+}
+
+/* One map entry while its map is re-sorted: the key's text and where its
+ * value starts. */
+typedef struct {
+    const unsigned char *key;
+    size_t klen;
+    const unsigned char *val;
+} entry;
+
+/* orjson's key order: the UTF-8 bytes compared as unsigned bytes, a prefix
+ * first (Rust's str ordering). Keys within one map are distinct. */
+static inline int key_before(const entry *a, const entry *b) {
+    size_t m = a->klen < b->klen ? a->klen : b->klen;
+    int c = memcmp(a->key, b->key, m);
+    return c < 0 || (c == 0 && a->klen < b->klen);
+}
+
+/* qsort's comparator for key_before (for maps too big for insertion sort). */
+static int entry_cmp(const void *pa, const void *pb) {
+    const entry *a = pa;
+    const entry *b = pb;
+    return key_before(a, b) ? -1 : key_before(b, a) ? 1 : 0;
+}
+
+/* Maps with up to this many entries sort on the stack by insertion (records'
+ * maps are small, and DAG-CBOR order is often close to bytewise order). */
+#define SMALL_MAP 24
+
+static int write_item(jbuf *out, cb_cur *c);
+
+/* Append the map whose `count` entries start at `c` (its head read), keys
+ * re-sorted; leaves `c` past the map. */
+static int write_map(jbuf *out, cb_cur *c, uint64_t count) {
+    entry small[SMALL_MAP];
+    entry *es = small;
+    if (count > SMALL_MAP) {
+        /* count <= block length / 2 after cb_check, so this cannot overflow. */
+        es = malloc((size_t)count * sizeof *es);
+        if (es == NULL) return -1;
+    }
+    size_t n = (size_t)count;
+    int sorted = 1;
+    for (size_t i = 0; i < n; i++) {
+        int major;
+        uint64_t kn;
+        cb_head_t(c, &major, &kn);
+        es[i].key = c->p;
+        es[i].klen = (size_t)kn;
+        c->p += kn;
+        es[i].val = c->p;
+        cb_skip_t(c);
+        if (i > 0 && sorted && !key_before(&es[i - 1], &es[i])) sorted = 0;
+    }
+    const unsigned char *after = c->p;
+    if (!sorted) {
+        if (n <= SMALL_MAP) {
+            for (size_t i = 1; i < n; i++) {
+                entry e = es[i];
+                size_t j = i;
+                while (j > 0 && key_before(&e, &es[j - 1])) {
+                    es[j] = es[j - 1];
+                    j--;
+                }
+                es[j] = e;
+            }
+        } else {
+            qsort(es, n, sizeof *es, entry_cmp);
+        }
+    }
+    int rc = write_raw(out, "{", 1);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (i > 0) rc = write_raw(out, ",", 1);
+        if (rc == 0) rc = write_string(out, es[i].key, es[i].klen);
+        if (rc == 0) rc = write_raw(out, ":", 1);
+        if (rc == 0) {
+            cb_cur v = {es[i].val, c->end};
+            rc = write_item(out, &v);
+        }
+    }
+    if (rc == 0) rc = write_raw(out, "}", 1);
+    if (es != small) free(es);
+    c->p = after;
+    return rc;
+}
+
+/* Append the item at `c` and move `c` past it. Recursion is bounded by
+ * cb_check's CB_MAX_DEPTH. */
+static int write_item(jbuf *out, cb_cur *c) {
+    int major;
+    uint64_t arg;
+    cb_head_t(c, &major, &arg);
+    switch (major) {
+    case CB_UINT:
+        return write_int(out, arg, 0);
+    case CB_NINT:
+        return write_int(out, arg, 1);
+    case CB_BYTES: {
+        const unsigned char *b = c->p;
+        c->p += arg;
+        return write_bytes(out, b, (size_t)arg);
+    }
+    case CB_TEXT: {
+        const unsigned char *s = c->p;
+        c->p += arg;
+        return write_string(out, s, (size_t)arg);
+    }
+    case CB_ARRAY:
+        if (write_raw(out, "[", 1) < 0) return -1;
+        for (uint64_t i = 0; i < arg; i++) {
+            if (i > 0 && write_raw(out, ",", 1) < 0) return -1;
+            if (write_item(out, c) < 0) return -1;
+        }
+        return write_raw(out, "]", 1);
+    case CB_MAP:
+        return write_map(out, c, arg);
+    case CB_TAG: { /* 42, on 0x00 + a CID (cb_check) */
+        int bm;
+        uint64_t bn;
+        cb_head_t(c, &bm, &bn);
+        const unsigned char *b = c->p;
+        c->p += bn;
+        return write_link(out, b + 1, (size_t)bn - 1);
+    }
+    default:
+        if (arg == CB_FALSE) return write_raw(out, "false", 5);
+        if (arg == CB_TRUE) return write_raw(out, "true", 4);
+        return write_raw(out, "null", 4);
+    }
+}
+
+int json_write(jbuf *out, const unsigned char *p, size_t n) {
+    cb_cur c = {p, p + n};
+    return write_item(out, &c);
+}
+
+PyDoc_STRVAR(cbor_json_doc,
+"cbor_json(block) -> bytes | None\n"
+"The atproto JSON of a DAG-CBOR block, byte for byte what\n"
+"records.json.to_json_bytes(libipld.decode_dag_cbor(block)) gives; None when\n"
+"the block is outside the subset the native path reads (records/native/cbor.h).");
+
+/* Python entry: check, then write into a malloc'd buffer and copy it out once. */
+static PyObject *cbor_json_py(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *p = view.buf;
+    size_t n = (size_t)view.len;
+    if (cb_check(p, n) < 0) {
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    jbuf out = {NULL, 0, 0};
+    /* Records' JSON is about twice their CBOR: one reservation covers most. */
+    PyObject *result = NULL;
+    if (jbuf_reserve(&out, n * 2 + 64) < 0 || json_write(&out, p, n) < 0)
+        PyErr_NoMemory();
+    else
+        result = PyBytes_FromStringAndSize(out.buf, (Py_ssize_t)out.len);
+    free(out.buf);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+PyMethodDef bsky_json_methods[] = {
+    {"cbor_json", cbor_json_py, METH_O, cbor_json_doc},
+    {NULL, NULL, 0, NULL},
+};
