@@ -57,17 +57,46 @@ static const unsigned char ESCAPE[256] = {
 
 static const char HEX[] = "0123456789abcdef";
 
+/* Room for `need` more bytes, the common case (room already there) inline. */
+static inline int reserve(jbuf *out, size_t need) {
+    return out->cap - out->len >= need ? 0 : jbuf_reserve(out, need);
+}
+
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* Whether any of the eight bytes in `w` needs an escape (below 0x20, '"' or
+ * '\\'). The classic "has a zero / a byte below n" bit tricks: no false
+ * negatives, so a zero answer lets eight bytes through without the table. */
+static inline int needs_escape8(uint64_t w) {
+    uint64_t below = (w - ONES * 0x20) & ~w;
+    uint64_t q = w ^ (ONES * '"');
+    uint64_t b = w ^ (ONES * '\\');
+    return (((below | ((q - ONES) & ~q) | ((b - ONES) & ~b)) & HIGHS)) != 0;
+}
+
 /* Append s[0:n] as a JSON string, quotes included. Room is reserved once for
- * the worst case (every byte a six-byte \u00xx), then runs that need no
- * escape are copied whole. */
+ * the worst case (every byte a six-byte \u00xx); runs that need no escape
+ * are found eight bytes at a time and copied whole. */
 static int write_string(jbuf *out, const unsigned char *s, size_t n) {
-    if (n > (SIZE_MAX - 2) / 6 || jbuf_reserve(out, n * 6 + 2) < 0) return -1;
+    if (n > (SIZE_MAX - 2) / 6 || reserve(out, n * 6 + 2) < 0) return -1;
     char *w = out->buf + out->len;
     *w++ = '"';
     size_t i = 0;
     while (i < n) {
         size_t run = i;
-        while (run < n && ESCAPE[s[run]] == 0) run++;
+        for (;;) {
+            while (run + 8 <= n) {
+                uint64_t chunk;
+                memcpy(&chunk, s + run, 8);
+                if (needs_escape8(chunk)) break;
+                run += 8;
+            }
+            /* Within the flagged (or last, short) chunk: byte by byte. */
+            size_t stop = run + 8 < n ? run + 8 : n;
+            while (run < stop && ESCAPE[s[run]] == 0) run++;
+            if (run < stop || run == n) break;
+        }
         memcpy(w, s + i, run - i);
         w += run - i;
         if (run == n) break;
@@ -92,8 +121,8 @@ static int write_string(jbuf *out, const unsigned char *s, size_t n) {
 }
 
 /* Append a literal (no escaping needed). */
-static int write_raw(jbuf *out, const char *s, size_t n) {
-    if (jbuf_reserve(out, n) < 0) return -1;
+static inline int write_raw(jbuf *out, const char *s, size_t n) {
+    if (reserve(out, n) < 0) return -1;
     memcpy(out->buf + out->len, s, n);
     out->len += n;
     return 0;
@@ -120,7 +149,7 @@ static int write_int(jbuf *out, uint64_t v, int neg) {
 static int write_link(jbuf *out, const unsigned char *b, size_t n) {
     static const char A32[] = "abcdefghijklmnopqrstuvwxyz234567";
     static const char HEAD[] = "{\"$link\":\"b";
-    if (jbuf_reserve(out, sizeof HEAD - 1 + (n * 8 + 4) / 5 + 2) < 0) return -1;
+    if (reserve(out, sizeof HEAD - 1 + (n * 8 + 4) / 5 + 2) < 0) return -1;
     char *w = out->buf + out->len;
     memcpy(w, HEAD, sizeof HEAD - 1);
     w += sizeof HEAD - 1;
@@ -146,7 +175,7 @@ static int write_link(jbuf *out, const unsigned char *b, size_t n) {
 static int write_bytes(jbuf *out, const unsigned char *b, size_t n) {
     static const char A64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     static const char HEAD[] = "{\"$bytes\":\"";
-    if (n > SIZE_MAX / 2 || jbuf_reserve(out, sizeof HEAD - 1 + (n + 2) / 3 * 4 + 2) < 0) return -1;
+    if (n > SIZE_MAX / 2 || reserve(out, sizeof HEAD - 1 + (n + 2) / 3 * 4 + 2) < 0) return -1;
     char *w = out->buf + out->len;
     memcpy(w, HEAD, sizeof HEAD - 1);
     w += sizeof HEAD - 1;
@@ -175,12 +204,13 @@ static int write_bytes(jbuf *out, const unsigned char *b, size_t n) {
     return 0;
 }
 
-/* One map entry while its map is re-sorted: the key's text and where its
- * value starts. */
+/* One map entry while its map is re-sorted: the key's text (in the block)
+ * and where its `"key":value` text sits in the output. */
 typedef struct {
     const unsigned char *key;
     size_t klen;
-    const unsigned char *val;
+    size_t off;
+    size_t end;
 } entry;
 
 /* orjson's key order: the UTF-8 bytes compared as unsigned bytes, a prefix
@@ -199,13 +229,48 @@ static int entry_cmp(const void *pa, const void *pb) {
 }
 
 /* Maps with up to this many entries sort on the stack by insertion (records'
- * maps are small, and DAG-CBOR order is often close to bytewise order). */
+ * maps are small). */
 #define SMALL_MAP 24
 
 static int write_item(jbuf *out, cb_cur *c);
 
+/* Put the entries' texts, written in DAG-CBOR order at es[0].off.., into
+ * bytewise key order in place: the region is copied past the end of the
+ * output (scratch room in the same buffer), then copied back entry by entry.
+ * Same entries, same commas, so the region keeps its length. */
+static int reorder(jbuf *out, entry *es, size_t n) {
+    size_t base = es[0].off; /* before sorting: the first entry written */
+    if (n <= SMALL_MAP) {
+        for (size_t i = 1; i < n; i++) {
+            entry e = es[i];
+            size_t j = i;
+            while (j > 0 && key_before(&e, &es[j - 1])) {
+                es[j] = es[j - 1];
+                j--;
+            }
+            es[j] = e;
+        }
+    } else {
+        qsort(es, n, sizeof *es, entry_cmp);
+    }
+    size_t size = out->len - base;
+    if (reserve(out, size) < 0) return -1;
+    char *scratch = out->buf + out->len;
+    memcpy(scratch, out->buf + base, size);
+    char *w = out->buf + base;
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0) *w++ = ',';
+        size_t len = es[i].end - es[i].off;
+        memcpy(w, scratch + (es[i].off - base), len);
+        w += len;
+    }
+    return 0;
+}
+
 /* Append the map whose `count` entries start at `c` (its head read), keys
- * re-sorted; leaves `c` past the map. */
+ * in orjson's order; leaves `c` past the map. The entries are written as
+ * they come (one pass over the block, no skipping ahead to find values),
+ * then reordered if DAG-CBOR's length-first order was not already bytewise. */
 static int write_map(jbuf *out, cb_cur *c, uint64_t count) {
     entry small[SMALL_MAP];
     entry *es = small;
@@ -216,46 +281,26 @@ static int write_map(jbuf *out, cb_cur *c, uint64_t count) {
     }
     size_t n = (size_t)count;
     int sorted = 1;
-    for (size_t i = 0; i < n; i++) {
+    int rc = write_raw(out, "{", 1);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (i > 0) rc = write_raw(out, ",", 1);
+        if (rc < 0) break;
         int major;
         uint64_t kn;
         cb_head_t(c, &major, &kn);
         es[i].key = c->p;
         es[i].klen = (size_t)kn;
         c->p += kn;
-        es[i].val = c->p;
-        cb_skip_t(c);
+        es[i].off = out->len;
+        rc = write_string(out, es[i].key, es[i].klen);
+        if (rc == 0) rc = write_raw(out, ":", 1);
+        if (rc == 0) rc = write_item(out, c);
+        es[i].end = out->len;
         if (i > 0 && sorted && !key_before(&es[i - 1], &es[i])) sorted = 0;
     }
-    const unsigned char *after = c->p;
-    if (!sorted) {
-        if (n <= SMALL_MAP) {
-            for (size_t i = 1; i < n; i++) {
-                entry e = es[i];
-                size_t j = i;
-                while (j > 0 && key_before(&e, &es[j - 1])) {
-                    es[j] = es[j - 1];
-                    j--;
-                }
-                es[j] = e;
-            }
-        } else {
-            qsort(es, n, sizeof *es, entry_cmp);
-        }
-    }
-    int rc = write_raw(out, "{", 1);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        if (i > 0) rc = write_raw(out, ",", 1);
-        if (rc == 0) rc = write_string(out, es[i].key, es[i].klen);
-        if (rc == 0) rc = write_raw(out, ":", 1);
-        if (rc == 0) {
-            cb_cur v = {es[i].val, c->end};
-            rc = write_item(out, &v);
-        }
-    }
+    if (rc == 0 && !sorted) rc = reorder(out, es, n);
     if (rc == 0) rc = write_raw(out, "}", 1);
     if (es != small) free(es);
-    c->p = after;
     return rc;
 }
 
@@ -315,7 +360,14 @@ PyDoc_STRVAR(cbor_json_doc,
 "records.json.to_json_bytes(libipld.decode_dag_cbor(block)) gives; None when\n"
 "the block is outside the subset the native path reads (records/native/cbor.h).");
 
-/* Python entry: check, then write into a malloc'd buffer and copy it out once. */
+/* cbor_json's output buffer, kept from call to call so that a record costs
+ * no malloc/free of its own. Safe without a lock: only touched while holding
+ * the GIL, and json_write never calls back into Python. */
+static jbuf scratch = {NULL, 0, 0};
+/* A buffer grown past this by one huge record is given back afterwards. */
+#define SCRATCH_KEEP (1u << 20)
+
+/* Python entry: check, write into the reused buffer, copy out once. */
 static PyObject *cbor_json_py(PyObject *self, PyObject *arg) {
     (void)self;
     Py_buffer view;
@@ -326,14 +378,16 @@ static PyObject *cbor_json_py(PyObject *self, PyObject *arg) {
         PyBuffer_Release(&view);
         Py_RETURN_NONE;
     }
-    jbuf out = {NULL, 0, 0};
-    /* Records' JSON is about twice their CBOR: one reservation covers most. */
+    scratch.len = 0;
     PyObject *result = NULL;
-    if (jbuf_reserve(&out, n * 2 + 64) < 0 || json_write(&out, p, n) < 0)
+    if (json_write(&scratch, p, n) < 0)
         PyErr_NoMemory();
     else
-        result = PyBytes_FromStringAndSize(out.buf, (Py_ssize_t)out.len);
-    free(out.buf);
+        result = PyBytes_FromStringAndSize(scratch.buf, (Py_ssize_t)scratch.len);
+    if (scratch.cap > SCRATCH_KEEP) {
+        free(scratch.buf);
+        scratch = (jbuf){NULL, 0, 0};
+    }
     PyBuffer_Release(&view);
     return result;
 }
