@@ -55,7 +55,7 @@ sanitize: install
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		BSKY_BACKFILL_NATIVE_FROM=$(abspath $(ASAN_DIR)) \
 		$(BIN)/pytest -q -p no:cacheprovider tests/repo/test_native.py tests/repo/test_native_fuzz.py \
-		tests/repo/test_native_walk.py tests/records/test_formats_twin.py
+		tests/repo/test_native_walk.py tests/records/test_formats_twin.py tests/records/test_native_json.py
 
 test: lint typecheck unit sanitize
 

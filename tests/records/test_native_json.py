@@ -229,7 +229,9 @@ OTHER_LINKS = (
 )
 BYTES = (
     st.binary(max_size=70)
-    | st.builds(lambda first, rest: bytes([first]) + rest, st.sampled_from([0, 1, 0x12]), st.binary())
+    | st.builds(
+        lambda first, rest: bytes([first]) + rest, st.sampled_from([0, 1, 0x12]), st.binary()
+    )
     | st.builds(lambda d: b"\x01\x71\x12\x20" + d[:31], DIGEST)  # a CID cut short: plain bytes
 )
 LEAVES = st.none() | st.booleans() | INTS | TEXT | BYTES | LINKS | OTHER_LINKS
@@ -261,8 +263,10 @@ def _inside(value: Any, depth: int = 0) -> bool:
         return -(2**63) <= value <= 2**64 - 1
     if isinstance(value, bytes):
         if _is_link(value):
-            return len(value) == 36 and value[:2] in (b"\x01\x71", b"\x01\x55") and (
-                value[2:4] == b"\x12\x20"
+            return (
+                len(value) == 36
+                and value[:2] in (b"\x01\x71", b"\x01\x55")
+                and (value[2:4] == b"\x12\x20")
             )
         return value[:1] not in (b"\x00", b"\x01", b"\x12")
     if isinstance(value, list):
@@ -289,7 +293,7 @@ def test_random_values(value: Any) -> None:
 
 
 @PROFILE
-@given(st.dictionaries(TEXT, LEAVES, min_size=20, max_size=120))
+@given(st.dictionaries(TEXT, LEAVES, min_size=20, max_size=300))
 def test_big_maps(value: dict[str, Any]) -> None:
     """Maps past the insertion-sort size (json.c sorts those with qsort)."""
     _exactly_the_subset(value)
@@ -297,7 +301,9 @@ def test_big_maps(value: dict[str, Any]) -> None:
 
 @PROFILE
 @given(
-    st.lists(st.sampled_from(["list", "map"]), min_size=CB_MAX_DEPTH - 4, max_size=CB_MAX_DEPTH + 4),
+    st.lists(
+        st.sampled_from(["list", "map"]), min_size=CB_MAX_DEPTH - 4, max_size=CB_MAX_DEPTH + 4
+    ),
     TEXT,
     LEAVES | st.just([]) | st.just({}),
 )
@@ -317,8 +323,10 @@ def test_nesting_limit_exactly() -> None:
         assert _agree(libipld.encode_dag_cbor(value)) is (levels <= CB_MAX_DEPTH)
 
 
-@PROFILE
-@given(st.text(CHARS, min_size=1000, max_size=5000) | st.text(st.sampled_from(CONTROL), min_size=3000))
+@settings(PROFILE, max_examples=60)
+@given(
+    st.text(CHARS, min_size=1000, max_size=5000) | st.text(st.sampled_from(CONTROL), min_size=3000)
+)
 def test_long_strings(text: str) -> None:
     """Long strings (the output buffer grows; escapes up to six bytes per input byte)."""
     _exactly_the_subset({"text": text, "t": [text, text]})
@@ -370,6 +378,101 @@ def test_mutated_blocks_never_crash_and_agree_when_accepted() -> None:
     # those were compared; the rest were declined without a crash.
     assert tried > 10_000
     assert tried // 20 < accepted < tried
+
+
+# Raw CBOR, not only what libipld writes: every major type and head width,
+# non-shortest heads, reserved and indefinite heads, floats, simple values,
+# tags, keys in any order and of any type, invalid UTF-8, links of every kind.
+
+
+def _head(rng: random.Random, major: int, arg: int, canonical: bool) -> bytes:
+    if not canonical and rng.random() < 0.5:
+        if rng.random() < 0.2:
+            return bytes([major << 5 | rng.choice([28, 29, 30, 31])])
+        width = rng.choice([1, 2, 4, 8])
+        if arg < 1 << (8 * width):
+            return bytes([major << 5 | {1: 24, 2: 25, 4: 26, 8: 27}[width]]) + arg.to_bytes(
+                width, "big"
+            )
+    if arg < 24:
+        return bytes([major << 5 | arg])
+    width, ai = next((w, a) for w, a in ((1, 24), (2, 25), (4, 26), (8, 27)) if arg < 1 << (8 * w))
+    return bytes([major << 5 | ai]) + arg.to_bytes(width, "big")
+
+
+def _raw_text(rng: random.Random) -> bytes:
+    r = rng.random()
+    if r < 0.35:
+        return rng.choice(SPECIAL_TEXT).encode()
+    if r < 0.8:
+        points = [rng.randrange(0x80), rng.randrange(0x800), rng.randrange(0xD800)]
+        points.append(rng.randrange(0xE000, 0x110000))
+        return "".join(chr(rng.choice(points)) for _ in range(rng.randrange(6))).encode()
+    return rng.randbytes(rng.randrange(6))  # mostly not UTF-8
+
+
+def _raw_item(rng: random.Random, depth: int, canonical: bool) -> bytes:
+    major = rng.randrange(8) if depth < 6 else rng.choice([0, 1, 2, 3, 7])
+    head = _head
+    if major in (0, 1):
+        arg = rng.choice([*(abs(i) for i in EDGE_INTS if abs(i) < 2**64), rng.getrandbits(64)])
+        return head(rng, major, arg, canonical)
+    if major == 2:
+        data = rng.randbytes(rng.randrange(12))
+        if rng.random() < 0.3:
+            data = bytes([rng.choice([0, 1, 0x12, 2, 0xFF])]) + rng.randbytes(rng.randrange(40))
+        return head(rng, 2, len(data), canonical) + data
+    if major == 3:
+        data = _raw_text(rng)
+        return head(rng, 3, len(data), canonical) + data
+    if major == 4:
+        n = rng.randrange(5)
+        return head(rng, 4, n, canonical) + b"".join(
+            _raw_item(rng, depth + 1, canonical) for _ in range(n)
+        )
+    if major == 5:
+        keys = [_raw_text(rng) for _ in range(rng.randrange(5))]
+        if rng.random() < 0.8:
+            keys = sorted(set(keys), key=lambda k: (len(k), k))  # DAG-CBOR order
+        out = head(rng, 5, len(keys), canonical)
+        for key in keys:
+            if rng.random() < 0.95:
+                out += head(rng, 3, len(key), canonical) + key
+            else:
+                out += _raw_item(rng, 5, canonical)  # a key of any kind
+            out += _raw_item(rng, depth + 1, canonical)
+        return out
+    if major == 6:
+        tag = 42 if rng.random() < 0.8 else rng.choice([0, 1, 24, 41, 43, 55799])
+        if rng.random() < 0.6:
+            codec = rng.choice([0x71, 0x55, 0x70])
+            payload = bytes([0, 1, codec, 0x12, rng.choice([0x20, 0x20, 0x05])]) + rng.randbytes(32)
+            if rng.random() < 0.2:
+                payload = payload[: rng.randrange(len(payload) + 1)]
+            return head(rng, 6, tag, canonical) + head(rng, 2, len(payload), canonical) + payload
+        return head(rng, 6, tag, canonical) + _raw_item(rng, depth + 1, canonical)
+    r = rng.random()
+    if r < 0.6:
+        return bytes([0xE0 | rng.choice([20, 21, 22, 23, 0, 19])])
+    if r < 0.8:
+        return bytes([0xF8, rng.randrange(256)])
+    width = rng.choice([2, 4, 8])
+    return bytes([0xE0 | {2: 25, 4: 26, 8: 27}[width]]) + rng.randbytes(width)
+
+
+def test_raw_random_cbor() -> None:
+    rng = random.Random(4242)
+    accepted = tried = 0
+    for _ in range(30_000):
+        block = _raw_item(rng, 0, rng.random() < 0.7)
+        r = rng.random()
+        if r < 0.05:
+            block += b"\x00"
+        elif r < 0.1:
+            block = block[:-1]
+        tried += 1
+        accepted += _agree(block)
+    assert tried // 5 < accepted < tried - tried // 5
 
 
 # -- declined by construction ---------------------------------------------------------
