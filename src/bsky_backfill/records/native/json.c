@@ -76,44 +76,43 @@ static inline int needs_escape8(uint64_t w) {
 }
 
 /* Append s[0:n] as a JSON string, quotes included. Room is reserved once for
- * the worst case (every byte a six-byte \u00xx); runs that need no escape
- * are found eight bytes at a time and copied whole. */
+ * the worst case (every byte a six-byte \u00xx). Words of eight bytes that
+ * need no escape are copied as words; the rest goes byte by byte through the
+ * table, up to the next word (no libc calls: most strings are a few bytes). */
 static int write_string(jbuf *out, const unsigned char *s, size_t n) {
     if (n > (SIZE_MAX - 2) / 6 || reserve(out, n * 6 + 2) < 0) return -1;
     char *w = out->buf + out->len;
     *w++ = '"';
     size_t i = 0;
     while (i < n) {
-        size_t run = i;
-        for (;;) {
-            while (run + 8 <= n) {
-                uint64_t chunk;
-                memcpy(&chunk, s + run, 8);
-                if (needs_escape8(chunk)) break;
-                run += 8;
+        while (i + 8 <= n) {
+            uint64_t chunk;
+            memcpy(&chunk, s + i, 8);
+            if (needs_escape8(chunk)) break;
+            memcpy(w, &chunk, 8);
+            w += 8;
+            i += 8;
+        }
+        size_t stop = i + 8 < n ? i + 8 : n;
+        for (; i < stop; i++) {
+            unsigned char c = s[i];
+            unsigned char e = ESCAPE[c];
+            if (e == 0) {
+                *w++ = (char)c;
+            } else if (e == 'u') {
+                w[0] = '\\';
+                w[1] = 'u';
+                w[2] = '0';
+                w[3] = '0';
+                w[4] = HEX[c >> 4];
+                w[5] = HEX[c & 15];
+                w += 6;
+            } else {
+                w[0] = '\\';
+                w[1] = (char)e;
+                w += 2;
             }
-            /* Within the flagged (or last, short) chunk: byte by byte. */
-            size_t stop = run + 8 < n ? run + 8 : n;
-            while (run < stop && ESCAPE[s[run]] == 0) run++;
-            if (run < stop || run == n) break;
         }
-        memcpy(w, s + i, run - i);
-        w += run - i;
-        if (run == n) break;
-        unsigned char c = s[run];
-        unsigned char e = ESCAPE[c];
-        *w++ = '\\';
-        if (e == 'u') {
-            w[0] = 'u';
-            w[1] = '0';
-            w[2] = '0';
-            w[3] = HEX[c >> 4];
-            w[4] = HEX[c & 15];
-            w += 5;
-        } else {
-            *w++ = (char)e;
-        }
-        i = run + 1;
     }
     *w++ = '"';
     out->len = (size_t)(w - out->buf);
@@ -217,8 +216,11 @@ typedef struct {
  * first (Rust's str ordering). Keys within one map are distinct. */
 static inline int key_before(const entry *a, const entry *b) {
     size_t m = a->klen < b->klen ? a->klen : b->klen;
-    int c = memcmp(a->key, b->key, m);
-    return c < 0 || (c == 0 && a->klen < b->klen);
+    /* A loop, not memcmp: keys are short and mostly differ in their first
+     * byte, where a libc call costs more than the comparison. */
+    for (size_t i = 0; i < m; i++)
+        if (a->key[i] != b->key[i]) return a->key[i] < b->key[i];
+    return a->klen < b->klen;
 }
 
 /* qsort's comparator for key_before (for maps too big for insertion sort). */
