@@ -292,11 +292,37 @@ def test_random_values(value: Any) -> None:
     _exactly_the_subset(value)
 
 
-@PROFILE
+@settings(PROFILE, max_examples=300)
 @given(st.dictionaries(TEXT, LEAVES, min_size=20, max_size=300))
 def test_big_maps(value: dict[str, Any]) -> None:
     """Maps past the insertion-sort size (json.c sorts those with qsort)."""
     _exactly_the_subset(value)
+
+
+def _random_key(rng: random.Random) -> str:
+    return rng.choice(SPECIAL_TEXT) + "".join(
+        chr(rng.choice([rng.randrange(0x20, 0x80), rng.randrange(0xA0, 0xD800), 0x1F600]))
+        for _ in range(rng.randrange(4))
+    )
+
+
+def _random_map(rng: random.Random, size: int, inner: int) -> dict[str, Any]:
+    leaves = [None, True, 0, -(2**63), 2**64 - 1, "x", "\x00\u2028", b"\x02", b"", []]
+    return {
+        _random_key(rng): _random_map(rng, size, inner - 1)
+        if inner > 0 and rng.random() < 0.5
+        else rng.choice(leaves)
+        for _ in range(size)
+    }
+
+
+def test_nested_big_maps() -> None:
+    """More live map entries than json_write keeps on its frame (64): its entry
+    stack moves to the heap while outer maps are half written."""
+    rng = random.Random(64)
+    for _ in range(10):
+        value = {_random_key(rng): _random_map(rng, rng.randrange(25, 45), 2) for _ in range(4)}
+        _exactly_the_subset(value)
 
 
 @PROFILE

@@ -8,7 +8,8 @@
  * must be the same bytes, so every rule here is orjson's:
  *   - keys sorted bytewise (orjson's OPT_SORT_KEYS compares the UTF-8 text,
  *     i.e. code point order), while DAG-CBOR stores them length first: each
- *     map's entries are collected and re-sorted;
+ *     map is written in DAG-CBOR order, then its entries' texts are put in
+ *     bytewise order in place;
  *   - strings: '"' and '\\' escaped, \b \t \n \f \r short, the other control
  *     characters below 0x20 as \u00xx with lower-case hex; DEL, U+2028/9 and
  *     all non-ASCII bytes written as they are, '/' not escaped;
@@ -32,7 +33,9 @@
 
 /* Grow geometrically so that appending stays amortised O(1). */
 int jbuf_reserve(jbuf *out, size_t need) {
-    if (out->len > SIZE_MAX / 2 || need > SIZE_MAX / 2 - out->len) return -1; /* cannot be allocated anyway */
+    /* Sizes this large cannot be allocated anyway; refusing them keeps the
+     * doubling below from overflowing. */
+    if (out->len > SIZE_MAX / 2 || need > SIZE_MAX / 2 - out->len) return -1;
     if (out->len + need <= out->cap) return 0;
     size_t cap = out->cap ? out->cap : 4096;
     while (cap < out->len + need) cap *= 2;
@@ -230,13 +233,43 @@ static int entry_cmp(const void *pa, const void *pb) {
     return key_before(a, b) ? -1 : key_before(b, a) ? 1 : 0;
 }
 
-/* Maps with up to this many entries sort on the stack by insertion (records'
- * maps are small). */
+/* Maps with up to this many entries sort by insertion (records' maps are
+ * small), bigger ones with qsort. */
 #define SMALL_MAP 24
+/* Entries json_write holds on its own stack frame before it needs the heap. */
+#define LOCAL_ENTRIES 64
 
-static int write_item(jbuf *out, cb_cur *c);
+/* One json_write call: the output, and one stack of map entries shared by
+ * all nesting levels (a map pushes its entries, its values push theirs above,
+ * it pops them when done), so that deep nesting costs no per-level arrays on
+ * the C stack and a big map no allocation of its own. */
+typedef struct {
+    jbuf *out;
+    entry *es;    /* LOCAL_ENTRIES on json_write's frame, or `heap` */
+    entry *heap;  /* malloc'd once the local ones ran out, else NULL */
+    size_t top;
+    size_t cap;
+} wctx;
 
-/* Put the entries' texts, written in DAG-CBOR order at es[0].off.., into
+/* Room for `n` more entries above `top`: 0, or -1 when out of memory.
+ * Moving to (or growing) the heap copies the live entries, so callers hold
+ * indexes into `es`, never pointers, across anything that may push. */
+static int entries_reserve(wctx *x, size_t n) {
+    if (n <= x->cap - x->top) return 0;
+    if (n > SIZE_MAX / sizeof(entry) / 2 - x->top) return -1;
+    size_t cap = x->cap * 2 > x->top + n ? x->cap * 2 : x->top + n;
+    entry *grown = malloc(cap * sizeof(entry));
+    if (grown == NULL) return -1;
+    memcpy(grown, x->es, x->top * sizeof(entry));
+    free(x->heap);
+    x->es = x->heap = grown;
+    x->cap = cap;
+    return 0;
+}
+
+static int write_item(wctx *x, cb_cur *c);
+
+/* Put the entries' texts, written in DAG-CBOR order from es[0].off on, into
  * bytewise key order in place: the region is copied past the end of the
  * output (scratch room in the same buffer), then copied back entry by entry.
  * Same entries, same commas, so the region keeps its length. */
@@ -273,15 +306,13 @@ static int reorder(jbuf *out, entry *es, size_t n) {
  * in orjson's order; leaves `c` past the map. The entries are written as
  * they come (one pass over the block, no skipping ahead to find values),
  * then reordered if DAG-CBOR's length-first order was not already bytewise. */
-static int write_map(jbuf *out, cb_cur *c, uint64_t count) {
-    entry small[SMALL_MAP];
-    entry *es = small;
-    if (count > SMALL_MAP) {
-        /* count <= block length / 2 after cb_check, so this cannot overflow. */
-        es = malloc((size_t)count * sizeof *es);
-        if (es == NULL) return -1;
-    }
+static int write_map(wctx *x, cb_cur *c, uint64_t count) {
+    jbuf *out = x->out;
+    /* count <= block length / 2 after cb_check, so it fits a size_t. */
     size_t n = (size_t)count;
+    if (entries_reserve(x, n) < 0) return -1;
+    size_t base = x->top;
+    x->top += n;
     int sorted = 1;
     int rc = write_raw(out, "{", 1);
     for (size_t i = 0; rc == 0 && i < n; i++) {
@@ -290,25 +321,26 @@ static int write_map(jbuf *out, cb_cur *c, uint64_t count) {
         int major;
         uint64_t kn;
         cb_head_t(c, &major, &kn);
-        es[i].key = c->p;
-        es[i].klen = (size_t)kn;
+        const unsigned char *key = c->p;
         c->p += kn;
-        es[i].off = out->len;
-        rc = write_string(out, es[i].key, es[i].klen);
+        size_t off = out->len;
+        rc = write_string(out, key, (size_t)kn);
         if (rc == 0) rc = write_raw(out, ":", 1);
-        if (rc == 0) rc = write_item(out, c);
-        es[i].end = out->len;
-        if (i > 0 && sorted && !key_before(&es[i - 1], &es[i])) sorted = 0;
+        if (rc == 0) rc = write_item(x, c); /* may move x->es */
+        entry *e = x->es + base + i;
+        *e = (entry){key, (size_t)kn, off, out->len};
+        if (i > 0 && sorted && !key_before(e - 1, e)) sorted = 0;
     }
-    if (rc == 0 && !sorted) rc = reorder(out, es, n);
+    if (rc == 0 && !sorted) rc = reorder(out, x->es + base, n);
     if (rc == 0) rc = write_raw(out, "}", 1);
-    if (es != small) free(es);
+    x->top = base;
     return rc;
 }
 
 /* Append the item at `c` and move `c` past it. Recursion is bounded by
  * cb_check's CB_MAX_DEPTH. */
-static int write_item(jbuf *out, cb_cur *c) {
+static int write_item(wctx *x, cb_cur *c) {
+    jbuf *out = x->out;
     int major;
     uint64_t arg;
     cb_head_t(c, &major, &arg);
@@ -331,11 +363,11 @@ static int write_item(jbuf *out, cb_cur *c) {
         if (write_raw(out, "[", 1) < 0) return -1;
         for (uint64_t i = 0; i < arg; i++) {
             if (i > 0 && write_raw(out, ",", 1) < 0) return -1;
-            if (write_item(out, c) < 0) return -1;
+            if (write_item(x, c) < 0) return -1;
         }
         return write_raw(out, "]", 1);
     case CB_MAP:
-        return write_map(out, c, arg);
+        return write_map(x, c, arg);
     case CB_TAG: { /* 42, on 0x00 + a CID (cb_check) */
         int bm;
         uint64_t bn;
@@ -352,8 +384,12 @@ static int write_item(jbuf *out, cb_cur *c) {
 }
 
 int json_write(jbuf *out, const unsigned char *p, size_t n) {
+    entry local[LOCAL_ENTRIES];
+    wctx x = {out, local, NULL, 0, LOCAL_ENTRIES};
     cb_cur c = {p, p + n};
-    return write_item(out, &c);
+    int rc = write_item(&x, &c);
+    free(x.heap);
+    return rc;
 }
 
 PyDoc_STRVAR(cbor_json_doc,
