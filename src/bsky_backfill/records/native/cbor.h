@@ -19,15 +19,22 @@
  *     writes); shortest-form heads only (DAG-CBOR);
  *   - byte strings that cannot be read as a CID (first byte not 0x00, 0x01 or
  *     0x12: libipld and the JSON encoder treat bytes that parse as a CID as a
- *     link, see records/json.py); text strings of valid UTF-8;
+ *     link, see records/json.py; libipld 3.5 reads a CID only from a first
+ *     byte 0x01 or 0x12, with trailing bytes ignored, so 0x00 is declined out
+ *     of caution only); text strings of valid UTF-8;
  *   - arrays; maps whose keys are text, in DAG-CBOR order (length first, then
  *     bytes), without duplicates;
  *   - tag 42 on a byte string 0x00 + CIDv1 (codec dag-cbor 0x71 or raw 0x55,
  *     sha2-256, 32-byte digest): a link;
  *   - false, true, null.
  * Declined: floats, undefined and other simple values, other tags, indefinite
- * lengths, non-shortest heads, nesting deeper than CB_MAX_DEPTH, trailing
+ * lengths, non-shortest heads, nesting deeper than CB_MAX_DEPTH (the block's
+ * item is at depth 0, each array or map puts its items one deeper: so at most
+ * CB_MAX_DEPTH containers around a leaf, or CB_MAX_DEPTH + 1 around nothing;
+ * well inside orjson's limit of 255 with a {"$link"} map added), trailing
  * bytes, and anything cut short.
+ * tests/records/test_native_json.py holds these rules against libipld and
+ * the Python JSON (hypothesis values, raw random CBOR, mutated blocks).
  */
 #ifndef BSKY_CBOR_H
 #define BSKY_CBOR_H
