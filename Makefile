@@ -56,7 +56,8 @@ sanitize: install
 		BSKY_BACKFILL_NATIVE_FROM=$(abspath $(ASAN_DIR)) \
 		$(BIN)/pytest -q -p no:cacheprovider tests/repo/test_native.py tests/repo/test_native_fuzz.py \
 		tests/repo/test_native_walk.py tests/records/test_formats_twin.py \
-		tests/records/test_native_pass.py tests/records/test_native_lexcheck.py
+		tests/records/test_native_pass.py tests/records/test_native_lexcheck.py \
+		tests/records/test_native_json.py
 
 test: lint typecheck unit sanitize
 

@@ -19,15 +19,22 @@
  *     writes); shortest-form heads only (DAG-CBOR);
  *   - byte strings that cannot be read as a CID (first byte not 0x00, 0x01 or
  *     0x12: libipld and the JSON encoder treat bytes that parse as a CID as a
- *     link, see records/json.py); text strings of valid UTF-8;
+ *     link, see records/json.py; libipld 3.5 reads a CID only from a first
+ *     byte 0x01 or 0x12, with trailing bytes ignored, so 0x00 is declined out
+ *     of caution only); text strings of valid UTF-8;
  *   - arrays; maps whose keys are text, in DAG-CBOR order (length first, then
  *     bytes), without duplicates;
  *   - tag 42 on a byte string 0x00 + CIDv1 (codec dag-cbor 0x71 or raw 0x55,
  *     sha2-256, 32-byte digest): a link;
  *   - false, true, null.
  * Declined: floats, undefined and other simple values, other tags, indefinite
- * lengths, non-shortest heads, nesting deeper than CB_MAX_DEPTH, trailing
+ * lengths, non-shortest heads, nesting deeper than CB_MAX_DEPTH (the block's
+ * item is at depth 0, each array or map puts its items one deeper: so at most
+ * CB_MAX_DEPTH containers around a leaf, or CB_MAX_DEPTH + 1 around nothing;
+ * well inside orjson's limit of 255 with a {"$link"} map added), trailing
  * bytes, and anything cut short.
+ * tests/records/test_native_json.py holds these rules against libipld and
+ * the Python JSON (hypothesis values, raw random CBOR, mutated blocks).
  */
 #ifndef BSKY_CBOR_H
 #define BSKY_CBOR_H
@@ -71,9 +78,9 @@ static inline int cb_head(cb_cur *c, int *major, uint64_t *arg) {
     return 0;
 }
 
-/* Strict UTF-8 (no overlongs, no surrogates, at most U+10FFFF): what Python
- * and libipld accept as text. 1 if valid. */
-static inline int cb_utf8_ok(const unsigned char *s, size_t n) {
+/* Strict UTF-8 from s[0:n] on, past a prefix known to be ASCII: the
+ * character-by-character part of cb_utf8_ok. 1 if valid. */
+static int cb_utf8_rest(const unsigned char *s, size_t n) {
     size_t i = 0;
     while (i < n) {
         /* ASCII runs, eight bytes at a time. */
@@ -109,6 +116,22 @@ static inline int cb_utf8_ok(const unsigned char *s, size_t n) {
         }
     }
     return 1;
+}
+
+/* Strict UTF-8 (no overlongs, no surrogates, at most U+10FFFF): what Python
+ * and libipld accept as text. 1 if valid. Most strings of a record (keys,
+ * $type, dates, DIDs, URIs) are short ASCII: they are settled here, inline,
+ * a word and then an OR of the tail bytes, without the per-character loop. */
+static inline int cb_utf8_ok(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if (w & 0x8080808080808080ULL) return cb_utf8_rest(s + i, n - i);
+    }
+    unsigned char high = 0;
+    for (size_t j = i; j < n; j++) high |= s[j];
+    return (high & 0x80) ? cb_utf8_rest(s + i, n - i) : 1;
 }
 
 /* DAG-CBOR map-key order: shorter first, then bytewise. <0, 0, >0. */

@@ -16,7 +16,10 @@ int jbuf_reserve(jbuf *out, size_t need);
 /* Append the atproto JSON of p[0:n], an item `cb_check` accepted, to `out`:
  * exactly the bytes `records.json.to_json_bytes(libipld.decode_dag_cbor(p))`
  * gives (keys sorted as orjson's OPT_SORT_KEYS, links as {"$link": ...},
- * bytes as {"$bytes": ...}, orjson's escaping). 0, or -1 when out of memory. */
+ * bytes as {"$bytes": ...}, orjson's escaping). 0, or -1 when out of memory
+ * (then `out` may end in a partial item: the caller resets `len`). Holds no
+ * state between calls and never touches Python objects (callable without
+ * the GIL). */
 int json_write(jbuf *out, const unsigned char *p, size_t n);
 
 #endif

@@ -31,16 +31,17 @@
 
 /* --- column builders ------------------------------------------------------ */
 
-static int put(jbuf *b, const void *src, size_t n) {
-    if (jbuf_reserve(b, n) < 0) return -1;
+static inline int put(jbuf *b, const void *src, size_t n) {
+    /* The common case (room already there) without a call. */
+    if (b->cap - b->len < n && jbuf_reserve(b, n) < 0) return -1;
     memcpy(b->buf + b->len, src, n);
     b->len += n;
     return 0;
 }
 
-static int put_i32(jbuf *b, int32_t v) { return put(b, &v, 4); }
-static int put_i64(jbuf *b, int64_t v) { return put(b, &v, 8); }
-static int put_u8(jbuf *b, unsigned char v) { return put(b, &v, 1); }
+static inline int put_i32(jbuf *b, int32_t v) { return put(b, &v, 4); }
+static inline int put_i64(jbuf *b, int64_t v) { return put(b, &v, 8); }
+static inline int put_u8(jbuf *b, unsigned char v) { return put(b, &v, 1); }
 
 /* A string column: int32 offsets (starting at 0), data, one validity byte a row. */
 typedef struct {
