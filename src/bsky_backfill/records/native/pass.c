@@ -11,6 +11,12 @@
  * JSON (json.c), uri, rkey, cid, created_at and the collection's typed
  * columns are appended to buffers that become Arrow arrays without a copy.
  *
+ * Three phases: with the GIL, the keys, the collections' plans (from Python)
+ * and the blocks are found; without it, every record is checked and landed
+ * (no Python object is touched, so the event loop, the writer's Parquet
+ * encoding and other threads run on the other core meanwhile); with it again,
+ * the declined and outside-window indices go back as lists.
+ *
  * Whatever is not the common case is declined, never decided: a missing or
  * unreadable block, a wrong `$type` or key, a createdAt absent or invalid, a
  * record its lexicon refuses (or that C cannot decide), a record with a float
@@ -670,6 +676,129 @@ PyDoc_STRVAR(records_pass_doc,
 "((name, rows), typed columns); the common columns (uri, rkey, cid,\n"
 "created_at, record) as buffers (records/native_pass.py builds the arrays).");
 
+/* One wanted record as the first phase found it (with the GIL): its block,
+ * key and collection; `status` is set by the second phase. */
+enum { R_PENDING = 0, R_LANDED = 1, R_DECLINED = 2, R_OUTSIDE = 3 };
+
+typedef struct {
+    const unsigned char *block; /* NULL: declined already (no block, odd CID) */
+    size_t len;
+    const char *key; /* UTF-8 of the key str (kept alive by the keys list) */
+    Py_ssize_t key_n, coll_n;
+    const unsigned char *cid; /* the 36 CID bytes (kept alive by the cids list) */
+    int coll;                 /* index into pass_state.colls */
+    unsigned char status;
+} rec_in;
+
+/* A run of landed rows of one collection, in row order. */
+typedef struct {
+    int coll;
+    size_t start, rows;
+} run_t;
+
+/* The second phase, without the GIL: every check, the JSON and the columns of
+ * each pending record. Touches no Python object (json_write and lex_valid do
+ * not either), so the event loop and the writer's thread run meanwhile.
+ * Returns 0, -1 out of memory, -2 columns past 32-bit offsets. Runs go to
+ * `runs` (room for one per record). */
+static int land_records(pass_state *st, rec_in *recs, Py_ssize_t total, const char *did_b,
+                        Py_ssize_t did_n, int has_since, long long since, int has_until,
+                        long long until, run_t *runs, size_t *nruns) {
+    char uri_buf[8192];
+    int run_coll = -1;
+    for (Py_ssize_t i = 0; i < total; i++) {
+        rec_in *r = &recs[i];
+        if (r->block == NULL) {
+            r->status = R_DECLINED;
+            continue;
+        }
+        coll *cur = &st->colls[r->coll];
+        r->status = R_DECLINED;
+        if (cur->decline_all || cb_check(r->block, r->len) < 0) continue;
+        cb_cur rec = {r->block, r->block + r->len};
+        if (cb_kind(rec, NULL) != CB_MAP) continue;
+        fields f;
+        scan_fields(rec, &f);
+        /* $type is the collection. */
+        cb_cur v;
+        const unsigned char *s;
+        size_t sn;
+        if (!fget(&f, FD_TYPE, &v) || !cb_text(v, &s, &sn) || sn != (size_t)r->coll_n ||
+            memcmp(s, r->key, sn) != 0)
+            continue;
+        /* The record key. */
+        const unsigned char *rkey = (const unsigned char *)r->key + r->coll_n + 1;
+        Py_ssize_t rkey_n = r->key_n - r->coll_n - 1;
+        int key_good;
+        switch (cur->key_rule) {
+        case K_TID: key_good = tid_ok(rkey, rkey_n); break;
+        case K_NSID: key_good = nsid_ok(rkey, rkey_n); break;
+        case K_LITERAL:
+            key_good = rkey_n == cur->literal_n && memcmp(rkey, cur->literal, (size_t)rkey_n) == 0;
+            break;
+        default: key_good = record_key_ok(rkey, rkey_n);
+        }
+        if (!key_good) continue;
+        /* createdAt: valid (absent or invalid: the Python path words or nulls it). */
+        const unsigned char *created;
+        size_t created_n;
+        int64_t micros;
+        if (!ftext(&f, FD_CREATED, &created, &created_n) ||
+            !datetime_ok(created, (Py_ssize_t)created_n) || !created_micros(created, created_n, &micros))
+            continue;
+        /* The lexicon. */
+        if (cur->schema != NULL && !lex_valid(cur->schema, r->block, r->len)) continue;
+        if (!langs_ok(cur, &f)) continue;
+        if (cur->windowed && ((has_since && micros < since) || (has_until && micros >= until))) {
+            r->status = R_OUTSIDE;
+            continue;
+        }
+        /* It lands: JSON first (the one step that can still decline). */
+        size_t json_mark = st->json.data.len;
+        int jr = json_write(&st->json.data, r->block, r->len);
+        if (jr == -1) return -1;
+        if (jr != 0) {
+            st->json.data.len = json_mark;
+            continue;
+        }
+        if (TOO_BIG(st->json.data.len)) return -2;
+        st->json.rows++;
+        if (put_i32(&st->json.offs, (int32_t)st->json.data.len) < 0 || put_u8(&st->json.valid, 1) < 0)
+            return -1;
+        size_t uri_n = 5 + (size_t)did_n + 1 + (size_t)r->key_n;
+        if (uri_n > sizeof uri_buf) return -2;
+        memcpy(uri_buf, "at://", 5);
+        memcpy(uri_buf + 5, did_b, (size_t)did_n);
+        uri_buf[5 + did_n] = '/';
+        memcpy(uri_buf + 6 + did_n, r->key, (size_t)r->key_n);
+        if (scol_put(&st->uri, (const unsigned char *)uri_buf, uri_n) < 0 ||
+            scol_put(&st->rkey, rkey, (size_t)rkey_n) < 0 || put_cid_text(&st->cid, r->cid, 36) < 0)
+            return -2;
+        st->created.rows++;
+        if (put_i64(&st->created.vals, micros) < 0 || put_u8(&st->created.valid, 1) < 0) return -1;
+        if (put_typed(cur, &f) != 0) return -2; /* langs was checked: only errors are left */
+        if (r->coll != run_coll) {
+            runs[*nruns] = (run_t){r->coll, st->rows, 0};
+            (*nruns)++;
+            run_coll = r->coll;
+        }
+        runs[*nruns - 1].rows++;
+        cur->rows++;
+        st->rows++;
+        r->status = R_LANDED;
+    }
+    return 0;
+}
+
+/* Append index i to `list`: 0, or -1 with an exception set. */
+static int append_index(PyObject *list, Py_ssize_t i) {
+    PyObject *at = PyLong_FromSsize_t(i);
+    if (at == NULL) return -1;
+    int rc = PyList_Append(list, at);
+    Py_DECREF(at);
+    return rc;
+}
+
 static PyObject *records_pass(PyObject *self, PyObject *args) {
     PyObject *data_obj, *index, *keys, *cids, *did, *plan_for, *since_obj, *until_obj;
     if (!PyArg_ParseTuple(args, "OO!O!O!UOOO", &data_obj, &PyDict_Type, &index, &PyList_Type, &keys,
@@ -694,139 +823,73 @@ static PyObject *records_pass(PyObject *self, PyObject *args) {
 
     pass_state st;
     memset(&st, 0, sizeof st);
+    rec_in *recs = PyMem_RawCalloc((size_t)total + 1, sizeof(rec_in));
+    run_t *run_list = PyMem_RawMalloc(((size_t)total + 1) * sizeof(run_t));
+    size_t nruns = 0;
     PyObject *declined = PyList_New(0), *outside = PyList_New(0), *runs = PyList_New(0);
     PyObject *result = NULL;
     if (declined == NULL || outside == NULL || runs == NULL) goto done;
+    if (recs == NULL || run_list == NULL) goto nomem;
     if (scol_init(&st.uri) < 0 || scol_init(&st.rkey) < 0 || scol_init(&st.cid) < 0 ||
         scol_init(&st.json) < 0)
         goto nomem;
 
-    coll *cur = NULL;
-    int cur_index = -1;
-    Py_ssize_t run_start = 0;
-    char uri_buf[8192];
+    /* Phase one, with the GIL: keys, collections (their plans from Python) and
+     * blocks found through the index. */
+    int cur = -1;
     for (Py_ssize_t i = 0; i < total; i++) {
-        PyObject *key = PyList_GET_ITEM(keys, i);
+        rec_in *r = &recs[i];
         Py_ssize_t key_n;
-        const char *key_b = PyUnicode_AsUTF8AndSize(key, &key_n);
+        const char *key_b = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(keys, i), &key_n);
         if (key_b == NULL) goto done;
         const char *slash = memchr(key_b, '/', (size_t)key_n);
-        if (slash == NULL) goto decline;
+        if (slash == NULL) continue; /* block NULL: declined */
         Py_ssize_t coll_n = slash - key_b;
-        const unsigned char *rkey = (const unsigned char *)slash + 1;
-        Py_ssize_t rkey_n = key_n - coll_n - 1;
-        if (cur == NULL || cur->name_n != coll_n || memcmp(cur->name_b, key_b, (size_t)coll_n) != 0) {
+        if (cur < 0 || st.colls[cur].name_n != coll_n ||
+            memcmp(st.colls[cur].name_b, key_b, (size_t)coll_n) != 0) {
             coll *next = collection(&st, key_b, coll_n, plan_for);
             if (next == NULL) goto done;
-            if (cur != NULL && (Py_ssize_t)st.rows > run_start) {
-                PyObject *run = Py_BuildValue("(inn)", cur_index, run_start, (Py_ssize_t)st.rows - run_start);
-                if (run == NULL || PyList_Append(runs, run) < 0) {
-                    Py_XDECREF(run);
-                    goto done;
-                }
-                Py_DECREF(run);
-            }
-            cur = next;
-            cur_index = (int)(next - st.colls);
-            run_start = (Py_ssize_t)st.rows;
+            cur = (int)(next - st.colls);
         }
-        if (cur->decline_all) goto decline;
-        /* The block. */
+        r->key = key_b;
+        r->key_n = key_n;
+        r->coll_n = coll_n;
+        r->coll = cur;
         PyObject *cid = PyList_GET_ITEM(cids, i);
         if (!PyBytes_CheckExact(cid) || PyBytes_GET_SIZE(cid) != 36 ||
             memcmp(PyBytes_AS_STRING(cid), CID_PREFIX, 4) != 0)
-            goto decline;
+            continue;
         PyObject *packed_obj = PyDict_GetItemWithError(index, cid);
         if (packed_obj == NULL) {
             if (PyErr_Occurred()) goto done;
-            goto decline; /* not in the CAR: RecordBlockMissing, in Python's words */
+            continue; /* not in the CAR: RecordBlockMissing, in Python's words */
         }
         unsigned long long packed = PyLong_AsUnsignedLongLong(packed_obj);
         if (packed == (unsigned long long)-1 && PyErr_Occurred()) goto done;
         size_t start = (size_t)(packed >> 32), len = (size_t)(packed & 0xFFFFFFFFULL);
-        if (start > data_len || len > data_len - start) goto decline;
-        const unsigned char *block = data + start;
-        if (cb_check(block, len) < 0) goto decline;
-        cb_cur rec = {block, block + len};
-        if (cb_kind(rec, NULL) != CB_MAP) goto decline;
-        fields f;
-        scan_fields(rec, &f);
-        /* $type is the collection. */
-        cb_cur v;
-        const unsigned char *s;
-        size_t sn;
-        if (!fget(&f, FD_TYPE, &v) || !cb_text(v, &s, &sn) || sn != (size_t)coll_n ||
-            memcmp(s, key_b, sn) != 0)
-            goto decline;
-        /* The record key. */
-        int key_good;
-        switch (cur->key_rule) {
-        case K_TID: key_good = tid_ok(rkey, rkey_n); break;
-        case K_NSID: key_good = nsid_ok(rkey, rkey_n); break;
-        case K_LITERAL:
-            key_good = rkey_n == cur->literal_n && memcmp(rkey, cur->literal, (size_t)rkey_n) == 0;
-            break;
-        default: key_good = record_key_ok(rkey, rkey_n);
-        }
-        if (!key_good) goto decline;
-        /* createdAt: valid (absent or invalid: the Python path words or nulls it). */
-        const unsigned char *created;
-        size_t created_n;
-        int64_t micros;
-        if (!ftext(&f, FD_CREATED, &created, &created_n) ||
-            !datetime_ok(created, (Py_ssize_t)created_n) || !created_micros(created, created_n, &micros))
-            goto decline;
-        /* The lexicon. */
-        if (cur->schema != NULL && !lex_valid(cur->schema, block, len)) goto decline;
-        if (!langs_ok(cur, &f)) goto decline;
-        if (cur->windowed && ((has_since && micros < since) || (has_until && micros >= until))) {
-            PyObject *at = PyLong_FromSsize_t(i);
-            if (at == NULL || PyList_Append(outside, at) < 0) {
-                Py_XDECREF(at);
-                goto done;
-            }
-            Py_DECREF(at);
-            continue;
-        }
-        /* It lands: JSON first (the one step that can still decline). */
-        size_t json_mark = st.json.data.len;
-        int jr = json_write(&st.json.data, block, len);
-        if (jr == -1) goto nomem;
-        if (jr != 0) {
-            st.json.data.len = json_mark;
-            goto decline;
-        }
-        if (TOO_BIG(st.json.data.len)) goto too_big;
-        st.json.rows++;
-        if (put_i32(&st.json.offs, (int32_t)st.json.data.len) < 0 || put_u8(&st.json.valid, 1) < 0)
-            goto nomem;
-        size_t uri_n = 5 + (size_t)did_n + 1 + (size_t)key_n;
-        if (uri_n > sizeof uri_buf) goto too_big;
-        memcpy(uri_buf, "at://", 5);
-        memcpy(uri_buf + 5, did_b, (size_t)did_n);
-        uri_buf[5 + did_n] = '/';
-        memcpy(uri_buf + 6 + did_n, key_b, (size_t)key_n);
-        if (scol_put(&st.uri, (const unsigned char *)uri_buf, uri_n) < 0 ||
-            scol_put(&st.rkey, rkey, (size_t)rkey_n) < 0 ||
-            put_cid_text(&st.cid, (const unsigned char *)PyBytes_AS_STRING(cid), 36) < 0)
-            goto too_big;
-        st.created.rows++;
-        if (put_i64(&st.created.vals, micros) < 0 || put_u8(&st.created.valid, 1) < 0) goto nomem;
-        int tr = put_typed(cur, &f);
-        if (tr != 0) goto too_big; /* langs was checked: only errors are left */
-        cur->rows++;
-        st.rows++;
-        continue;
-    decline:;
-        PyObject *at = PyLong_FromSsize_t(i);
-        if (at == NULL || PyList_Append(declined, at) < 0) {
-            Py_XDECREF(at);
-            goto done;
-        }
-        Py_DECREF(at);
+        if (start > data_len || len > data_len - start) continue;
+        r->block = data + start;
+        r->len = len;
+        r->cid = (const unsigned char *)PyBytes_AS_STRING(cid);
     }
-    if (cur != NULL && (Py_ssize_t)st.rows > run_start) {
-        PyObject *run = Py_BuildValue("(inn)", cur_index, run_start, (Py_ssize_t)st.rows - run_start);
+
+    /* Phase two, without the GIL. */
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = land_records(&st, recs, total, did_b, did_n, has_since, since, has_until, until, run_list,
+                      &nruns);
+    Py_END_ALLOW_THREADS
+    if (rc == -1) goto nomem;
+    if (rc == -2) goto too_big;
+
+    /* Phase three, with the GIL: what Python hears of it. */
+    for (Py_ssize_t i = 0; i < total; i++) {
+        if (recs[i].status == R_DECLINED && append_index(declined, i) < 0) goto done;
+        if (recs[i].status == R_OUTSIDE && append_index(outside, i) < 0) goto done;
+    }
+    for (size_t k = 0; k < nruns; k++) {
+        PyObject *run = Py_BuildValue("(inn)", run_list[k].coll, (Py_ssize_t)run_list[k].start,
+                                      (Py_ssize_t)run_list[k].rows);
         if (run == NULL || PyList_Append(runs, run) < 0) {
             Py_XDECREF(run);
             goto done;
@@ -855,14 +918,15 @@ static PyObject *records_pass(PyObject *self, PyObject *args) {
     }
     goto done;
 too_big:
-    if (!PyErr_Occurred())
-        PyErr_SetString(PyExc_OverflowError, "the repo's columns outgrow 32-bit offsets");
+    PyErr_SetString(PyExc_OverflowError, "the repo's columns outgrow 32-bit offsets");
     goto done;
 nomem:
     PyErr_NoMemory();
 done:
     PyBuffer_Release(&view);
     pass_free(&st);
+    PyMem_RawFree(recs);
+    PyMem_RawFree(run_list);
     Py_XDECREF(declined);
     Py_XDECREF(outside);
     Py_XDECREF(runs);
