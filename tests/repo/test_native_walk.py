@@ -15,6 +15,7 @@ import copy
 import random
 from typing import Any
 
+import libipld
 import pytest
 
 from bsky_backfill.errors import RepoInvalid
@@ -22,7 +23,7 @@ from bsky_backfill.repo import native
 from bsky_backfill.repo.build import build_repo
 from bsky_backfill.repo.car import read_car
 from bsky_backfill.repo.commit import read_commit
-from bsky_backfill.repo.lazy import read_car_lazy
+from bsky_backfill.repo.lazy import LazyBlocks, read_car_lazy
 from bsky_backfill.repo.mst import mst_leaves, walk_verified
 from tests.ci import in_ci
 from tests.fixture_paths import CARS
@@ -222,3 +223,51 @@ def test_lazy_blocks_walk_as_a_dict_does() -> None:
         )
     assert got[0] == got[1]
     assert got[0][0] is not None and len(got[0][0][0]) > 0
+
+
+def _lazy(blocks: dict[bytes, Any], garbage: bytes | None = None) -> LazyBlocks:
+    """The same blocks as a `LazyBlocks` over their DAG-CBOR bytes end to end
+    (`garbage`: one node's bytes replaced by something libipld cannot decode)."""
+    data = bytearray()
+    index: dict[bytes, int] = {}
+    for cid, value in blocks.items():
+        raw = garbage if garbage is not None and cid == next(iter(_nodes(blocks)), None) else None
+        raw = raw if raw is not None else libipld.encode_dag_cbor(value)
+        index[cid] = len(data) << 32 | len(raw)
+        data += raw
+    return LazyBlocks(bytes(data), index)
+
+
+@pytest.mark.parametrize("seed", SEEDS[:4])
+def test_damaged_trees_walk_alike_through_lazy_blocks(seed: int) -> None:
+    """The C walk's own reading of a `LazyBlocks` (index and bytes, libipld's decoder;
+    repo/_native.c `lazy_node`) against the Python walk through the same mapping,
+    on damaged trees and on a node whose bytes do not decode."""
+    rng = random.Random(seed)
+    failures = compared = 0
+    for i in range(MUTANTS_PER_SEED // 2):
+        blocks, root = _repo(rng, rng.choice([3, 30, 200]))
+        kind, damaged = _damage(rng, blocks, root)
+        garbage = rng.choice([None, None, b"\xff\xfe", b"\xa1", b""])
+        try:
+            lazy = _lazy(damaged, garbage)
+        except (ValueError, TypeError, OverflowError):
+            continue  # a value DAG-CBOR cannot hold (e.g. an int past 64 bits)
+        wanted = frozenset(rng.sample(COLLECTIONS, rng.randint(0, len(COLLECTIONS))))
+        py_nodes: set[bytes] = set()
+        py_keys: dict[str, bytes] = {}
+        try:
+            leaves = walk_verified(lazy, root, py_nodes)
+            py: object = mst_leaves(leaves, wanted, py_keys)
+        except RepoInvalid as e:
+            py = str(e)
+        c_nodes: set[bytes] = set()
+        c_keys: dict[str, bytes] = {}
+        assert native.walk_leaves is not None
+        c = native.walk_leaves(lazy, root, c_nodes, None, "", None, wanted, c_keys)
+        assert c == py, f"seed {seed} mutant {i} ({kind}, garbage {garbage!r})"
+        if not isinstance(py, str):
+            assert (c_nodes, c_keys) == (py_nodes, py_keys)
+        failures += isinstance(py, str)
+        compared += 1
+    assert compared > MUTANTS_PER_SEED // 4 and failures > compared // 4

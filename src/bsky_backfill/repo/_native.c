@@ -458,6 +458,71 @@ static int is_ascii_str(PyObject *o) {
     return PyUnicode_CheckExact(o) && PyUnicode_IS_COMPACT_ASCII(o);
 }
 
+
+/* A `LazyBlocks` (repo/lazy.py) read from C: its block index and CAR bytes,
+ * and libipld's decoder, so that a node is decoded without a Python-level
+ * `__getitem__` per node. Only while the mapping does not hash each block as
+ * it is read (`verify` false); otherwise, and for anything odd, each node
+ * goes through the mapping itself. */
+typedef struct {
+    int on;
+    PyObject *index;
+    PyObject *decode;
+    Py_buffer data;
+} LazyView;
+
+static PyObject *decode_dag_cbor = NULL;
+
+static void lazy_open(LazyView *lv, PyObject *blocks) {
+    lv->on = 0;
+    PyObject *verify = PyObject_GetAttrString(blocks, "verify");
+    PyObject *index = verify == Py_False ? PyObject_GetAttrString(blocks, "index") : NULL;
+    PyObject *data = index != NULL && PyDict_CheckExact(index) ? PyObject_GetAttrString(blocks, "data") : NULL;
+    if (data != NULL && decode_dag_cbor == NULL) {
+        PyObject *lib = PyImport_ImportModule("libipld");
+        decode_dag_cbor = lib ? PyObject_GetAttrString(lib, "decode_dag_cbor") : NULL;
+        Py_XDECREF(lib);
+    }
+    if (data != NULL && decode_dag_cbor != NULL && PyObject_GetBuffer(data, &lv->data, PyBUF_SIMPLE) == 0) {
+        lv->on = 1;
+        lv->index = index;
+        lv->decode = decode_dag_cbor;
+        index = NULL; /* owned by lv now */
+    }
+    PyErr_Clear(); /* not a LazyBlocks of the usual shape: the mapping's own way */
+    Py_XDECREF(verify);
+    Py_XDECREF(index);
+    Py_XDECREF(data);
+}
+
+static void lazy_close(LazyView *lv) {
+    if (!lv->on) return;
+    PyBuffer_Release(&lv->data);
+    Py_DECREF(lv->index);
+    lv->on = 0;
+}
+
+/* The node block `cid` decoded (a new reference), or NULL: with an exception
+ * set, an error; without, not in the CAR. */
+static PyObject *lazy_node(LazyView *lv, PyObject *blocks, PyObject *cid) {
+    if (lv->on) {
+        PyObject *packed_obj = PyDict_GetItemWithError(lv->index, cid);
+        if (packed_obj == NULL) return NULL; /* missing, or an error already set */
+        unsigned long long packed = PyLong_AsUnsignedLongLong(packed_obj);
+        size_t start = (size_t)(packed >> 32), len = (size_t)(packed & 0xFFFFFFFFULL);
+        if (!PyErr_Occurred() && start <= (size_t)lv->data.len && len <= (size_t)lv->data.len - start) {
+            PyObject *raw = PyBytes_FromStringAndSize((const char *)lv->data.buf + start, (Py_ssize_t)len);
+            PyObject *node = raw ? PyObject_CallOneArg(lv->decode, raw) : NULL;
+            Py_XDECREF(raw);
+            if (node != NULL) return node;
+        }
+        PyErr_Clear(); /* undecodable or odd: the mapping words it (Undecodable) */
+    }
+    PyObject *node = PyObject_GetItem(blocks, cid);
+    if (node == NULL && PyErr_ExceptionMatches(PyExc_KeyError)) PyErr_Clear();
+    return node;
+}
+
 /* The walk proper. Returns the result tuple, a reason str, or NULL (error). */
 static PyObject *walk(PyObject *blocks, PyObject *root, PyObject *nodes, long layer0,
                       PyObject *after, PyObject *before, PyObject *wanted, PyObject *keys) {
@@ -467,10 +532,14 @@ static PyObject *walk(PyObject *blocks, PyObject *root, PyObject *nodes, long la
     Py_ssize_t prev_cap = 0;
     PyObject *out_keys = PyList_New(0), *out_cids = PyList_New(0);
     PyObject *keep = NULL;
-    if (!PyDict_CheckExact(blocks) && (keep = PyList_New(0)) == NULL) {
-        Py_XDECREF(out_keys);
-        Py_XDECREF(out_cids);
-        return NULL;
+    LazyView lv = {0};
+    if (!PyDict_CheckExact(blocks)) {
+        if ((keep = PyList_New(0)) == NULL) {
+            Py_XDECREF(out_keys);
+            Py_XDECREF(out_cids);
+            return NULL;
+        }
+        lazy_open(&lv, blocks);
     }
     PyObject *last = after;
     Py_INCREF(last);
@@ -532,10 +601,9 @@ static PyObject *walk(PyObject *blocks, PyObject *root, PyObject *nodes, long la
         } else {
             /* A lazy mapping (repo/lazy.py) decodes the node now: `keep` holds it
              * while the stack borrows its CIDs and keys, as a dict would. */
-            node = PyObject_GetItem(blocks, cid);
+            node = lazy_node(&lv, blocks, cid);
             if (node == NULL) {
-                if (!PyErr_ExceptionMatches(PyExc_KeyError)) goto error;
-                PyErr_Clear();
+                if (PyErr_Occurred()) goto error;
             } else {
                 int rc = PyList_Append(keep, node);
                 Py_DECREF(node);
@@ -705,6 +773,7 @@ done:
     Py_XDECREF(out_keys);
     Py_XDECREF(out_cids);
     Py_XDECREF(keep);
+    lazy_close(&lv);
     return result;
 }
 

@@ -47,6 +47,12 @@ class LazyBlocks(Mapping[bytes, Any]):
         the walk and the wanted records touch are hashed, once, with no second pass."""
 
     @property
+    def data(self) -> bytes | mmap.mmap:
+        """The CAR's bytes (or its mapped file): the C walk reads node blocks
+        from them through `index` (repo/_native.c `lazy_node`)."""
+        return self._data
+
+    @property
     def index(self) -> dict[bytes, int]:
         """CID -> `start << 32 | length` of its block in the CAR."""
         return self._index
