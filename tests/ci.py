@@ -9,6 +9,7 @@ the same message saying what to install.
 from __future__ import annotations
 
 import os
+import sys
 from typing import NoReturn
 
 import pytest
@@ -23,3 +24,16 @@ def require_in_ci(message: str) -> NoReturn:
     if in_ci():
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def assert_sanitized_build_loaded(module_name: str) -> None:
+    """Under `make sanitize` (BSKY_BACKFILL_NATIVE_FROM set) the C extension
+    `module_name` in use is the ASan/UBSan build, not the installed one:
+    otherwise the sanitizers check nothing. Outside it, not that build."""
+
+    where = os.environ.get("BSKY_BACKFILL_NATIVE_FROM")
+    module = sys.modules.get(module_name)
+    if where is None:
+        assert module is None or "asan" not in str(module.__file__)
+        return
+    assert module is not None and str(module.__file__).startswith(where), module

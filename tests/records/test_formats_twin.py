@@ -12,15 +12,12 @@ silent fallback would make the benchmark measure the regexes.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bsky_backfill.records import formats
-from tests.ci import in_ci, require_in_ci
+from tests.ci import assert_sanitized_build_loaded, in_ci, require_in_ci
 from tests.fixture_paths import INTEROP
 
 pytestmark = pytest.mark.skipif(
@@ -60,12 +57,7 @@ def test_the_extension_is_built() -> None:
 
 def test_the_sanitized_build_is_the_one_loaded() -> None:
     """Under `make sanitize` the checks in use are the ASan/UBSan build's."""
-    where = os.environ.get("BSKY_BACKFILL_NATIVE_FROM")
-    module = sys.modules.get("bsky_backfill.records._formats")
-    if where is None:
-        assert module is None or "asan" not in str(module.__file__)
-        return
-    assert module is not None and str(module.__file__).startswith(where), module
+    assert_sanitized_build_loaded("bsky_backfill.records._formats")
 
 
 def test_every_interop_line_under_every_format() -> None:

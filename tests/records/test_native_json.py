@@ -21,9 +21,7 @@ import base64
 import ctypes
 import hashlib
 import json
-import os
 import random
-import sys
 from functools import cache
 from typing import Any
 
@@ -37,7 +35,7 @@ from bsky_backfill.records.datamodel import py_has_float
 from bsky_backfill.records.json import to_json_bytes
 from bsky_backfill.repo.car import frame_car
 from bsky_backfill.simulate import Scenario, generate
-from tests.ci import in_ci, require_in_ci
+from tests.ci import assert_sanitized_build_loaded, in_ci, require_in_ci
 from tests.fixture_paths import CARS, INTEROP
 
 pytestmark = pytest.mark.skipif(
@@ -146,12 +144,7 @@ def test_the_extension_is_built() -> None:
 
 def test_the_sanitized_build_is_the_one_loaded() -> None:
     """Under `make sanitize` the module in use is the ASan/UBSan build's."""
-    where = os.environ.get("BSKY_BACKFILL_NATIVE_FROM")
-    module = sys.modules.get("bsky_backfill.records._native")
-    if where is None:
-        assert module is None or "asan" not in str(module.__file__)
-        return
-    assert module is not None and str(module.__file__).startswith(where), module
+    assert_sanitized_build_loaded("bsky_backfill.records._native")
 
 
 def test_bytes_like_blocks_and_wrong_types() -> None:

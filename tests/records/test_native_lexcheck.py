@@ -21,8 +21,6 @@ this file runs against the ASan/UBSan build.
 from __future__ import annotations
 
 import json
-import os
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,7 +34,7 @@ from bsky_backfill.records import formats, native
 from bsky_backfill.records.validate import compile_pairs, known_record_types, record_checks
 from bsky_backfill.records.validate_native import Description, describe, native_check
 from bsky_backfill.repo.car import frame_car
-from tests.ci import in_ci, require_in_ci
+from tests.ci import assert_sanitized_build_loaded, in_ci, require_in_ci
 from tests.fixture_paths import CARS, INTEROP
 from tests.records.test_lexicon_validation import INVALID as LEXICON_INVALID
 from tests.records.test_lexicon_validation import _catalog
@@ -198,12 +196,7 @@ def test_the_extension_is_built() -> None:
 
 def test_the_sanitized_build_is_the_one_loaded() -> None:
     """Under `make sanitize` the extension in use is the ASan/UBSan build's."""
-    where = os.environ.get("BSKY_BACKFILL_NATIVE_FROM")
-    module = sys.modules.get("bsky_backfill.records._native")
-    if where is None:
-        assert module is None or "asan" not in str(module.__file__)
-        return
-    assert module is not None and str(module.__file__).startswith(where), module
+    assert_sanitized_build_loaded("bsky_backfill.records._native")
 
 
 def test_every_bundled_record_lexicon_compiles_once() -> None:

@@ -23,7 +23,7 @@ from bsky_backfill.repo.car import frame_car
 from bsky_backfill.repo.lazy import _frame_index, _frame_index_py
 from bsky_backfill.repo.mst import _off_layer, key_height
 from bsky_backfill.repo.verify import _mismatched_py, mismatched_blocks
-from tests.ci import in_ci, require_in_ci
+from tests.ci import assert_sanitized_build_loaded, in_ci, require_in_ci
 from tests.fixture_paths import FIXTURES
 
 DID = "did:plc:abcdefghijklmnopqrstuvwx"
@@ -58,12 +58,7 @@ def test_the_pure_python_switch_turns_every_loop_off() -> None:
 def test_the_sanitized_build_is_the_one_loaded() -> None:
     """Under `make sanitize` (BSKY_BACKFILL_NATIVE_FROM set) the extension in use is the
     ASan/UBSan build, not the installed one: otherwise the sanitizer checks nothing."""
-    where = os.environ.get("BSKY_BACKFILL_NATIVE_FROM")
-    module = sys.modules.get("bsky_backfill.repo._native")
-    if where is None:
-        assert module is None or "asan" not in str(module.__file__)
-        return
-    assert module is not None and str(module.__file__).startswith(where), module
+    assert_sanitized_build_loaded("bsky_backfill.repo._native")
 
 
 def _repo(n: int = 300) -> bytes:
