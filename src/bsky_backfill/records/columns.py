@@ -406,9 +406,7 @@ class RecordColumns:
         for collection, rkey, cid, record in items:
             cols = get_cols(collection)
             if cols is None:
-                cols = self._cols[collection] = _Collection(
-                    self.did, collection, self._window_on, self._validate
-                )
+                cols = self._collection(collection)
             if record.__class__ is not dict:
                 message = f"record is a {type(record).__name__}, not a map"
                 invalid(collection, rkey, message, cid, record)
@@ -498,35 +496,15 @@ class RecordColumns:
     def _native_tables(self) -> dict[str, pa.Table]:
         tables: dict[str, pa.Table] = {}
         for rows in self._native:
-            did = None
+            did = pa.repeat(pa.scalar(self.did, _STRING), len(rows.common[0]))
             for i, (name, n, typed) in enumerate(rows.typed):
                 if n == 0:
                     continue
                 schema = schema_for(name)
-                if did is None or len(did) < n:
-                    did = pa.repeat(pa.scalar(self.did, _STRING), n)
-                spans = rows.spans(i)
-                if len(spans) == 1:
-                    start, stop = spans[0]
-                    uri, rkey, cid, created, record = (
-                        a.slice(start, stop - start) for a in rows.common
-                    )
-                else:
-                    idx = pa.array([j for a, b in spans for j in range(a, b)], pa.int64())
-                    uri, rkey, cid, created, record = (a.take(idx) for a in rows.common)
-                arrays = [
-                    uri,
-                    did.slice(0, n),
-                    pa.repeat(pa.scalar(name, _STRING), n),
-                    rkey,
-                    cid,
-                    created,
-                    record,
-                ]
-                arrays += [
+                extras = [
                     array_of(spec, schema.field(_N_COMMON + j).type) for j, spec in enumerate(typed)
                 ]
-                table = pa.Table.from_arrays(arrays, schema=schema)
+                table = _assemble(name, schema, (*rows.common, did), rows.spans(i), extras)
                 have = tables.get(name)
                 tables[name] = table if have is None else pa.concat_tables([have, table])
         return tables
@@ -566,24 +544,31 @@ class RecordColumns:
     def _table(
         self, cols: _Collection, common: tuple[pa.Array, ...], spans: list[tuple[int, int]]
     ) -> pa.Table:
-        if len(spans) == 1:
-            start, stop = spans[0]
-            uri, rkey, cid, created, record, did = (a.slice(start, stop - start) for a in common)
-        else:  # interleaved input: gather this collection's rows
-            idx = pa.array([i for a, b in spans for i in range(a, b)], pa.int64())
-            uri, rkey, cid, created, record, did = (a.take(idx) for a in common)
-        arrays = [
-            uri,
-            did,
-            pa.repeat(pa.scalar(cols.name, _STRING), len(uri)),
-            rkey,
-            cid,
-            created,
-            record,
+        extras = [
+            _build_extra(values, cols.schema.field(_N_COMMON + i).type)
+            for i, values in enumerate(cols.extras)
         ]
-        for i, values in enumerate(cols.extras):
-            arrays.append(_build_extra(values, cols.schema.field(_N_COMMON + i).type))
-        return pa.Table.from_arrays(arrays, schema=cols.schema)
+        return _assemble(cols.name, cols.schema, common, spans, extras)
+
+
+def _assemble(
+    name: str,
+    schema: pa.Schema,
+    common: tuple[pa.Array, ...],
+    spans: list[tuple[int, int]],
+    extras: list[pa.Array],
+) -> pa.Table:
+    """One collection's table: its rows of the common columns (uri, rkey, cid,
+    created_at, record, did; `spans` of them, a zero-copy slice when they are
+    one run, else gathered) and its typed columns. Both paths build it so."""
+    if len(spans) == 1:
+        start, stop = spans[0]
+        uri, rkey, cid, created, record, did = (a.slice(start, stop - start) for a in common)
+    else:  # interleaved input: gather this collection's rows
+        idx = pa.array([i for a, b in spans for i in range(a, b)], pa.int64())
+        uri, rkey, cid, created, record, did = (a.take(idx) for a in common)
+    arrays = [uri, did, pa.repeat(pa.scalar(name, _STRING), len(uri)), rkey, cid, created]
+    return pa.Table.from_arrays([*arrays, record, *extras], schema=schema)
 
 
 def _json_or_none(record: Any) -> str | None:

@@ -34,7 +34,7 @@ from typing import Any
 from bsky_backfill.errors import RepoInvalid
 from bsky_backfill.models import DeadLetter, RecordFilter, RepoExtract, utcnow
 from bsky_backfill.records.columns import RecordColumns
-from bsky_backfill.records.transform import _wanted_records, packed_index
+from bsky_backfill.records.transform import _wanted_records, native_first, packed_index
 from bsky_backfill.repo import native
 from bsky_backfill.repo.commit import read_commit
 from bsky_backfill.repo.gcpause import gc_paused
@@ -187,11 +187,9 @@ def extract_part(
             wanted, cids, seen = mst_leaves(leaves, out.wanted, keys)
         # The native pass first (unless each block must be hashed as it is read):
         # what it declines goes the Python way.
-        declined = None if blocks.verify else out.add_native(data, index, wanted, cids)
-        rest, rest_cids = wanted, cids
-        if declined is not None:
-            rest, rest_cids = [wanted[i] for i in declined], [cids[i] for i in declined]
-        out.add_many(_wanted_records(blocks, rest, rest_cids, out, None))
+        out.add_many(
+            _wanted_records(*native_first(data, blocks, wanted, cids, out, None), out, None)
+        )
         tables, dead_letters = out.finish()
         key_index = packed_index(plan.did, keys, filt, tables, out, len(wanted))
         del out, blocks, keys, wanted, cids

@@ -45,7 +45,7 @@ from bsky_backfill.repo.lazy import LazyBlocks, read_car_lazy
 from bsky_backfill.repo.mst import mst_leaves, verified_leaves, walk_mst
 from bsky_backfill.repo.verify import check_blocks, failed, verify_commit
 
-__all__ = ["extract_repo"]
+__all__ = ["extract_repo", "native_first"]
 
 _encode_cid = libipld.encode_cid
 _Row = tuple[str, str, str, dict[str, Any]]
@@ -84,11 +84,15 @@ def extract_repo(
             wanted, cids, seen = verified_leaves(car.blocks, commit.data, nodes, out.wanted, keys)
             # Materialised, so that the tree and every block the rows come from
             # are checked before a single row is built.
-            rows = list(_wanted_records(*_declined(data, car, wanted, cids, out, used), out, used))
+            rows = list(
+                _wanted_records(*native_first(data, car.blocks, wanted, cids, out, used), out, used)
+            )
             check_blocks(data, car, nodes, used)
         else:
             wanted, cids, seen = mst_leaves(walk_mst(car.blocks, commit.data), out.wanted, keys)
-            rows = _wanted_records(*_declined(data, car, wanted, cids, out, None), out, None)
+            rows = _wanted_records(
+                *native_first(data, car.blocks, wanted, cids, out, None), out, None
+            )
         out.add_many(rows)
         tables, dead_letters = out.finish()
         key_index = packed_index(did, keys, filt, tables, out, len(wanted))
@@ -115,9 +119,9 @@ def _read_lazily(data: bytes) -> CarBlocks | None:
         return None
 
 
-def _declined(
+def native_first(
     data: Any,
-    car: CarBlocks,
+    blocks: Mapping[bytes, Any],
     wanted: list[str],
     cids: list[bytes],
     out: RecordColumns,
@@ -125,8 +129,8 @@ def _declined(
 ) -> tuple[Mapping[bytes, Any], list[str], list[bytes]]:
     """The native pass over the wanted records when the blocks are read lazily;
     what it declined (all of them without it) is left for `_wanted_records`.
-    Records it landed, or left out by the window, go to `used` for their hash check."""
-    blocks = car.blocks
+    Records it landed, or left out by the window, go to `used` for their hash check.
+    Both `extract_repo` and a big repo's `records.stream.extract_part` call it."""
     if not isinstance(blocks, LazyBlocks) or blocks.verify:
         return blocks, wanted, cids
     declined = out.add_native(data, blocks.index, wanted, cids)

@@ -149,23 +149,12 @@ static int write_int(jbuf *out, uint64_t v, int neg) {
  * {"$link":"b..."}: RFC 4648 base32, lower case, unpadded, what
  * libipld.encode_cid writes for a CIDv1. */
 static int write_link(jbuf *out, const unsigned char *b, size_t n) {
-    static const char A32[] = "abcdefghijklmnopqrstuvwxyz234567";
     static const char HEAD[] = "{\"$link\":\"b";
     if (reserve(out, sizeof HEAD - 1 + (n * 8 + 4) / 5 + 2) < 0) return -1;
     char *w = out->buf + out->len;
     memcpy(w, HEAD, sizeof HEAD - 1);
     w += sizeof HEAD - 1;
-    uint64_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < n; i++) {
-        acc = acc << 8 | b[i];
-        bits += 8;
-        while (bits >= 5) {
-            bits -= 5;
-            *w++ = A32[(acc >> bits) & 31];
-        }
-    }
-    if (bits > 0) *w++ = A32[(acc << (5 - bits)) & 31];
+    w += base32_lower(w, b, n);
     *w++ = '"';
     *w++ = '}';
     out->len = (size_t)(w - out->buf);

@@ -242,9 +242,14 @@ static uint64_t enter(cb_cur *c) {
  * its key again). */
 enum { FD_TYPE, FD_CREATED, FD_TEXT, FD_LANGS, FD_REPLY, FD_EMBED, FD_FACETS, FD_TAGS,
        FD_SUBJECT, FD_LIST, FD_POST, FD_N };
-static const char *const FIELD_NAMES[FD_N] = {"$type", "createdAt", "text", "langs", "reply",
-                                              "embed", "facets", "tags", "subject", "list",
-                                              "post"};
+#define FIELD(s) {s, sizeof(s) - 1}
+static const struct {
+    const char *name;
+    size_t n;
+} FIELDS[FD_N] = {FIELD("$type"), FIELD("createdAt"), FIELD("text"),  FIELD("langs"),
+                  FIELD("reply"), FIELD("embed"),     FIELD("facets"), FIELD("tags"),
+                  FIELD("subject"), FIELD("list"),    FIELD("post")};
+#undef FIELD
 
 typedef struct {
     cb_cur at[FD_N];
@@ -265,8 +270,7 @@ static void scan_fields(cb_cur rec, fields *f) {
         rec.p += kn;
         if (kn >= 4 && kn <= 9) {
             for (int id = 0; id < FD_N; id++) {
-                const char *name = FIELD_NAMES[id];
-                if (name[0] == (char)k[0] && strlen(name) == kn && memcmp(name, k, kn) == 0) {
+                if (FIELDS[id].n == kn && memcmp(FIELDS[id].name, k, kn) == 0) {
                     f->at[id] = rec;
                     f->found |= 1u << id;
                     break;
@@ -300,17 +304,18 @@ static int put_ftext_or_null(scol *c, const fields *f, int id) {
     return scol_null(c);
 }
 
-/* `langs`: a list of strings or null; 0 ok, 1 decline (an item that is not a
- * string: columns.py `_build_extra` decides it per repo), -1 error. */
+/* `langs`: a list of strings or null; 0 ok, -1 error. Its items are all
+ * strings (`langs_ok` declined the record otherwise: columns.py
+ * `_build_extra` decides such a list per repo). */
 static int put_langs(lcol *c, const fields *f) {
     cb_cur v;
     uint64_t count;
     if (!fget(f, FD_LANGS, &v) || cb_kind(v, &count) != CB_ARRAY) return lcol_end(c, 0);
     uint64_t n = enter(&v);
     for (uint64_t i = 0; i < n; i++) {
-        const unsigned char *s;
-        size_t len;
-        if (!cb_text(v, &s, &len)) return 1;
+        const unsigned char *s = NULL;
+        size_t len = 0;
+        (void)cb_text(v, &s, &len);
         if (scol_put(&c->child, s, len) < 0) return -1;
         cb_skip_t(&v);
     }
@@ -433,9 +438,9 @@ static int put_ref_uri(scol *c, cb_cur map, const char *key, size_t klen) {
     return scol_null(c);
 }
 
-/* One record's typed columns: 0 ok, 1 decline, -1 error. Rows are appended
- * only once the record is sure to land (the caller checked everything else),
- * and a decline can come only from `langs`, checked first. */
+/* One record's typed columns: 0 ok, -1 error (1: an image list past int32,
+ * which no block under 4 GB can hold). Rows are appended only once the record
+ * is sure to land: the caller checked everything else, `langs` included. */
 static int put_typed(coll *c, const fields *f) {
     switch (c->family) {
     case F_POST: {
@@ -533,21 +538,10 @@ static int created_micros(const unsigned char *p, size_t n, int64_t *out) {
 
 /* "b" + RFC 4648 base32, lower case, unpadded: libipld.encode_cid of a CIDv1. */
 static int put_cid_text(scol *c, const unsigned char *cid, size_t n) {
-    static const char ALPHABET[] = "abcdefghijklmnopqrstuvwxyz234567";
     char text[1 + (64 * 8 + 4) / 5];
-    size_t k = 0;
-    text[k++] = 'b';
-    unsigned long long acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < n; i++) {
-        acc = acc << 8 | cid[i];
-        bits += 8;
-        while (bits >= 5) {
-            bits -= 5;
-            text[k++] = ALPHABET[(acc >> bits) & 31];
-        }
-    }
-    if (bits > 0) text[k++] = ALPHABET[(acc << (5 - bits)) & 31];
+    if (n > 64) return -1;
+    text[0] = 'b';
+    size_t k = 1 + base32_lower(text + 1, cid, n);
     return scol_put(c, (const unsigned char *)text, k);
 }
 
@@ -776,7 +770,7 @@ static int land_records(pass_state *st, rec_in *recs, Py_ssize_t total, const ch
             return -2;
         st->created.rows++;
         if (put_i64(&st->created.vals, micros) < 0 || put_u8(&st->created.valid, 1) < 0) return -1;
-        if (put_typed(cur, &f) != 0) return -2; /* langs was checked: only errors are left */
+        if (put_typed(cur, &f) != 0) return -2;
         if (r->coll != run_coll) {
             runs[*nruns] = (run_t){r->coll, st->rows, 0};
             (*nruns)++;
